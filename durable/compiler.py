@@ -1,0 +1,1275 @@
+"""Compile an ``async def`` into checkpointable code blocks.
+
+The body is split at every suspension point (``await``, and
+``raise PauseForEventException(...)``) into straight-line blocks. Each block is
+a plain Python function ``block(L)`` over the frame's locals dict ``L``; it
+returns the next step:
+
+* an ``int``: jump to that block;
+* ``(CALL, func, args, kwargs, resume_pc, temp)``: await ``func(*args, **kwargs)``;
+* ``(AWAIT, awaitable, resume_pc, temp)``: await any other awaitable;
+* ``(RETURN, value)``: the function returns;
+* ``(NEXT,)``: end of an appended code chunk.
+
+Control flow that spans suspension points (loops, ``if``, ``try``) becomes
+jumps between blocks, with ``finally`` implemented by completion records, as
+in a regenerator-style state machine. Statements without suspension points are
+kept verbatim, so they run at native speed. Inside a block, locals are fast
+locals, loaded from ``L`` on entry and written back on exit.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import inspect
+import operator
+import textwrap
+import types
+from dataclasses import dataclass, field
+from typing import Any
+
+from .exceptions import CompileError
+
+CALL, AWAIT, RETURN, NEXT = 0, 1, 2, 3
+# completion kinds of a lowered ``finally``
+_NORMAL, _THROW, _RETK, _JUMP = 0, 1, 2, 3
+
+_PREFIX = "_dur__"
+_LN = _PREFIX + "L"
+_PAUSE_NAMES = {"PauseForEventException"}
+
+
+class Cell:
+    """A variable shared with nested functions, kept in the frame.
+
+    Plain picklable (unlike ``types.CellType``), so closures survive a
+    checkpoint and still see later assignments of the enclosing function.
+    """
+
+    __slots__ = ("cell_contents", "name")
+
+    def __init__(self, name: str, *value: Any) -> None:
+        self.name = name
+        if value:
+            self.cell_contents = value[0]
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr == "cell_contents":
+            raise NameError(f"cannot access free variable {self.name!r} where it is not associated with a value")
+        raise AttributeError(attr)
+
+    def __reduce__(self):
+        try:
+            return (Cell, (self.name, self.cell_contents))
+        except NameError:
+            return (Cell, (self.name,))
+
+    def __repr__(self) -> str:
+        try:
+            return f"<Cell {self.name}={self.cell_contents!r}>"
+        except NameError:
+            return f"<Cell {self.name} (empty)>"
+
+
+class Label:
+    __slots__ = ("pc",)
+
+    def __init__(self) -> None:
+        self.pc: int | None = None
+
+
+@dataclass
+class CodeBlock:
+    """One straight-line step of a compiled function.
+
+    ``fn(L)`` runs the block over the locals dict ``L``. ``handler`` says where
+    an exception raised in it goes: ``None`` (out of the function) or
+    ``(kind, pc, var)`` with kind ``"except"`` or ``"finally"``.
+    """
+
+    fn: Any
+    handler: tuple | None = None
+    lineno: int = 0
+    index: int = 0
+
+    @classmethod
+    def from_source(cls, source: str, filename: str = "<durable-chunk>") -> CodeChunk:
+        """Make a chunk of code for :meth:`FunctionCall.append_code_block`."""
+        return CodeChunk(textwrap.dedent(source), filename)
+
+
+@dataclass(frozen=True)
+class CodeChunk:
+    """Source text to append to a running call; compiled on first use."""
+
+    source: str
+    filename: str = "<durable-chunk>"
+
+
+@dataclass
+class CompiledFunction:
+    """The blocks and metadata of one compiled ``async def``."""
+
+    name: str
+    qualname: str
+    filename: str
+    firstlineno: int
+    blocks: tuple
+    cellvars: tuple
+    freevars: tuple
+    argnames: tuple
+    bind_code: Any
+    source_hash: str
+    layout_hash: str
+    resume_points: dict = field(default_factory=dict)
+
+    def bind(self, func, args: tuple, kwargs: dict) -> dict:
+        """Bind call arguments like Python would; return the initial locals."""
+        binder = types.FunctionType(self.bind_code, {}, self.name, getattr(func, "__defaults__", None))
+        binder.__kwdefaults__ = getattr(func, "__kwdefaults__", None)
+        L = binder(*args, **kwargs)
+        for name in self.cellvars:
+            L[name] = Cell(name, L[name]) if name in L else Cell(name)
+        closure = getattr(func, "__closure__", None)
+        if closure:
+            L.update(zip(self.freevars, closure))
+        return L
+
+    def describe(self, pc: int) -> str:
+        """Human-readable position of a resume point, for status displays."""
+        line, text = self.resume_points.get(pc, (None, None))
+        if line is None:
+            return f"{self.qualname} block {pc}"
+        return f"{self.qualname} line {line}: {text}"
+
+
+def _compile_error(msg: str, node: ast.AST | None, filename: str) -> CompileError:
+    return CompileError(msg, filename, getattr(node, "lineno", None))
+
+
+class _Temps:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def new(self, kind: str = "t") -> str:
+        self.n += 1
+        return f"{_PREFIX}{kind}{self.n}"
+
+
+def _is_pause_raise(node: ast.AST) -> bool:
+    if not isinstance(node, ast.Raise) or not isinstance(node.exc, ast.Call):
+        return False
+    f = node.exc.func
+    name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None
+    return name in _PAUSE_NAMES
+
+
+_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
+_COMPS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
+
+
+def _walk_scope(node: ast.AST):
+    """Walk ``node`` without entering nested function/class bodies."""
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        yield n
+        for child in ast.iter_child_nodes(n):
+            if isinstance(child, _SCOPES):
+                yield child
+                if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    stack.extend(child.decorator_list)
+                    stack.extend(d for d in child.args.defaults + child.args.kw_defaults if d is not None)
+                elif isinstance(child, ast.ClassDef):
+                    stack.extend(child.decorator_list + child.bases + [k.value for k in child.keywords])
+                elif isinstance(child, ast.Lambda):
+                    stack.extend(d for d in child.args.defaults + child.args.kw_defaults if d is not None)
+                continue
+            stack.append(child)
+
+
+class _Analysis:
+    """Caches which nodes contain suspension points."""
+
+    def __init__(self) -> None:
+        self._cache: dict[int, bool] = {}
+
+    def suspends(self, node: ast.AST) -> bool:
+        key = id(node)
+        hit = self._cache.get(key)
+        if hit is None:
+            hit = any(isinstance(n, ast.Await) or _is_pause_raise(n) for n in _walk_scope(node))
+            self._cache[key] = hit
+        return hit
+
+
+def _validate(fn_node: ast.AsyncFunctionDef, filename: str) -> None:
+    """Refuse what cannot be checkpointed, naming file, line and construct."""
+
+    def check(node: ast.AST, ctx: str | None) -> None:
+        for child in ast.iter_child_nodes(node):
+            c = ctx
+            if isinstance(child, (ast.Yield, ast.YieldFrom)):
+                raise _compile_error("async generators (yield inside async def) cannot be made durable", child, filename)
+            if isinstance(child, ast.AsyncFor):
+                raise _compile_error(
+                    "'async for' cannot be checkpointed; iterate inside a helper async def (it runs as one step)",
+                    child, filename)
+            if isinstance(child, ast.AsyncWith):
+                raise _compile_error(
+                    "'async with' cannot be checkpointed; use it inside a helper async def (it runs as one step)",
+                    child, filename)
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+                # nested bodies are separate scopes; only check their default/decorator expressions
+                heads = []
+                if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                    heads = [d for d in child.args.defaults + child.args.kw_defaults if d is not None]
+                    heads += getattr(child, "decorator_list", [])
+                else:
+                    heads = child.decorator_list + child.bases + [k.value for k in child.keywords]
+                for h in heads:
+                    if any(isinstance(n, ast.Await) for n in ast.walk(h)):
+                        raise _compile_error("await in a decorator, default or base of a nested definition is not supported",
+                                             h, filename)
+                continue
+            if isinstance(child, _COMPS):
+                if any(isinstance(n, ast.Await) for n in ast.walk(child)):
+                    raise _compile_error("await inside a comprehension cannot be checkpointed; use a for loop", child,
+                                         filename)
+                continue
+            if isinstance(child, ast.Await) or _is_pause_raise(child):
+                if ctx:
+                    what = "await" if isinstance(child, ast.Await) else "raise PauseForEventException"
+                    raise _compile_error(f"{what} inside {ctx} cannot be checkpointed", child, filename)
+            if isinstance(child, ast.With):
+                c = "a 'with' block (the context manager cannot be saved)"
+            elif isinstance(child, ast.Match):
+                c = "a 'match' statement"
+            elif isinstance(child, ast.TryStar):
+                c = "a 'try/except*' statement"
+            elif isinstance(child, ast.ExceptHandler) and child.type is not None:
+                if any(isinstance(n, ast.Await) for n in ast.walk(child.type)):
+                    raise _compile_error("await in an except clause's type is not supported", child, filename)
+            check(child, c)
+
+    check(fn_node, None)
+
+
+class _CellRewriter(ast.NodeTransformer):
+    """Turn reads/writes of shared variables into ``name.cell_contents``."""
+
+    def __init__(self, cells: set[str], shadow: frozenset = frozenset()) -> None:
+        self.cells = cells
+        self.shadow = shadow
+
+    def _cell(self, node: ast.Name) -> ast.AST:
+        return ast.copy_location(
+            ast.Attribute(value=ast.copy_location(ast.Name(node.id, ast.Load()), node), attr="cell_contents",
+                          ctx=node.ctx), node)
+
+    def visit_Name(self, node: ast.Name):
+        if node.id in self.cells and node.id not in self.shadow:
+            return self._cell(node)
+        return node
+
+    def visit_NamedExpr(self, node: ast.NamedExpr):
+        node.value = self.visit(node.value)
+        if node.target.id in self.cells and node.target.id not in self.shadow:
+            call = ast.Call(func=ast.Name(f"{_PREFIX}setcell", ast.Load()),
+                            args=[ast.Name(node.target.id, ast.Load()), node.value], keywords=[])
+            return ast.copy_location(call, node)
+        return node
+
+    def _nested(self, node, local_names: set[str]) -> _CellRewriter:
+        return _CellRewriter(self.cells, frozenset(self.shadow | local_names))
+
+    def _visit_function(self, node):
+        if not isinstance(node, ast.Lambda):
+            node.decorator_list = [self.visit(d) for d in node.decorator_list]
+            node.returns = None
+        node.args.defaults = [self.visit(d) for d in node.args.defaults]
+        node.args.kw_defaults = [self.visit(d) if d is not None else None for d in node.args.kw_defaults]
+        params = {a.arg for a in node.args.posonlyargs + node.args.args + node.args.kwonlyargs}
+        for a in (node.args.vararg, node.args.kwarg):
+            if a is not None:
+                params.add(a.arg)
+        for a in node.args.posonlyargs + node.args.args + node.args.kwonlyargs:
+            a.annotation = None
+        if isinstance(node, ast.Lambda):
+            node.body = self._nested(node, params).visit(node.body)
+            return node
+        inner = self._nested(node, params | _scope_locals(node.body))
+        node.body = [inner.visit(s) for s in node.body]
+        return node
+
+    visit_FunctionDef = visit_AsyncFunctionDef = visit_Lambda = _visit_function
+
+    def visit_ClassDef(self, node: ast.ClassDef):
+        node.decorator_list = [self.visit(d) for d in node.decorator_list]
+        node.bases = [self.visit(b) for b in node.bases]
+        for k in node.keywords:
+            k.value = self.visit(k.value)
+        class_scope = self._nested(node, _scope_locals(node.body))
+        node.body = [self.visit(s) if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef)) else class_scope.visit(s)
+                     for s in node.body]
+        return node
+
+    def _visit_comp(self, node):
+        targets = set()
+        for gen in node.generators:
+            targets |= {n.id for n in ast.walk(gen.target) if isinstance(n, ast.Name)}
+        first = node.generators[0]
+        first.iter = self.visit(first.iter)
+        inner = self._nested(node, targets)
+        first.target = inner.visit(first.target)
+        first.ifs = [inner.visit(i) for i in first.ifs]
+        for gen in node.generators[1:]:
+            inner.visit(gen)
+        for attr in ("elt", "key", "value"):
+            if hasattr(node, attr):
+                setattr(node, attr, inner.visit(getattr(node, attr)))
+        return node
+
+    visit_ListComp = visit_SetComp = visit_DictComp = visit_GeneratorExp = _visit_comp
+
+
+def _scope_locals(body: list[ast.stmt]) -> set[str]:
+    """Names a nested function body binds locally (minus global/nonlocal)."""
+    bound: set[str] = set()
+    declared: set[str] = set()
+    for stmt in body:
+        for n in _walk_scope(stmt):
+            if isinstance(n, ast.Name) and isinstance(n.ctx, (ast.Store, ast.Del)):
+                bound.add(n.id)
+            elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                bound.add(n.name)
+            elif isinstance(n, (ast.Import, ast.ImportFrom)):
+                bound |= {(a.asname or a.name).split(".")[0] for a in n.names}
+            elif isinstance(n, ast.ExceptHandler) and n.name:
+                bound.add(n.name)
+            elif isinstance(n, (ast.Global, ast.Nonlocal)):
+                declared |= set(n.names)
+    return bound - declared
+
+
+def _assigned(stmts: list[ast.stmt]) -> set[str]:
+    """Names a block binds or deletes in its own scope (for write-back)."""
+    out: set[str] = set()
+    for stmt in stmts:
+        for n in _walk_scope(stmt):
+            if isinstance(n, ast.Name) and isinstance(n.ctx, (ast.Store, ast.Del)):
+                out.add(n.id)
+            elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                out.add(n.name)
+            elif isinstance(n, (ast.Import, ast.ImportFrom)):
+                out |= {(a.asname or a.name).split(".")[0] for a in n.names}
+            elif isinstance(n, ast.ExceptHandler) and n.name:
+                out.add(n.name)
+    return out
+
+
+def _referenced(stmts: list[ast.stmt]) -> set[str]:
+    return {n.id for s in stmts for n in ast.walk(s) if isinstance(n, ast.Name)}
+
+
+def _mangle(tree: ast.AST, classname: str) -> None:
+    prefix = "_" + classname.lstrip("_")
+    if prefix == "_":
+        return
+
+    def m(name: str) -> str:
+        if name.startswith("__") and not name.endswith("__") and "." not in name:
+            return prefix + name
+        return name
+
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Name):
+            n.id = m(n.id)
+        elif isinstance(n, ast.Attribute):
+            n.attr = m(n.attr)
+
+
+_IOPS = {
+    ast.Add: operator.iadd, ast.Sub: operator.isub, ast.Mult: operator.imul, ast.MatMult: operator.imatmul,
+    ast.Div: operator.itruediv, ast.FloorDiv: operator.ifloordiv, ast.Mod: operator.imod, ast.Pow: operator.ipow,
+    ast.LShift: operator.ilshift, ast.RShift: operator.irshift, ast.BitOr: operator.ior, ast.BitXor: operator.ixor,
+    ast.BitAnd: operator.iand,
+}
+
+
+def _name(id_: str, ctx=None) -> ast.Name:
+    return ast.Name(id_, ctx or ast.Load())
+
+
+def _const(v) -> ast.Constant:
+    return ast.Constant(v)
+
+
+def _ret(value: ast.expr) -> ast.Return:
+    return ast.Return(value)
+
+
+def _tuple(*elts) -> ast.Tuple:
+    return ast.Tuple(list(elts), ast.Load())
+
+
+def _is_simple(e: ast.expr) -> bool:
+    """Side-effect-free expressions that need not be saved across an await."""
+    while isinstance(e, ast.Attribute):
+        e = e.value
+    return isinstance(e, (ast.Name, ast.Constant))
+
+
+class _Block:
+    __slots__ = ("index", "stmts", "handler", "defined", "used_in", "exits", "lineno", "closed")
+
+    def __init__(self, index: int, handler, lineno: int) -> None:
+        self.index = index
+        self.stmts: list[ast.stmt] = []
+        self.handler = handler
+        self.defined: set[str] = set()   # temps assigned here
+        self.used_in: set[str] = set()   # temps consumed here that were set elsewhere
+        self.exits: list = []
+        self.lineno = lineno
+        self.closed = False
+
+
+@dataclass
+class _Loop:
+    brk: Label
+    cont: Label
+    depth: int
+
+
+@dataclass
+class _Finally:
+    label: Label
+    comp: str
+    depth: int
+
+
+class _Lowerer:
+    """Turns a function body into a list of blocks (see module docstring)."""
+
+    def __init__(self, filename: str, temps: _Temps, chunk: bool = False, base: int = 0) -> None:
+        self.filename = filename
+        self.base = base
+        self.temps = temps
+        self.an = _Analysis()
+        self.blocks: list[_Block] = []
+        self.cur: _Block | None = None
+        self.handlers: list[tuple] = []
+        self.loops: list[_Loop] = []
+        self.finallies: list[_Finally] = []
+        self.exc_vars: list[str] = []     # handled-exception variables, for bare ``raise``
+        self.temp_home: dict[str, int] = {}
+        self.persistent_temps: set[str] = set()
+        self.resume_points: dict[Label, tuple] = {}
+        self.chunk = chunk
+        self.lineno = 1
+
+    # -- blocks -----------------------------------------------------------
+    def new_block(self, label: Label | None = None) -> _Block:
+        b = _Block(self.base + len(self.blocks), self.handlers[-1] if self.handlers else None, self.lineno)
+        self.blocks.append(b)
+        self.cur = b
+        if label is not None:
+            label.pc = b.index
+        return b
+
+    def block(self) -> _Block:
+        if self.cur is None or self.cur.closed:
+            self.new_block()
+        return self.cur
+
+    def emit(self, *stmts: ast.stmt) -> None:
+        b = self.block()
+        for s in stmts:
+            if not hasattr(s, "lineno"):
+                s.lineno = self.lineno
+            b.stmts.append(s)
+
+    def close(self, stmt: ast.stmt, exit_) -> None:
+        self.emit(stmt)
+        self.cur.exits.append(exit_)
+        self.cur.closed = True
+
+    def jump(self, label: Label) -> None:
+        self.close(_ret(_const(label)), ("J", label))
+
+    def start(self, label: Label) -> None:
+        if self.cur is not None and not self.cur.closed:
+            self.jump(label)
+        self.new_block(label)
+
+    # -- temps ------------------------------------------------------------
+    def define(self, name: str) -> None:
+        self.block().defined.add(name)
+        self.temp_home[name] = self.cur.index
+
+    def use(self, name: str) -> ast.Name:
+        b = self.block()
+        if name not in b.defined:
+            b.used_in.add(name)
+        return _name(name)
+
+    def spill(self, e: ast.expr) -> ast.Name:
+        t = self.temps.new()
+        self.emit(ast.Assign([_name(t, ast.Store())], e))
+        self.define(t)
+        return self.use(t)
+
+    # -- expressions ------------------------------------------------------
+    def expr(self, e: ast.expr | None) -> ast.expr | None:
+        """Lower ``e``; returns an expression valid in the current block."""
+        if e is None or not self.an.suspends(e):
+            return e
+        if isinstance(e, ast.Await):
+            return self.suspend(e, keep=True)
+        if isinstance(e, ast.BoolOp):
+            return self.boolop(e)
+        if isinstance(e, ast.IfExp):
+            t = self.temps.new()
+            self.stmt(ast.copy_location(ast.If(e.test, [ast.Assign([_name(t, ast.Store())], e.body)],
+                                               [ast.Assign([_name(t, ast.Store())], e.orelse)]), e))
+            return self.use(t)
+        if isinstance(e, ast.Compare) and len(e.ops) > 1:
+            return self.chain(e)
+        if isinstance(e, ast.NamedExpr):
+            v = self.expr(e.value)
+            self.emit(ast.Assign([_name(e.target.id, ast.Store())], v))
+            return _name(e.target.id)
+        return self.children(e)
+
+    def children(self, e: ast.AST) -> ast.AST:
+        slots = _ordered_slots(e)
+        last = max((i for i, (_, get, _) in enumerate(slots) if self.an.suspends(get())), default=-1)
+        for i, (_, get, put) in enumerate(slots):
+            child = get()
+            if i < last:
+                new = self.expr(child)
+                if not _is_simple(new):
+                    new = self.spill(new)
+                put(new)
+            elif i == last:
+                put(self.expr(child))
+            else:
+                break
+        return e
+
+    def boolop(self, e: ast.BoolOp) -> ast.expr:
+        t = self.temps.new()
+        end = Label()
+        first, rest = e.values[0], e.values[1:]
+        self.emit(ast.Assign([_name(t, ast.Store())], self.expr(first)))
+        self.define(t)
+        for v in rest:
+            nxt = Label()
+            test = self.use(t) if isinstance(e.op, ast.And) else ast.UnaryOp(ast.Not(), self.use(t))
+            self.close(ast.If(test, [_ret(_const(nxt))], [_ret(_const(end))]), ("B", nxt, end))
+            self.new_block(nxt)
+            self.emit(ast.Assign([_name(t, ast.Store())], self.expr(v)))
+            self.define(t)
+        self.start(end)
+        return self.use(t)
+
+    def chain(self, e: ast.Compare) -> ast.expr:
+        t = self.temps.new()
+        end = Label()
+        left = self.expr(e.left)
+        for i, (op, comp) in enumerate(zip(e.ops, e.comparators)):
+            if not _is_simple(left):
+                left = self.spill(left)
+            right = self.expr(comp)
+            if i < len(e.ops) - 1 and not _is_simple(right):
+                right = self.spill(right)
+            self.emit(ast.Assign([_name(t, ast.Store())], ast.Compare(left, [op], [right])))
+            self.define(t)
+            if i < len(e.ops) - 1:
+                nxt = Label()
+                self.close(ast.If(self.use(t), [_ret(_const(nxt))], [_ret(_const(end))]), ("B", nxt, end))
+                self.new_block(nxt)
+                left = right
+        self.start(end)
+        return self.use(t)
+
+    def suspend(self, node: ast.AST, keep: bool) -> ast.expr | None:
+        """End the block at an await; the next block starts with its result."""
+        if isinstance(node, ast.Await):
+            value = node.value
+            text = ast.unparse(node)
+        else:  # raise PauseForEventException(...)
+            value = ast.Call(_name(f"{_PREFIX}pause"), [node.exc], [])
+            text = ast.unparse(node)
+        resume = Label()
+        tmp = self.temps.new() if keep else None
+        if isinstance(value, ast.Call):
+            self.children(value)
+            args = ast.Tuple(list(value.args), ast.Load())
+            kw = ast.Dict([None if k.arg is None else _const(k.arg) for k in value.keywords],
+                          [k.value for k in value.keywords])
+            term = _tuple(_name(f"{_PREFIX}CALL"), value.func, args, kw, _const(resume), _const(tmp))
+        else:
+            value = self.expr(value)
+            term = _tuple(_name(f"{_PREFIX}AWAIT"), value, _const(resume), _const(tmp))
+        self.resume_points[resume] = (getattr(node, "lineno", self.lineno), text[:120])
+        self.close(_ret(term), ("S", resume))
+        self.new_block(resume)
+        return self.use(tmp) if keep else None
+
+    # -- routing of return/break/continue through lowered ``finally`` -----
+    def route_return(self, value: ast.expr | None) -> list[ast.stmt]:
+        value = value if value is not None else _const(None)
+        if self.finallies:
+            f = self.finallies[-1]
+            return [ast.Assign([_name(f.comp, ast.Store())], _tuple(_const(_RETK), value)), _ret(_const(f.label))]
+        return [_ret(_tuple(_name(f"{_PREFIX}RETURN"), value))]
+
+    def route_jump(self, label: Label, depth: int) -> list[ast.stmt]:
+        if len(self.finallies) > depth:
+            f = self.finallies[-1]
+            return [ast.Assign([_name(f.comp, ast.Store())], _tuple(_const(_JUMP), _const(label), _const(depth))),
+                    _ret(_const(f.label))]
+        return [_ret(_const(label))]
+
+    def _mark_routes(self, stmts: list[ast.stmt]) -> None:
+        for s in stmts:
+            if isinstance(s, ast.Assign) and s.targets[0].id.startswith(_PREFIX):
+                self.define(s.targets[0].id)
+
+    # -- statements -------------------------------------------------------
+    def body(self, stmts: list[ast.stmt]) -> None:
+        for s in stmts:
+            self.stmt(s)
+
+    def stmt(self, s: ast.stmt) -> None:
+        self.lineno = getattr(s, "lineno", self.lineno)
+        if isinstance(s, (ast.Global, ast.Nonlocal)):
+            return
+        if not self.an.suspends(s):
+            out = _Verbatim(self).rewrite(s)
+            self.emit(*out)
+            return
+        method = getattr(self, "s_" + type(s).__name__, None)
+        if method is None:
+            raise _compile_error(f"{type(s).__name__} containing await is not supported", s, self.filename)
+        method(s)
+
+    def s_Expr(self, s: ast.Expr) -> None:
+        if isinstance(s.value, ast.Await):
+            self.suspend(s.value, keep=False)
+        else:
+            self.emit(ast.Expr(self.expr(s.value)))
+
+    def s_Assign(self, s: ast.Assign) -> None:
+        v = self.expr(s.value)
+        if any(self.an.suspends(t) for t in s.targets):
+            if not _is_simple(v):
+                v = self.spill(v)
+            for t in s.targets:
+                self.emit(ast.Assign([self.children(t)], v))
+        else:
+            self.emit(ast.Assign(s.targets, v))
+
+    def s_AnnAssign(self, s: ast.AnnAssign) -> None:
+        self.s_Assign(ast.copy_location(ast.Assign([s.target], s.value), s))
+
+    def s_AugAssign(self, s: ast.AugAssign) -> None:
+        t = s.target
+        if isinstance(t, ast.Name):
+            self.emit(ast.AugAssign(t, s.op, self.expr(s.value)))
+            return
+        iop = ast.Attribute(_name(f"{_PREFIX}operator"), _IOPS[type(s.op)].__name__, ast.Load())
+        if isinstance(t, ast.Attribute):
+            obj = self.expr(t.value)
+            obj = obj if _is_simple(obj) else self.spill(obj)
+            old = self.spill(ast.Attribute(obj, t.attr, ast.Load()))
+            v = self.expr(s.value)
+            self.emit(ast.Assign([ast.Attribute(obj, t.attr, ast.Store())], ast.Call(iop, [old, v], [])))
+        else:
+            obj = self.expr(t.value)
+            obj = obj if _is_simple(obj) else self.spill(obj)
+            key = self.expr(t.slice)
+            key = key if isinstance(key, ast.Constant) else self.spill(key)
+            old = self.spill(ast.Subscript(obj, key, ast.Load()))
+            v = self.expr(s.value)
+            self.emit(ast.Assign([ast.Subscript(obj, key, ast.Store())], ast.Call(iop, [old, v], [])))
+
+    def s_Return(self, s: ast.Return) -> None:
+        out = self.route_return(self.expr(s.value))
+        self._mark_routes(out)
+        self._close_many(out, ("R",))
+
+    def _close_many(self, stmts: list[ast.stmt], exit_) -> None:
+        self.emit(*stmts[:-1])
+        self.close(stmts[-1], exit_)
+
+    def s_Raise(self, s: ast.Raise) -> None:
+        if _is_pause_raise(s):
+            self.suspend(s, keep=False)
+            return
+        exc = self.expr(s.exc)
+        if s.cause is not None and self.an.suspends(s.cause) and not _is_simple(exc):
+            exc = self.spill(exc)
+        cause = self.expr(s.cause)
+        self.emit(ast.Raise(exc, cause))
+
+    def s_Assert(self, s: ast.Assert) -> None:
+        test = self.expr(s.test)
+        end, fail = Label(), Label()
+        self.close(ast.If(test, [_ret(_const(end))], [_ret(_const(fail))]), ("B", end, fail))
+        self.new_block(fail)
+        self.emit(ast.Raise(ast.Call(_name("AssertionError"), [self.expr(s.msg)] if s.msg else [], []), None))
+        self.cur.closed = True
+        self.new_block(end)
+
+    def s_Delete(self, s: ast.Delete) -> None:
+        for t in s.targets:
+            self.emit(ast.Delete([self.children(t)]))
+
+    def s_If(self, s: ast.If) -> None:
+        test = self.expr(s.test)
+        then, other, end = Label(), Label(), Label()
+        self.close(ast.If(test, [_ret(_const(then))], [_ret(_const(other if s.orelse else end))]),
+                   ("B", then, other if s.orelse else end))
+        self.new_block(then)
+        self.body(s.body)
+        if s.orelse:
+            self.start_jump(end)
+            self.new_block(other)
+            self.body(s.orelse)
+        self.start(end)
+
+    def start_jump(self, label: Label) -> None:
+        if self.cur is not None and not self.cur.closed:
+            self.jump(label)
+
+    def s_While(self, s: ast.While) -> None:
+        test_l, body_l, else_l, end = Label(), Label(), Label(), Label()
+        self.start(test_l)
+        test = self.expr(s.test)
+        target = else_l if s.orelse else end
+        self.close(ast.If(test, [_ret(_const(body_l))], [_ret(_const(target))]), ("B", body_l, target))
+        self.new_block(body_l)
+        self.loops.append(_Loop(end, test_l, len(self.finallies)))
+        self.body(s.body)
+        self.loops.pop()
+        self.start_jump(test_l)
+        if s.orelse:
+            self.new_block(else_l)
+            self.body(s.orelse)
+        self.start(end)
+
+    def s_For(self, s: ast.For) -> None:
+        it = self.temps.new("it")
+        self.persistent_temps.add(it)
+        next_l, else_l, end = Label(), Label(), Label()
+        iterable = self.expr(s.iter)
+        self.emit(ast.Assign([_name(it, ast.Store())], ast.Call(_name(f"{_PREFIX}iter"), [iterable], [])))
+        self.start(next_l)
+        v = self.temps.new()
+        target = else_l if s.orelse else end
+        self.emit(ast.Assign([_name(v, ast.Store())],
+                             ast.Call(_name(f"{_PREFIX}next"), [_name(it), _name(f"{_PREFIX}DONE")], [])))
+        self.define(v)
+        self.emit(ast.If(ast.Compare(self.use(v), [ast.Is()], [_name(f"{_PREFIX}DONE")]), [_ret(_const(target))], []))
+        self.cur.exits.append(("B", target))
+        self.emit(ast.Assign([s.target], self.use(v)))
+        self.loops.append(_Loop(end, next_l, len(self.finallies)))
+        self.body(s.body)
+        self.loops.pop()
+        self.start_jump(next_l)
+        if s.orelse:
+            self.new_block(else_l)
+            self.body(s.orelse)
+        self.start(end)
+        self.emit(ast.Expr(ast.Call(ast.Attribute(_name(_LN), "pop", ast.Load()), [_const(it), _const(None)], [])))
+
+    def _normal_exit(self, fin: _Finally | None, end: Label) -> None:
+        if self.cur is None or self.cur.closed:
+            return
+        if fin is not None:
+            self.emit(ast.Assign([_name(fin.comp, ast.Store())], _tuple(_const(_NORMAL))))
+            self.define(fin.comp)
+            self.jump(fin.label)
+        else:
+            self.jump(end)
+
+    def s_Try(self, s: ast.Try) -> None:
+        body_l, disp_l, else_l, fin_l, end = Label(), Label(), Label(), Label(), Label()
+        fin = None
+        if s.finalbody:
+            fin = _Finally(fin_l, self.temps.new("c"), len(self.finallies))
+            self.finallies.append(fin)
+            self.handlers.append(("finally", fin_l, fin.comp))
+        exc_t = self.temps.new("e")
+        if s.handlers:
+            self.handlers.append(("except", disp_l, exc_t))
+        self.start(body_l)
+        self.body(s.body)
+        if s.orelse:
+            self.start_jump(else_l)
+        else:
+            self._normal_exit(fin, end)
+        if s.handlers:
+            self.handlers.pop()
+            self.new_block(disp_l)
+            x = self.temps.new("x")
+            self.persistent_temps.add(x)
+            self.emit(ast.Assign([_name(x, ast.Store())], self.use(exc_t)))
+            labels = [Label() for _ in s.handlers]
+            for h, lab in zip(s.handlers, labels):
+                if h.type is None:
+                    self.emit(_ret(_const(lab)))
+                    break
+                self.emit(ast.If(ast.Call(_name("isinstance"), [_name(x), h.type], []), [_ret(_const(lab))], []))
+            else:
+                self.emit(ast.Raise(_name(x), None))
+            self.cur.exits.append(("D", *labels))
+            self.cur.closed = True
+            for h, lab in zip(s.handlers, labels):
+                self.new_block(lab)
+                if h.name:
+                    self.emit(ast.Assign([_name(h.name, ast.Store())], _name(x)))
+                self.exc_vars.append(x)
+                self.body(h.body)
+                self.exc_vars.pop()
+                if self.cur is not None and not self.cur.closed:
+                    if h.name:
+                        self.emit(ast.Assign([_name(h.name, ast.Store())], _const(None)),
+                                  ast.Delete([_name(h.name, ast.Del())]))
+                    self.emit(ast.Expr(ast.Call(ast.Attribute(_name(_LN), "pop", ast.Load()),
+                                                [_const(x), _const(None)], [])))
+                self._normal_exit(fin, end)
+        if s.orelse:
+            self.new_block(else_l)
+            self.body(s.orelse)
+            self._normal_exit(fin, end)
+        if fin is not None:
+            self.finallies.pop()
+            self.handlers.pop()
+            self.new_block(fin_l)
+            self.body(s.finalbody)
+            if self.cur is not None and not self.cur.closed:
+                c = self.use(fin.comp)
+                k = ast.Subscript(c, _const(0), ast.Load())
+                outer = self.finallies[-1] if self.finallies else None
+
+                def forward() -> list[ast.stmt]:
+                    assert outer is not None
+                    self.define(outer.comp)
+                    return [ast.Assign([_name(outer.comp, ast.Store())], _name(fin.comp)), _ret(_const(outer.label))]
+
+                if outer is None:
+                    on_return = [_ret(_tuple(_name(f"{_PREFIX}RETURN"), ast.Subscript(c, _const(1), ast.Load())))]
+                else:
+                    on_return = forward()
+                on_jump = [ast.If(ast.Compare(ast.Subscript(c, _const(2), ast.Load()), [ast.Eq()], [_const(fin.depth)]),
+                                  [_ret(ast.Subscript(c, _const(1), ast.Load()))],
+                                  forward() if outer is not None else [])]
+                self.emit(
+                    ast.If(ast.Compare(k, [ast.Eq()], [_const(_NORMAL)]), [_ret(_const(end))], []),
+                    ast.If(ast.Compare(k, [ast.Eq()], [_const(_THROW)]),
+                           [ast.Raise(ast.Subscript(c, _const(1), ast.Load()), None)], []),
+                    ast.If(ast.Compare(k, [ast.Eq()], [_const(_RETK)]), on_return, []),
+                    *on_jump,
+                )
+                self.cur.exits.append(("F", end))
+                self.cur.closed = True
+        self.new_block(end)
+
+
+class _Verbatim(ast.NodeTransformer):
+    """Rewrite a statement without suspension points for use inside a block.
+
+    ``return``, and ``break``/``continue`` that leave a lowered loop, become
+    jumps; a bare ``raise`` in a lowered handler re-raises its exception.
+    """
+
+    def __init__(self, lw: _Lowerer) -> None:
+        self.lw = lw
+        self.loop_depth = 0
+        self.handler_depth = 0
+
+    def rewrite(self, s: ast.stmt) -> list[ast.stmt]:
+        out = self.visit(s)
+        return out if isinstance(out, list) else [out]
+
+    def visit_FunctionDef(self, node):
+        return node
+
+    visit_AsyncFunctionDef = visit_Lambda = visit_ClassDef = visit_FunctionDef
+
+    def _loop(self, node):
+        for f in ("iter", "test", "target"):
+            if hasattr(node, f):
+                setattr(node, f, self.visit(getattr(node, f)))
+        self.loop_depth += 1
+        node.body = self._stmts(node.body)
+        self.loop_depth -= 1
+        node.orelse = self._stmts(node.orelse)
+        return node
+
+    visit_For = visit_While = _loop
+
+    def _stmts(self, stmts: list[ast.stmt]) -> list[ast.stmt]:
+        out: list[ast.stmt] = []
+        for s in stmts:
+            r = self.visit(s)
+            out.extend(r if isinstance(r, list) else [r])
+        return out
+
+    def visit_ExceptHandler(self, node):
+        self.handler_depth += 1
+        node.body = self._stmts(node.body)
+        self.handler_depth -= 1
+        return node
+
+    def visit_Return(self, node):
+        out = self.lw.route_return(node.value)
+        self.lw._mark_routes(out)
+        self.lw.block().exits.append(("R",))
+        return [ast.copy_location(o, node) for o in out]
+
+    def _jump(self, node, brk: bool):
+        if self.loop_depth:
+            return node
+        if not self.lw.loops:
+            raise _compile_error("'break' or 'continue' outside a loop", node, self.lw.filename)
+        loop = self.lw.loops[-1]
+        label = loop.brk if brk else loop.cont
+        out = self.lw.route_jump(label, loop.depth)
+        self.lw._mark_routes(out)
+        self.lw.block().exits.append(("J", label))
+        return [ast.copy_location(o, node) for o in out]
+
+    def visit_Break(self, node):
+        return self._jump(node, True)
+
+    def visit_Continue(self, node):
+        return self._jump(node, False)
+
+    def visit_Raise(self, node):
+        if node.exc is None and not self.handler_depth and self.lw.exc_vars:
+            return ast.copy_location(ast.Raise(_name(self.lw.exc_vars[-1]), None), node)
+        self.generic_visit(node)
+        return node
+
+
+def _ordered_slots(e: ast.AST) -> list[tuple]:
+    """Child expressions of ``e`` in Python's evaluation order, as (node, get, put)."""
+    slots = []
+
+    def field_slot(obj, name):
+        slots.append((obj, lambda: getattr(obj, name), lambda v: setattr(obj, name, v)))
+
+    def list_slot(obj, name, i):
+        lst = getattr(obj, name)
+        slots.append((obj, lambda: lst[i], lambda v: lst.__setitem__(i, v)))
+
+    def each(obj, name):
+        for i in range(len(getattr(obj, name))):
+            list_slot(obj, name, i)
+
+    if isinstance(e, ast.Call):
+        field_slot(e, "func")
+        each(e, "args")
+        for k in e.keywords:
+            field_slot(k, "value")
+    elif isinstance(e, ast.Starred):
+        field_slot(e, "value")
+    elif isinstance(e, ast.BinOp):
+        field_slot(e, "left")
+        field_slot(e, "right")
+    elif isinstance(e, ast.UnaryOp):
+        field_slot(e, "operand")
+    elif isinstance(e, ast.Attribute):
+        field_slot(e, "value")
+    elif isinstance(e, ast.Subscript):
+        field_slot(e, "value")
+        field_slot(e, "slice")
+    elif isinstance(e, ast.Slice):
+        for f in ("lower", "upper", "step"):
+            if getattr(e, f) is not None:
+                field_slot(e, f)
+    elif isinstance(e, (ast.Tuple, ast.List, ast.Set)):
+        each(e, "elts")
+    elif isinstance(e, ast.Dict):
+        for i in range(len(e.keys)):
+            if e.keys[i] is not None:
+                list_slot(e, "keys", i)
+            list_slot(e, "values", i)
+    elif isinstance(e, ast.JoinedStr):
+        each(e, "values")
+    elif isinstance(e, ast.FormattedValue):
+        field_slot(e, "value")
+        if e.format_spec is not None:
+            field_slot(e, "format_spec")
+    elif isinstance(e, ast.Compare):
+        field_slot(e, "left")
+        each(e, "comparators")
+    elif isinstance(e, ast.Await):
+        field_slot(e, "value")
+    else:
+        raise CompileError(f"await inside {type(e).__name__} is not supported", None, getattr(e, "lineno", None))
+    return slots
+
+
+class _Resolve(ast.NodeTransformer):
+    def visit_Constant(self, node):
+        if isinstance(node.value, Label):
+            return ast.copy_location(ast.Constant(node.value.pc), node)
+        return node
+
+
+_HELPERS = (
+    ("CALL", CALL), ("AWAIT", AWAIT), ("RETURN", RETURN), ("NEXT", NEXT),
+    ("operator", operator), ("iter", iter), ("next", next),
+)
+
+
+class _Sentinel:
+    def __repr__(self) -> str:
+        return "<exhausted>"
+
+    def __reduce__(self):
+        return (_get_done, ())
+
+
+DONE = _Sentinel()
+
+
+def _get_done():
+    return DONE
+
+
+def _setcell(cell, value):
+    cell.cell_contents = value
+    return value
+
+
+def _source_of(func) -> tuple[str, str, int]:
+    code = func.__code__
+    filename = code.co_filename
+    try:
+        lines, _ = inspect.findsource(code)
+        block = inspect.getblock(lines[code.co_firstlineno - 1:])
+        source = "".join(block)
+    except (OSError, TypeError, IndexError) as exc:
+        raise CompileError(f"cannot read the source of {func.__qualname__} ({exc}); durable functions need their "
+                           "source code", filename, code.co_firstlineno) from exc
+    return textwrap.dedent(source), filename, code.co_firstlineno
+
+
+class DurableAstTransformer:
+    """Compiles async functions into :class:`CompiledFunction` objects.
+
+    One instance caches by code object, so each function is compiled once
+    per process.
+    """
+
+    def __init__(self) -> None:
+        self._cache: dict[Any, CompiledFunction] = {}
+        self._chunks: dict[tuple, tuple] = {}
+
+    def compile(self, func) -> CompiledFunction:
+        """Compile ``func`` (an ``async def``), or return the cached result."""
+        code = func.__code__
+        hit = self._cache.get(code)
+        if hit is None:
+            hit = self._compile(func)
+            self._cache[code] = hit
+        return hit
+
+    def _compile(self, func) -> CompiledFunction:
+        code = func.__code__
+        if not (code.co_flags & inspect.CO_COROUTINE):
+            raise CompileError(f"{func.__qualname__} is not an async def function", code.co_filename,
+                               code.co_firstlineno)
+        source, filename, firstline = _source_of(func)
+        tree = ast.parse(source)
+        ast.increment_lineno(tree, firstline - 1)
+        node = tree.body[0]
+        if not isinstance(node, ast.AsyncFunctionDef):
+            raise CompileError(f"{func.__qualname__}: expected an async def", filename, firstline)
+        _validate(node, filename)
+        parts = func.__qualname__.split(".")
+        if len(parts) >= 2 and parts[-2] != "<locals>":
+            _mangle(node, parts[-2])
+        cells = set(code.co_cellvars) | set(code.co_freevars)
+        globals_ = sorted({n for s in node.body for g in _walk_scope(s) if isinstance(g, ast.Global)
+                           for n in g.names})
+        if "__class__" in code.co_freevars:
+            _fix_super(node, code)
+        body = [_CellRewriter(cells).visit(s) for s in node.body]
+        argnames = code.co_varnames[:code.co_argcount + code.co_kwonlyargcount
+                                    + bool(code.co_flags & inspect.CO_VARARGS)
+                                    + bool(code.co_flags & inspect.CO_VARKEYWORDS)]
+        persisted = set(code.co_varnames) | cells
+        lw = _Lowerer(filename, _Temps())
+        lw.lineno = node.lineno
+        lw.new_block()
+        lw.body(body)
+        if lw.cur is not None and not lw.cur.closed:
+            out = lw.route_return(None)
+            lw._close_many(out, ("R",))
+        blocks = _build(lw, persisted, globals_, filename, func.__globals__, f"{func.__qualname__}")
+        bind_code = _bind_code(node, filename)
+        layout = _layout(lw, sorted(persisted))
+        return CompiledFunction(
+            name=func.__name__, qualname=func.__qualname__, filename=filename, firstlineno=firstline,
+            blocks=blocks, cellvars=tuple(code.co_cellvars), freevars=tuple(code.co_freevars),
+            argnames=tuple(argnames), bind_code=bind_code,
+            source_hash=hashlib.sha256(source.encode()).hexdigest()[:16], layout_hash=layout,
+            resume_points={lab.pc: v for lab, v in lw.resume_points.items()},
+        )
+
+    def compile_chunk(self, chunk: CodeChunk, base: int, globals_: dict) -> tuple:
+        """Compile appended source text into blocks numbered from ``base``."""
+        key = (chunk, base, id(globals_))
+        hit = self._chunks.get(key)
+        if hit is not None:
+            return hit
+        wrapped = "async def __chunk__():\n" + textwrap.indent(chunk.source, "    ")
+        try:
+            tree = ast.parse(wrapped, chunk.filename)
+        except SyntaxError as exc:
+            raise CompileError(f"cannot parse code block: {exc.msg}", chunk.filename, (exc.lineno or 1) - 1) from exc
+        ast.increment_lineno(tree, -1)
+        node = tree.body[0]
+        _validate(node, chunk.filename)
+        lw = _Lowerer(chunk.filename, _Temps(), chunk=True, base=base)
+        lw.temps.n = base * 1000
+        lw.new_block()
+        lw.body(node.body)
+        if lw.cur is not None and not lw.cur.closed:
+            lw.close(_ret(_tuple(_name(f"{_PREFIX}NEXT"))), ("N",))
+        names = set()
+        for s in node.body:
+            names |= {n.id for n in ast.walk(s) if isinstance(n, ast.Name)}
+        blocks = _build(lw, names, [], chunk.filename, globals_, "<chunk>", base=base)
+        self._chunks[key] = blocks
+        return blocks
+
+
+def _fix_super(node: ast.AsyncFunctionDef, code) -> None:
+    if not node.args.args and not node.args.posonlyargs:
+        return
+    first = (node.args.posonlyargs + node.args.args)[0].arg
+    for n in _walk_scope(node):
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "super" and not n.args:
+            n.args = [_name("__class__"), _name(first)]
+
+
+def _bind_code(node: ast.AsyncFunctionDef, filename: str):
+    args = ast.arguments(
+        posonlyargs=[ast.arg(a.arg) for a in node.args.posonlyargs],
+        args=[ast.arg(a.arg) for a in node.args.args],
+        vararg=ast.arg(node.args.vararg.arg) if node.args.vararg else None,
+        kwonlyargs=[ast.arg(a.arg) for a in node.args.kwonlyargs],
+        kw_defaults=[None if d is None else _const(None) for d in node.args.kw_defaults],
+        kwarg=ast.arg(node.args.kwarg.arg) if node.args.kwarg else None,
+        defaults=[_const(None) for _ in node.args.defaults],
+    )
+    names = [a.arg for a in node.args.posonlyargs + node.args.args]
+    if node.args.vararg:
+        names.append(node.args.vararg.arg)
+    names += [a.arg for a in node.args.kwonlyargs]
+    if node.args.kwarg:
+        names.append(node.args.kwarg.arg)
+    ret = ast.Return(ast.Dict([_const(n) for n in names], [_name(n) for n in names]))
+    fn = ast.FunctionDef(name=node.name, args=args, body=[ret], decorator_list=[], returns=None, type_params=[])
+    mod = ast.Module([fn], [])
+    ast.fix_missing_locations(mod)
+    ast.increment_lineno(mod, node.lineno - 1)
+    code = compile(mod, filename, "exec")
+    return next(c for c in code.co_consts if isinstance(c, types.CodeType))
+
+
+def _layout(lw: _Lowerer, persisted: list[str]) -> str:
+    """A hash of the step structure; unchanged by edits inside a block."""
+    parts = [repr(persisted)]
+    for b in lw.blocks:
+        exits = [(e[0], *[x.pc if isinstance(x, Label) else x for x in e[1:]]) for e in b.exits]
+        h = None if b.handler is None else (b.handler[0], b.handler[1].pc)
+        parts.append(repr((h, exits)))
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def _build(lw: _Lowerer, persisted: set[str], globals_names: list[str], filename: str, fn_globals: dict,
+           qualname: str, base: int = 0) -> tuple:
+    """Generate one Python function per block and create them in one go."""
+    defs = []
+    for b in lw.blocks:
+        stmts = [_Resolve().visit(s) for s in b.stmts]
+        assigned = _assigned(stmts)
+        referenced = _referenced(stmts) | assigned
+        temps_in = sorted(t for t in b.used_in)
+        prologue: list[ast.stmt] = []
+        if globals_names:
+            prologue.append(ast.Global(list(globals_names)))
+        for name in sorted((referenced & persisted) | (referenced & lw.persistent_temps)):
+            prologue.append(ast.If(ast.Compare(_const(name), [ast.In()], [_name(_LN)]),
+                                   [ast.Assign([_name(name, ast.Store())], ast.Subscript(_name(_LN), _const(name),
+                                                                                          ast.Load()))], []))
+        for t in temps_in:
+            prologue.append(ast.Assign([_name(t, ast.Store())], ast.Call(ast.Attribute(_name(_LN), "pop", ast.Load()),
+                                                                         [_const(t)], [])))
+        out_names = sorted((assigned & persisted) | (assigned & lw.persistent_temps)
+                           | {t for t in assigned if t.startswith(_PREFIX) and _used_elsewhere(lw, t, b)})
+        body = stmts
+        if out_names:
+            writeback = []
+            for name in out_names:
+                writeback.append(ast.Try(
+                    body=[ast.Assign([ast.Subscript(_name(_LN), _const(name), ast.Store())], _name(name))],
+                    handlers=[ast.ExceptHandler(_name("NameError"), None, [
+                        ast.Expr(ast.Call(ast.Attribute(_name(_LN), "pop", ast.Load()), [_const(name), _const(None)],
+                                          []))])],
+                    orelse=[], finalbody=[]))
+            body = [ast.Try(body=stmts, handlers=[], orelse=[], finalbody=writeback)]
+        fdef = ast.FunctionDef(name=f"{_PREFIX}b{b.index}", args=ast.arguments(
+            posonlyargs=[], args=[ast.arg(_LN)], vararg=None, kwonlyargs=[], kw_defaults=[], kwarg=None,
+            defaults=[]), body=prologue + body, decorator_list=[], returns=None, type_params=[])
+        _set_lines(fdef, b.lineno)
+        defs.append(fdef)
+    helper_names = [f"{_PREFIX}{n}" for n, _ in _HELPERS] + [f"{_PREFIX}DONE", f"{_PREFIX}pause", f"{_PREFIX}setcell"]
+    ret = ast.Return(ast.Tuple([_name(d.name) for d in defs], ast.Load()))
+    make = ast.FunctionDef(name=f"{_PREFIX}make", args=ast.arguments(
+        posonlyargs=[], args=[ast.arg(n) for n in helper_names], vararg=None, kwonlyargs=[], kw_defaults=[],
+        kwarg=None, defaults=[]), body=defs + [ret], decorator_list=[], returns=None, type_params=[])
+    _set_lines(make, lw.blocks[0].lineno if lw.blocks else 1)
+    mod = ast.Module([make], [])
+    try:
+        code = compile(mod, filename, "exec")
+    except SyntaxError as exc:
+        raise CompileError(f"{qualname}: internal compile failure: {exc}", filename, exc.lineno) from exc
+    make_code = next(c for c in code.co_consts if isinstance(c, types.CodeType))
+    from .primitives import pause_request
+    helpers = [v for _, v in _HELPERS] + [DONE, pause_request, _setcell]
+    fns = types.FunctionType(make_code, fn_globals)(*helpers)
+    return tuple(CodeBlock(fn, _handler(b), b.lineno, b.index) for fn, b in zip(fns, lw.blocks))
+
+
+def _used_elsewhere(lw: _Lowerer, temp: str, home: _Block) -> bool:
+    return any(temp in b.used_in for b in lw.blocks if b is not home)
+
+
+def _handler(b: _Block):
+    if b.handler is None:
+        return None
+    kind, label, var = b.handler
+    return (kind, label.pc, var)
+
+
+def _set_lines(node: ast.AST, lineno: int) -> None:
+    for n in ast.walk(node):
+        if "lineno" in n._attributes:
+            if getattr(n, "lineno", None) is None:
+                n.lineno = lineno
+                n.col_offset = 0
+            if getattr(n, "end_lineno", None) is None or n.end_lineno < n.lineno:
+                n.end_lineno = n.lineno
+                n.end_col_offset = 0
+    ast.fix_missing_locations(node)

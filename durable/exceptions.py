@@ -1,0 +1,83 @@
+"""Exceptions raised by the durable core.
+
+Every pause surfaces to the caller as :class:`PauseForEventException` (or its
+timer subclass), so a caller handles one exception type.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+
+class DurableError(Exception):
+    """Base class for errors of the durable machinery itself (not user code)."""
+
+
+class PauseForEventException(Exception):
+    """Pause the running instance until ``event`` is published.
+
+    Raised by user code (``raise PauseForEventException("name")``) to pause, and
+    raised to the caller of a program while the instance waits. ``due`` is the
+    POSIX time at which the wait ends by itself (a timer, or a wait with a
+    timeout), or ``None``.
+    """
+
+    def __init__(self, event: str | None = None, *, due: float | None = None, instance_id: str | None = None):
+        super().__init__(event)
+        self.event = event
+        self.due = due
+        self.instance_id = instance_id
+
+    @property
+    def due_at(self) -> datetime | None:
+        """``due`` as an aware UTC datetime."""
+        return None if self.due is None else datetime.fromtimestamp(self.due, tz=UTC)
+
+    def __reduce__(self):
+        return (_rebuild_pause, (type(self), self.event, self.due, self.instance_id))
+
+    def __str__(self) -> str:
+        if self.due is not None and self.event is None:
+            return f"sleeping until {self.due_at.isoformat()}"
+        if self.due is not None:
+            return f"waiting for event {self.event!r} until {self.due_at.isoformat()}"
+        return f"waiting for event {self.event!r}"
+
+
+def _rebuild_pause(cls, event, due, instance_id):
+    return cls(event, due=due, instance_id=instance_id)
+
+
+class TimerPause(PauseForEventException):
+    """The instance sleeps on a durable timer until ``due``."""
+
+
+class EventTimeout(TimeoutError):
+    """``wait_for_event(..., timeout=...)`` ran out of time before the event came."""
+
+
+class CheckpointException(DurableError):
+    """A checkpoint could not be written; the previous checkpoint is kept."""
+
+
+class CompileError(DurableError, SyntaxError):
+    """A function uses a construct the durable compiler cannot checkpoint."""
+
+    def __init__(self, message: str, filename: str | None = None, lineno: int | None = None):
+        where = f"{filename}:{lineno}: " if filename else ""
+        SyntaxError.__init__(self, where + message)
+        self.msg = where + message
+        self.filename = filename
+        self.lineno = lineno
+
+
+class StateTamperedError(DurableError):
+    """A saved state blob failed its signature check; it was not unpickled."""
+
+
+class CodeChangedError(DurableError):
+    """A paused frame's function changed its step layout since the checkpoint."""
+
+
+class InstanceCancelled(DurableError):
+    """The instance was cancelled; it will not run again."""

@@ -1,0 +1,406 @@
+"""Driving a call stack: run blocks, checkpoint after each step, pause, resume."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import os
+import sysconfig
+import time
+import types
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import cloudpickle
+
+from .backend import DurableBackend, OrchestrationBackend
+from .compiler import _THROW, AWAIT, CALL, NEXT, RETURN
+from .exceptions import (
+    CheckpointException,
+    CompileError,
+    DurableError,
+    EventTimeout,
+    PauseForEventException,
+    TimerPause,
+)
+from .primitives import TimerRequest, WaitRequest
+from .stack import CallStack, FunctionCall, check_code, transformer
+
+log = logging.getLogger("durable")
+
+RUNNING, PAUSED, COMPLETED, FAILED = "running", "paused", "completed", "failed"
+
+_NATIVE_PREFIXES = tuple(
+    os.path.normcase(os.path.realpath(p)) + os.sep
+    for p in {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+) + (os.path.dirname(os.path.realpath(__file__)) + os.sep,)
+_SITE = tuple(p for p in _NATIVE_PREFIXES if "site-packages" in p or "dist-packages" in p)
+
+#: Top-level packages whose async functions run as nested durable calls even
+#: when installed in site-packages (every package of a ``make_durable`` program
+#: is added).
+durable_packages: set[str] = set()
+
+_targets: dict[Any, Any] = {}
+
+
+def _durable_code(func) -> Any:
+    """The compiled form of ``func`` if it runs as a nested durable call, else None."""
+    code = func.__code__
+    hit = _targets.get(code, _targets)
+    if hit is not _targets:
+        return hit
+    result = None
+    if code.co_flags & inspect.CO_COROUTINE:
+        path = os.path.normcase(os.path.realpath(code.co_filename))
+        top = (getattr(func, "__module__", None) or "").partition(".")[0]
+        native = code.co_filename.startswith("<") or (
+            path.startswith(_NATIVE_PREFIXES) and not (top in durable_packages and path.startswith(_SITE)))
+        if not native:
+            try:
+                result = transformer.compile(func)
+            except CompileError as exc:
+                log.warning("%s runs as one step, not as a durable call: %s", func.__qualname__, exc)
+    _targets[code] = result
+    return result
+
+
+class DurableRuntime:
+    """Runs one instance: restores its state, drives its stack, persists it.
+
+    ``clock`` (POSIX seconds) is injectable for tests of timers;
+    ``on_checkpoint(instance_id, step)`` runs after every saved step (a
+    fault-injection point for tests); ``migrate(frame) -> bool`` may adapt a
+    frame whose code changed its step layout.
+    """
+
+    def __init__(self, backend: OrchestrationBackend, instance_id: str, *, clock: Callable[[], float] = time.time,
+                 on_checkpoint: Callable[[str, int], None] | None = None,
+                 migrate: Callable[[FunctionCall], bool] | None = None) -> None:
+        self.backend = backend
+        self.instance_id = instance_id
+        self.clock = clock
+        self.on_checkpoint = on_checkpoint
+        self.migrate = migrate
+        self.state: dict | None = None
+
+    async def run(self, program, args: tuple = (), kwargs: dict | None = None) -> Any:
+        """Start, continue or report the instance; see :class:`DurableProgram`."""
+        state = await self.backend.load_state(self.instance_id)
+        if state is None:
+            func = program.fn if isinstance(program, DurableProgram) else program
+            frame = FunctionCall.start(func, args, kwargs)
+            state = new_state(CallStack([frame]), getattr(program, "name", func.__qualname__))
+            self.state = state
+            return await self._drive(None)
+        self.state = state
+        status = state["status"]
+        if status == COMPLETED:
+            return state["result"]
+        if status == FAILED:
+            raise _stored_error(state)
+        if status == "cancelled":
+            from .exceptions import InstanceCancelled
+            raise InstanceCancelled(f"instance {self.instance_id!r} was cancelled")
+        for frame in state["stack"]:
+            check_code(frame, self.migrate)
+        throw = None
+        wait = state.get("wait")
+        if wait is not None:
+            value, throw = await self._check_wait(wait)
+            top = state["stack"].top
+            if top.tmp is not None and throw is None:
+                top.locals[top.tmp] = value
+            state["wait"] = None
+            state["status"] = RUNNING
+        return await self._drive(throw)
+
+    async def run_stack(self, stack: CallStack, name: str = "<stack>") -> Any:
+        """Run a hand-built call stack (e.g. a script call with appended chunks)."""
+        self.state = new_state(stack, name)
+        return await self._drive(None)
+
+    # -- waiting ----------------------------------------------------------
+    async def _check_wait(self, wait: dict) -> tuple[Any, BaseException | None]:
+        """Return (value, exception-to-throw) if the wait is over; else raise the pause again."""
+        due = wait.get("due")
+        if wait["kind"] == "timer":
+            if self.clock() >= due:
+                return None, None
+            raise TimerPause(None, due=due, instance_id=self.instance_id)
+        try:
+            return await self.backend.wait_for_event(self.instance_id, wait["event"]), None
+        except PauseForEventException:
+            if due is not None and self.clock() >= due:
+                return None, EventTimeout(f"event {wait['event']!r} did not arrive in time")
+            raise PauseForEventException(wait["event"], due=due, instance_id=self.instance_id) from None
+
+    async def _begin_wait(self, req) -> tuple[bool, Any, BaseException | None]:
+        """Try to satisfy a new wait now; otherwise record it and pause."""
+        now = self.clock()
+        if isinstance(req, TimerRequest):
+            due = req.due if req.due is not None else now + req.seconds
+            wait = {"kind": "timer", "due": due}
+        else:
+            due = None if req.timeout is None else now + req.timeout
+            wait = {"kind": "event", "event": req.event, "due": due}
+        try:
+            value, throw = await self._check_wait(wait)
+            return True, value, throw
+        except PauseForEventException as pause:
+            state = self.state
+            state["wait"] = wait
+            state["status"] = PAUSED
+            await self._checkpoint()
+            raise pause
+
+    # -- the step loop ----------------------------------------------------
+    async def _drive(self, throw: BaseException | None) -> Any:
+        state = self.state
+        stack: CallStack = state["stack"]
+        frames = stack.frames
+        fr = frames[-1]
+        blocks, L = fr.blocks, fr.locals
+        if throw is not None:
+            fr, blocks, L, done = self._throw(throw)
+            if done:
+                return await self._finish_failed(throw)
+        while True:
+            try:
+                r = blocks[fr.pc].fn(L)
+            except Exception as exc:
+                if isinstance(exc, PauseForEventException):
+                    exc = DurableError(
+                        "PauseForEventException raised outside a pause point; write "
+                        "`raise PauseForEventException(name)` directly in durable code, or "
+                        "`await wait_for_event(name)`")
+                fr, blocks, L, done = self._throw(exc)
+                if done:
+                    return await self._finish_failed(exc)
+                continue
+            if r.__class__ is int:
+                fr.pc = r
+                continue
+            kind = r[0]
+            if kind == CALL:
+                _, func, args, kwargs, fr.pc, fr.tmp = r
+                cls = func.__class__
+                compiled = None
+                if cls is types.FunctionType:
+                    compiled = _durable_code(func)
+                elif cls is types.MethodType and func.__func__.__class__ is types.FunctionType:
+                    compiled = _durable_code(func.__func__)
+                    if compiled is not None:
+                        args = (func.__self__, *args)
+                        func = func.__func__
+                elif cls is DurableProgram and "instance_id" not in kwargs and "orchestration_backend" not in kwargs:
+                    compiled = func.compiled
+                    func = func.fn
+                if compiled is not None:
+                    try:
+                        L = compiled.bind(func, args, kwargs)
+                    except Exception as exc:
+                        fr, blocks, L, done = self._throw(exc)
+                        if done:
+                            return await self._finish_failed(exc)
+                        continue
+                    fr = FunctionCall(func, compiled, L)
+                    frames.append(fr)
+                    blocks = fr.blocks
+                    continue
+                try:
+                    aw = func(*args, **kwargs)
+                except Exception as exc:
+                    fr, blocks, L, done = self._throw(exc)
+                    if done:
+                        return await self._finish_failed(exc)
+                    continue
+            elif kind == RETURN:
+                value = r[1]
+                frames.pop()
+                if not frames:
+                    return await self._finish(value)
+                fr = frames[-1]
+                blocks, L = fr.blocks, fr.locals
+                if fr.tmp is not None:
+                    L[fr.tmp] = value
+                await self._checkpoint()
+                continue
+            elif kind == AWAIT:
+                _, aw, fr.pc, fr.tmp = r
+            elif kind == NEXT:
+                if fr.pc + 1 < len(blocks):
+                    fr.pc += 1
+                    continue
+                frames.pop()
+                if not frames:
+                    return await self._finish(None)
+                fr = frames[-1]
+                blocks, L = fr.blocks, fr.locals
+                if fr.tmp is not None:
+                    L[fr.tmp] = None
+                await self._checkpoint()
+                continue
+            else:  # pragma: no cover - the compiler emits nothing else
+                raise DurableError(f"bad block result {r!r}")
+            # a leaf await: a wait request, or any awaitable run as one step
+            throw = None
+            if aw.__class__ is WaitRequest or aw.__class__ is TimerRequest:
+                ok, value, throw = await self._begin_wait(aw)
+            else:
+                try:
+                    value = await aw
+                except Exception as exc:
+                    throw = exc
+            if throw is not None:
+                fr, blocks, L, done = self._throw(throw)
+                if done:
+                    return await self._finish_failed(throw)
+                continue
+            if fr.tmp is not None:
+                L[fr.tmp] = value
+            await self._checkpoint()
+
+    def _throw(self, exc: BaseException):
+        """Route ``exc`` to the innermost handler; unwind frames that have none."""
+        frames = self.state["stack"].frames
+        while frames:
+            fr = frames[-1]
+            h = fr.blocks[fr.pc].handler
+            if h is not None:
+                kind, pc, var = h
+                fr.locals[var] = exc if kind == "except" else (_THROW, exc)
+                fr.pc = pc
+                return fr, fr.blocks, fr.locals, False
+            frames.pop()
+        return None, None, None, True
+
+    async def _checkpoint(self) -> None:
+        state = self.state
+        state["steps"] += 1
+        try:
+            await self.backend.save_state(self.instance_id, state)
+        except CheckpointException as exc:
+            raise _diagnose(state, exc) from exc
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(self.instance_id, state["steps"])
+
+    async def _finish(self, value: Any) -> Any:
+        state = self.state
+        state.update(status=COMPLETED, result=value, stack=CallStack([]), wait=None)
+        try:
+            await self._checkpoint()
+        except CheckpointException as exc:
+            raise CheckpointException(f"the result of type {type(value).__name__} cannot be saved: {exc}") from exc
+        return value
+
+    async def _finish_failed(self, exc: BaseException) -> Any:
+        state = self.state
+        try:
+            cloudpickle.loads(cloudpickle.dumps(exc))
+            stored = exc
+        except Exception:
+            stored = DurableError(f"{type(exc).__name__}: {exc}")
+        state.update(status=FAILED, error=stored, stack=CallStack([]), wait=None)
+        await self._checkpoint()
+        raise exc
+
+
+def new_state(stack: CallStack, name: str) -> dict:
+    return {"format": 1, "status": RUNNING, "program": name, "stack": stack, "wait": None,
+            "result": None, "error": None, "steps": 0}
+
+
+def _stored_error(state: dict) -> BaseException:
+    err = state.get("error")
+    return err if isinstance(err, BaseException) else DurableError(str(err))
+
+
+def _diagnose(state: dict, exc: CheckpointException) -> CheckpointException:
+    """Name the local that cannot be pickled (only on the failure path)."""
+    for frame in reversed(state["stack"].frames):
+        for name, value in frame.locals.items():
+            if frame.compiled is not None and name in frame.compiled.freevars:
+                continue
+            try:
+                cloudpickle.dumps(value)
+            except Exception as err:
+                shown = name if not name.startswith("_dur__") else "a temporary value (e.g. a for-loop iterator)"
+                return CheckpointException(
+                    f"cannot checkpoint {frame.position()}: local variable {shown!r} of type "
+                    f"{type(value).__module__}.{type(value).__qualname__} cannot be pickled ({err}); "
+                    "the previous checkpoint is kept. Delete or convert it before the next await.")
+    return exc
+
+
+_default_backend: DurableBackend | None = None
+
+
+def default_backend() -> DurableBackend:
+    """An in-memory backend for calls that pass none."""
+    global _default_backend
+    if _default_backend is None:
+        _default_backend = DurableBackend()
+    return _default_backend
+
+
+class DurableProgram:
+    """A durable version of an ``async def``; call it like the function.
+
+    ``await program(*args, orchestration_backend=b, instance_id=i, **kw)``
+    starts the instance, continues it if what it waits for has happened,
+    returns the stored result if it completed, or raises the stored error if
+    it failed. A pause raises :class:`PauseForEventException` (or
+    :class:`TimerPause`).
+    """
+
+    def __init__(self, fn, *, name: str | None = None, version: str | None = None,
+                 migrate: Callable[[FunctionCall], bool] | None = None) -> None:
+        if isinstance(fn, DurableProgram):
+            fn = fn.fn
+        if not inspect.iscoroutinefunction(fn):
+            raise TypeError(f"make_durable() needs an async def function, got {fn!r}")
+        self.fn = fn
+        self.compiled = transformer.compile(fn)
+        self.name = name or f"{fn.__module__}.{fn.__qualname__}"
+        self.version = version
+        self.migrate = migrate
+        durable_packages.add((fn.__module__ or "").partition(".")[0])
+        functools.update_wrapper(self, fn)
+
+    async def __call__(self, *args, orchestration_backend: OrchestrationBackend | None = None,
+                       instance_id: str | None = None, **kwargs) -> Any:
+        backend = orchestration_backend if orchestration_backend is not None else default_backend()
+        runtime = DurableRuntime(backend, instance_id or uuid.uuid4().hex, migrate=self.migrate)
+        return await runtime.run(self, args, kwargs)
+
+    def runtime(self, backend: OrchestrationBackend, instance_id: str, **options) -> DurableRuntime:
+        """A runtime for this program's instance, with options (clock, hooks)."""
+        options.setdefault("migrate", self.migrate)
+        return DurableRuntime(backend, instance_id, **options)
+
+    def __reduce__(self):
+        return (_program_by_ref, (self.fn,))
+
+    def __repr__(self) -> str:
+        return f"<DurableProgram {self.name}>"
+
+
+def _program_by_ref(fn):
+    return DurableProgram(fn)
+
+
+def make_durable(fn=None, **options):
+    """Wrap an ``async def`` into a :class:`DurableProgram` (also a decorator).
+
+    The function is compiled now, so constructs that cannot be checkpointed
+    are reported with file and line before anything runs.
+    """
+    if fn is None:
+        return lambda f: DurableProgram(f, **options)
+    return DurableProgram(fn, **options)
+
+
+__all__ = ["DurableProgram", "DurableRuntime", "make_durable", "default_backend"]

@@ -1,0 +1,161 @@
+"""The execution model: frames of compiled functions on a call stack.
+
+A :class:`FunctionCall` is what gets checkpointed for each active call: which
+function, which block comes next (``pc``), and its locals. Frames pickle by
+reference to their function, so a saved stack can be resumed in another
+process that imports the same code.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from .compiler import CodeBlock, CodeChunk, CompiledFunction, DurableAstTransformer
+from .exceptions import CodeChangedError
+
+transformer = DurableAstTransformer()
+
+
+class FunctionCall:
+    """One active call of a durable function (or a script of code chunks)."""
+
+    __slots__ = ("func", "compiled", "blocks", "locals", "pc", "tmp", "chunks", "module", "fingerprint")
+
+    def __init__(self, func=None, compiled: CompiledFunction | None = None, locals: dict | None = None,
+                 pc: int = 0, *, module: str = "__main__") -> None:
+        self.func = func
+        self.compiled = compiled
+        self.blocks: tuple | list = compiled.blocks if compiled is not None else ()
+        self.locals: dict[str, Any] = {} if locals is None else locals
+        self.pc = pc
+        self.tmp: str | None = None
+        self.chunks: list[CodeChunk] = []
+        self.module = module
+        self.fingerprint = (compiled.source_hash, compiled.layout_hash) if compiled is not None else None
+
+    @classmethod
+    def start(cls, func, args: tuple = (), kwargs: dict | None = None) -> FunctionCall:
+        """A new frame for ``func(*args, **kwargs)``."""
+        compiled = transformer.compile(func)
+        return cls(func, compiled, compiled.bind(func, args, kwargs or {}))
+
+    @property
+    def code_blocks(self) -> list[CodeBlock]:
+        """The blocks this call runs, in order (``pc`` indexes them)."""
+        return list(self.blocks)
+
+    @property
+    def name(self) -> str:
+        return self.compiled.qualname if self.compiled is not None else "<script>"
+
+    def append_code_block(self, block: CodeChunk | str) -> None:
+        """Append code to run after the blocks already in this call.
+
+        Accepts source text, or a chunk from ``CodeBlock.from_source(text)``:
+        statements (awaits allowed, as in an ``async def`` body) that run in
+        this call's namespace once control reaches the end of the previous
+        chunk. A ``return`` in a chunk ends the call. Only calls created
+        without a function (``FunctionCall()``) reach appended chunks.
+        """
+        chunk = block if isinstance(block, CodeChunk) else CodeBlock.from_source(block)
+        if not isinstance(chunk, CodeChunk):
+            raise TypeError(f"append_code_block() takes source text or CodeBlock.from_source(...), not {block!r}")
+        new = transformer.compile_chunk(chunk, len(self.blocks), self._globals())
+        self.blocks = tuple(self.blocks) + new
+        self.chunks.append(chunk)
+
+    def _globals(self) -> dict:
+        if self.func is not None:
+            return self.func.__globals__
+        return sys.modules[self.module].__dict__
+
+    def position(self) -> str:
+        """Where this call stands, for people (function, line, awaited expression)."""
+        if self.compiled is None:
+            return f"<script> block {self.pc}"
+        return self.compiled.describe(self.pc)
+
+    def __reduce__(self):
+        loc = self.locals
+        if self.compiled is not None and self.compiled.freevars:
+            loc = {k: v for k, v in loc.items() if k not in self.compiled.freevars}
+        return (_restore, (self.func, self.pc, loc, self.tmp, self.fingerprint, tuple(self.chunks), self.module))
+
+    def __repr__(self) -> str:
+        return f"<FunctionCall {self.position()}>"
+
+
+def _restore(func, pc, loc, tmp, fingerprint, chunks, module):
+    fr = FunctionCall.__new__(FunctionCall)
+    fr.func = func
+    fr.pc = pc
+    fr.locals = loc
+    fr.tmp = tmp
+    fr.module = module
+    fr.chunks = []
+    fr.fingerprint = fingerprint
+    if func is not None:
+        fr.compiled = transformer.compile(func)
+        fr.blocks = fr.compiled.blocks
+        if fr.compiled.freevars and func.__closure__:
+            loc.update(zip(fr.compiled.freevars, func.__closure__))
+    else:
+        fr.compiled = None
+        fr.blocks = ()
+    for chunk in chunks:
+        fr.append_code_block(chunk)
+    return fr
+
+
+def check_code(frame: FunctionCall, migrate=None) -> None:
+    """Refuse to resume a frame whose function's step layout changed.
+
+    A changed source with the same layout (a fix inside a block) resumes. A
+    changed layout raises :class:`CodeChangedError` unless ``migrate`` (a
+    callable taking the frame) adapts the frame and returns True.
+    """
+    if frame.compiled is None or frame.fingerprint is None:
+        return
+    src, layout = frame.fingerprint
+    if layout == frame.compiled.layout_hash:
+        frame.fingerprint = (frame.compiled.source_hash, layout)
+        return
+    if migrate is not None and migrate(frame):
+        frame.fingerprint = (frame.compiled.source_hash, frame.compiled.layout_hash)
+        return
+    raise CodeChangedError(
+        f"{frame.compiled.qualname} ({frame.compiled.filename}) changed its step layout since this instance was "
+        f"checkpointed (layout {layout} -> {frame.compiled.layout_hash}); it cannot resume safely at step "
+        f"{frame.pc}. Restore the old code, or supply a migration.")
+
+
+class CallStack:
+    """The frames of one instance, innermost last."""
+
+    __slots__ = ("frames",)
+
+    def __init__(self, frames: list[FunctionCall] | None = None) -> None:
+        self.frames = frames or []
+
+    def push(self, frame: FunctionCall) -> None:
+        self.frames.append(frame)
+
+    def pop(self) -> FunctionCall:
+        return self.frames.pop()
+
+    @property
+    def top(self) -> FunctionCall:
+        return self.frames[-1]
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __iter__(self):
+        return iter(self.frames)
+
+    def __reduce__(self):
+        return (CallStack, (self.frames,))
+
+    def __repr__(self) -> str:
+        return "<CallStack " + " > ".join(f.position() for f in self.frames) + ">"
