@@ -138,7 +138,7 @@ class CompiledFunction:
 
     def describe(self, pc: int) -> str:
         """Human-readable position of a resume point, for status displays."""
-        line, text = self.resume_points.get(pc, (None, None))
+        line, text, _ = self.resume_points.get(pc, (None, None, None))
         if line is None:
             return f"{self.qualname} block {pc}"
         return f"{self.qualname} line {line}: {text}"
@@ -613,7 +613,7 @@ class _Lowerer:
         else:
             value = self.expr(value)
             term = _tuple(_name(f"{_PREFIX}AWAIT"), value, _const(resume), _const(tmp))
-        self.resume_points[resume] = (getattr(node, "lineno", self.lineno), text[:120])
+        self.resume_points[resume] = (getattr(node, "lineno", self.lineno), text[:120], tmp)
         self.close(_ret(term), ("S", resume))
         self.new_block(resume)
         return self.use(tmp) if keep else None
@@ -1125,17 +1125,26 @@ class DurableAstTransformer:
             resume_points={lab.pc: v for lab, v in lw.resume_points.items()},
         )
 
-    def compile_chunk(self, chunk: CodeChunk, base: int, globals_: dict) -> tuple:
-        """Compile appended source text into blocks numbered from ``base``."""
-        key = (chunk, base, id(globals_))
+    def compile_chunk(self, chunk: CodeChunk, base: int, globals_: dict, known: frozenset = frozenset()) -> tuple:
+        """Compile appended source text into blocks numbered from ``base``.
+
+        ``known`` are the names earlier chunks of the call assign; with the
+        names this chunk assigns they are the call's locals. Returns the blocks
+        and the names this chunk assigns.
+        """
+        key = (chunk, base, id(globals_), known)
         hit = self._chunks.get(key)
         if hit is not None:
             return hit
         wrapped = "async def __chunk__():\n" + textwrap.indent(chunk.source, "    ")
         try:
             tree = ast.parse(wrapped, chunk.filename)
+            code = compile(tree, chunk.filename, "exec")
         except SyntaxError as exc:
-            raise CompileError(f"cannot parse code block: {exc.msg}", chunk.filename, (exc.lineno or 1) - 1) from exc
+            raise CompileError(f"cannot compile code block: {exc.msg}", chunk.filename,
+                               (exc.lineno or 2) - 1) from exc
+        fcode = next(c for c in code.co_consts if isinstance(c, types.CodeType))
+        own = frozenset(fcode.co_varnames) | frozenset(fcode.co_cellvars)
         ast.increment_lineno(tree, -1)
         node = tree.body[0]
         _validate(node, chunk.filename)
@@ -1145,12 +1154,9 @@ class DurableAstTransformer:
         lw.body(node.body)
         if lw.cur is not None and not lw.cur.closed:
             lw.close(_ret(_tuple(_name(f"{_PREFIX}NEXT"))), ("N",))
-        names = set()
-        for s in node.body:
-            names |= {n.id for n in ast.walk(s) if isinstance(n, ast.Name)}
-        blocks = _build(lw, names, [], chunk.filename, globals_, "<chunk>", base=base)
-        self._chunks[key] = blocks
-        return blocks
+        blocks = _build(lw, set(own | known), [], chunk.filename, globals_, "<chunk>", base=base)
+        self._chunks[key] = (blocks, own)
+        return blocks, own
 
 
 def _fix_super(node: ast.AsyncFunctionDef, code) -> None:

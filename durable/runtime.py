@@ -26,7 +26,7 @@ from .exceptions import (
     TimerPause,
 )
 from .primitives import TimerRequest, WaitRequest
-from .stack import CallStack, FunctionCall, check_code, transformer
+from .stack import CallStack, FunctionCall, check_code, func_ref, resolve_func, transformer
 
 log = logging.getLogger("durable")
 
@@ -360,6 +360,10 @@ class DurableProgram:
                  migrate: Callable[[FunctionCall], bool] | None = None) -> None:
         if isinstance(fn, DurableProgram):
             fn = fn.fn
+        if inspect.isasyncgenfunction(fn):
+            code = fn.__code__
+            raise CompileError(f"{fn.__qualname__} is an async generator (yield inside async def); async generators "
+                               "cannot be made durable", code.co_filename, code.co_firstlineno)
         if not inspect.iscoroutinefunction(fn):
             raise TypeError(f"make_durable() needs an async def function, got {fn!r}")
         self.fn = fn
@@ -382,13 +386,14 @@ class DurableProgram:
         return DurableRuntime(backend, instance_id, **options)
 
     def __reduce__(self):
-        return (_program_by_ref, (self.fn,))
+        return (_program_by_ref, (func_ref(self.fn),))
 
     def __repr__(self) -> str:
         return f"<DurableProgram {self.name}>"
 
 
-def _program_by_ref(fn):
+def _program_by_ref(ref):
+    fn = resolve_func(ref)
     return DurableProgram(fn)
 
 

@@ -8,6 +8,7 @@ process that imports the same code.
 
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import Any
 
@@ -61,7 +62,8 @@ class FunctionCall:
         chunk = block if isinstance(block, CodeChunk) else CodeBlock.from_source(block)
         if not isinstance(chunk, CodeChunk):
             raise TypeError(f"append_code_block() takes source text or CodeBlock.from_source(...), not {block!r}")
-        new = transformer.compile_chunk(chunk, len(self.blocks), self._globals())
+        known = frozenset().union(*(transformer.compile_chunk(c, 0, self._globals())[1] for c in self.chunks))
+        new, _ = transformer.compile_chunk(chunk, len(self.blocks), self._globals(), known)
         self.blocks = tuple(self.blocks) + new
         self.chunks.append(chunk)
 
@@ -76,17 +78,62 @@ class FunctionCall:
             return f"<script> block {self.pc}"
         return self.compiled.describe(self.pc)
 
+    def resume_points(self) -> list[tuple[int, int, str]]:
+        """(pc, line, source) of every await of this call's function, for migrations."""
+        if self.compiled is None:
+            return []
+        return [(pc, line, text) for pc, (line, text, _) in sorted(self.compiled.resume_points.items())]
+
+    def move_to(self, where: str | int) -> None:
+        """Make this (paused) call continue after the await whose source text
+        contains ``where`` (or that starts on line ``where``) in the current code.
+
+        Meant for migrations of instances paused under code whose step layout
+        changed; the locals are kept as they are.
+        """
+        points = self.compiled.resume_points if self.compiled is not None else {}
+        for pc, (line, text, tmp) in sorted(points.items()):
+            if (isinstance(where, int) and line == where) or (isinstance(where, str) and where in text):
+                self.pc, self.tmp = pc, tmp
+                return
+        raise ValueError(f"no await matching {where!r} in {self.name}")
+
     def __reduce__(self):
         loc = self.locals
         if self.compiled is not None and self.compiled.freevars:
             loc = {k: v for k, v in loc.items() if k not in self.compiled.freevars}
-        return (_restore, (self.func, self.pc, loc, self.tmp, self.fingerprint, tuple(self.chunks), self.module))
+        return (_restore, (func_ref(self.func), self.pc, loc, self.tmp, self.fingerprint, tuple(self.chunks),
+                           self.module))
 
     def __repr__(self) -> str:
         return f"<FunctionCall {self.position()}>"
 
 
+def func_ref(func):
+    """How a frame names its function in a checkpoint: by import path when it
+    has one (so restored frames run the code installed now), else by value."""
+    if func is None or "<locals>" in func.__qualname__ or func.__module__ is None:
+        return func
+    return (func.__module__, func.__qualname__)
+
+
+def resolve_func(ref):
+    """The function a :func:`func_ref` names (unwrapping a DurableProgram)."""
+    if not isinstance(ref, tuple):
+        return ref
+    module, qualname = ref
+    try:
+        obj = sys.modules.get(module) or importlib.import_module(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise CodeChangedError(f"the code of a paused frame, {module}.{qualname}, cannot be found: {exc}") from exc
+    obj = getattr(obj, "fn", obj)
+    return getattr(obj, "__func__", obj)
+
+
 def _restore(func, pc, loc, tmp, fingerprint, chunks, module):
+    func = resolve_func(func)
     fr = FunctionCall.__new__(FunctionCall)
     fr.func = func
     fr.pc = pc

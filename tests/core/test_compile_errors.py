@@ -1,0 +1,76 @@
+"""Constructs that cannot be checkpointed are refused at make_durable time with file:line."""
+
+import textwrap
+
+import pytest
+
+from durable import CompileError, make_durable
+
+CASES = {
+    "await inside with": '''
+        async def f(x):
+            with open(x) as fh:
+                await g()
+    ''',
+    "async with": '''
+        async def f(x):
+            async with x:
+                pass
+    ''',
+    "async for": '''
+        async def f(x):
+            async for i in x:
+                pass
+    ''',
+    "comprehension": '''
+        async def f(xs):
+            return [await g(x) for x in xs]
+    ''',
+    "async generator": '''
+        async def f():
+            yield 1
+    ''',
+    "match": '''
+        async def f(x):
+            match x:
+                case 1:
+                    await g()
+    ''',
+    "pause inside with": '''
+        async def f(x):
+            with x:
+                raise PauseForEventException("e")
+    ''',
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_refused_with_file_and_line(make_module, name):
+    mod = make_module("from durable import PauseForEventException\nasync def g(*a):\n    pass\n" + textwrap.dedent(CASES[name]))
+    with pytest.raises(CompileError) as e:
+        make_durable(mod.f)
+    assert mod.__file__ in str(e.value)
+    line = int(str(e.value).split(mod.__file__ + ":")[1].split(":")[0])
+    assert 5 <= line <= 10
+
+
+def test_not_async_is_refused():
+    def sync():
+        return 1
+
+    with pytest.raises(TypeError):
+        make_durable(sync)
+
+
+def test_with_without_await_is_fine(make_module):
+    mod = make_module('''
+        import contextlib
+        async def g():
+            return 2
+        async def f():
+            with contextlib.nullcontext(1) as one:
+                x = one
+            return x + await g()
+    ''')
+    import asyncio
+    assert asyncio.run(make_durable(mod.f)()) == 3
