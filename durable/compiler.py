@@ -211,7 +211,8 @@ def _validate(fn_node: ast.AsyncFunctionDef, filename: str) -> None:
         for child in ast.iter_child_nodes(node):
             c = ctx
             if isinstance(child, (ast.Yield, ast.YieldFrom)):
-                raise _compile_error("async generators (yield inside async def) cannot be made durable", child, filename)
+                raise _compile_error("async generators (yield inside async def) cannot be made durable", child,
+                                     filename)
             if isinstance(child, ast.AsyncFor):
                 raise _compile_error(
                     "'async for' cannot be checkpointed; iterate inside a helper async def (it runs as one step)",
@@ -230,8 +231,8 @@ def _validate(fn_node: ast.AsyncFunctionDef, filename: str) -> None:
                     heads = child.decorator_list + child.bases + [k.value for k in child.keywords]
                 for h in heads:
                     if any(isinstance(n, ast.Await) for n in ast.walk(h)):
-                        raise _compile_error("await in a decorator, default or base of a nested definition is not supported",
-                                             h, filename)
+                        raise _compile_error(
+                            "await in a decorator, default or base of a nested definition is not supported", h, filename)
                 continue
             if isinstance(child, _COMPS):
                 if any(isinstance(n, ast.Await) for n in ast.walk(child)):

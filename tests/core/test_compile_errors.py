@@ -46,7 +46,8 @@ CASES = {
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_refused_with_file_and_line(make_module, name):
-    mod = make_module("from durable import PauseForEventException\nasync def g(*a):\n    pass\n" + textwrap.dedent(CASES[name]))
+    header = "from durable import PauseForEventException\nasync def g(*a):\n    pass\n"
+    mod = make_module(header + textwrap.dedent(CASES[name]))
     with pytest.raises(CompileError) as e:
         make_durable(mod.f)
     assert mod.__file__ in str(e.value)
