@@ -232,7 +232,8 @@ def _validate(fn_node: ast.AsyncFunctionDef, filename: str) -> None:
                 for h in heads:
                     if any(isinstance(n, ast.Await) for n in ast.walk(h)):
                         raise _compile_error(
-                            "await in a decorator, default or base of a nested definition is not supported", h, filename)
+                            "await in a decorator, default or base of a nested definition is not supported",
+                            h, filename)
                 continue
             if isinstance(child, _COMPS):
                 if any(isinstance(n, ast.Await) for n in ast.walk(child)):
