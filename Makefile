@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(PY) examples/demo.py
+	$(PY) examples/core_demo.py
 
 test: $(VENV)/.installed
 	$(PY) -m ruff check .
