@@ -24,6 +24,7 @@ import ast
 import hashlib
 import inspect
 import operator
+import re
 import textwrap
 import types
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ _NORMAL, _THROW, _RETK, _JUMP = 0, 1, 2, 3
 
 _PREFIX = "_dur__"
 _LN = _PREFIX + "L"
+_TEMP = re.compile(_PREFIX + r"(?:t|e|c|x|it)\d+$")
 _PAUSE_NAMES = {"PauseForEventException"}
 
 
@@ -92,6 +94,7 @@ class CodeBlock:
     handler: tuple | None = None
     lineno: int = 0
     index: int = 0
+    pending: str | None = None
 
     @classmethod
     def from_source(cls, source: str, filename: str = "<durable-chunk>") -> CodeChunk:
@@ -133,7 +136,7 @@ class CompiledFunction:
             L[name] = Cell(name, L[name]) if name in L else Cell(name)
         closure = getattr(func, "__closure__", None)
         if closure:
-            L.update(zip(self.freevars, closure))
+            L.update(free_cells(self.freevars, closure))
         return L
 
     def describe(self, pc: int) -> str:
@@ -142,6 +145,20 @@ class CompiledFunction:
         if line is None:
             return f"{self.qualname} block {pc}"
         return f"{self.qualname} line {line}: {text}"
+
+
+def free_cells(names: tuple, closure: tuple):
+    """(name, cell) pairs for a function's free variables.
+
+    A variable the enclosing durable frame shares is a :class:`Cell` inside the
+    closure cell; the frame then uses that same ``Cell``.
+    """
+    for name, cell in zip(names, closure):
+        try:
+            content = cell.cell_contents
+        except ValueError:
+            content = None
+        yield name, content if content.__class__ is Cell else cell
 
 
 def _compile_error(msg: str, node: ast.AST | None, filename: str) -> CompileError:
@@ -166,25 +183,31 @@ def _is_pause_raise(node: ast.AST) -> bool:
 
 
 _SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
+
+
+def _scope_heads(node: ast.AST) -> list[ast.AST]:
+    """The parts of a def/lambda/class that run in the enclosing scope."""
+    if isinstance(node, ast.ClassDef):
+        return node.decorator_list + node.bases + [k.value for k in node.keywords]
+    heads = [d for d in node.args.defaults + node.args.kw_defaults if d is not None]
+    return heads + getattr(node, "decorator_list", [])
 _COMPS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
 
 
 def _walk_scope(node: ast.AST):
     """Walk ``node`` without entering nested function/class bodies."""
-    stack = [node]
+    if isinstance(node, _SCOPES):
+        yield node
+        stack = list(_scope_heads(node))
+    else:
+        stack = [node]
     while stack:
         n = stack.pop()
         yield n
         for child in ast.iter_child_nodes(n):
             if isinstance(child, _SCOPES):
                 yield child
-                if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                    stack.extend(child.decorator_list)
-                    stack.extend(d for d in child.args.defaults + child.args.kw_defaults if d is not None)
-                elif isinstance(child, ast.ClassDef):
-                    stack.extend(child.decorator_list + child.bases + [k.value for k in child.keywords])
-                elif isinstance(child, ast.Lambda):
-                    stack.extend(d for d in child.args.defaults + child.args.kw_defaults if d is not None)
+                stack.extend(_scope_heads(child))
                 continue
             stack.append(child)
 
@@ -356,18 +379,38 @@ def _scope_locals(body: list[ast.stmt]) -> set[str]:
 
 
 def _assigned(stmts: list[ast.stmt]) -> set[str]:
-    """Names a block binds or deletes in its own scope (for write-back)."""
+    """Names the statements bind or delete in their own scope (for write-back).
+
+    Nested defs, lambdas and classes bind only their name; comprehensions bind
+    only the targets of ``:=`` inside them.
+    """
     out: set[str] = set()
-    for stmt in stmts:
-        for n in _walk_scope(stmt):
-            if isinstance(n, ast.Name) and isinstance(n.ctx, (ast.Store, ast.Del)):
+
+    def visit(n: ast.AST) -> None:
+        if isinstance(n, _SCOPES):
+            if not isinstance(n, ast.Lambda):
+                out.add(n.name)
+            for h in _scope_heads(n):
+                visit(h)
+            return
+        if isinstance(n, _COMPS):
+            visit(n.generators[0].iter)
+            out.update(sub.target.id for sub in ast.walk(n) if isinstance(sub, ast.NamedExpr))
+            return
+        if isinstance(n, ast.Name):
+            if isinstance(n.ctx, (ast.Store, ast.Del)):
                 out.add(n.id)
-            elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                out.add(n.name)
-            elif isinstance(n, (ast.Import, ast.ImportFrom)):
-                out |= {(a.asname or a.name).split(".")[0] for a in n.names}
-            elif isinstance(n, ast.ExceptHandler) and n.name:
-                out.add(n.name)
+        elif isinstance(n, (ast.Import, ast.ImportFrom)):
+            out.update((a.asname or a.name).split(".")[0] for a in n.names)
+        elif isinstance(n, (ast.ExceptHandler, ast.MatchAs, ast.MatchStar)) and n.name:
+            out.add(n.name)
+        elif isinstance(n, ast.MatchMapping) and n.rest:
+            out.add(n.rest)
+        for c in ast.iter_child_nodes(n):
+            visit(c)
+
+    for s in stmts:
+        visit(s)
     return out
 
 
@@ -424,14 +467,14 @@ def _is_simple(e: ast.expr) -> bool:
 
 
 class _Block:
-    __slots__ = ("index", "stmts", "handler", "defined", "used_in", "exits", "lineno", "closed")
+    __slots__ = ("index", "stmts", "handler", "handling", "pending", "exits", "lineno", "closed")
 
     def __init__(self, index: int, handler, lineno: int) -> None:
         self.index = index
         self.stmts: list[ast.stmt] = []
         self.handler = handler
-        self.defined: set[str] = set()   # temps assigned here
-        self.used_in: set[str] = set()   # temps consumed here that were set elsewhere
+        self.handling: str | None = None  # the handled-exception variable, in a lowered except body
+        self.pending: str | None = None   # the completion variable, in a lowered finally body
         self.exits: list = []
         self.lineno = lineno
         self.closed = False
@@ -454,8 +497,10 @@ class _Finally:
 class _Lowerer:
     """Turns a function body into a list of blocks (see module docstring)."""
 
-    def __init__(self, filename: str, temps: _Temps, chunk: bool = False, base: int = 0) -> None:
+    def __init__(self, filename: str, temps: _Temps, chunk: bool = False, base: int = 0,
+                 cells: frozenset = frozenset()) -> None:
         self.filename = filename
+        self.cells = cells
         self.base = base
         self.temps = temps
         self.an = _Analysis()
@@ -465,7 +510,7 @@ class _Lowerer:
         self.loops: list[_Loop] = []
         self.finallies: list[_Finally] = []
         self.exc_vars: list[str] = []     # handled-exception variables, for bare ``raise``
-        self.temp_home: dict[str, int] = {}
+        self.pending: list[str] = []      # completion variables of the finally bodies being lowered
         self.persistent_temps: set[str] = set()
         self.resume_points: dict[Label, tuple] = {}
         self.chunk = chunk
@@ -474,6 +519,10 @@ class _Lowerer:
     # -- blocks -----------------------------------------------------------
     def new_block(self, label: Label | None = None) -> _Block:
         b = _Block(self.base + len(self.blocks), self.handlers[-1] if self.handlers else None, self.lineno)
+        if self.exc_vars:
+            b.handling = self.exc_vars[-1]
+        if self.pending:
+            b.pending = self.pending[-1]
         self.blocks.append(b)
         self.cur = b
         if label is not None:
@@ -507,13 +556,9 @@ class _Lowerer:
 
     # -- temps ------------------------------------------------------------
     def define(self, name: str) -> None:
-        self.block().defined.add(name)
-        self.temp_home[name] = self.cur.index
+        """Temps are tracked when blocks are built (see ``_build``)."""
 
     def use(self, name: str) -> ast.Name:
-        b = self.block()
-        if name not in b.defined:
-            b.used_in.add(name)
         return _name(name)
 
     def spill(self, e: ast.expr) -> ast.Name:
@@ -743,6 +788,12 @@ class _Lowerer:
             self.body(s.orelse)
         self.start(end)
 
+    def target(self, name: str, ctx) -> ast.expr:
+        """A variable as an assignment target (shared variables live in cells)."""
+        if name in self.cells:
+            return ast.Attribute(_name(name), "cell_contents", ctx)
+        return _name(name, ctx)
+
     def start_jump(self, label: Label) -> None:
         if self.cur is not None and not self.cur.closed:
             self.jump(label)
@@ -831,16 +882,16 @@ class _Lowerer:
             self.cur.exits.append(("D", *labels))
             self.cur.closed = True
             for h, lab in zip(s.handlers, labels):
+                self.exc_vars.append(x)
                 self.new_block(lab)
                 if h.name:
-                    self.emit(ast.Assign([_name(h.name, ast.Store())], _name(x)))
-                self.exc_vars.append(x)
+                    self.emit(ast.Assign([self.target(h.name, ast.Store())], _name(x)))
                 self.body(h.body)
                 self.exc_vars.pop()
                 if self.cur is not None and not self.cur.closed:
                     if h.name:
-                        self.emit(ast.Assign([_name(h.name, ast.Store())], _const(None)),
-                                  ast.Delete([_name(h.name, ast.Del())]))
+                        self.emit(ast.Assign([self.target(h.name, ast.Store())], _const(None)),
+                                  ast.Delete([self.target(h.name, ast.Del())]))
                     self.emit(ast.Expr(ast.Call(ast.Attribute(_name(_LN), "pop", ast.Load()),
                                                 [_const(x), _const(None)], [])))
                 self._normal_exit(fin, end)
@@ -851,10 +902,14 @@ class _Lowerer:
         if fin is not None:
             self.finallies.pop()
             self.handlers.pop()
+            self.pending.append(fin.comp)
             self.new_block(fin_l)
             self.body(s.finalbody)
+            self.pending.pop()
             if self.cur is not None and not self.cur.closed:
                 c = self.use(fin.comp)
+                drop = ast.Call(ast.Attribute(_name(_LN), "pop", ast.Load()), [_const(fin.comp), _const(None)], [])
+                self.emit(ast.Expr(drop))
                 k = ast.Subscript(c, _const(0), ast.Load())
                 outer = self.finallies[-1] if self.finallies else None
 
@@ -971,8 +1026,11 @@ def _ordered_slots(e: ast.AST) -> list[tuple]:
         slots.append((obj, lambda: lst[i], lambda v: lst.__setitem__(i, v)))
 
     def each(obj, name):
-        for i in range(len(getattr(obj, name))):
-            list_slot(obj, name, i)
+        for i, item in enumerate(getattr(obj, name)):
+            if isinstance(item, ast.Starred):
+                field_slot(item, "value")
+            else:
+                list_slot(obj, name, i)
 
     if isinstance(e, ast.Call):
         field_slot(e, "func")
@@ -1109,7 +1167,7 @@ class DurableAstTransformer:
                                     + bool(code.co_flags & inspect.CO_VARARGS)
                                     + bool(code.co_flags & inspect.CO_VARKEYWORDS)]
         persisted = set(code.co_varnames) | cells
-        lw = _Lowerer(filename, _Temps())
+        lw = _Lowerer(filename, _Temps(), cells=frozenset(cells))
         lw.lineno = node.lineno
         lw.new_block()
         lw.body(body)
@@ -1209,11 +1267,19 @@ def _build(lw: _Lowerer, persisted: set[str], globals_names: list[str], filename
            qualname: str, base: int = 0) -> tuple:
     """Generate one Python function per block and create them in one go."""
     defs = []
-    for b in lw.blocks:
-        stmts = [_Resolve().visit(s) for s in b.stmts]
-        assigned = _assigned(stmts)
-        referenced = _referenced(stmts) | assigned
-        temps_in = sorted(t for t in b.used_in)
+    resolved = [[_Resolve().visit(s) for s in b.stmts] for b in lw.blocks]
+    loads = [_loaded(stmts) for stmts in resolved]
+    stores = [_assigned(stmts) for stmts in resolved]
+    consumed: dict[str, set[int]] = {}
+    for i, (ld, st) in enumerate(zip(loads, stores)):
+        for t in ld - st:
+            if _TEMP.match(t) and t not in lw.persistent_temps:
+                consumed.setdefault(t, set()).add(i)
+    for i, b in enumerate(lw.blocks):
+        stmts = resolved[i]
+        assigned = stores[i]
+        referenced = loads[i] | assigned
+        temps_in = sorted(t for t in loads[i] - assigned if t in consumed)
         prologue: list[ast.stmt] = []
         if globals_names:
             prologue.append(ast.Global(list(globals_names)))
@@ -1222,10 +1288,18 @@ def _build(lw: _Lowerer, persisted: set[str], globals_names: list[str], filename
                                    [ast.Assign([_name(name, ast.Store())], ast.Subscript(_name(_LN), _const(name),
                                                                                           ast.Load()))], []))
         for t in temps_in:
-            prologue.append(ast.Assign([_name(t, ast.Store())], ast.Call(ast.Attribute(_name(_LN), "pop", ast.Load()),
+            take = "get" if t == b.pending else "pop"
+            prologue.append(ast.Assign([_name(t, ast.Store())], ast.Call(ast.Attribute(_name(_LN), take, ast.Load()),
                                                                          [_const(t)], [])))
         out_names = sorted((assigned & persisted) | (assigned & lw.persistent_temps)
-                           | {t for t in assigned if t.startswith(_PREFIX) and _used_elsewhere(lw, t, b)})
+                           | {t for t in assigned if consumed.get(t, set()) - {i}})
+        if b.handling is not None:
+            stmts = [ast.Try(body=[ast.Raise(_name(b.handling), None)],
+                             handlers=[ast.ExceptHandler(_name("BaseException"), None, stmts)], orelse=[],
+                             finalbody=[])]
+            if b.handling not in referenced:
+                prologue.append(ast.Assign([_name(b.handling, ast.Store())],
+                                           ast.Subscript(_name(_LN), _const(b.handling), ast.Load())))
         body = stmts
         if out_names:
             writeback = []
@@ -1257,11 +1331,12 @@ def _build(lw: _Lowerer, persisted: set[str], globals_names: list[str], filename
     from .primitives import pause_request
     helpers = [v for _, v in _HELPERS] + [DONE, pause_request, _setcell]
     fns = types.FunctionType(make_code, fn_globals)(*helpers)
-    return tuple(CodeBlock(fn, _handler(b), b.lineno, b.index) for fn, b in zip(fns, lw.blocks))
+    return tuple(CodeBlock(fn, _handler(b), b.lineno, b.index, b.pending) for fn, b in zip(fns, lw.blocks))
 
 
-def _used_elsewhere(lw: _Lowerer, temp: str, home: _Block) -> bool:
-    return any(temp in b.used_in for b in lw.blocks if b is not home)
+def _loaded(stmts: list[ast.stmt]) -> set[str]:
+    """Names read anywhere in the statements (nested scopes included)."""
+    return {n.id for s in stmts for n in ast.walk(s) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
 
 
 def _handler(b: _Block):

@@ -268,7 +268,12 @@ class DurableRuntime:
         frames = self.state["stack"].frames
         while frames:
             fr = frames[-1]
-            h = fr.blocks[fr.pc].handler
+            blk = fr.blocks[fr.pc]
+            if blk.pending is not None and exc.__context__ is None:
+                c = fr.locals.get(blk.pending)
+                if c is not None and c[0] == _THROW and c[1] is not exc:
+                    exc.__context__ = c[1]
+            h = blk.handler
             if h is not None:
                 kind, pc, var = h
                 fr.locals[var] = exc if kind == "except" else (_THROW, exc)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import pickle
 from typing import Any
 
@@ -21,13 +22,55 @@ _PLAIN = b"DP1"
 _TAG = 32
 
 
+def _reduce_exception(exc: BaseException):
+    """Pickle exceptions with their chaining (``__cause__``, ``__context__``,
+    notes), which the default reduction drops, and without calling
+    ``__init__`` again (custom signatures would break)."""
+    extra = (exc.__cause__, exc.__context__, exc.__suppress_context__, getattr(exc, "__dict__", None))
+    return (_rebuild_exception, (type(exc), exc.args, extra))
+
+
+def _rebuild_exception(cls, args, extra):
+    try:
+        exc = cls.__new__(cls, *args)
+    except Exception:
+        exc = cls.__new__(cls)
+    exc.args = args
+    cause, context, suppress, attrs = extra
+    if attrs:
+        exc.__dict__.update(attrs)
+    exc.__cause__, exc.__context__ = cause, context
+    exc.__suppress_context__ = suppress
+    return exc
+
+
+class _Pickler(pickle.Pickler):
+    def reducer_override(self, obj):
+        if isinstance(obj, BaseException):
+            return _reduce_exception(obj)
+        return NotImplemented
+
+
+class _CloudPickler(cloudpickle.Pickler):
+    def reducer_override(self, obj):
+        if isinstance(obj, BaseException):
+            return _reduce_exception(obj)
+        return super().reducer_override(obj)
+
+
+def _dump_with(cls, obj: Any) -> bytes:
+    buf = io.BytesIO()
+    cls(buf, protocol=5).dump(obj)
+    return buf.getvalue()
+
+
 def dumps(obj: Any, key: bytes | None = None) -> bytes:
     """Serialize ``obj`` and sign it with ``key`` when one is given."""
     try:
-        data = pickle.dumps(obj, protocol=5)
+        data = _dump_with(_Pickler, obj)
     except Exception:
         try:
-            data = cloudpickle.dumps(obj, protocol=5)
+            data = _dump_with(_CloudPickler, obj)
         except Exception as exc:
             raise CheckpointException(f"cannot serialize state: {type(exc).__name__}: {exc}") from exc
     if key is None:

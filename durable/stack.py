@@ -12,7 +12,7 @@ import importlib
 import sys
 from typing import Any
 
-from .compiler import CodeBlock, CodeChunk, CompiledFunction, DurableAstTransformer
+from .compiler import CodeBlock, CodeChunk, CompiledFunction, DurableAstTransformer, free_cells
 from .exceptions import CodeChangedError
 
 transformer = DurableAstTransformer()
@@ -146,7 +146,7 @@ def _restore(func, pc, loc, tmp, fingerprint, chunks, module):
         fr.compiled = transformer.compile(func)
         fr.blocks = fr.compiled.blocks
         if fr.compiled.freevars and func.__closure__:
-            loc.update(zip(fr.compiled.freevars, func.__closure__))
+            loc.update(free_cells(fr.compiled.freevars, func.__closure__))
     else:
         fr.compiled = None
         fr.blocks = ()
