@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean test-pythons
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,3 +26,13 @@ bench: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
+
+# The core on every other Python it supports that this machine has (pyenv).
+PYTHONS ?= 3.12 3.13
+test-pythons:
+	@for v in $(PYTHONS); do \
+	  exe=$$(command -v python$$v || ls -d $$HOME/.pyenv/versions/$$v*/bin/python 2>/dev/null | head -1); \
+	  if [ -z "$$exe" ]; then echo "python $$v not found, skipped"; continue; fi; \
+	  $$exe -m venv .venv-$$v && .venv-$$v/bin/pip install -q cloudpickle pytest pytest-timeout hypothesis && \
+	  PYTHONPATH=. .venv-$$v/bin/python -m pytest -q -p no:django -p no:cacheprovider tests/core || exit 1; \
+	done

@@ -1083,9 +1083,30 @@ class _Resolve(ast.NodeTransformer):
         return node
 
 
+def _iter(iterable):
+    """The iterator of a ``for`` loop that spans awaits (saved with the frame).
+
+    A ``range`` becomes a ``[next, stop, step]`` cursor: cheaper to pickle
+    than a range iterator, and checkpointed on every step of such a loop.
+    """
+    if iterable.__class__ is range:
+        return [iterable.start, iterable.stop, iterable.step]
+    return iter(iterable)
+
+
+def _next(it, done):
+    if it.__class__ is list:
+        value, stop, step = it
+        if (value >= stop) if step > 0 else (value <= stop):
+            return done
+        it[0] = value + step
+        return value
+    return next(it, done)
+
+
 _HELPERS = (
     ("CALL", CALL), ("AWAIT", AWAIT), ("RETURN", RETURN), ("NEXT", NEXT),
-    ("operator", operator), ("iter", iter), ("next", next),
+    ("operator", operator), ("iter", _iter), ("next", _next),
 )
 
 
@@ -1131,16 +1152,21 @@ class DurableAstTransformer:
 
     def __init__(self) -> None:
         self._cache: dict[Any, CompiledFunction] = {}
+        self._by_id: dict[int, tuple] = {}
         self._chunks: dict[tuple, tuple] = {}
 
     def compile(self, func) -> CompiledFunction:
         """Compile ``func`` (an ``async def``), or return the cached result."""
         code = func.__code__
-        hit = self._cache.get(code)
-        if hit is None:
-            hit = self._compile(func)
-            self._cache[code] = hit
-        return hit
+        hit = self._by_id.get(id(code))
+        if hit is not None and hit[0] is code:
+            return hit[1]
+        compiled = self._cache.get(code)
+        if compiled is None:
+            compiled = self._compile(func)
+            self._cache[code] = compiled
+        self._by_id[id(code)] = (code, compiled)
+        return compiled
 
     def _compile(self, func) -> CompiledFunction:
         code = func.__code__

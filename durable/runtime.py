@@ -49,9 +49,9 @@ _targets: dict[Any, Any] = {}
 def _durable_code(func) -> Any:
     """The compiled form of ``func`` if it runs as a nested durable call, else None."""
     code = func.__code__
-    hit = _targets.get(code, _targets)
-    if hit is not _targets:
-        return hit
+    hit = _targets.get(id(code))
+    if hit is not None and hit[0] is code:
+        return hit[1]
     result = None
     if code.co_flags & inspect.CO_COROUTINE:
         path = os.path.normcase(os.path.realpath(code.co_filename))
@@ -63,7 +63,7 @@ def _durable_code(func) -> Any:
                 result = transformer.compile(func)
             except CompileError as exc:
                 log.warning("%s runs as one step, not as a durable call: %s", func.__qualname__, exc)
-    _targets[code] = result
+    _targets[id(code)] = (code, result)
     return result
 
 
