@@ -22,6 +22,7 @@ class WaitRequest:
     event: str
     timeout: float | None = None
     kind: str = "event"
+    meta: dict | None = None
 
     def __await__(self):
         raise RuntimeError(
@@ -43,18 +44,20 @@ class TimerRequest:
         yield  # pragma: no cover
 
 
-def wait_for_event(event: str, timeout: float | None = None) -> WaitRequest:
+def wait_for_event(event: str, timeout: float | None = None, **meta) -> WaitRequest:
     """Pause until ``event`` is published for this instance; return its payload.
 
     With ``timeout`` (seconds), raise :class:`durable.EventTimeout` if it has
     not come by then. The deadline is fixed when the wait starts and survives
-    restarts.
+    restarts. Keyword arguments are metadata saved with the wait (in the
+    state's ``wait["meta"]``) for the layers above: e.g. who may answer it and
+    the form its payload must fit. Keep them JSON-compatible.
     """
     if not isinstance(event, str) or not event:
         raise ValueError(f"event name must be a non-empty string, got {event!r}")
     if timeout is not None and timeout < 0:
         raise ValueError("timeout must be >= 0")
-    return WaitRequest(event, timeout)
+    return WaitRequest(event, timeout, meta=meta or None)
 
 
 def sleep(seconds: float) -> TimerRequest:

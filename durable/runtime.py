@@ -146,6 +146,8 @@ class DurableRuntime:
         else:
             due = None if req.timeout is None else now + req.timeout
             wait = {"kind": "event", "event": req.event, "due": due}
+            if req.meta:
+                wait["meta"] = req.meta
         try:
             value, throw = await self._check_wait(wait)
             return True, value, throw

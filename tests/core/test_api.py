@@ -303,3 +303,20 @@ def test_decorator_and_call_forms():
     assert run(prog(1, 5, 6, k=7, z=8, orchestration_backend=DurableBackend())) == (1, 5, (6,), 7, {"z": 8})
     named = make_durable(name="custom")(f)
     assert named.name == "custom"
+
+
+@make_durable
+async def assigned():
+    return await wait_for_event("approve", timeout=60, assignee="group:finance", form="myapp.forms.Decision")
+
+
+def test_wait_metadata_is_saved_with_the_wait():
+    from durable import serialization
+
+    b = DurableBackend()
+    with pytest.raises(PauseForEventException):
+        run(assigned(orchestration_backend=b, instance_id="m"))
+    state = serialization.loads(b.store.load("state:m"))
+    assert state["wait"]["meta"] == {"assignee": "group:finance", "form": "myapp.forms.Decision"}
+    b.publish_event("m", "approve", {"ok": True})
+    assert run(assigned(orchestration_backend=b, instance_id="m")) == {"ok": True}
