@@ -328,9 +328,29 @@ class _CellRewriter(ast.NodeTransformer):
         node.body = [inner.visit(s) for s in node.body]
         return node
 
-    visit_FunctionDef = visit_AsyncFunctionDef = visit_Lambda = _visit_function
+    visit_Lambda = _visit_function
+
+    def visit_FunctionDef(self, node):
+        return self._bind_name(self._visit_function(node))
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def _bind_name(self, node):
+        """A def/class whose name nested code captures stores into the name's cell."""
+        name = node.name
+        if name not in self.cells or name in self.shadow:
+            return node
+        hidden = f"{_PREFIX}def_{name}"
+        node.name = hidden
+        named = ast.Call(_name(f"{_PREFIX}named"), [_name(hidden), _const(name)], [])
+        store = ast.Assign([ast.Attribute(_name(name), "cell_contents", ast.Store())], named)
+        drop = ast.Delete([_name(hidden, ast.Del())])
+        return [node] + [ast.copy_location(x, node) for x in (store, drop)]
 
     def visit_ClassDef(self, node: ast.ClassDef):
+        return self._bind_name(self._visit_class(node))
+
+    def _visit_class(self, node: ast.ClassDef):
         node.decorator_list = [self.visit(d) for d in node.decorator_list]
         node.bases = [self.visit(b) for b in node.bases]
         for k in node.keywords:
@@ -629,7 +649,7 @@ class _Lowerer:
             if not _is_simple(left):
                 left = self.spill(left)
             right = self.expr(comp)
-            if i < len(e.ops) - 1 and not _is_simple(right):
+            if i < len(e.ops) - 1 and not isinstance(right, ast.Constant):
                 right = self.spill(right)
             self.emit(ast.Assign([_name(t, ast.Store())], ast.Compare(left, [op], [right])))
             self.define(t)
@@ -1125,6 +1145,13 @@ def _get_done():
     return DONE
 
 
+def _named(obj, name: str):
+    obj.__name__ = name
+    qual = obj.__qualname__.rpartition(".")[0]
+    obj.__qualname__ = f"{qual}.{name}" if qual else name
+    return obj
+
+
 def _setcell(cell, value):
     cell.cell_contents = value
     return value
@@ -1188,7 +1215,10 @@ class DurableAstTransformer:
                            for n in g.names})
         if "__class__" in code.co_freevars:
             _fix_super(node, code)
-        body = [_CellRewriter(cells).visit(s) for s in node.body]
+        body = []
+        for stmt in node.body:
+            out = _CellRewriter(cells).visit(stmt)
+            body.extend(out if isinstance(out, list) else [out])
         argnames = code.co_varnames[:code.co_argcount + code.co_kwonlyargcount
                                     + bool(code.co_flags & inspect.CO_VARARGS)
                                     + bool(code.co_flags & inspect.CO_VARKEYWORDS)]
@@ -1249,7 +1279,7 @@ def _fix_super(node: ast.AsyncFunctionDef, code) -> None:
     if not node.args.args and not node.args.posonlyargs:
         return
     first = (node.args.posonlyargs + node.args.args)[0].arg
-    for n in _walk_scope(node):
+    for n in (n for stmt in node.body for n in _walk_scope(stmt)):
         if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "super" and not n.args:
             n.args = [_name("__class__"), _name(first)]
 
@@ -1342,7 +1372,8 @@ def _build(lw: _Lowerer, persisted: set[str], globals_names: list[str], filename
             defaults=[]), body=prologue + body, decorator_list=[], returns=None, type_params=[])
         _set_lines(fdef, b.lineno)
         defs.append(fdef)
-    helper_names = [f"{_PREFIX}{n}" for n, _ in _HELPERS] + [f"{_PREFIX}DONE", f"{_PREFIX}pause", f"{_PREFIX}setcell"]
+    helper_names = [f"{_PREFIX}{n}" for n, _ in _HELPERS] + [f"{_PREFIX}DONE", f"{_PREFIX}pause", f"{_PREFIX}setcell",
+                                                             f"{_PREFIX}named"]
     ret = ast.Return(ast.Tuple([_name(d.name) for d in defs], ast.Load()))
     make = ast.FunctionDef(name=f"{_PREFIX}make", args=ast.arguments(
         posonlyargs=[], args=[ast.arg(n) for n in helper_names], vararg=None, kwonlyargs=[], kw_defaults=[],
@@ -1355,7 +1386,7 @@ def _build(lw: _Lowerer, persisted: set[str], globals_names: list[str], filename
         raise CompileError(f"{qualname}: internal compile failure: {exc}", filename, exc.lineno) from exc
     make_code = next(c for c in code.co_consts if isinstance(c, types.CodeType))
     from .primitives import pause_request
-    helpers = [v for _, v in _HELPERS] + [DONE, pause_request, _setcell]
+    helpers = [v for _, v in _HELPERS] + [DONE, pause_request, _setcell, _named]
     fns = types.FunctionType(make_code, fn_globals)(*helpers)
     return tuple(CodeBlock(fn, _handler(b), b.lineno, b.index, b.pending) for fn, b in zip(fns, lw.blocks))
 
