@@ -31,7 +31,8 @@ clean:
 PYTHONS ?= 3.12 3.13
 test-pythons:
 	@for v in $(PYTHONS); do \
-	  exe=$$(command -v python$$v || ls -d $$HOME/.pyenv/versions/$$v*/bin/python 2>/dev/null | head -1); \
+	  exe=$$(ls -d $$HOME/.pyenv/versions/$$v*/bin/python 2>/dev/null | head -1); \
+	  [ -n "$$exe" ] || exe=$$(command -v python$$v); \
 	  if [ -z "$$exe" ]; then echo "python $$v not found, skipped"; continue; fi; \
 	  $$exe -m venv .venv-$$v && .venv-$$v/bin/pip install -q cloudpickle pytest pytest-timeout hypothesis && \
 	  PYTHONPATH=. .venv-$$v/bin/python -m pytest -q -p no:django -p no:cacheprovider tests/core || exit 1; \

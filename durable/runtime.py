@@ -254,6 +254,11 @@ class DurableRuntime:
             else:
                 try:
                     value = await aw
+                except PauseForEventException:
+                    throw = DurableError(
+                        f"{aw!r} raised PauseForEventException while running as one step; pauses must be "
+                        "written in durable code (`raise PauseForEventException(name)` or "
+                        "`await wait_for_event(name)`)")
                 except Exception as exc:
                     throw = exc
             if throw is not None:
