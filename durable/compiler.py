@@ -23,6 +23,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import inspect
+import linecache
 import operator
 import re
 import textwrap
@@ -216,15 +217,16 @@ class _Analysis:
     """Caches which nodes contain suspension points."""
 
     def __init__(self) -> None:
-        self._cache: dict[int, bool] = {}
+        self._cache: dict[int, tuple[ast.AST, bool]] = {}
 
     def suspends(self, node: ast.AST) -> bool:
-        key = id(node)
-        hit = self._cache.get(key)
-        if hit is None:
-            hit = any(isinstance(n, ast.Await) or _is_pause_raise(n) for n in _walk_scope(node))
-            self._cache[key] = hit
-        return hit
+        # keyed by id() but holding the node, so an id is never reused while cached
+        hit = self._cache.get(id(node))
+        if hit is not None and hit[0] is node:
+            return hit[1]
+        found = any(isinstance(n, ast.Await) or _is_pause_raise(n) for n in _walk_scope(node))
+        self._cache[id(node)] = (node, found)
+        return found
 
 
 def _validate(fn_node: ast.AsyncFunctionDef, filename: str) -> None:
@@ -259,6 +261,9 @@ def _validate(fn_node: ast.AsyncFunctionDef, filename: str) -> None:
                             h, filename)
                 continue
             if isinstance(child, _COMPS):
+                if any(g.is_async for g in child.generators):
+                    raise _compile_error("an async comprehension cannot be checkpointed; use a for loop", child,
+                                         filename)
                 if any(isinstance(n, ast.Await) for n in ast.walk(child)):
                     raise _compile_error("await inside a comprehension cannot be checkpointed; use a for loop", child,
                                          filename)
@@ -313,6 +318,8 @@ class _CellRewriter(ast.NodeTransformer):
         if not isinstance(node, ast.Lambda):
             node.decorator_list = [self.visit(d) for d in node.decorator_list]
             node.returns = None
+        if isinstance(node, ast.AsyncFunctionDef):
+            node.decorator_list.append(ast.copy_location(_name(f"{_PREFIX}origin"), node))
         node.args.defaults = [self.visit(d) for d in node.args.defaults]
         node.args.kw_defaults = [self.visit(d) if d is not None else None for d in node.args.kw_defaults]
         params = {a.arg for a in node.args.posonlyargs + node.args.args + node.args.kwonlyargs}
@@ -480,7 +487,15 @@ def _tuple(*elts) -> ast.Tuple:
 
 
 def _is_simple(e: ast.expr) -> bool:
-    """Side-effect-free expressions that need not be saved across an await."""
+    """Expressions left in place (evaluated after a later await) instead of saved.
+
+    Frame locals cannot change during an await of this frame; shared (cell)
+    variables can, so their reads are saved. Attribute lookups and global
+    names are read after the await (saving them would pickle bound methods
+    and modules).
+    """
+    if isinstance(e, ast.Attribute) and e.attr == "cell_contents" and isinstance(e.value, ast.Name):
+        return False
     while isinstance(e, ast.Attribute):
         e = e.value
     return isinstance(e, (ast.Name, ast.Constant))
@@ -1157,17 +1172,36 @@ def _setcell(cell, value):
     return value
 
 
+def origin(func) -> tuple[str, int]:
+    """(file, first line) of a function's source.
+
+    Async functions defined inside durable code are tagged with it, because a
+    copy restored from a checkpoint by value no longer names its file.
+    """
+    tagged = getattr(func, "__durable_origin__", None)
+    if tagged is not None:
+        return tagged
+    return func.__code__.co_filename, func.__code__.co_firstlineno
+
+
+def _origin_tag(func):
+    func.__durable_origin__ = origin(func)
+    return func
+
+
 def _source_of(func) -> tuple[str, str, int]:
-    code = func.__code__
-    filename = code.co_filename
+    filename, firstline = origin(func)
     try:
-        lines, _ = inspect.findsource(code)
-        block = inspect.getblock(lines[code.co_firstlineno - 1:])
+        linecache.checkcache(filename)
+        lines = linecache.getlines(filename)
+        if not lines:
+            raise OSError("source not found")
+        block = inspect.getblock(lines[firstline - 1:])
         source = "".join(block)
-    except (OSError, TypeError, IndexError) as exc:
+    except (OSError, TypeError, IndexError, SyntaxError) as exc:
         raise CompileError(f"cannot read the source of {func.__qualname__} ({exc}); durable functions need their "
-                           "source code", filename, code.co_firstlineno) from exc
-    return textwrap.dedent(source), filename, code.co_firstlineno
+                           "source code", filename, firstline) from exc
+    return textwrap.dedent(source), filename, firstline
 
 
 class DurableAstTransformer:
@@ -1178,7 +1212,7 @@ class DurableAstTransformer:
     """
 
     def __init__(self) -> None:
-        self._cache: dict[Any, CompiledFunction] = {}
+        self._cache: dict[Any, tuple] = {}
         self._by_id: dict[int, tuple] = {}
         self._chunks: dict[tuple, tuple] = {}
 
@@ -1186,14 +1220,16 @@ class DurableAstTransformer:
         """Compile ``func`` (an ``async def``), or return the cached result."""
         code = func.__code__
         hit = self._by_id.get(id(code))
-        if hit is not None and hit[0] is code:
-            return hit[1]
-        compiled = self._cache.get(code)
-        if compiled is None:
-            compiled = self._compile(func)
-            self._cache[code] = compiled
-        self._by_id[id(code)] = (code, compiled)
-        return compiled
+        if hit is not None and hit[0] is code and hit[1] is func.__globals__:
+            return hit[2]
+        # equal code in another module must not share blocks bound to other globals
+        key = (code, id(func.__globals__))
+        entry = self._cache.get(key)
+        if entry is None or entry[0] is not func.__globals__:
+            entry = (func.__globals__, self._compile(func))
+            self._cache[key] = entry
+        self._by_id[id(code)] = (code, func.__globals__, entry[1])
+        return entry[1]
 
     def _compile(self, func) -> CompiledFunction:
         code = func.__code__
@@ -1373,7 +1409,7 @@ def _build(lw: _Lowerer, persisted: set[str], globals_names: list[str], filename
         _set_lines(fdef, b.lineno)
         defs.append(fdef)
     helper_names = [f"{_PREFIX}{n}" for n, _ in _HELPERS] + [f"{_PREFIX}DONE", f"{_PREFIX}pause", f"{_PREFIX}setcell",
-                                                             f"{_PREFIX}named"]
+                                                             f"{_PREFIX}named", f"{_PREFIX}origin"]
     ret = ast.Return(ast.Tuple([_name(d.name) for d in defs], ast.Load()))
     make = ast.FunctionDef(name=f"{_PREFIX}make", args=ast.arguments(
         posonlyargs=[], args=[ast.arg(n) for n in helper_names], vararg=None, kwonlyargs=[], kw_defaults=[],
@@ -1386,7 +1422,7 @@ def _build(lw: _Lowerer, persisted: set[str], globals_names: list[str], filename
         raise CompileError(f"{qualname}: internal compile failure: {exc}", filename, exc.lineno) from exc
     make_code = next(c for c in code.co_consts if isinstance(c, types.CodeType))
     from .primitives import pause_request
-    helpers = [v for _, v in _HELPERS] + [DONE, pause_request, _setcell, _named]
+    helpers = [v for _, v in _HELPERS] + [DONE, pause_request, _setcell, _named, _origin_tag]
     fns = types.FunctionType(make_code, fn_globals)(*helpers)
     return tuple(CodeBlock(fn, _handler(b), b.lineno, b.index, b.pending) for fn, b in zip(fns, lw.blocks))
 

@@ -15,8 +15,9 @@ from typing import Any
 
 import cloudpickle
 
+from . import serialization
 from .backend import DurableBackend, OrchestrationBackend
-from .compiler import _THROW, AWAIT, CALL, NEXT, RETURN
+from .compiler import _THROW, AWAIT, CALL, NEXT, RETURN, origin
 from .exceptions import (
     CheckpointException,
     CompileError,
@@ -50,20 +51,21 @@ def _durable_code(func) -> Any:
     """The compiled form of ``func`` if it runs as a nested durable call, else None."""
     code = func.__code__
     hit = _targets.get(id(code))
-    if hit is not None and hit[0] is code:
-        return hit[1]
+    if hit is not None and hit[0] is code and hit[1] is func.__globals__:
+        return hit[2]
     result = None
     if code.co_flags & inspect.CO_COROUTINE:
-        path = os.path.normcase(os.path.realpath(code.co_filename))
+        filename = origin(func)[0]
+        path = os.path.normcase(os.path.realpath(filename))
         top = (getattr(func, "__module__", None) or "").partition(".")[0]
-        native = code.co_filename.startswith("<") or (
+        native = filename.startswith("<") or (
             path.startswith(_NATIVE_PREFIXES) and not (top in durable_packages and path.startswith(_SITE)))
         if not native:
             try:
                 result = transformer.compile(func)
             except CompileError as exc:
                 log.warning("%s runs as one step, not as a durable call: %s", func.__qualname__, exc)
-    _targets[id(code)] = (code, result)
+    _targets[id(code)] = (code, func.__globals__, result)
     return result
 
 
@@ -311,7 +313,7 @@ class DurableRuntime:
     async def _finish_failed(self, exc: BaseException) -> Any:
         state = self.state
         try:
-            cloudpickle.loads(cloudpickle.dumps(exc))
+            serialization.loads(serialization.dumps(exc))
             stored = exc
         except Exception:
             stored = DurableError(f"{type(exc).__name__}: {exc}")

@@ -75,3 +75,12 @@ def test_with_without_await_is_fine(make_module):
     ''')
     import asyncio
     assert asyncio.run(make_durable(mod.f)()) == 3
+
+
+def test_async_comprehension_is_refused_clearly(make_module):
+    mod = make_module('''
+        async def f(xs):
+            return [i async for i in xs]
+    ''')
+    with pytest.raises(CompileError, match="async comprehension"):
+        make_durable(mod.f)

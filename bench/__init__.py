@@ -1,0 +1,1 @@
+"""Benchmarks of the durable core; run with ``python -m bench``."""

@@ -1,0 +1,103 @@
+"""Running a program as plain Python and durably (with crashes, disk round-trips, fresh processes).
+
+An *outcome* is ``("ok", result)`` or ``("err", exception type name, message)``. A *trace* is the list of side
+effects the program left in ``trace_list`` (the outside world, which survives a simulated crash).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+from durable import DiskStateStore, DurableBackend, DurableRuntime, InMemoryStateStore, PauseForEventException
+
+MAX_ROUNDS = 200
+
+
+def outcome_of(fn):
+    """Run the coroutine function ``fn()`` to an outcome."""
+    try:
+        return ("ok", asyncio.run(fn()))
+    except Exception as exc:  # noqa: BLE001 - the outcome is compared, not handled
+        return ("err", type(exc).__name__, str(exc))
+
+
+async def drive(program, backend, iid, args, kwargs, events, on_checkpoint=None, fresh_backend=None):
+    """Run an instance until it completes or fails, publishing each awaited event when it pauses.
+
+    ``fresh_backend()`` (optional) gives a new backend object for every round after a pause. Returns the
+    program's result (raises its error).
+    """
+    for _ in range(MAX_ROUNDS):
+        rt = DurableRuntime(backend, iid, on_checkpoint=on_checkpoint)
+        try:
+            return await rt.run(program, args, kwargs)
+        except PauseForEventException as pause:
+            if pause.event not in events:
+                raise AssertionError(f"paused for unexpected event {pause.event!r}") from None
+            backend.publish_event(iid, pause.event, events[pause.event])
+            if fresh_backend is not None:
+                backend = fresh_backend()
+    raise AssertionError("instance did not finish")
+
+
+def new_id() -> str:
+    return "i" + uuid.uuid4().hex[:12]
+
+
+def memory_backend_factory():
+    store = InMemoryStateStore()
+    return lambda: DurableBackend(store)
+
+
+def disk_backend_factory(path: Path):
+    path.mkdir(parents=True, exist_ok=True)
+    return lambda: DurableBackend(DiskStateStore(path))
+
+
+_CHILD = textwrap.dedent('''
+    import asyncio, importlib, json, sys
+    sys.path[:0] = {syspath!r}
+    importlib.import_module({module!r})  # the saved frames name their functions by module and qualname
+    corpus = importlib.import_module({corpus!r})
+    tools = importlib.import_module({tools!r})
+    from durable import DiskStateStore, DurableBackend
+    args, kwargs, events = {args!r}, {kwargs!r}, {events!r}
+    store_path, iid = {store!r}, {iid!r}
+    corpus.reset()
+    make = lambda: DurableBackend(DiskStateStore(store_path))
+    out = tools.outcome_of(lambda: tools.drive(None, make(), iid, args, kwargs, events, fresh_backend=make))
+    print(json.dumps({{"outcome": repr(out), "trace": repr(corpus.TRACE)}}))
+''')
+
+
+def resume_in_subprocess(module, args, kwargs, events, store: Path, iid: str, corpus=None) -> tuple[str, str]:
+    """Continue instance ``iid`` from the disk store in a fresh interpreter; return repr(outcome), repr(trace).
+
+    ``module`` is the program's module (imported first in the child); ``corpus`` the module holding ``TRACE``
+    (default: ``module`` itself).
+    """
+    corpus = corpus or module
+    paths = []
+    for mod in (module, corpus):
+        root = Path(mod.__file__).resolve().parents[mod.__name__.count(".")]
+        if str(root) not in paths:
+            paths.append(str(root))
+    here = Path(__file__).resolve()
+    tools = __name__
+    code = _CHILD.format(syspath=paths, module=module.__name__, corpus=corpus.__name__, tools=tools, args=args,
+                         kwargs=kwargs, events=events, store=str(store), iid=iid)
+    root = here.parents[2]
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(root)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env,
+                         cwd=str(root))
+    if out.returncode != 0:
+        raise AssertionError(f"child failed:\n{out.stderr[-3000:]}")
+    data = json.loads(out.stdout.strip().splitlines()[-1])
+    return data["outcome"], data["trace"]
