@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint bench clean test-pythons
+.PHONY: demo demo-core test lint bench clean test-pythons
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -11,12 +11,22 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[django,dev]"
 	touch $@
 
+# The Django demo (expense approval: web server, worker, scheduler) until Ctrl-C; see README "Example project".
 demo: $(VENV)/.installed
+	$(PY) manage.py demo
+
+# The framework-free core on its own.
+demo-core: $(VENV)/.installed
 	$(PY) examples/core_demo.py
+
+# The Django app's tests run a second time on the production parts (PostgreSQL + Redis).
+DURABLE_PG_URL ?= postgres://postgres@127.0.0.1:5432/test
+DURABLE_REDIS_URL ?= redis://127.0.0.1:6379/0
 
 test: $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
+	DATABASE_URL=$(DURABLE_PG_URL) CELERY_BROKER_URL=$(DURABLE_REDIS_URL) $(PY) -m pytest -q tests/django
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .

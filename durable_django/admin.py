@@ -1,0 +1,368 @@
+"""Admin for durable instances: a fast changelist, a readable detail page, permission-checked actions.
+
+Why it looks the way it does:
+
+* The changelist never reads ``state`` or ``arguments`` (``only()``), never
+  unpickles, and renders the linked object from the ContentType cache, so it
+  costs the same few queries for 10 or 100,000 instances; it skips the extra
+  unfiltered ``COUNT(*)``.
+* The detail page decodes the signed state (HMAC checked first) into frames
+  and locals shown as truncated ``repr`` text: nothing from the state is ever
+  rendered as HTML or executed.
+* Every action has its own permission: ``publish_durableevent``,
+  ``resume_durableinstance`` (resume now, retry), ``cancel_durableinstance``,
+  ``edit_locals_durableinstance``. Publishing also obeys the wait's
+  assignment and form (see :mod:`durable_django.humantasks`).
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import quote as urlquote
+
+from django.apps import apps as django_apps
+from django.contrib import admin, messages
+from django.contrib.admin.utils import quote, unquote
+from django.contrib.contenttypes.models import ContentType
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import Q
+from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html
+
+from durable import StateTamperedError
+
+from . import api, operations
+from .backend import unsign
+from .exceptions import DurableDjangoError, InstanceFinished, UnknownInstance
+from .forms import EditLocalForm, PublishEventForm
+from .models import FINISHED, DurableEvent, DurableHistory, DurableInstance, Status
+
+#: Human tasks (assignment and forms of waits) are enforced when their app is installed.
+HUMAN_TASKS = django_apps.is_installed("durable_django.humantasks")
+if HUMAN_TASKS:
+    from .humantasks.models import HumanTask
+    from .humantasks.sync import answer
+
+LIST_FIELDS = ("instance_id", "program", "status", "wait_kind", "waiting_for", "wake_at", "updated_at", "attempts",
+               "created_at", "content_type_id", "object_id")
+#: "app_label.model:pk" in the search box finds the instances linked to that object.
+_OBJECT_RE = re.compile(r"^(?P<app>\w+)\.(?P<model>\w+):(?P<pk>.+)$")
+HISTORY_LIMIT = 300
+EVENTS_LIMIT = 300
+
+
+class ProgramFilter(admin.SimpleListFilter):
+    title = "program"
+    parameter_name = "program"
+
+    def lookups(self, request, model_admin):
+        programs = (DurableInstance.objects.order_by("program").values_list("program", flat=True).distinct()[:200])
+        return [(p, p.rsplit(".", 1)[-1] + f" ({p.rsplit('.', 1)[0]})" if "." in p else p) for p in programs]
+
+    def queryset(self, request, queryset):
+        return queryset.filter(program=self.value()) if self.value() else queryset
+
+
+class LinkedTypeFilter(admin.SimpleListFilter):
+    title = "linked object type"
+    parameter_name = "linked"
+
+    def lookups(self, request, model_admin):
+        ids = DurableInstance.objects.exclude(content_type=None).order_by().values_list("content_type_id",
+                                                                                      flat=True).distinct()
+        return [(str(i), str(ContentType.objects.get_for_id(i))) for i in ids[:100]]
+
+    def queryset(self, request, queryset):
+        return queryset.filter(content_type_id=self.value()) if self.value() else queryset
+
+
+class WaitFilter(admin.SimpleListFilter):
+    title = "waits for"
+    parameter_name = "waits"
+
+    def lookups(self, request, model_admin):
+        return [("event", "an event"), ("timer", "a timer"), ("overdue", "a wake time that has passed")]
+
+    def queryset(self, request, queryset):
+        from django.utils import timezone
+
+        if self.value() == "overdue":
+            return queryset.filter(status=Status.PAUSED, wake_at__lt=timezone.now())
+        if self.value() in ("event", "timer"):
+            return queryset.filter(status=Status.PAUSED, wait_kind=self.value())
+        return queryset
+
+
+def _linked_label(inst: DurableInstance) -> str:
+    if not inst.content_type_id:
+        return ""
+    ct = ContentType.objects.get_for_id(inst.content_type_id)
+    return f"{ct.app_label}.{ct.model}:{inst.object_id}"
+
+
+@admin.register(DurableInstance)
+class DurableInstanceAdmin(admin.ModelAdmin):
+    list_display = ("instance_id", "program_name", "status_badge", "waits_for", "wake_at", "updated_at", "attempts",
+                    "linked_object")
+    list_filter = ("status", ProgramFilter, WaitFilter, LinkedTypeFilter)
+    search_fields = ("^instance_id", "=object_id")
+    search_help_text = "Instance id (prefix), linked object id, or app_label.model:pk of a linked object."
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER  # a count per filter choice would scan every row
+    list_per_page = 100
+    ordering = ("-created_at",)
+    actions = ["resume_selected", "retry_selected", "cancel_selected"]
+    change_form_template = "admin/durable_django/durableinstance/detail.html"
+
+    # -- permissions ------------------------------------------------------------
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # instances are started by code (durable_django.start)
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False  # changes go through the actions below, never through a model form
+
+    def has_resume_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("durable_django.resume_durableinstance")
+
+    def has_cancel_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("durable_django.cancel_durableinstance")
+
+    def has_publish_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("durable_django.publish_durableevent")
+
+    def has_edit_locals_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("durable_django.edit_locals_durableinstance")
+
+    # -- changelist ---------------------------------------------------------------
+    def get_queryset(self, request: HttpRequest):
+        return super().get_queryset(request).only(*LIST_FIELDS)
+
+    def get_search_results(self, request, queryset, search_term):
+        match = _OBJECT_RE.match(search_term.strip())
+        if match:
+            ct = ContentType.objects.filter(app_label=match["app"], model=match["model"].lower()).first()
+            if ct is None:
+                return queryset.none(), False
+            return queryset.filter(Q(content_type=ct, object_id=match["pk"])), False
+        return super().get_search_results(request, queryset, search_term)
+
+    @admin.display(description="program", ordering="program")
+    def program_name(self, obj: DurableInstance) -> str:
+        return format_html('<span title="{}">{}</span>', obj.program, obj.program.rsplit(".", 1)[-1])
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, obj: DurableInstance) -> str:
+        colours = {Status.COMPLETED: "#2a7", Status.FAILED: "#c33", Status.SUSPENDED: "#c70", Status.CANCELLED: "#888",
+                   Status.PAUSED: "#37a", Status.RUNNING: "#a5c", Status.PENDING: "#999"}
+        return format_html('<b style="color:{}">{}</b>', colours.get(obj.status, "#000"), obj.get_status_display())
+
+    @admin.display(description="waits for")
+    def waits_for(self, obj: DurableInstance) -> str:
+        if obj.status != Status.PAUSED:
+            return ""
+        return f"event {obj.waiting_for}" if obj.wait_kind == "event" else ("timer" if obj.wait_kind else "")
+
+    @admin.display(description="linked object")
+    def linked_object(self, obj: DurableInstance) -> str:
+        return _linked_label(obj)
+
+    # -- bulk actions -------------------------------------------------------------
+    def _each(self, request, queryset, func, verb: str) -> None:
+        done, refused = 0, []
+        for iid in queryset.values_list("pk", flat=True):
+            try:
+                func(iid)
+                done += 1
+            except DurableDjangoError as exc:
+                refused.append(str(exc))
+        if done:
+            self.message_user(request, f"{verb} {done} instance(s).", messages.SUCCESS)
+        for text in refused[:10]:
+            self.message_user(request, text, messages.WARNING)
+
+    @admin.action(description="Resume selected instances now", permissions=["resume"])
+    def resume_selected(self, request, queryset):
+        self._each(request, queryset, lambda iid: api.resume(iid, actor=request.user.get_username()), "Resumed")
+
+    @admin.action(description="Retry selected failed instances (from the start)", permissions=["resume"])
+    def retry_selected(self, request, queryset):
+        self._each(request, queryset, lambda iid: operations.retry(iid, actor=request.user.get_username()),
+                   "Retried")
+
+    @admin.action(description="Cancel selected instances", permissions=["cancel"])
+    def cancel_selected(self, request, queryset):
+        self._each(request, queryset,
+                   lambda iid: api.cancel(iid, f"cancelled by {request.user.get_username()} in the admin",
+                                          actor=request.user.get_username()), "Cancelled")
+
+    # -- detail page and per-instance actions -----------------------------------
+    def get_urls(self):
+        info = self.opts.app_label, self.opts.model_name
+        wrap = self.admin_site.admin_view
+        return [
+            path("<path:object_id>/publish/", wrap(self.publish_view), name="{}_{}_publish".format(*info)),
+            path("<path:object_id>/do/<str:action>/", wrap(self.operation_view), name="{}_{}_operation".format(*info)),
+            path("<path:object_id>/locals/", wrap(self.edit_local_view), name="{}_{}_locals".format(*info)),
+            *super().get_urls(),
+        ]
+
+    def _url(self, name: str, inst_id: str, **kwargs) -> str:
+        return reverse(f"admin:durable_django_durableinstance_{name}", args=(quote(inst_id), *kwargs.values()),
+                       current_app=self.admin_site.name)
+
+    def _get(self, request, object_id: str) -> DurableInstance:
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        return get_object_or_404(DurableInstance.objects.defer("arguments"), pk=unquote(object_id))
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        if request.method != "GET":
+            return HttpResponseNotAllowed(["GET"])
+        inst = self._get(request, object_id)
+        return TemplateResponse(request, self.change_form_template, self.detail_context(request, inst))
+
+    def detail_context(self, request, inst: DurableInstance, publish_form=None) -> dict:
+        frames, stack_error = [], ""
+        if inst.state is not None:
+            try:
+                frames = operations.frames(unsign(inst.state))
+            except StateTamperedError as exc:
+                stack_error = f"The state failed its signature check and was not decoded: {exc}"
+            except Exception as exc:  # code gone or changed: frames cannot be unpickled
+                stack_error = f"Cannot decode the state: {type(exc).__name__}: {exc}"
+        history = list(inst.history.order_by("-id")[:HISTORY_LIMIT])
+        events = list(inst.events.order_by("-id")[:EVENTS_LIMIT])
+        task = (HumanTask.objects.filter(instance=inst).select_related("assignee_user", "assignee_group").first()
+                if HUMAN_TASKS else None)
+        editable = inst.status in operations.EDITABLE and self.has_edit_locals_permission(request)
+        iid = inst.instance_id
+        return {
+            **self.admin_site.each_context(request), "opts": self.opts, "title": f"Durable instance {iid}",
+            "instance": inst, "original": inst, "frames": frames, "stack_error": stack_error, "history": history,
+            "events": events, "task": task, "linked": _linked_label(inst), "finished": inst.status in FINISHED,
+            "ws_path": f"/ws/durable/instances/{urlquote(iid, safe='')}/",
+            "can": {"publish": self.has_publish_permission(request) and inst.status not in FINISHED,
+                    "resume": self.has_resume_permission(request) and inst.status not in FINISHED,
+                    "retry": self.has_resume_permission(request) and inst.status == Status.FAILED,
+                    "cancel": self.has_cancel_permission(request) and inst.status not in FINISHED,
+                    "edit_locals": editable},
+            "publish_url": self._url("publish", iid), "locals_url": self._url("locals", iid),
+            "operation_urls": {a: self._url("operation", iid, action=a) for a in ("resume", "retry", "cancel")},
+            "publish_form": publish_form or PublishEventForm(initial={"event": inst.waiting_for}),
+            "edit_form_class": EditLocalForm,
+        }
+
+    def _back(self, inst_id: str) -> HttpResponseRedirect:
+        return HttpResponseRedirect(self._url("change", inst_id))
+
+    def publish_view(self, request, object_id: str) -> HttpResponse:
+        inst = self._get(request, object_id)
+        if not self.has_publish_permission(request):
+            raise PermissionDenied
+        if request.method != "POST":
+            return self._back(inst.instance_id)
+        form = PublishEventForm(request.POST)
+        if form.is_valid():
+            data = form.cleaned_data
+            try:
+                if HUMAN_TASKS:
+                    answer(request.user, inst.instance_id, data["event"], data["payload"],
+                           idempotency_key=data["idempotency_key"])
+                else:
+                    api.publish_event(inst.instance_id, data["event"], data["payload"],
+                                      idempotency_key=data["idempotency_key"], actor=request.user)
+            except PermissionDenied as exc:
+                form.add_error(None, str(exc) or "permission denied")
+            except ValidationError as exc:
+                form.add_error("payload", exc.messages if not hasattr(exc, "error_dict") else
+                               [f"{k}: {'; '.join(v)}" for k, v in exc.message_dict.items()])
+            except (DurableDjangoError, ValueError) as exc:
+                form.add_error(None, str(exc))
+            else:
+                self.message_user(request, f"Event {data['event']!r} published.", messages.SUCCESS)
+                return self._back(inst.instance_id)
+        context = self.detail_context(request, inst, publish_form=form)
+        return TemplateResponse(request, self.change_form_template, context, status=400)
+
+    def operation_view(self, request, object_id: str, action: str) -> HttpResponse:
+        inst = self._get(request, object_id)
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        actor = request.user.get_username()
+        checks = {"resume": self.has_resume_permission, "retry": self.has_resume_permission,
+                  "cancel": self.has_cancel_permission}
+        if action not in checks:
+            return HttpResponse(status=404)
+        if not checks[action](request):
+            raise PermissionDenied
+        try:
+            if action == "resume":
+                api.resume(inst.instance_id, actor=actor)
+            elif action == "retry":
+                operations.retry(inst.instance_id, actor=actor)
+            else:
+                api.cancel(inst.instance_id, request.POST.get("reason") or f"cancelled by {actor} in the admin",
+                           actor=actor)
+        except (InstanceFinished, UnknownInstance) as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+        else:
+            self.message_user(request, f"{action.capitalize()}: done.", messages.SUCCESS)
+        return self._back(inst.instance_id)
+
+    def edit_local_view(self, request, object_id: str) -> HttpResponse:
+        inst = self._get(request, object_id)
+        if not self.has_edit_locals_permission(request):
+            raise PermissionDenied
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        form = EditLocalForm(request.POST)
+        if not form.is_valid():
+            for field, errs in form.errors.items():
+                self.message_user(request, f"{field}: {'; '.join(errs)}", messages.ERROR)
+            return self._back(inst.instance_id)
+        data = form.cleaned_data
+        expected = int(data["expected"]) if (data.get("expected") or "").isdigit() else None
+        try:
+            operations.edit_local(inst.instance_id, data["frame"], data["name"], data["value"],
+                                  actor=request.user.get_username(), expected_version=expected)
+        except (ValueError, operations.ConcurrentChange, DurableDjangoError) as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+        else:
+            self.message_user(request, f"Local {data['name']!r} updated.", messages.SUCCESS)
+        return self._back(inst.instance_id)
+
+
+class _ReadOnly(admin.ModelAdmin):
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(DurableEvent)
+class DurableEventAdmin(_ReadOnly):
+    list_display = ("id", "instance_id", "name", "idempotency_key", "created_at", "consumed_at")
+    list_filter = ("name",)
+    search_fields = ("=instance__instance_id", "name", "=idempotency_key")
+    show_full_result_count = False
+
+
+@admin.register(DurableHistory)
+class DurableHistoryAdmin(_ReadOnly):
+    list_display = ("id", "instance_id", "kind", "status", "actor", "at")
+    list_filter = ("kind",)
+    search_fields = ("=instance__instance_id", "actor")
+    show_full_result_count = False
+
+
+if HUMAN_TASKS:
+    @admin.register(HumanTask)
+    class HumanTaskAdmin(_ReadOnly):
+        list_display = ("instance_id", "title", "event", "assignee_user", "assignee_group", "permission", "due_at",
+                        "created_at")
+        list_select_related = ("assignee_user", "assignee_group")
+        search_fields = ("=instance__instance_id", "title")

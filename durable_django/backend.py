@@ -1,0 +1,330 @@
+"""``DjangoOrchestrationBackend``: the core's backend interface over the ORM.
+
+The core runtime calls it unchanged: ``load_state`` before running,
+``save_state`` after every step (the checkpoint), ``wait_for_event`` at every
+wait. All database work runs in the worker thread that holds the connection
+(see :mod:`durable_django.executor`): directly when the executor runs the
+event loop in that thread (``inline``), else through thread-sensitive
+``sync_to_async``. Either way it shares that thread's connection and its open
+transaction: the ORM writes a step made and the checkpoint after it commit
+together. The common checkpoint is one cached SQL ``UPDATE`` (no ORM query
+building, no savepoint when the executor owns the transaction).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import traceback
+from contextlib import nullcontext
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from durable import OrchestrationBackend, PauseForEventException, StateTamperedError
+from durable import serialization as _ser
+
+from .conf import durable_settings
+from .exceptions import LeaseLost
+from .models import DurableEvent, DurableHistory, DurableInstance, HistoryKind, Status
+
+#: Statuses in which a checkpoint must not write (checked by every checkpoint's UPDATE).
+_FINAL = (Status.CANCELLED, Status.SUSPENDED, Status.COMPLETED, Status.FAILED)
+#: Columns a running checkpoint usually leaves as they are (left out of its UPDATE when unchanged).
+_STICKY = ("status", "wait_kind", "waiting_for", "wake_at", "attempts", "layout_hash", "lease_owner")
+#: (vendor, column names) -> UPDATE statement of _update_sql.
+_SQL_CACHE: dict[tuple, str] = {}
+
+_PAYLOAD = DurableEvent._meta.get_field("payload")
+
+_STATUS = {"running": Status.RUNNING, "paused": Status.PAUSED, "completed": Status.COMPLETED,
+           "failed": Status.FAILED, "cancelled": Status.CANCELLED}
+
+
+def _hidden_loop_call(call, *args):
+    """``call(*args)`` with this thread's running event loop hidden from Django's async-safety check.
+
+    Only for the executor's inline mode, where the loop runs in the thread that owns the connection and is
+    blocked for the duration of the call anyway.
+    """
+    loop = asyncio._get_running_loop()
+    asyncio._set_running_loop(None)
+    try:
+        return call(*args)
+    finally:
+        asyncio._set_running_loop(loop)
+
+
+def sign(obj: Any) -> bytes:
+    """Serialize and sign ``obj`` with the configured key."""
+    return _ser.dumps(obj, durable_settings.signing_key)
+
+
+def unsign(blob: bytes | memoryview) -> Any:
+    """Verify and unpickle a blob; fallback keys (key rotation) are tried in turn.
+
+    A blob that no key verifies raises :class:`durable.StateTamperedError` and
+    is never unpickled.
+    """
+    blob = bytes(blob)
+    try:
+        return _ser.loads(blob, durable_settings.signing_key)
+    except StateTamperedError:
+        for key in durable_settings.signing_key_fallbacks:
+            try:
+                return _ser.loads(blob, key)
+            except StateTamperedError:
+                continue
+        raise
+
+
+def to_datetime(due: float | None) -> datetime | None:
+    return None if due is None else datetime.fromtimestamp(due, tz=UTC)
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` if it can be stored in a JSON column, else a short repr (the blob keeps the real value)."""
+    try:
+        json.dumps(value, cls=DjangoJSONEncoder)
+        return value
+    except (TypeError, ValueError):
+        return {"repr": repr(value)[:1000]}
+
+
+def describe_error(err: BaseException | None) -> str:
+    if err is None:
+        return ""
+    if err.__traceback__ is not None:
+        return "".join(traceback.format_exception(err))[-20000:]
+    return f"{type(err).__name__}: {err}"
+
+
+class DjangoOrchestrationBackend(OrchestrationBackend):
+    """State in ``DurableInstance`` rows, events in ``DurableEvent`` rows.
+
+    ``worker_id`` (set by the executor) makes every checkpoint conditional on
+    still holding the instance's lease: a worker whose lease was taken over
+    gets :class:`LeaseLost` instead of overwriting the new owner's progress.
+    ``commit`` makes each checkpoint commit the connection's open transaction
+    (the executor's exactly-once mode). Without a ``worker_id`` the backend
+    can be used directly with ``await program(orchestration_backend=...)``.
+    """
+
+    def __init__(self, *, worker_id: str = "", commit: bool = False, using: str | None = None) -> None:
+        self.worker_id = worker_id
+        self.commit = commit
+        self.using = using
+        #: transitions made by this backend: (kind, status, detail), for signals after commit.
+        self.transitions: list[tuple[str, str, str]] = []
+        #: status of the row as last read or written by this backend.
+        self.last_status: str | None = None
+        self.saves = 0
+        #: set by the executor while the runtime's event loop runs in this backend's (the connection's) thread:
+        #: the backend then calls its sync methods directly instead of through ``sync_to_async``.
+        self.inline = False
+        self._consumed: list[int] = []
+        self._resumed = False
+        self._loaded_layout: str | None = None
+        #: the lease's expiry as last written by the executor or this backend (None: unknown).
+        self.lease_expires_at: datetime | None = None
+        #: the wait of the last checkpoint when it paused (for the executor's wake-up scheduling).
+        self.last_wait: dict | None = None
+        #: values of the rarely changing columns written by the last checkpoint (see _update_sql).
+        self._written: dict[str, Any] = {}
+        #: the row's (state, status) read by the executor's claim, used once instead of a SELECT.
+        self.prefetched: tuple | None = None
+
+    # -- state ------------------------------------------------------------
+    async def load_state(self, instance_id: str) -> dict | None:
+        if self.inline:
+            return _hidden_loop_call(self.load_state_sync, instance_id)
+        return await sync_to_async(self.load_state_sync, thread_sensitive=True)(instance_id)
+
+    def load_state_sync(self, instance_id: str) -> dict | None:
+        if self.prefetched is not None:
+            row, self.prefetched = self.prefetched, None
+        else:
+            row = DurableInstance.objects.filter(pk=instance_id).values_list("state", "status").first()
+        self._consumed = []
+        self._written = {}
+        if row is None:
+            return None
+        blob, status = row
+        self.last_status = status
+        if blob is None:
+            return None
+        state = unsign(blob)
+        stack = state.get("stack")
+        frames = list(stack) if stack is not None else []
+        self._loaded_layout = frames[0].fingerprint[1] if frames and frames[0].fingerprint else None
+        if status == Status.CANCELLED:
+            state["status"] = "cancelled"
+        return state
+
+    async def save_state(self, instance_id: str, state: dict) -> None:
+        if self.inline:
+            return _hidden_loop_call(self.save_state_sync, instance_id, state)
+        await sync_to_async(self.save_state_sync, thread_sensitive=True)(instance_id, state)
+
+    def save_state_sync(self, instance_id: str, state: dict) -> None:
+        blob = sign(state)  # CheckpointException propagates; nothing was written
+        now = timezone.now()
+        status = _STATUS.get(state.get("status"), Status.RUNNING)
+        wait = state.get("wait") or {}
+        stack = state.get("stack")
+        frames = list(stack) if stack is not None else []
+        columns: dict[str, Any] = {
+            "state": blob, "status": status, "steps": state.get("steps", 0),
+            "wait_kind": wait.get("kind", "") or "", "waiting_for": wait.get("event") or "",
+            "wake_at": to_datetime(wait.get("due")), "attempts": 0, "updated_at": now,
+            "position": frames[-1].position()[:500] if frames else "",
+        }
+        if frames and frames[0].fingerprint:
+            columns["layout_hash"] = frames[0].fingerprint[1]
+        if status == Status.RUNNING:
+            if self.worker_id and self._lease_due(now):
+                columns["lease_expires_at"] = now + timedelta(seconds=durable_settings.LEASE_SECONDS)
+        else:
+            columns.update(lease_owner="", lease_expires_at=None)
+        if status == Status.COMPLETED:
+            columns.update(result=jsonable(state.get("result")), finished_at=now)
+        elif status == Status.FAILED:
+            columns.update(error=describe_error(state.get("error")), finished_at=now)
+
+        kinds = []
+        if self._loaded_layout and columns.get("layout_hash", self._loaded_layout) != self._loaded_layout:
+            kinds.append((HistoryKind.MIGRATED, status,
+                          f"step layout {self._loaded_layout} -> {columns['layout_hash']}"))
+        self._loaded_layout = None
+        if self.last_status == Status.PAUSED and not self._resumed:
+            kinds.append((HistoryKind.RESUMED, Status.RUNNING, ""))
+        self._resumed = True
+        if status in (Status.PAUSED, Status.COMPLETED, Status.FAILED):
+            detail = {Status.PAUSED: _wait_text(wait), Status.FAILED: columns.get("error", "")[-2000:]}.get(status, "")
+            kinds.append((HistoryKind(status.value), status, detail))
+
+        # The executor owns the transaction (commit=True): no savepoint, its rollback undoes everything
+        # after a failed checkpoint. Otherwise the writes below are one unit in the caller's transaction.
+        with nullcontext() if self.commit else transaction.atomic(using=self.using):
+            if self.worker_id and status in (Status.RUNNING, Status.PAUSED):
+                n = self._update_sql(instance_id, columns)
+            else:
+                n = self._update_orm(instance_id, columns)
+            if n != 1:
+                if not self.worker_id and not DurableInstance.objects.filter(pk=instance_id).exists():
+                    try:
+                        with transaction.atomic(using=self.using):
+                            DurableInstance.objects.create(instance_id=instance_id, program=state.get("program", ""),
+                                                           **columns)
+                    except IntegrityError:
+                        raise LeaseLost(f"instance {instance_id!r} was created concurrently")
+                else:
+                    raise LeaseLost(f"worker {self.worker_id or '-'} no longer owns durable instance {instance_id!r} "
+                                    "(lease taken over, or the instance was cancelled or suspended)")
+            if self._consumed:
+                DurableEvent.objects.filter(pk__in=self._consumed, consumed_at__isnull=True).update(consumed_at=now)
+            for kind, st, detail in kinds:
+                DurableHistory.objects.create(instance_id=instance_id, kind=kind, status=st, detail=detail,
+                                              actor=self.worker_id)
+        if self.commit:
+            transaction.commit(using=self.using)
+        if "lease_expires_at" in columns:
+            self.lease_expires_at = columns["lease_expires_at"]
+        self._written = {k: columns.get(k) for k in _STICKY}
+        self._consumed = []
+        self.last_status = status
+        self.last_wait = wait if status == Status.PAUSED else None
+        self.saves += 1
+        self.transitions.extend((k.value, st.value, d) for k, st, d in kinds)
+
+    def _lease_due(self, now: datetime) -> bool:
+        """Extend the lease at this checkpoint? Only once half of it has elapsed (the heartbeat covers
+        long steps), so that most checkpoints change no indexed column (HOT updates on PostgreSQL)."""
+        if self.lease_expires_at is None or not durable_settings.HEARTBEAT:
+            return True
+        return (self.lease_expires_at - now).total_seconds() < durable_settings.LEASE_SECONDS / 2
+
+    def _update_orm(self, instance_id: str, columns: dict) -> int:
+        rows = DurableInstance.objects.filter(pk=instance_id).exclude(status__in=_FINAL)
+        if self.worker_id:
+            rows = rows.filter(lease_owner=self.worker_id)
+        return rows.update(version=F("version") + 1, **columns)
+
+    def _update_sql(self, instance_id: str, columns: dict) -> int:
+        """The common checkpoint (running or paused, under a lease) as one cached parameterized UPDATE.
+
+        Columns whose value is what this backend wrote at its previous checkpoint are left out, so the
+        usual running checkpoint writes only non-indexed columns (state, steps, position, updated_at,
+        version).
+        """
+        written = self._written
+        if written:
+            columns = {k: v for k, v in columns.items() if k not in written or written[k] != v}
+        from django.db import connections
+
+        conn = connections[self.using or "default"]
+        names = tuple(columns)
+        sql = _SQL_CACHE.get((conn.vendor, names))
+        if sql is None:
+            qn = conn.ops.quote_name
+            sets = ", ".join(f"{qn(c)} = %s" for c in names)
+            final = ", ".join(f"'{s.value}'" for s in _FINAL)
+            sql = (f"UPDATE {qn(DurableInstance._meta.db_table)} SET {sets}, {qn('version')} = {qn('version')} + 1 "
+                   f"WHERE {qn('instance_id')} = %s AND {qn('lease_owner')} = %s AND {qn('status')} NOT IN ({final})")
+            _SQL_CACHE[(conn.vendor, names)] = sql
+        adapt = conn.ops.adapt_datetimefield_value
+        params = [adapt(v) if isinstance(v, datetime) else (str(v) if isinstance(v, Status) else v)
+                  for v in columns.values()]
+        params += [instance_id, self.worker_id]
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.rowcount
+
+    # -- events -----------------------------------------------------------
+    async def wait_for_event(self, instance_id: str, event_name: str) -> Any:
+        if self.inline:
+            return _hidden_loop_call(self.wait_for_event_sync, instance_id, event_name)
+        return await sync_to_async(self.wait_for_event_sync, thread_sensitive=True)(instance_id, event_name)
+
+    def wait_for_event_sync(self, instance_id: str, event_name: str) -> Any:
+        """Take the oldest unconsumed event of that name; it is marked consumed by the next checkpoint."""
+        from django.db import connections
+
+        conn = connections[self.using or "default"]
+        n = len(self._consumed)
+        key = (conn.vendor, "event", n)
+        sql = _SQL_CACHE.get(key)
+        if sql is None:
+            qn = conn.ops.quote_name
+            skip = f" AND {qn('id')} NOT IN ({', '.join(['%s'] * n)})" if n else ""
+            sql = (f"SELECT {qn('id')}, {qn('payload')} FROM {qn(DurableEvent._meta.db_table)} "
+                   f"WHERE {qn('instance_id')} = %s AND {qn('name')} = %s AND {qn('consumed_at')} IS NULL{skip} "
+                   f"ORDER BY {qn('id')} LIMIT 1")
+            _SQL_CACHE[key] = sql
+        with conn.cursor() as cur:
+            cur.execute(sql, [instance_id, event_name, *self._consumed])
+            ev = cur.fetchone()
+        if ev is None:
+            raise PauseForEventException(event_name, instance_id=instance_id)
+        self._consumed.append(ev[0])
+        return _PAYLOAD.from_db_value(ev[1], None, conn)
+
+    def publish_event(self, instance_id: str, event_name: str, payload: Any = None) -> None:
+        """Deliver an event (see :func:`durable_django.publish_event`)."""
+        from .api import publish_event
+
+        publish_event(instance_id, event_name, payload)
+
+
+def _wait_text(wait: dict) -> str:
+    if not wait:
+        return ""
+    due = to_datetime(wait.get("due"))
+    if wait.get("kind") == "timer":
+        return f"timer until {due.isoformat()}"
+    return f"event {wait.get('event')!r}" + (f" until {due.isoformat()}" if due else "")

@@ -1,0 +1,115 @@
+"""System checks for the ``DURABLE`` settings and the pieces the app relies on."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.checks import Error, Tags, Warning, register
+
+from .conf import DEFAULTS
+
+
+@register(Tags.compatibility)
+def check_settings(app_configs=None, **kwargs) -> list:
+    errors: list = []
+    user = getattr(settings, "DURABLE", {})
+    if not isinstance(user, dict):
+        return [Error("DURABLE must be a dict.", id="durable_django.E001")]
+    for name in sorted(set(user) - set(DEFAULTS)):
+        errors.append(Error(f"Unknown DURABLE setting {name!r}.", hint=f"Known settings: {', '.join(DEFAULTS)}.",
+                            id="durable_django.E001"))
+    key = user.get("SIGNING_KEY")
+    if key is not None and (not isinstance(key, str | bytes) or len(key) < 16):
+        errors.append(Error("DURABLE['SIGNING_KEY'] must be a str or bytes of at least 16 characters.",
+                            hint="Leave it unset to derive a key from SECRET_KEY.", id="durable_django.E002"))
+    if key is None and not getattr(settings, "SECRET_KEY", None):
+        errors.append(Error("No signing key: DURABLE['SIGNING_KEY'] and SECRET_KEY are both empty.",
+                            id="durable_django.E002"))
+    for name in ("LEASE_SECONDS", "SWEEP_INTERVAL", "ETA_MAX_SECONDS", "STATUS_POLL_INTERVAL"):
+        value = user.get(name, DEFAULTS[name])
+        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+            errors.append(Error(f"DURABLE['{name}'] must be a positive number, got {value!r}.",
+                                id="durable_django.E003"))
+    for name in ("MAX_ATTEMPTS", "SWEEP_BATCH", "MAX_ROUNDS"):
+        value = user.get(name, DEFAULTS[name])
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            errors.append(Error(f"DURABLE['{name}'] must be a positive integer, got {value!r}.",
+                                id="durable_django.E003"))
+    queue = user.get("QUEUE")
+    if queue is not None and (not isinstance(queue, str) or not queue):
+        errors.append(Error("DURABLE['QUEUE'] must be a non-empty string or None.", id="durable_django.E004"))
+    progs = user.get("PROGRAMS")
+    if progs is not None and (isinstance(progs, str) or not all(isinstance(p, str) for p in progs)):
+        errors.append(Error("DURABLE['PROGRAMS'] must be a list of dotted paths (or prefixes ending in '.').",
+                            id="durable_django.E005"))
+    alias = user.get("CHANNEL_LAYER", DEFAULTS["CHANNEL_LAYER"])
+    if alias is not None and (not isinstance(alias, str) or not alias):
+        errors.append(Error("DURABLE['CHANNEL_LAYER'] must be an alias of CHANNEL_LAYERS or None.",
+                            id="durable_django.E006"))
+    lease = user.get("LEASE_SECONDS", DEFAULTS["LEASE_SECONDS"])
+    sweep = user.get("SWEEP_INTERVAL", DEFAULTS["SWEEP_INTERVAL"])
+    if isinstance(lease, int | float) and isinstance(sweep, int | float) and lease < 2:
+        errors.append(Warning("DURABLE['LEASE_SECONDS'] below 2 s: a slow step will look like a dead worker.",
+                              id="durable_django.W001"))
+    return errors
+
+
+@register(Tags.database)
+def check_database(app_configs=None, databases=None, **kwargs) -> list:
+    """SQLite with a web process and workers needs IMMEDIATE transactions and a busy timeout."""
+    db = settings.DATABASES.get("default", {})
+    if "sqlite" not in db.get("ENGINE", ""):
+        return []
+    options = db.get("OPTIONS", {})
+    if options.get("transaction_mode") != "IMMEDIATE" or not options.get("timeout"):
+        return [Warning("SQLite without OPTIONS transaction_mode='IMMEDIATE' and a timeout: workers and the web "
+                        "process will hit 'database is locked'.",
+                        hint="OPTIONS={'transaction_mode': 'IMMEDIATE', 'timeout': 20, 'init_command': "
+                             "'PRAGMA journal_mode=WAL;'}", id="durable_django.W002")]
+    return []
+
+
+@register(Tags.compatibility)
+def check_celery(app_configs=None, **kwargs) -> list:
+    if getattr(settings, "CELERY_TASK_ALWAYS_EAGER", False):
+        return [Warning("CELERY_TASK_ALWAYS_EAGER runs durable instances inside the caller's transaction.",
+                        hint="Use DURABLE['RUN_INLINE']=True for worker-less runs instead.",
+                        id="durable_django.W003")]
+    return []
+
+
+IN_MEMORY_LAYER = "channels.layers.InMemoryChannelLayer"
+
+
+def _is_in_memory(backend) -> bool:
+    if backend == IN_MEMORY_LAYER:
+        return True
+    if not isinstance(backend, str):
+        return False
+    try:
+        from channels.layers import InMemoryChannelLayer
+        from django.utils.module_loading import import_string
+
+        cls = import_string(backend)
+    except ImportError:
+        return False
+    return isinstance(cls, type) and issubclass(cls, InMemoryChannelLayer)
+
+
+@register(Tags.compatibility)
+def check_channel_layer(app_configs=None, **kwargs) -> list:
+    """The in-memory layer never carries a worker process's status push to the web process."""
+    user = getattr(settings, "DURABLE", {})
+    if not isinstance(user, dict) or user.get("RUN_INLINE", DEFAULTS["RUN_INLINE"]):
+        return []  # instances run in the web process: its in-memory layer reaches its consumers
+    alias = user.get("CHANNEL_LAYER", DEFAULTS["CHANNEL_LAYER"])
+    config = (getattr(settings, "CHANNEL_LAYERS", None) or {}).get(alias) if isinstance(alias, str) else None
+    if not isinstance(config, dict) or not _is_in_memory(config.get("BACKEND")):
+        return []
+    interval = user.get("STATUS_POLL_INTERVAL", DEFAULTS["STATUS_POLL_INTERVAL"])
+    return [Warning(
+        f"CHANNEL_LAYERS[{alias!r}] is the in-memory layer but instances run in separate worker processes: "
+        f"their live status pushes never reach the websocket consumers, which poll the database every "
+        f"{interval} s instead (DURABLE['STATUS_POLL_INTERVAL']).",
+        hint="Use a cross-process layer (channels_redis.core.RedisChannelLayer) in production, or add "
+             "'durable_django.W004' to SILENCED_SYSTEM_CHECKS if polling is what you want.",
+        id="durable_django.W004")]

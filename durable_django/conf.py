@@ -1,0 +1,143 @@
+"""The ``DURABLE`` settings dict: defaults, strict lookup, reload on change.
+
+Every option of the app lives in one dict in the project's settings::
+
+    DURABLE = {"LEASE_SECONDS": 120, "QUEUE": "durable"}
+
+Unknown keys are reported by the system check ``durable_django.E001`` and
+raise ``AttributeError`` when read, so a typo never silently falls back to a
+default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Any
+
+from django.conf import settings
+from django.core.signals import setting_changed
+
+#: Documented defaults. See README ("Django app" -> "Settings").
+DEFAULTS: dict[str, Any] = {
+    # HMAC key for state blobs (str or bytes). None: derived from SECRET_KEY,
+    # so blobs are always signed; rotating SECRET_KEY is covered by
+    # SIGNING_KEY_FALLBACKS (default: derived from SECRET_KEY_FALLBACKS).
+    "SIGNING_KEY": None,
+    "SIGNING_KEY_FALLBACKS": None,
+    # How long a worker owns an instance without checkpointing. A worker that
+    # dies is replaced after this; a single step must be shorter than this.
+    "LEASE_SECONDS": 60,
+    # Celery queue the run task is sent to (None: Celery's default queue).
+    "QUEUE": None,
+    # True: a step's ORM writes commit in the same transaction as the
+    # checkpoint that follows it (exactly-once database side effects).
+    # False: autocommit; a step's writes may repeat after a crash.
+    "ATOMIC_STEPS": True,
+    # Extend the lease from a background thread while a step runs, so a step
+    # may take longer than LEASE_SECONDS; a killed worker stops extending it.
+    # A step that hangs forever then holds its instance forever: use Celery
+    # time limits. False: a step longer than the lease is taken over.
+    "HEARTBEAT": True,
+    # Timers due within this many seconds are also sent with a Celery ETA;
+    # later ones are left to the sweep (the guarantee either way).
+    "ETA_MAX_SECONDS": 300,
+    # Interval of the periodic sweep (beat schedule and `durable_resume --loop`).
+    "SWEEP_INTERVAL": 30,
+    # Maximum instances one sweep schedules.
+    "SWEEP_BATCH": 500,
+    # An instance whose worker died this many times in a row without
+    # reaching a checkpoint is suspended (poison-pill protection).
+    "MAX_ATTEMPTS": 5,
+    # Optional allowlist of program dotted paths (or prefixes ending in ".").
+    # None: any importable durable program may be started.
+    "PROGRAMS": None,
+    # True: run instances in this process when their transaction commits,
+    # without Celery (development, scripts, the synchronous command mode).
+    "RUN_INLINE": False,
+    # Safety valve: how many pause/resume rounds one task runs in a row.
+    "MAX_ROUNDS": 100,
+    # Live status: seconds between the consumers' database polls when the
+    # channel layer cannot cross processes (none, or the in-memory layer).
+    # With a cross-process layer (channels_redis) they rely on the push and
+    # poll only every max(15, STATUS_POLL_INTERVAL) seconds as a safety net.
+    "STATUS_POLL_INTERVAL": 1.0,
+    # Alias in CHANNEL_LAYERS that transitions are pushed to and the status
+    # consumers listen on. None: no push at all (the consumers poll).
+    "CHANNEL_LAYER": "default",
+}
+
+_KEY_SALT = b"durable_django.state-signing"
+
+
+def derive_key(secret: str | bytes) -> bytes:
+    """A signing key derived from a project secret (never the secret itself)."""
+    if isinstance(secret, str):
+        secret = secret.encode()
+    return hmac.new(secret, _KEY_SALT, hashlib.sha256).digest()
+
+
+class DurableSettings:
+    """Attribute access to ``settings.DURABLE`` merged over :data:`DEFAULTS`."""
+
+    def __init__(self) -> None:
+        self._cached: set[str] = set()
+
+    def user_settings(self) -> dict:
+        value = getattr(settings, "DURABLE", None) or {}
+        return value if isinstance(value, dict) else {}
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name not in DEFAULTS:
+            raise AttributeError(f"Invalid DURABLE setting: {name!r}")
+        value = self.user_settings().get(name, DEFAULTS[name])
+        setattr(self, name, value)
+        self._cached.add(name)
+        return value
+
+    def reload(self) -> None:
+        for name in self._cached:
+            try:
+                delattr(self, name)
+            except AttributeError:
+                pass
+        self._cached.clear()
+
+    # -- derived values ---------------------------------------------------
+    @property
+    def signing_key(self) -> bytes:
+        key = self.SIGNING_KEY
+        if key is None:
+            return derive_key(settings.SECRET_KEY)
+        return key.encode() if isinstance(key, str) else key
+
+    @property
+    def signing_key_fallbacks(self) -> list[bytes]:
+        keys = self.SIGNING_KEY_FALLBACKS
+        if keys is None:
+            if self.SIGNING_KEY is not None:
+                return []
+            return [derive_key(s) for s in getattr(settings, "SECRET_KEY_FALLBACKS", [])]
+        return [k.encode() if isinstance(k, str) else k for k in keys]
+
+
+durable_settings = DurableSettings()
+
+
+def beat_schedule(interval: float | None = None) -> dict:
+    """The Celery beat entry for the periodic sweep; merge it into ``CELERY_BEAT_SCHEDULE``.
+
+    Importable from a settings module (it touches neither models nor settings
+    unless ``interval`` is omitted).
+    """
+    if interval is None:
+        interval = DEFAULTS["SWEEP_INTERVAL"]
+    return {"durable-django-sweep": {"task": "durable_django.sweep", "schedule": float(interval)}}
+
+
+def _reload(*, setting: str, **kwargs: Any) -> None:
+    if setting in ("DURABLE", "SECRET_KEY", "SECRET_KEY_FALLBACKS"):
+        durable_settings.reload()
+
+
+setting_changed.connect(_reload, dispatch_uid="durable_django.conf.reload")

@@ -1,0 +1,55 @@
+"""Errors raised by the Django app's public functions.
+
+Each one names what was wrong; none of them loses data: the instance row, its
+checkpoint and its inbox are left as they were.
+"""
+
+from __future__ import annotations
+
+from durable import DurableError, InstanceCancelled
+
+
+class DurableDjangoError(DurableError):
+    """Base class of this app's errors."""
+
+
+class UnknownInstance(DurableDjangoError, LookupError):
+    """No instance has this id."""
+
+    def __init__(self, instance_id: str) -> None:
+        super().__init__(f"no durable instance with id {instance_id!r}")
+        self.instance_id = instance_id
+
+
+class UnknownProgram(DurableDjangoError, LookupError):
+    """A program path cannot be imported, is not allowed, or is not a durable program."""
+
+
+class InvalidPayload(DurableDjangoError, TypeError):
+    """An event payload (or a start argument) cannot be stored."""
+
+
+class InstanceFinished(DurableDjangoError):
+    """The instance already completed, failed or was cancelled; it takes no events and cannot be cancelled."""
+
+    def __init__(self, instance_id: str, status: str, action: str) -> None:
+        super().__init__(f"cannot {action} durable instance {instance_id!r}: it is {status}")
+        self.instance_id = instance_id
+        self.status = status
+
+
+class InstanceExists(DurableDjangoError):
+    """``start(..., instance_id=x)`` with a different program than the existing instance ``x`` runs."""
+
+
+class LeaseLost(DurableDjangoError):
+    """This worker no longer owns the instance (its lease expired and another worker took it, or it was cancelled).
+
+    The step in progress is rolled back; the owner of the lease carries on.
+    """
+
+
+__all__ = [
+    "DurableDjangoError", "UnknownInstance", "UnknownProgram", "InvalidPayload", "InstanceFinished",
+    "InstanceExists", "LeaseLost", "InstanceCancelled",
+]

@@ -1,0 +1,169 @@
+"""Who may answer a wait, and what its payload must look like.
+
+Everything is read from the wait's metadata in the instance's signed state
+(the truth), so a task row that is late or missing never lets the wrong person
+answer. Metadata keys (all optional): ``user`` (username), ``group`` (group
+name), ``permission`` (``"app_label.codename"``), ``form`` (dotted path of a
+Django form), ``schema`` (a JSON-schema subset, see :func:`schema_form`),
+``title``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from django import forms
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.serializers.json import DjangoJSONEncoder
+from django.utils.module_loading import import_string
+
+from ..backend import unsign
+from ..models import DurableInstance, Status
+
+ASSIGNMENT_KEYS = ("user", "group", "permission")
+
+
+@dataclass
+class Wait:
+    """What an instance waits for now (only event waits with their metadata)."""
+
+    instance_id: str
+    event: str
+    meta: dict = field(default_factory=dict)
+    due: float | None = None
+    version: int = 0
+    #: Checkpoints taken so far: constant while the instance waits here, so it identifies this wait.
+    steps: int = 0
+
+    @property
+    def assigned(self) -> bool:
+        return any(self.meta.get(k) for k in ASSIGNMENT_KEYS)
+
+    @property
+    def is_task(self) -> bool:
+        return self.assigned or bool(self.meta.get("form") or self.meta.get("schema"))
+
+
+def current_wait(instance_id: str) -> Wait | None:
+    """The event wait the instance is paused on, read from its verified state; None otherwise."""
+    row = (DurableInstance.objects.filter(pk=instance_id, status=Status.PAUSED, wait_kind="event")
+           .values_list("state", "version").first())
+    if row is None or row[0] is None:
+        return None
+    state = unsign(row[0])
+    wait = state.get("wait") or {}
+    if wait.get("kind") != "event":
+        return None
+    return Wait(instance_id, wait.get("event") or "", dict(wait.get("meta") or {}), wait.get("due"), row[1],
+                int(state.get("steps") or 0))
+
+
+def may_answer(user, meta: dict) -> bool:
+    """True if ``user`` may answer a wait with this metadata (superusers always may).
+
+    A wait without an assignee can be answered by anyone allowed to publish
+    events (``durable_django.publish_durableevent``).
+    """
+    if user is None or not user.is_authenticated or not user.is_active:
+        return False
+    if user.is_superuser:
+        return True
+    if not any(meta.get(k) for k in ASSIGNMENT_KEYS):
+        return user.has_perm("durable_django.publish_durableevent")
+    if meta.get("user") and user.get_username() == meta["user"]:
+        return True
+    if meta.get("group") and user.groups.filter(name=meta["group"]).exists():
+        return True
+    return bool(meta.get("permission")) and user.has_perm(meta["permission"])
+
+
+def form_class(meta: dict) -> type[forms.Form] | None:
+    """The form a wait's payload must pass: ``form`` (dotted path) or one built from ``schema``."""
+    if meta.get("form"):
+        cls = import_string(meta["form"])
+        if not (isinstance(cls, type) and issubclass(cls, forms.BaseForm)):
+            raise TypeError(f"{meta['form']!r} is not a Django form class")
+        return cls
+    if meta.get("schema"):
+        return schema_form(meta["schema"])
+    return None
+
+
+def clean_payload(meta: dict, payload: Any) -> Any:
+    """Validate ``payload`` against the wait's form or schema; return the JSON-compatible cleaned payload.
+
+    Raises ``ValidationError`` (with the form's errors) when it does not fit.
+    Without a form or schema the payload is returned as is.
+    """
+    cls = form_class(meta)
+    if cls is None:
+        return payload
+    if not isinstance(payload, dict):
+        raise ValidationError("the payload must be a JSON object")
+    form = cls(data=payload)
+    unexpected = sorted(set(payload) - set(form.fields))
+    if unexpected:
+        raise ValidationError(f"unexpected fields: {', '.join(unexpected)}")
+    if not form.is_valid():
+        raise ValidationError(form.errors.get_json_data())
+    return to_json(form.cleaned_data)
+
+
+def to_json(data: dict) -> dict:
+    """Cleaned form data as the program will receive it (dates, decimals... as JSON strings)."""
+    return json.loads(json.dumps(data, cls=DjangoJSONEncoder))
+
+
+def check_answer(user, instance_id: str, event: str, payload: Any) -> Any:
+    """Enforce the wait's assignment and form for an event ``user`` publishes; return the payload to publish.
+
+    If the instance is not paused on a wait for ``event`` (the event will be
+    kept in the inbox for later), only ``durable_django.publish_durableevent``
+    lets a user publish it. Raises ``PermissionDenied`` or ``ValidationError``.
+    """
+    return check_wait(user, current_wait(instance_id), event, payload)
+
+
+def check_wait(user, wait: Wait | None, event: str, payload: Any) -> Any:
+    """:func:`check_answer` for a wait already read with :func:`current_wait`."""
+    if wait is None or wait.event != event or not wait.is_task:
+        if not (user.is_authenticated and user.is_active and user.has_perm("durable_django.publish_durableevent")):
+            raise PermissionDenied("you may not publish events to this instance")
+        return payload
+    if not may_answer(user, wait.meta):
+        raise PermissionDenied("this task is assigned to someone else")
+    return clean_payload(wait.meta, payload)
+
+
+# -- schemas -------------------------------------------------------------------
+def _schema_field(spec: dict, required: bool) -> forms.Field:
+    kind = spec.get("type", "string")
+    common: dict[str, Any] = {"required": required, "label": spec.get("title"),
+                              "help_text": spec.get("description", "")}
+    if "enum" in spec:
+        return forms.ChoiceField(choices=[(v, v) for v in spec["enum"]], **common)
+    if kind == "boolean":
+        return forms.BooleanField(**{**common, "required": False})
+    if kind == "integer":
+        return forms.IntegerField(min_value=spec.get("minimum"), max_value=spec.get("maximum"), **common)
+    if kind == "number":
+        return forms.DecimalField(min_value=spec.get("minimum"), max_value=spec.get("maximum"), **common)
+    if kind == "string":
+        widget = forms.Textarea(attrs={"rows": 3}) if spec.get("format") == "textarea" else None
+        return forms.CharField(max_length=spec.get("maxLength"), min_length=spec.get("minLength"), widget=widget,
+                               **common)
+    raise ValueError(f"unsupported schema type {kind!r}")
+
+
+def schema_form(schema: dict) -> type[forms.Form]:
+    """A Django form for a JSON-schema subset: an object whose ``properties`` are string (``maxLength``,
+    ``minLength``, ``format: textarea``), integer/number (``minimum``, ``maximum``), boolean or ``enum``;
+    ``required`` lists the required ones.
+    """
+    if schema.get("type", "object") != "object" or not isinstance(schema.get("properties"), dict):
+        raise ValueError("a payload schema must be {'type': 'object', 'properties': {...}}")
+    required = set(schema.get("required", ()))
+    fields = {name: _schema_field(spec, name in required) for name, spec in schema["properties"].items()}
+    return type("SchemaForm", (forms.Form,), fields)

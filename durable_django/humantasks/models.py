@@ -1,0 +1,66 @@
+"""One row per instance that waits for a person: what it waits for and who may answer.
+
+The row is derived data, rebuilt from the instance's signed state (the truth)
+by :mod:`durable_django.humantasks.sync` after every transition; it exists so
+that "what may I act on" is one indexed query instead of unpickling every
+paused instance.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import models
+from django.db.models import Q
+from django.utils.translation import gettext_lazy as _
+
+from durable_django.models import DurableInstance
+
+
+class HumanTaskQuerySet(models.QuerySet):
+    def for_user(self, user) -> HumanTaskQuerySet:
+        """Tasks ``user`` may answer: assigned to them, to one of their groups, or to a permission they have
+        (unassigned ones to users who may publish events), as :func:`assignment.may_answer` decides."""
+        if not user.is_authenticated or not user.is_active:
+            return self.none()
+        if user.is_superuser:
+            return self.all()
+        perms = user.get_all_permissions()
+        q = Q(assignee_user=user) | Q(assignee_group__in=user.groups.all())
+        if perms:
+            q |= Q(permission__in=perms)
+        if "durable_django.publish_durableevent" in perms:  # unassigned waits (a form only): any publisher
+            q |= Q(assignee_user=None, assignee_group=None, permission="")
+        return self.filter(q)
+
+
+class HumanTask(models.Model):
+    instance = models.OneToOneField(DurableInstance, primary_key=True, on_delete=models.CASCADE,
+                                    related_name="human_task", verbose_name=_("instance"))
+    event = models.CharField(_("event"), max_length=200)
+    title = models.CharField(_("title"), max_length=255, blank=True, default="")
+    assignee_user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                      related_name="+", verbose_name=_("user"))
+    assignee_group = models.ForeignKey(Group, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+                                       verbose_name=_("group"))
+    permission = models.CharField(_("permission"), max_length=255, blank=True, default="",
+                                  help_text=_("app_label.codename"))
+    form = models.CharField(_("form"), max_length=255, blank=True, default="")
+    schema = models.JSONField(_("schema"), null=True, blank=True, encoder=DjangoJSONEncoder)
+    due_at = models.DateTimeField(_("due at"), null=True, blank=True)
+    instance_version = models.PositiveIntegerField(_("instance version"), default=0)
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+
+    objects = HumanTaskQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = _("human task")
+        verbose_name_plural = _("human tasks")
+        ordering = ("created_at",)
+        indexes = [
+            models.Index(fields=["permission"], name="durable_task_perm"),
+        ]
+
+    def __str__(self) -> str:
+        return self.title or f"{self.event} ({self.instance_id})"

@@ -1,0 +1,79 @@
+"""Resume instances that should run: due timers, expired leases, pending events (or one id)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+from django.core.management.base import BaseCommand, CommandError
+
+from durable_django import executor
+from durable_django.api import resume, send_task
+from durable_django.conf import durable_settings
+from durable_django.exceptions import DurableDjangoError
+
+
+class Command(BaseCommand):
+    help = ("Resume durable instances that are due, stuck with an expired lease, or have a pending event "
+            "(or one instance by id). --loop makes it a small scheduler; --sync runs them here, without Celery.")
+
+    def add_arguments(self, parser):
+        parser.add_argument("instance_ids", nargs="*", help="Only these instances (default: all that should run).")
+        parser.add_argument("--dry-run", action="store_true", help="List what would be resumed; change nothing.")
+        parser.add_argument("--sync", action="store_true", help="Run instances in this process instead of Celery.")
+        parser.add_argument("--loop", action="store_true", help="Repeat every --interval seconds until SIGTERM.")
+        parser.add_argument("--interval", type=float, default=None, help="Seconds between sweeps (--loop).")
+        parser.add_argument("--limit", type=int, default=None, help="At most this many instances per sweep.")
+        parser.add_argument("--iterations", type=int, default=None, help="Stop after this many sweeps (--loop).")
+
+    def handle(self, *args, **opts):
+        if opts["instance_ids"]:
+            return self._explicit(opts)
+        interval = opts["interval"] or durable_settings.SWEEP_INTERVAL
+        stop = threading.Event()
+        if opts["loop"]:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: stop.set())
+        done = 0
+        while True:
+            ids = executor.sweep(dry_run=opts["dry_run"], inline=opts["sync"], limit=opts["limit"])
+            verb = "would resume" if opts["dry_run"] else ("ran" if opts["sync"] else "scheduled")
+            for iid in ids if opts["dry_run"] or opts["verbosity"] > 1 else ():
+                self.stdout.write(iid)
+            self.stdout.write(self.style.SUCCESS(f"{len(ids)} instance(s) {verb}."))
+            done += 1
+            if not opts["loop"] or (opts["iterations"] and done >= opts["iterations"]):
+                return
+            start = time.monotonic()
+            while not stop.is_set() and time.monotonic() - start < interval:
+                stop.wait(min(0.2, interval))
+            if stop.is_set():
+                return
+
+    def _explicit(self, opts):
+        failed = 0
+        for iid in opts["instance_ids"]:
+            try:
+                if opts["dry_run"]:
+                    from durable_django.api import get_instance
+
+                    inst = get_instance(iid)
+                    self.stdout.write(f"{iid}: {inst.status} (would resume)")
+                    continue
+                if opts["sync"]:
+                    outcome = resume(iid, inline=True)
+                    self.stdout.write(f"{iid}: {outcome}")
+                else:
+                    resume(iid)
+                    if durable_settings.RUN_INLINE:
+                        continue
+                    self.stdout.write(f"{iid}: scheduled")
+            except DurableDjangoError as exc:
+                failed += 1
+                self.stderr.write(self.style.ERROR(f"{iid}: {exc}"))
+        if failed:
+            raise CommandError(f"{failed} instance(s) could not be resumed")
+
+
+__all__ = ["Command", "send_task"]

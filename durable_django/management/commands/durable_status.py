@@ -1,0 +1,63 @@
+"""List durable instances, or inspect one (stack, locals, inbox, history)."""
+
+from __future__ import annotations
+
+import json
+
+from django.core.management.base import BaseCommand, CommandError
+
+from durable_django.models import DurableInstance, Status
+from durable_django.payloads import instance_detail, instance_summary
+
+
+class Command(BaseCommand):
+    help = "List durable instances (filters) or show one instance in detail."
+
+    def add_arguments(self, parser):
+        parser.add_argument("instance_id", nargs="?", help="Show this instance in detail.")
+        parser.add_argument("--status", choices=Status.values, action="append", help="Filter by status.")
+        parser.add_argument("--program", help="Filter by program path (prefix match).")
+        parser.add_argument("--limit", type=int, default=50)
+        parser.add_argument("--json", action="store_true", help="Machine-readable output.")
+
+    def handle(self, *args, **opts):
+        if opts["instance_id"]:
+            inst = DurableInstance.objects.filter(pk=opts["instance_id"]).first()
+            if inst is None:
+                raise CommandError(f"no durable instance with id {opts['instance_id']!r}")
+            data = instance_detail(inst)
+            if opts["json"]:
+                self.stdout.write(json.dumps(data, indent=2, default=str))
+                return
+            for key, value in data.items():
+                if key in ("events", "history", "stack"):
+                    continue
+                self.stdout.write(f"{key:>16}: {value}")
+            self.stdout.write("stack:")
+            stack = data["stack"]
+            if isinstance(stack, dict):
+                self.stdout.write(self.style.ERROR(f"  {stack['error']}"))
+            for frame in stack or ():
+                self.stdout.write(f"  {frame['position']}")
+                for name, value in frame["locals"].items():
+                    self.stdout.write(f"      {name} = {value}")
+            self.stdout.write("events:")
+            for ev in data["events"]:
+                self.stdout.write(f"  #{ev['id']} {ev['name']} consumed={ev['consumed_at']} payload={ev['payload']}")
+            self.stdout.write("history:")
+            for h in data["history"]:
+                self.stdout.write(f"  {h['at']} {h['kind']} -> {h['status']} {h['actor']} {h['detail'][:200]}")
+            return
+        qs = DurableInstance.objects.defer("state", "arguments").select_related("content_type")
+        if opts["status"]:
+            qs = qs.filter(status__in=opts["status"])
+        if opts["program"]:
+            qs = qs.filter(program__startswith=opts["program"])
+        rows = [instance_summary(i) for i in qs.order_by("-created_at")[: opts["limit"]]]
+        if opts["json"]:
+            self.stdout.write(json.dumps(rows, indent=2))
+            return
+        for r in rows:
+            wait = r["waiting_for"] or (f"timer {r['wake_at']}" if r["wait_kind"] == "timer" else "")
+            self.stdout.write(f"{r['instance_id']:<36} {r['status']:<10} {r['program']:<40} {wait}")
+        self.stdout.write(f"{len(rows)} instance(s).")

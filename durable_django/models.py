@@ -1,0 +1,183 @@
+"""Rows that make durable instances durable: the instance, its inbox, its history.
+
+The signed ``state`` blob is the truth the core runtime resumes from; the
+other columns are copies of it kept for queries (what is due, what is stuck,
+what waits for which event) and for people (admin, commands).
+"""
+
+from __future__ import annotations
+
+from django.contrib.contenttypes.fields import GenericForeignKey
+from django.contrib.contenttypes.models import ContentType
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import models
+from django.db.models import Q
+from django.utils.translation import gettext_lazy as _
+
+
+class Status(models.TextChoices):
+    PENDING = "pending", _("Pending")          # created, never ran a step
+    RUNNING = "running", _("Running")          # a worker holds it (or held it and died: see lease)
+    PAUSED = "paused", _("Paused")             # waits for an event or a timer
+    COMPLETED = "completed", _("Completed")
+    FAILED = "failed", _("Failed")             # the program raised; error stored
+    CANCELLED = "cancelled", _("Cancelled")
+    SUSPENDED = "suspended", _("Suspended")    # cannot run until a person acts (code changed, tampered state...)
+
+
+#: Statuses after which an instance never runs again.
+FINISHED = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
+#: Statuses a worker may pick up.
+RUNNABLE = (Status.PENDING, Status.RUNNING, Status.PAUSED)
+
+
+class DurableInstanceQuerySet(models.QuerySet):
+    def finished(self):
+        return self.filter(status__in=FINISHED)
+
+    def due(self, now):
+        """Paused on a timer (or an event wait with a timeout) that has expired."""
+        return self.filter(status=Status.PAUSED, wake_at__lte=now)
+
+    def stuck(self, now):
+        """Should be running but nobody holds a valid lease (never picked up, or the worker died)."""
+        return self.filter(status__in=(Status.PENDING, Status.RUNNING)).filter(
+            Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now))
+
+    def with_pending_event(self):
+        """Paused waiting for an event that is already in its inbox."""
+        pending = DurableEvent.objects.filter(
+            instance=models.OuterRef("pk"), name=models.OuterRef("waiting_for"), consumed_at__isnull=True)
+        return self.filter(status=Status.PAUSED, wait_kind="event").filter(models.Exists(pending))
+
+    def runnable_now(self, now):
+        """Everything the sweep schedules (lease not held by a live worker)."""
+        free = Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now)
+        pending = DurableEvent.objects.filter(
+            instance=models.OuterRef("pk"), name=models.OuterRef("waiting_for"), consumed_at__isnull=True)
+        wanted = (Q(status=Status.PAUSED, wake_at__lte=now)
+                  | Q(status__in=(Status.PENDING, Status.RUNNING))
+                  | (Q(status=Status.PAUSED, wait_kind="event") & Q(models.Exists(pending))))
+        return self.filter(wanted & free)
+
+
+class DurableInstance(models.Model):
+    instance_id = models.CharField(_("instance id"), max_length=200, primary_key=True)
+    program = models.CharField(_("program"), max_length=255, help_text=_("Dotted path of the durable program."))
+    program_version = models.CharField(_("program version"), max_length=64, blank=True, default="")
+    layout_hash = models.CharField(_("step layout"), max_length=64, blank=True, default="",
+                                   help_text=_("Step layout of the program's code at the last checkpoint."))
+    status = models.CharField(_("status"), max_length=16, choices=Status.choices, default=Status.PENDING)
+    wait_kind = models.CharField(_("wait kind"), max_length=8, blank=True, default="")
+    waiting_for = models.CharField(_("waiting for"), max_length=200, blank=True, default="")
+    wake_at = models.DateTimeField(_("wake at"), null=True, blank=True)
+    position = models.CharField(_("position"), max_length=500, blank=True, default="")
+    state = models.BinaryField(_("signed state"), null=True, blank=True, editable=False)
+    arguments = models.BinaryField(_("signed start arguments"), null=True, blank=True, editable=False)
+    result = models.JSONField(_("result"), null=True, blank=True, encoder=DjangoJSONEncoder)
+    error = models.TextField(_("error"), blank=True, default="")
+    steps = models.PositiveIntegerField(_("steps"), default=0)
+    version = models.PositiveIntegerField(_("row version"), default=0)
+    lease_owner = models.CharField(_("lease owner"), max_length=255, blank=True, default="")
+    lease_expires_at = models.DateTimeField(_("lease expires at"), null=True, blank=True)
+    attempts = models.PositiveIntegerField(_("attempts"), default=0,
+                                           help_text=_("Claims since the last checkpoint (crashed runs)."))
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+    finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
+    content_type = models.ForeignKey(ContentType, null=True, blank=True, on_delete=models.SET_NULL,
+                                     related_name="+")
+    object_id = models.CharField(_("object id"), max_length=64, blank=True, default="")
+    content_object = GenericForeignKey("content_type", "object_id")
+
+    objects = DurableInstanceQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = _("durable instance")
+        verbose_name_plural = _("durable instances")
+        ordering = ("-created_at",)
+        indexes = [
+            models.Index(fields=["status", "wake_at"], name="durable_inst_status_wake"),
+            models.Index(fields=["status", "lease_expires_at"], name="durable_inst_status_lease"),
+            models.Index(fields=["status", "finished_at"], name="durable_inst_status_fin"),
+            models.Index(fields=["program", "program_version", "layout_hash"], name="durable_inst_prog_ver"),
+            models.Index(fields=["content_type", "object_id"], name="durable_inst_object"),
+            models.Index(fields=["-created_at"], name="durable_inst_created"),
+        ]
+        permissions = [
+            ("resume_durableinstance", "Can resume durable instances"),
+            ("cancel_durableinstance", "Can cancel durable instances"),
+            ("publish_durableevent", "Can publish events to durable instances"),
+            ("edit_locals_durableinstance", "Can edit the locals of paused durable instances"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.instance_id} ({self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in FINISHED
+
+
+class DurableEvent(models.Model):
+    """The durable inbox: an event is kept until the instance consumes it, exactly once."""
+
+    instance = models.ForeignKey(DurableInstance, on_delete=models.CASCADE, related_name="events",
+                                 db_constraint=True)
+    name = models.CharField(_("name"), max_length=200)
+    payload = models.JSONField(_("payload"), null=True, blank=True, encoder=DjangoJSONEncoder)
+    idempotency_key = models.CharField(_("idempotency key"), max_length=255, null=True, blank=True)
+    created_at = models.DateTimeField(_("published at"), auto_now_add=True)
+    consumed_at = models.DateTimeField(_("consumed at"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("durable event")
+        verbose_name_plural = _("durable events")
+        ordering = ("id",)
+        constraints = [
+            models.UniqueConstraint(fields=["instance", "idempotency_key"],
+                                    condition=Q(idempotency_key__isnull=False),
+                                    name="durable_event_idempotency"),
+        ]
+        indexes = [
+            models.Index(fields=["instance", "name", "id"], condition=Q(consumed_at__isnull=True),
+                         name="durable_event_unconsumed"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} -> {self.instance_id}"
+
+
+class HistoryKind(models.TextChoices):
+    STARTED = "started", _("Started")
+    RESUMED = "resumed", _("Resumed")
+    PAUSED = "paused", _("Paused")
+    COMPLETED = "completed", _("Completed")
+    FAILED = "failed", _("Failed")
+    CANCELLED = "cancelled", _("Cancelled")
+    SUSPENDED = "suspended", _("Suspended")
+    RECOVERED = "recovered", _("Recovered from a dead worker")
+    EVENT_PUBLISHED = "event_published", _("Event published")
+    MIGRATED = "migrated", _("Migrated to new code")
+    OPERATOR = "operator", _("Operator action")
+
+
+class DurableHistory(models.Model):
+    """One row per transition, written in the transaction that made it."""
+
+    instance = models.ForeignKey(DurableInstance, on_delete=models.CASCADE, related_name="history")
+    kind = models.CharField(_("kind"), max_length=20, choices=HistoryKind.choices)
+    status = models.CharField(_("status after"), max_length=16, choices=Status.choices)
+    detail = models.TextField(_("detail"), blank=True, default="")
+    actor = models.CharField(_("actor"), max_length=255, blank=True, default="",
+                             help_text=_("Worker id or operator that caused the transition."))
+    at = models.DateTimeField(_("at"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("durable history entry")
+        verbose_name_plural = _("durable history")
+        ordering = ("id",)
+        indexes = [models.Index(fields=["instance", "id"], name="durable_hist_instance")]
+
+    def __str__(self) -> str:
+        return f"{self.instance_id}: {self.kind}"

@@ -1,0 +1,134 @@
+"""Operator actions beyond the public API: retry a failed instance, read and edit a paused frame's locals.
+
+Every change is written under the row's ``version`` (optimistic locking) and
+only while no worker holds the lease, and is recorded in the history with the
+operator's name.
+"""
+
+from __future__ import annotations
+
+import json
+import reprlib
+from typing import Any
+
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import models, transaction
+from django.utils import timezone
+
+from durable import Cell
+
+from . import signals
+from .backend import sign, unsign
+from .exceptions import InstanceFinished, UnknownInstance
+from .models import DurableHistory, DurableInstance, HistoryKind, Status
+
+#: Statuses in which a frame's locals may be edited: nothing runs them now.
+EDITABLE = (Status.PAUSED, Status.SUSPENDED)
+_repr = reprlib.Repr()  # attributes, not keywords: Python 3.11 has no Repr(**limits)
+_repr.maxstring, _repr.maxother, _repr.maxlist, _repr.maxdict, _repr.maxlevel = 200, 200, 20, 20, 3
+
+
+class ConcurrentChange(Exception):
+    """The instance changed (ran, or another operator edited it) since the operator looked at it."""
+
+
+def retry(instance_id: str, *, actor: str = "") -> DurableInstance:
+    """Run a failed instance again from the start, with its stored arguments.
+
+    The core keeps no checkpoint of a failed run (its stack is cleared), so a
+    retry starts over: steps that completed before the failure run again.
+    """
+    from .api import _signal_after_commit, schedule
+
+    with transaction.atomic():
+        inst = DurableInstance.objects.select_for_update().defer("state").filter(pk=instance_id).first()
+        if inst is None:
+            raise UnknownInstance(instance_id)
+        if inst.status != Status.FAILED:
+            raise InstanceFinished(instance_id, inst.status, "retry (only failed instances can be retried)")
+        DurableInstance.objects.filter(pk=instance_id, status=Status.FAILED).update(
+            status=Status.PENDING, state=None, error="", result=None, finished_at=None, wait_kind="",
+            waiting_for="", wake_at=None, position="", attempts=0, lease_owner="", lease_expires_at=None,
+            updated_at=timezone.now(), version=models.F("version") + 1)
+        DurableHistory.objects.create(instance=inst, kind=HistoryKind.OPERATOR, status=Status.PENDING,
+                                      detail="retried from the start", actor=actor)
+    _signal_after_commit("started", instance_id, Status.PENDING, inst.program)
+    schedule(instance_id)
+    inst.refresh_from_db()
+    return inst
+
+
+def is_jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value, cls=DjangoJSONEncoder)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def frames(state: dict) -> list[dict]:
+    """The call stack for people: per frame, its position and its locals (repr-truncated, never executed)."""
+    out = []
+    stack = state.get("stack")
+    for index, frame in enumerate(list(stack) if stack is not None else []):
+        local_rows = []
+        for name, value in frame.locals.items():
+            if name.startswith("_dur__"):
+                continue
+            if isinstance(value, Cell):
+                value = getattr(value, "cell_contents", None)
+            local_rows.append({"name": name, "repr": _repr.repr(value), "type": type(value).__name__,
+                               "json": json.dumps(value, cls=DjangoJSONEncoder) if is_jsonable(value) else None})
+        out.append({"index": index, "function": frame.name, "position": frame.position(), "locals": local_rows})
+    return out
+
+
+def edit_local(instance_id: str, frame_index: int, name: str, value: Any, *, actor: str,
+               expected_version: int | None = None) -> DurableInstance:
+    """Set ``name`` in frame ``frame_index`` of a paused or suspended instance to a JSON-compatible ``value``.
+
+    Raises ``ValueError`` (not JSON-compatible, no such frame or local),
+    :class:`ConcurrentChange` (the row changed, or a worker holds it),
+    :class:`UnknownInstance`, :class:`InstanceFinished`.
+    """
+    if not is_jsonable(value):
+        raise ValueError("only JSON-compatible values may be set")
+    value = json.loads(json.dumps(value, cls=DjangoJSONEncoder))
+    row = DurableInstance.objects.filter(pk=instance_id).values_list("status", "version", "state", "lease_owner",
+                                                                      "program").first()
+    if row is None:
+        raise UnknownInstance(instance_id)
+    status, version, blob, lease_owner, program = row
+    if status not in EDITABLE:
+        raise InstanceFinished(instance_id, status, "edit the locals of")
+    if expected_version is not None and expected_version != version:
+        raise ConcurrentChange(f"instance {instance_id!r} changed since you looked (version {version})")
+    if lease_owner:
+        raise ConcurrentChange(f"a worker holds instance {instance_id!r}; try again when it has paused")
+    state = unsign(blob)
+    stack = list(state.get("stack") or [])
+    if not 0 <= frame_index < len(stack):
+        raise ValueError(f"no frame {frame_index}")
+    frame = stack[frame_index]
+    if name.startswith("_dur__") or name not in frame.locals:
+        raise ValueError(f"frame {frame_index} has no local {name!r}")
+    old = frame.locals[name]
+    if isinstance(old, Cell):
+        old_value = getattr(old, "cell_contents", None)
+        old.cell_contents = value
+    else:
+        old_value = old
+        frame.locals[name] = value
+    new_blob = sign(state)
+    with transaction.atomic():
+        n = DurableInstance.objects.filter(pk=instance_id, version=version, lease_owner="",
+                                           status__in=EDITABLE).update(
+            state=new_blob, version=models.F("version") + 1, updated_at=timezone.now())
+        if n != 1:
+            raise ConcurrentChange(f"instance {instance_id!r} changed while editing; nothing was saved")
+        DurableHistory.objects.create(
+            instance_id=instance_id, kind=HistoryKind.OPERATOR, status=status, actor=actor,
+            detail=f"set local {name!r} of frame {frame_index} ({frame.name}) from {_repr.repr(old_value)} "
+                   f"to {_repr.repr(value)}")
+    transaction.on_commit(lambda: signals.send_transition("operator", instance_id, status, program))
+    return DurableInstance.objects.defer("state").get(pk=instance_id)

@@ -1,0 +1,65 @@
+"""Instance -> JSON-able dict, shared by commands (and later the admin and websockets)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from durable import StateTamperedError
+
+from .backend import unsign
+from .models import DurableInstance
+
+
+def _iso(value) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def instance_summary(inst: DurableInstance) -> dict[str, Any]:
+    return {
+        "instance_id": inst.instance_id, "program": inst.program, "program_version": inst.program_version,
+        "layout_hash": inst.layout_hash, "status": inst.status, "wait_kind": inst.wait_kind,
+        "waiting_for": inst.waiting_for, "wake_at": _iso(inst.wake_at), "position": inst.position,
+        "steps": inst.steps, "attempts": inst.attempts, "version": inst.version,
+        "lease_owner": inst.lease_owner, "lease_expires_at": _iso(inst.lease_expires_at),
+        "created_at": _iso(inst.created_at), "updated_at": _iso(inst.updated_at),
+        "finished_at": _iso(inst.finished_at),
+        "object": f"{inst.content_type.app_label}.{inst.content_type.model}:{inst.object_id}"
+        if inst.content_type_id else None,
+    }
+
+
+def instance_detail(inst: DurableInstance) -> dict[str, Any]:
+    """Summary plus result, error, inbox, history and (after the HMAC check) the call stack with locals."""
+    data = instance_summary(inst)
+    data["result"] = inst.result
+    data["error"] = inst.error
+    data["events"] = [
+        {"id": e.id, "name": e.name, "payload": e.payload, "idempotency_key": e.idempotency_key,
+         "created_at": _iso(e.created_at), "consumed_at": _iso(e.consumed_at)}
+        for e in inst.events.order_by("id")]
+    data["history"] = [
+        {"kind": h.kind, "status": h.status, "detail": h.detail, "actor": h.actor, "at": _iso(h.at)}
+        for h in inst.history.order_by("id")]
+    data["stack"] = None
+    if inst.state is not None:
+        try:
+            state = unsign(inst.state)
+        except StateTamperedError as exc:
+            data["stack"] = {"error": str(exc)}
+        except Exception as exc:  # code gone or changed: cannot unpickle frames
+            data["stack"] = {"error": f"cannot load state: {type(exc).__name__}: {exc}"}
+        else:
+            stack = state.get("stack")
+            data["stack"] = [
+                {"position": fr.position(),
+                 "locals": {k: _short(v) for k, v in fr.locals.items() if not k.startswith("_dur__")}}
+                for fr in (stack or [])]
+    return data
+
+
+def _short(value: Any) -> str:
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxstring = r.maxother = 200
+    return r.repr(value)

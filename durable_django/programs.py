@@ -1,0 +1,102 @@
+"""Finding programs by dotted path, and migrations for instances of changed code.
+
+An instance row stores the dotted path of its program (``"shop.processes.order_process"``);
+a worker imports it again to resume. ``durable_settings.PROGRAMS`` can restrict
+which paths may be started (an allowlist of paths, or prefixes ending in ``"."``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+from django.utils.module_loading import import_string
+
+from durable import DurableProgram, FunctionCall, make_durable
+
+from .conf import durable_settings
+from .exceptions import UnknownProgram
+
+_cache: dict[str, DurableProgram] = {}
+#: (program path, program version or None) -> migration functions, tried in order.
+_migrations: dict[tuple[str, str | None], list[Callable[[FunctionCall], bool]]] = {}
+
+
+def path_of(program: DurableProgram | Callable | str) -> str:
+    """The dotted path under which ``program`` is stored and imported again."""
+    if isinstance(program, str):
+        return program
+    fn = program.fn if isinstance(program, DurableProgram) else program
+    qualname = getattr(fn, "__qualname__", "")
+    if "<locals>" in qualname or not getattr(fn, "__module__", None):
+        raise UnknownProgram(
+            f"{qualname or program!r} is not defined at module level; a worker could not import it again. "
+            "Define durable programs at module level.")
+    return f"{fn.__module__}.{qualname}"
+
+
+def allowed(path: str) -> bool:
+    allow = durable_settings.PROGRAMS
+    if allow is None:
+        return True
+    return any(path == a or (a.endswith(".") and path.startswith(a)) for a in allow)
+
+
+def resolve(path: str) -> DurableProgram:
+    """Import the program stored under ``path``; raise :class:`UnknownProgram` with the reason."""
+    if not isinstance(path, str) or not path:
+        raise UnknownProgram(f"program path must be a non-empty dotted path, got {path!r}")
+    if not allowed(path):
+        raise UnknownProgram(f"program {path!r} is not in DURABLE['PROGRAMS']")
+    hit = _cache.get(path)
+    if hit is not None:
+        return hit
+    try:
+        obj = import_string(path)
+    except ImportError as exc:
+        raise UnknownProgram(f"cannot import durable program {path!r}: {exc}") from exc
+    if isinstance(obj, DurableProgram):
+        program = obj
+    elif inspect.iscoroutinefunction(obj):
+        program = make_durable(obj)
+    else:
+        raise UnknownProgram(f"{path!r} is a {type(obj).__name__}, not an async def or a make_durable() program")
+    _cache[path] = program
+    return program
+
+
+def program_version(program: DurableProgram) -> str:
+    return str(program.version) if getattr(program, "version", None) is not None else ""
+
+
+def register_migration(program: DurableProgram | str, func: Callable[[FunctionCall], bool] | None = None, *,
+                       from_version: str | None = None):
+    """Register ``func(frame) -> bool`` to adapt paused frames of ``program`` whose step layout changed.
+
+    The core calls it for each frame that cannot resume as is (see
+    ``durable.DurableRuntime(migrate=...)``); it may move ``frame.pc`` and edit
+    ``frame.locals`` and returns True when the frame can now resume.
+    ``from_version`` restricts it to instances started under that
+    ``make_durable(version=...)``. Usable as a decorator.
+    """
+    key = (path_of(program), from_version)
+
+    def add(f):
+        _migrations.setdefault(key, []).append(f)
+        return f
+
+    return add(func) if func is not None else add
+
+
+def migrator_for(path: str, version: str, program: DurableProgram) -> Callable[[FunctionCall], bool] | None:
+    """The ``migrate`` hook for an instance of ``path`` started under ``version``, or None."""
+    funcs = [*_migrations.get((path, version or None), ()), *_migrations.get((path, None), ())]
+    if getattr(program, "migrate", None) is not None:
+        funcs.append(program.migrate)
+    if not funcs:
+        return None
+
+    def migrate(frame: FunctionCall) -> bool:
+        return any(f(frame) for f in funcs)
+
+    return migrate

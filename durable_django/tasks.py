@@ -1,0 +1,49 @@
+"""Celery tasks: thin wrappers around :mod:`durable_django.executor`.
+
+Only instance ids travel over the broker; the row is the truth and the task
+re-reads it. ``acks_late`` + ``reject_on_worker_lost`` re-queue a message whose
+worker process died (where the broker can redeliver); the lease and the sweep
+cover brokers that cannot (kombu's filesystem and SQLAlchemy transports).
+"""
+
+from __future__ import annotations
+
+from celery import shared_task
+from django.db import InterfaceError, OperationalError, connections
+
+from . import executor
+
+
+@shared_task(name="durable_django.run_instance", bind=True, acks_late=True, reject_on_worker_lost=True,
+             ignore_result=True, autoretry_for=(OperationalError, InterfaceError), retry_backoff=True,
+             retry_backoff_max=60, max_retries=8)
+def run_instance(self, instance_id: str) -> str:
+    """Run one instance until it pauses or finishes (a no-op when another worker holds it)."""
+    _drop_broken_connections()
+    return executor.run_instance(instance_id, worker_id=f"{self.request.hostname}:{executor.new_worker_id()}")
+
+
+@shared_task(name="durable_django.sweep", ignore_result=True)
+def sweep() -> int:
+    """Periodic: wake due timers, abandoned runs and instances with a pending event."""
+    return len(executor.sweep())
+
+
+def _drop_broken_connections() -> None:
+    """Close connections a previous task left broken (what Django does between requests).
+
+    With ``CELERY_DB_REUSE_MAX`` Celery keeps the worker's connections across
+    tasks; one that failed (database restarted, network cut) would otherwise
+    fail every retry. Costs nothing unless an error occurred on it.
+    """
+    for conn in connections.all(initialized_only=True):
+        if conn.connection is not None and (
+                conn.get_autocommit() != conn.settings_dict["AUTOCOMMIT"]
+                or (conn.errors_occurred and not conn.is_usable())):
+            conn.close()
+        elif conn.connection is not None:
+            conn.errors_occurred = False
+
+
+# Kept importable from settings modules (no models): see durable_django.conf.
+from .conf import beat_schedule  # noqa: E402,F401

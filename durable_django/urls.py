@@ -1,0 +1,16 @@
+"""URLs of the human-task pages and the publish endpoint; include them under any prefix::
+
+    path("durable/", include("durable_django.urls")),   # namespace "durable"
+"""
+
+from django.urls import path
+
+from . import views
+
+app_name = "durable"
+
+urlpatterns = [
+    path("tasks/", views.task_list, name="tasks"),
+    path("tasks/answer/<path:instance_id>", views.task_answer, name="task-answer"),
+    path("publish/<path:instance_id>", views.publish_event_view, name="publish"),
+]

@@ -1,0 +1,28 @@
+"""Live status of one expense for the people allowed to follow it (not only operators)."""
+
+from __future__ import annotations
+
+from durable_django.consumers import InstanceStatusConsumer
+from durable_django.live import read_status
+
+from .models import Expense
+
+
+class ExpenseStatusConsumer(InstanceStatusConsumer):
+    """``ws/expenses/<pk>/``: the approval instance of one expense, plus the expense's own state."""
+
+    def get_instance_id(self) -> str:
+        return f"expense-{self.scope['url_route']['kwargs']['pk']}"
+
+    def has_permission(self, user) -> bool:
+        from .views import can_see
+
+        expense = Expense.objects.filter(pk=self.scope["url_route"]["kwargs"]["pk"]).first()
+        return expense is not None and can_see(user, expense)
+
+    def read(self, instance_id: str):
+        data = read_status(instance_id)
+        if data is not None:
+            expense = Expense.objects.filter(pk=self.scope["url_route"]["kwargs"]["pk"]).values("state").first()
+            data["expense_state"] = Expense.State(expense["state"]).label if expense else None
+        return data

@@ -1,0 +1,86 @@
+"""Expense approval, written as the plain code a person would describe it in.
+
+An employee submits an expense. A manager approves or rejects it. Amounts of
+``FINANCE_THRESHOLD`` or more also need finance; if finance does not act in
+time (``settings.EXPENSES_ESCALATE_AFTER`` seconds) the task is escalated to
+the director, who may answer it alongside finance. The payment is recorded by
+a database step, which commits with the checkpoint after it: exactly once,
+even if a worker dies in the middle.
+"""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+
+from django.conf import settings
+from django.utils import timezone
+
+from durable import EventTimeout, make_durable, wait_for_event
+from durable_django import db_step
+
+from .models import Expense, Payment
+
+FINANCE_THRESHOLD = Decimal("1000")
+DECISION_FORM = "example_project.expenses.forms.DecisionForm"
+
+
+@db_step
+def load_expense(expense_id: int) -> dict:
+    e = Expense.objects.get(pk=expense_id)
+    return {"amount": str(e.amount), "description": e.description, "employee": e.employee.get_username()}
+
+
+@db_step
+def set_state(expense_id: int, state: str, decision: dict | None = None, by: str = "") -> None:
+    fields = {"state": state}
+    if decision is not None:
+        fields.update(decided_by=by, comment=decision.get("comment", ""))
+    Expense.objects.filter(pk=expense_id).update(**fields)
+
+
+@db_step
+def record_payment(expense_id: int) -> str:
+    """The payment row and the state change commit together with the next checkpoint."""
+    expense = Expense.objects.get(pk=expense_id)
+    payment = Payment.objects.create(expense=expense, amount=expense.amount,
+                                     reference=f"PAY-{timezone.now():%Y%m%d}-{uuid.uuid4().hex[:8]}")
+    Expense.objects.filter(pk=expense_id).update(state=Expense.State.PAID)
+    return payment.reference
+
+
+def escalate_after() -> float:
+    return float(getattr(settings, "EXPENSES_ESCALATE_AFTER", 3600))
+
+
+@make_durable
+async def expense_approval(expense_id: int):
+    expense = await load_expense(expense_id)
+    title = f"Expense #{expense_id}: {expense['description']} ({expense['amount']}) by {expense['employee']}"
+
+    await set_state(expense_id, Expense.State.AWAITING_MANAGER)
+    decision = await wait_for_event("manager_decision", group="managers", form=DECISION_FORM,
+                                    title=f"Manager approval. {title}")
+    if decision["decision"] != "approve":
+        await set_state(expense_id, Expense.State.REJECTED, decision, by="manager")
+        return "rejected"
+
+    if Decimal(expense["amount"]) >= FINANCE_THRESHOLD:
+        await set_state(expense_id, Expense.State.AWAITING_FINANCE, decision, by="manager")
+        try:
+            decision = await wait_for_event("finance_decision", timeout=escalate_after(), group="finance",
+                                            form=DECISION_FORM, title=f"Finance approval. {title}")
+        except EventTimeout:
+            await set_state(expense_id, Expense.State.ESCALATED)
+            decision = await wait_for_event("finance_decision", group="finance",
+                                            permission="expenses.approve_escalated", form=DECISION_FORM,
+                                            title=f"ESCALATED: finance approval overdue. {title}")
+        if decision["decision"] != "approve":
+            await set_state(expense_id, Expense.State.REJECTED, decision, by="finance")
+            return "rejected"
+        await set_state(expense_id, Expense.State.APPROVED, decision, by="finance")
+    else:
+        await set_state(expense_id, Expense.State.APPROVED, decision, by="manager")
+
+    reference = await record_payment(expense_id)
+    return {"paid": reference}

@@ -1,0 +1,77 @@
+"""Pages of the expense example: submit, follow live, and (through durable_django's task pages) approve."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.db import transaction
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+
+import durable_django
+from durable_django.humantasks.models import HumanTask
+from durable_django.models import DurableInstance
+
+from .durable_programs import expense_approval
+from .forms import ExpenseForm
+from .models import Expense
+
+
+def can_see(user, expense: Expense) -> bool:
+    """The employee, approvers (managers, finance, director) and operators may follow an expense."""
+    if user.pk == expense.employee_id or user.is_superuser or user.has_perm("durable_django.view_durableinstance"):
+        return True
+    return user.groups.filter(name__in=("managers", "finance")).exists() or user.has_perm("expenses.approve_escalated")
+
+
+@login_required
+def home(request: HttpRequest) -> HttpResponse:
+    """My expenses, the submit form, and how many tasks wait for me."""
+    form = ExpenseForm()
+    if request.method == "POST":
+        form = ExpenseForm(request.POST)
+        if form.is_valid():
+            with transaction.atomic():
+                expense = form.save(commit=False)
+                expense.employee = request.user
+                expense.save()
+                durable_django.start(expense_approval, expense.pk, instance_id=expense.instance_id, link=expense)
+            return redirect("expense", pk=expense.pk)
+    context = {
+        "form": form, "expenses": Expense.objects.filter(employee=request.user)[:50],
+        "task_count": HumanTask.objects.for_user(request.user).count(),
+        "others": Expense.objects.exclude(employee=request.user)[:50] if can_see_all(request.user) else [],
+    }
+    return render(request, "expenses/home.html", context)
+
+
+def can_see_all(user) -> bool:
+    return user.is_superuser or user.groups.filter(name__in=("managers", "finance")).exists() or user.has_perm(
+        "expenses.approve_escalated")
+
+
+@login_required
+def expense_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    expense = get_object_or_404(Expense.objects.select_related("employee"), pk=pk)
+    if not can_see(request.user, expense):
+        raise PermissionDenied
+    instance = DurableInstance.objects.defer("state", "arguments").filter(pk=expense.instance_id).first()
+    task = HumanTask.objects.for_user(request.user).filter(instance_id=expense.instance_id).first()
+    return render(request, "expenses/detail.html", {
+        "expense": expense, "instance": instance, "task": task,
+        "task_form": _form(task), "ws_path": f"/ws/expenses/{expense.pk}/",
+        "history": instance.history.order_by("id") if instance else [],
+        "payment": getattr(expense, "payment", None) if expense.state == Expense.State.PAID else None,
+        "iid": quote(expense.instance_id),
+    })
+
+
+def _form(task):
+    if task is None:
+        return None
+    from durable_django.humantasks.assignment import form_class
+
+    cls = form_class({"form": task.form, "schema": task.schema})
+    return cls() if cls else None

@@ -1,0 +1,148 @@
+"""Settings of the example project.
+
+Embedded defaults need no server: SQLite in ``var/db.sqlite3`` and a
+filesystem Celery broker in ``var/broker``. Production parts are selected by
+environment variables: ``DATABASE_URL`` (PostgreSQL), ``CELERY_BROKER_URL``
+(Redis or RabbitMQ), ``REDIS_URL`` (channels_redis).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dj_database_url
+
+from durable_django.conf import beat_schedule
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("DURABLE_VAR_DIR", BASE_DIR / "var"))
+
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "dev-only-insecure-key-change-me-0123456789")
+DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
+ALLOWED_HOSTS = os.environ.get("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1").split(",")
+
+INSTALLED_APPS = [
+    "daphne",  # first: `runserver` serves ASGI (websockets)
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "durable_django",
+    "durable_django.humantasks",
+    "example_project.expenses",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "example_project.urls"
+ASGI_APPLICATION = "example_project.asgi.application"
+
+TEMPLATES = [{
+    "BACKEND": "django.template.backends.django.DjangoTemplates",
+    "DIRS": [],
+    "APP_DIRS": True,
+    "OPTIONS": {"context_processors": [
+        "django.template.context_processors.request",
+        "django.contrib.auth.context_processors.auth",
+        "django.contrib.messages.context_processors.messages",
+    ]},
+}]
+
+SQLITE_OPTIONS = {"transaction_mode": "IMMEDIATE", "timeout": 30,
+                  "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"}
+
+
+def _database() -> dict:
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        db = dj_database_url.parse(url, conn_max_age=0)
+    else:
+        VAR_DIR.mkdir(parents=True, exist_ok=True)
+        db = {"ENGINE": "django.db.backends.sqlite3", "NAME": str(VAR_DIR / "db.sqlite3")}
+    if "sqlite" in db["ENGINE"]:
+        db["OPTIONS"] = {**SQLITE_OPTIONS, **db.get("OPTIONS", {})}
+    # A test run hands its test database to worker subprocesses through this variable.
+    if os.environ.get("DURABLE_TEST_DB_NAME"):
+        db["NAME"] = os.environ["DURABLE_TEST_DB_NAME"]
+    return db
+
+
+DATABASES = {"default": _database()}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+
+# -- Channels (live status) -----------------------------------------------------
+# Embedded: the in-memory layer (per process; the status consumers poll the
+# database for a worker's changes). REDIS_URL: channels_redis across processes.
+if os.environ.get("REDIS_URL"):
+    # redis-py 8 reads with a 5 s socket timeout by default, which aborts channels_redis' blocking
+    # 5 s BZPOPMIN and tears consumers down (django/channels_redis#422): allow longer reads.
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
+                                  "CONFIG": {"hosts": [{"address": os.environ["REDIS_URL"], "socket_timeout": 30,
+                                                        "socket_connect_timeout": 5}],
+                                             "prefix": os.environ.get("CHANNELS_PREFIX", "asgi")}}}
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    # Deliberate in the embedded setup: the consumers poll the database for the workers' changes
+    # (durable_django.W004 warns about exactly this; a production project sets REDIS_URL instead).
+    SILENCED_SYSTEM_CHECKS = ["durable_django.W004"]
+# The example's escalation timer: finance has this many seconds before the director is asked too.
+EXPENSES_ESCALATE_AFTER = float(os.environ.get("EXPENSES_ESCALATE_AFTER", "120"))
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/"
+
+# -- Celery --------------------------------------------------------------------
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "filesystem://")
+if CELERY_BROKER_URL.startswith("filesystem"):
+    _broker_dir = Path(os.environ.get("DURABLE_BROKER_DIR", VAR_DIR / "broker"))
+    (_broker_dir / "processed").mkdir(parents=True, exist_ok=True)
+    (_broker_dir / "control").mkdir(parents=True, exist_ok=True)
+    # control_folder: kombu keeps its exchange tables (pidbox, ...) there; its default is ./control,
+    # a folder in whatever directory the worker was started from.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_broker_dir), "data_folder_out": str(_broker_dir),
+        "processed_folder": str(_broker_dir / "processed"), "store_processed": False,
+        "control_folder": str(_broker_dir / "control"),
+        "polling_interval": float(os.environ.get("DURABLE_BROKER_POLL", "0.2")),
+    }
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Keep the worker's database connection across tasks (reopened every ~1,000 tasks). Without it Celery's
+# Django fixup closes it before and after every task, so each wake-up opens a new connection (3-8 ms on
+# PostgreSQL). durable_django's task closes a connection an earlier task left broken.
+CELERY_DB_REUSE_MAX = int(os.environ.get("CELERY_DB_REUSE_MAX", "1000"))
+
+# -- durable_django ------------------------------------------------------------
+DURABLE = {
+    "LEASE_SECONDS": float(os.environ.get("DURABLE_LEASE_SECONDS", "60")),
+    "SWEEP_INTERVAL": float(os.environ.get("DURABLE_SWEEP_INTERVAL", "30")),
+    "RUN_INLINE": os.environ.get("DURABLE_RUN_INLINE", "0") == "1",
+}
+CELERY_BEAT_SCHEDULE = {**beat_schedule(DURABLE["SWEEP_INTERVAL"])}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"durable_django": {"handlers": ["console"], "level": os.environ.get("DURABLE_LOG_LEVEL", "INFO")}},
+}

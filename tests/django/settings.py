@@ -1,0 +1,33 @@
+"""Test settings: the example project plus a test app; SQLite file or DATABASE_URL (PostgreSQL).
+
+The test database must be reachable from worker subprocesses, so SQLite uses
+a file (not ``:memory:``) under a per-run directory, and workers receive the
+test database name in ``DURABLE_TEST_DB_NAME``.
+"""
+
+import os
+import tempfile
+import uuid
+
+os.environ.setdefault("DURABLE_TEST_RUN_DIR", tempfile.mkdtemp(prefix="durable-test-"))
+# The filesystem broker (data, processed and control folders) lives there too: nothing is left in the repository.
+os.environ.setdefault("DURABLE_VAR_DIR", os.environ["DURABLE_TEST_RUN_DIR"])
+os.environ.setdefault("DURABLE_LEASE_SECONDS", "3")
+os.environ.setdefault("DURABLE_BROKER_POLL", "0.1")
+# One queue per test session: a shared Redis never hands us another run's messages.
+os.environ.setdefault("DURABLE_TEST_QUEUE", f"durable-test-{uuid.uuid4().hex[:10]}")
+
+from example_project.settings import *  # noqa: E402,F403
+from example_project.settings import DATABASES, DURABLE, INSTALLED_APPS  # noqa: E402
+
+INSTALLED_APPS = [*INSTALLED_APPS, "tests.django.testapp"]
+# One test database per session: two runs on the same PostgreSQL server (CI jobs, developers) never collide
+# on "test_<name>". The session's name is inherited by worker subprocesses through the environment.
+os.environ.setdefault("DURABLE_TEST_SESSION", uuid.uuid4().hex[:10])
+if not os.environ.get("DURABLE_TEST_DB_NAME"):
+    if "sqlite" in DATABASES["default"]["ENGINE"]:
+        DATABASES["default"]["TEST"] = {"NAME": os.path.join(os.environ["DURABLE_TEST_RUN_DIR"], "test.sqlite3")}
+    else:
+        DATABASES["default"]["TEST"] = {"NAME": f"test_durable_{os.environ['DURABLE_TEST_SESSION']}"}
+DURABLE = {**DURABLE, "QUEUE": os.environ["DURABLE_TEST_QUEUE"], "ETA_MAX_SECONDS": 60}
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -1,0 +1,166 @@
+"""Programs used by the tests (autodiscovered by durable_django's ready()).
+
+Module-level, so worker subprocesses import them by dotted path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+import durable
+from durable import make_durable
+from durable_django import db_step
+from durable_django.bindings import bind
+
+from .models import Order, SideEffect
+
+
+@db_step
+def write_effect(key: str, note: str = "") -> int:
+    """Writes a row; under DURABLE_TEST_HANG_DIR it then hangs so the test can kill the worker mid-step."""
+    SideEffect.objects.create(key=key, note=note)
+    hang = os.environ.get("DURABLE_TEST_HANG_DIR")
+    if hang:
+        Path(hang, f"{key}.entered").touch()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+    return SideEffect.objects.filter(key=key).count()
+
+
+@db_step
+def slow_effect(key: str, seconds: float, log_dir: str) -> None:
+    """Writes a row and takes a while; logs each execution outside the database (never rolled back)."""
+    with open(Path(log_dir, f"{key}.runs"), "a") as fh:
+        fh.write(f"{os.getpid()}\n")
+    SideEffect.objects.create(key=key)
+    time.sleep(seconds)
+
+
+@make_durable
+async def approval(order_id: int):
+    await write_effect(f"approval-{order_id}", "asked")
+    decision = await durable.wait_for_event("approved")
+    return {"order": order_id, "decision": decision}
+
+
+@make_durable
+async def two_events(key: str):
+    first = await durable.wait_for_event("first")
+    second = await durable.wait_for_event("second")
+    return [first, second]
+
+
+@make_durable
+async def sleeper(seconds: float):
+    started = time.time()
+    await durable.sleep(seconds)
+    return time.time() - started
+
+
+@make_durable
+async def wait_with_timeout(seconds: float):
+    try:
+        return await durable.wait_for_event("reply", timeout=seconds)
+    except durable.EventTimeout:
+        return "timed out"
+
+
+@make_durable
+async def effect_then_finish(key: str):
+    count = await write_effect(key, "step")
+    await asyncio.sleep(0)
+    return count
+
+
+@make_durable
+async def slow_then_finish(key: str, seconds: float, log_dir: str):
+    await slow_effect(key, seconds, log_dir)
+    return "done"
+
+
+@make_durable
+async def effect_then_wait(key: str):
+    await write_effect(key)
+    payload = await durable.wait_for_event("go")
+    return payload
+
+
+@make_durable
+async def failing(message: str):
+    await asyncio.sleep(0)
+    raise ValueError(message)
+
+
+@make_durable
+async def order_process(order_id: int):
+    await durable.wait_for_event("approved")
+    order = await Order.objects.aget(pk=order_id)
+    order.total += 1
+    await order.asave()
+    return "shipped"
+
+
+async def plain_async(x: int):
+    """Not wrapped by make_durable: start() accepts a plain async def by path."""
+    await asyncio.sleep(0)
+    return x * 2
+
+
+bind(Order, "approved", when=lambda order, **kw: order.status == "approved",
+     payload=lambda order, **kw: {"order": order.pk})
+
+
+@db_step
+def cancel_self_then_write(instance_id: str, key: str) -> None:
+    """Cancel our own instance from another connection, then write: the checkpoint must refuse and roll back."""
+    import threading
+
+    from django.db import connection
+
+    from durable_django.api import cancel
+
+    def other():
+        try:
+            cancel(instance_id, "from another connection")
+        finally:
+            connection.close()
+
+    t = threading.Thread(target=other)
+    t.start()
+    t.join()
+    SideEffect.objects.create(key=key)
+
+
+@make_durable
+async def cancelled_mid_step(instance_id: str, key: str):
+    await cancel_self_then_write(instance_id, key)
+    return "not reached"
+
+
+@db_step
+def start_child(child_id: str) -> None:
+    from durable_django.api import start
+
+    start(plain_async, 5, instance_id=child_id)
+
+
+@make_durable
+async def parent(child_id: str):
+    await start_child(child_id)
+    return "parent done"
+
+
+@db_step
+def sleep_then_write(key: str, seconds: float) -> None:
+    time.sleep(seconds)  # e.g. a slow remote call; longer than LEASE_SECONDS
+    SideEffect.objects.create(key=key)
+
+
+@make_durable
+async def long_step(key: str, seconds: float):
+    await sleep_then_write(key, seconds)
+    return "done"
