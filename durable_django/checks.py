@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
+from django.utils.module_loading import import_string
 
 from .conf import DEFAULTS
 
@@ -45,6 +46,14 @@ def check_settings(app_configs=None, **kwargs) -> list:
     if alias is not None and (not isinstance(alias, str) or not alias):
         errors.append(Error("DURABLE['CHANNEL_LAYER'] must be an alias of CHANNEL_LAYERS or None.",
                             id="durable_django.E006"))
+    hook = user.get("ON_CHECKPOINT")
+    if hook is not None:
+        try:
+            if not callable(import_string(hook)):
+                raise ImportError(f"{hook} is not callable")
+        except (ImportError, TypeError) as exc:
+            errors.append(Error(f"DURABLE['ON_CHECKPOINT'] must be the dotted path of a callable: {exc}",
+                                id="durable_django.E007"))
     lease = user.get("LEASE_SECONDS", DEFAULTS["LEASE_SECONDS"])
     sweep = user.get("SWEEP_INTERVAL", DEFAULTS["SWEEP_INTERVAL"])
     if isinstance(lease, int | float) and isinstance(sweep, int | float) and lease < 2:

@@ -65,6 +65,10 @@ DEFAULTS: dict[str, Any] = {
     # Alias in CHANNEL_LAYERS that transitions are pushed to and the status
     # consumers listen on. None: no push at all (the consumers poll).
     "CHANNEL_LAYER": "default",
+    # Dotted path of a callable(instance_id, steps) called in the worker right
+    # after each checkpoint commits: monitoring, or fault injection (the
+    # crash-test suites kill the worker at a chosen checkpoint). None: no hook.
+    "ON_CHECKPOINT": None,
 }
 
 _KEY_SALT = b"durable_django.state-signing"

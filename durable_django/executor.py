@@ -43,6 +43,7 @@ from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
+from django.utils.module_loading import import_string
 
 from durable import CheckpointException, CodeChangedError, InstanceCancelled, PauseForEventException, StateTamperedError
 
@@ -220,7 +221,9 @@ def _run_claimed(row: _Claimed, worker_id: str) -> tuple[str, dict | None]:
     backend.prefetched = (row.state, row.status)
     backend.lease_expires_at = row.lease_expires_at
     migrate = programs.migrator_for(row.program, row.program_version, program)
-    runtime = program.runtime(backend, instance_id, migrate=migrate)
+    hook = durable_settings.ON_CHECKPOINT
+    runtime = program.runtime(backend, instance_id, migrate=migrate,
+                              on_checkpoint=import_string(hook) if hook else None)
     run = Run(instance_id, worker_id)
     outcome: str
     error: BaseException | None = None
