@@ -6,7 +6,10 @@ Prints a table and writes the figures as JSON (default
 
 ``python -m bench django [--quick] [--out PATH] [--profile]`` runs the
 benchmark of the Django app instead (:mod:`bench.django_bench`; needs
-PostgreSQL and Redis, writes ``bench/results/django.json``).
+PostgreSQL and Redis, writes ``bench/results/django.json``). The other
+suites: ``peers`` (against DBOS, django-durable and the seed package),
+``faults`` (fault injection: killed workers, broker restart) and ``load``
+(100,000 waiting instances on PostgreSQL); see ``bench/README.md``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from . import core
+
+#: ``python -m bench <name> ...`` runs ``bench.<module>.main(argv)``.
+SUITES = {"django": "django_bench", "peers": "peers", "faults": "faults", "load": "load"}
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "core.json"
 
@@ -130,10 +136,10 @@ def profile_steps(n: int = 20000) -> None:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, print the table, write the JSON; return the results."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "django":
-        from . import django_bench
+    if argv and argv[0] in SUITES:
+        import importlib
 
-        return django_bench.main(argv[1:])
+        return importlib.import_module(f".{SUITES[argv[0]]}", __package__).main(argv[1:])
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, for a CI smoke run (< 20 s)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON output (default {DEFAULT_OUT})")
