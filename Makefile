@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo demo-core test lint bench clean test-pythons
+.PHONY: demo demo-core test lint bench bench-django bench-peers clean test-pythons
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +31,30 @@ test: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .
 
-bench: $(VENV)/.installed
+# The peer benchmark runs in its own venv: django-durable needs Python >= 3.13, the seed package >= 3.12.
+VENV_BENCH ?= .venv-bench
+PY_BENCH := $(VENV_BENCH)/bin/python
+PYTHON_BENCH ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python) $(shell command -v python3.13))
+SEED_PIN = $(shell sed -n 's/^\# seed: //p' bench/requirements-peers.txt)
+
+$(VENV_BENCH)/.installed: pyproject.toml bench/requirements-peers.txt
+	@[ -n "$(PYTHON_BENCH)" ] || { echo "no Python 3.13 found (set PYTHON_BENCH=/path/to/python3.13)"; exit 1; }
+	$(PYTHON_BENCH) -m venv $(VENV_BENCH)
+	$(PY_BENCH) -m pip install -q -U pip
+	$(PY_BENCH) -m pip install -q -e ".[django,dev]" -r bench/requirements-peers.txt
+	$(PY_BENCH) -m pip install -q --no-deps --upgrade --target $(VENV_BENCH)/seed $(SEED_PIN)
+	touch $@
+
+# Core benchmark, then the peers (table, bench/results/peers.json, bench/results/peers.png); see bench/README.md.
+bench: $(VENV)/.installed $(VENV_BENCH)/.installed
 	$(PY) -m bench
+	$(PY_BENCH) -m bench peers
+
+bench-peers: $(VENV_BENCH)/.installed
+	$(PY_BENCH) -m bench peers
+
+bench-django: $(VENV)/.installed
+	$(PY) -m bench django
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

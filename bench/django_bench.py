@@ -231,7 +231,8 @@ def _counting_sql(kinds: dict[str, int], spent: dict[str, float] | None = None,
     from django.db import connection
 
     def wrapper(execute, sql, params, many, context):
-        word = sql.lstrip().split(None, 1)[0].upper()
+        parts = [p.strip() for p in sql.split(";") if p.strip()] if sql.lstrip().upper().startswith("BEGIN;") else [sql]
+        word = "+".join(p.lstrip().split(None, 1)[0].upper() for p in parts)  # BEGIN+SET+UPDATE+COMMIT: one trip
         kinds[word] = kinds.get(word, 0) + 1
         if word in ("UPDATE", "INSERT", "DELETE") and connection.get_autocommit() and not connection.in_atomic_block:
             kinds["COMMIT"] = kinds.get("COMMIT", 0) + 1
@@ -437,6 +438,11 @@ def part_steps(cfg: Config, db: str) -> dict[str, Any]:
 #: Worker variants: as shipped (Celery's Django fixup closes the DB connection around every task, the
 #: example project's setting), and with ``CELERY_DB_REUSE_MAX`` set so the worker keeps its connection.
 VARIANTS = {"shipped": {}, "reuse": {"DURABLE_BENCH_DB_REUSE_MAX": "1000"}}
+#: Throughput only: the "reuse" workers with one wake-up message per instance (``DURABLE["BATCH_SIZE"] = 1``
+#: in the producer), against which the batched wake-ups of the app's defaults are compared.
+TP_VARIANTS = {**VARIANTS, "unbatched": {"DURABLE_BENCH_DB_REUSE_MAX": "1000"}}
+#: DURABLE settings the benchmark process (the producer) uses for a variant.
+VARIANT_DURABLE = {"unbatched": {"BATCH_SIZE": 1}}
 
 
 def _queue(variant: str) -> str:
@@ -458,7 +464,7 @@ class Workers:
         names = []
         for i in range(count):
             name = f"bw{len(self.procs) + 1}-{variant}-{uuid.uuid4().hex[:6]}"
-            env = {**os.environ, **VARIANTS[variant], "DURABLE_BENCH_WORKER": name, "DURABLE_BENCH_QUEUE": queue,
+            env = {**os.environ, **TP_VARIANTS[variant], "DURABLE_BENCH_WORKER": name, "DURABLE_BENCH_QUEUE": queue,
                    **(extra_env or {})}
             prefix = [sys.executable]
             if profile_dir is not None:
@@ -504,7 +510,8 @@ def _durable_queue(variant: str):
 
     from durable_django.conf import durable_settings
 
-    return override_settings(DURABLE={**durable_settings.user_settings(), "QUEUE": _queue(variant)})
+    return override_settings(DURABLE={**durable_settings.user_settings(), "QUEUE": _queue(variant),
+                                      **VARIANT_DURABLE.get(variant, {})})
 
 
 def _cpu_s(pid: int) -> float:
@@ -835,15 +842,15 @@ def part_throughput(cfg: Config, db: str, logdir: Path, profile: bool = False) -
     _truncate()
     workers = Workers(logdir)
     prof_dir = logdir if profile else None
-    kinds = ["floor", *VARIANTS]
+    kinds = ["floor", *TP_VARIANTS]
     samples: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
     inproc = _inprocess(30 if cfg.quick else 200)
     try:
-        for v in VARIANTS:
+        for v in TP_VARIANTS:
             workers.start(2, v, profile_dir=prof_dir)
         pg, rd = _pids_named("postgres"), _pids_named("redis-server")
         _burst_ping(50, _queue("shipped"))
-        for v in VARIANTS:
+        for v in TP_VARIANTS:
             _burst_durable(50, f"warm-{v}-{uuid.uuid4().hex[:6]}", v)
         for r in range(cfg.tp_rounds):
             order = kinds[r % len(kinds):] + kinds[:r % len(kinds)]
@@ -869,11 +876,11 @@ def part_throughput(cfg: Config, db: str, logdir: Path, profile: bool = False) -
     res: dict[str, Any] = {"db": db, "workers": 2, "pool": "solo", "instances": cfg.tp_instances,
                            "rounds": cfg.tp_rounds, "floor": med["floor"], "samples": samples, "in_process": inproc,
                            "target": f">= {THROUGHPUT_TARGET:.0f}/s"}
-    for v in VARIANTS:
+    for v in TP_VARIANTS:
         res[v] = {**med[v], "ratio_to_floor": med[v]["per_s"] / med["floor"]["per_s"],
                   "meets_target": med[v]["per_s"] >= THROUGHPUT_TARGET}
     if profile:
-        res["profile"] = {v: _profile_text(logdir, v) for v in VARIANTS}
+        res["profile"] = {v: _profile_text(logdir, v) for v in TP_VARIANTS}
     return res
 
 
@@ -1103,8 +1110,11 @@ def format_table(res: dict[str, Any]) -> str:
                                f"{d['machine_busy']:11.0%}"))
 
         trow("floor: bare tasks", f)
-        for v, title in (("shipped", "one-step processes, as shipped"),
-                         ("reuse", "one-step processes, CELERY_DB_REUSE_MAX")):
+        for v, title in (("shipped", "one-step processes, connection closed per task"),
+                         ("reuse", "one-step processes, CELERY_DB_REUSE_MAX"),
+                         ("unbatched", "  same, BATCH_SIZE=1 (a message per instance)")):
+            if v not in tp:
+                continue
             d = tp[v]
             trow(title, d)
             rows.append(("  ratio to floor", f"{d['ratio_to_floor']:.2f}x   target {tp['target']}: "

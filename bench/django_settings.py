@@ -9,6 +9,7 @@ is Redis DB 9 (``DURABLE_BENCH_BROKER``); every run uses its own queue
 
 from __future__ import annotations
 
+import json
 import os
 
 # Read before the example settings are imported, so they never create a filesystem broker.
@@ -48,7 +49,9 @@ if os.environ.get("DURABLE_BENCH_DB_REUSE_MAX"):
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 DURABLE = {"QUEUE": os.environ.get("DURABLE_BENCH_QUEUE", "durable-bench"), "LEASE_SECONDS": 60,
-           "RUN_INLINE": False}
+           "RUN_INLINE": False,
+           # A/B comparisons of the app's settings: DURABLE_BENCH_DURABLE='{"PREPARED_STATEMENTS": false}'
+           **json.loads(os.environ.get("DURABLE_BENCH_DURABLE") or "{}")}
 
 LOGGING = {
     "version": 1,

@@ -18,16 +18,18 @@ from django.contrib.contenttypes.models import ContentType
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, connection, models, transaction
 from django.utils import timezone
+from kombu.exceptions import KombuError
 
 from durable import CheckpointException, DurableProgram
 
 from . import programs, signals
-from .backend import sign, unsign
+from .backend import add_history, hot_cursor, real_connection, sign, unsign
 from .conf import durable_settings
 from .exceptions import InstanceExists, InstanceFinished, InvalidPayload, UnknownInstance, UnknownProgram
 from .models import FINISHED, DurableEvent, DurableHistory, DurableInstance, HistoryKind, Status
 
 log = logging.getLogger("durable_django")
+_EVENT_PAYLOAD = DurableEvent._meta.get_field("payload")
 
 
 # -- scheduling -------------------------------------------------------------
@@ -45,6 +47,8 @@ def after_commit(func) -> None:
         if run is not None:
             run.after_commit.append(func)
             return
+    if isinstance(func, functools.partial):  # Django names a failed robust callback by its __qualname__
+        func.__qualname__ = getattr(func.func, "__qualname__", repr(func.func))
     transaction.on_commit(func, robust=True)
 
 
@@ -56,22 +60,104 @@ def schedule(instance_id: str, *, eta: datetime | None = None) -> None:
 
             after_commit(functools.partial(executor.run_instance, instance_id))
         return
+    if eta is None and durable_settings.BATCH_SIZE > 1 and connection.in_atomic_block and _Outbox.add(instance_id):
+        return
     after_commit(functools.partial(send_task, instance_id, eta=eta))
 
 
-def send_task(instance_id: str, *, eta: datetime | None = None) -> None:
-    from .tasks import run_instance
+class _Outbox:
+    """The wake-ups a transaction schedules, sent when it commits as one message per ``BATCH_SIZE`` ids.
 
+    Each wake-up is still an ``on_commit`` callback of its own (so a rolled
+    back savepoint drops exactly its wake-ups, as Django drops its
+    callbacks), but the callback only collects the id; one flush callback,
+    kept after them, sends what was collected. A transaction that schedules
+    one instance sends one ``run_instance`` message, as without batching.
+    """
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+
+    def collect(self, instance_id: str) -> None:
+        self.ids.append(instance_id)
+
+    def flush(self) -> None:
+        ids, self.ids = self.ids, []
+        if ids:
+            send_tasks(ids)
+
+    @classmethod
+    def add(cls, instance_id: str) -> bool:
+        """Queue a wake-up for the commit of the current transaction; False when it cannot be batched."""
+        hooks = connection.run_on_commit
+        if not isinstance(hooks, list) or any(len(h) != 3 for h in hooks[-3:]):
+            return False  # Django's internals are not what this relies on: one message per wake-up
+        box = getattr(connection, "_durable_outbox", None)
+        if box is None:
+            box = connection._durable_outbox = cls()
+        for k in range(len(hooks) - 1, max(-1, len(hooks) - 4), -1):  # our flush is among the last few
+            if hooks[k][1] == box.flush:
+                del hooks[k]
+                break
+        transaction.on_commit(functools.partial(box.collect, instance_id), robust=True)
+        # After every collect; no savepoint ids, so a rolled-back savepoint never drops it.
+        hooks.append((set(), box.flush, True))
+        return True
+
+
+def _options(eta: datetime | None = None) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if durable_settings.QUEUE:
         options["queue"] = durable_settings.QUEUE
     if eta is not None:
         options["eta"] = eta
-    run_instance.apply_async((instance_id,), **options)
+    return options
+
+
+def send_task(instance_id: str, *, eta: datetime | None = None) -> bool:
+    """Send one wake-up; False (logged) when the broker cannot take it."""
+    from .tasks import run_instance
+
+    return _send(run_instance, (instance_id,), _options(eta))
+
+
+def send_tasks(instance_ids: list[str]) -> int:
+    """Wake several instances now: one message per ``BATCH_SIZE`` ids (``run_instance`` for a single id).
+
+    Returns how many ids were sent; stops at the first message the broker
+    refuses (the others would wait for the same outage, one retry policy each).
+    """
+    from .tasks import run_instances
+
+    size = max(1, int(durable_settings.BATCH_SIZE))
+    for k in range(0, len(instance_ids), size):
+        chunk = instance_ids[k:k + size]
+        sent = send_task(chunk[0]) if len(chunk) == 1 else _send(run_instances, (chunk,), _options())
+        if not sent:
+            return k
+    return len(instance_ids)
+
+
+def _send(task, args: tuple, options: dict[str, Any]) -> bool:
+    """Publish a wake-up. A broker outage is not the caller's error: the row it wakes is committed, and the
+    sweep (``durable_resume``, beat) sends the wake-up again, so it is logged, never raised."""
+    try:
+        task.apply_async(args, **options)
+    except (KombuError, OSError) as exc:
+        log.warning("durable wake-up not sent (%s: %s): %s %r; the next sweep sends it",
+                    type(exc).__name__, exc, task.name, args[0])
+        return False
+    return True
 
 
 def _signal_after_commit(kind: str, instance_id: str, status: str, program: str, **extra) -> None:
     after_commit(functools.partial(signals.send_transition, kind, instance_id, status, program, **extra))
+
+
+def _schedule_and_signal(instance_id: str, kind: str, status: str, program: str, **extra) -> None:
+    """After commit: the transition's signal, then the wake-up (receivers see the transition before any run)."""
+    _signal_after_commit(kind, instance_id, status, program, **extra)
+    schedule(instance_id)
 
 
 # -- start --------------------------------------------------------------------
@@ -126,8 +212,7 @@ def start(program: DurableProgram | str, *args: Any, instance_id: str | None = N
             raise InstanceExists(
                 f"durable instance {instance_id!r} already exists and runs {existing.program!r}, not {path!r}")
         return existing
-    _signal_after_commit("started", instance_id, Status.PENDING, path)
-    schedule(instance_id)
+    _schedule_and_signal(instance_id, "started", Status.PENDING, path)
     return inst
 
 
@@ -175,7 +260,7 @@ def publish_event(instance_id: str, name: str, payload: Any = None, idempotency_
     check_payload(payload)
     actor = actor_name(actor)
     with transaction.atomic():
-        row = DurableInstance.objects.filter(pk=instance_id).values_list("status", "program").first()
+        row = _instance_status(instance_id)
         if row is None:
             raise UnknownInstance(instance_id)
         status, program = row
@@ -185,19 +270,60 @@ def publish_event(instance_id: str, name: str, payload: Any = None, idempotency_
             existing = DurableEvent.objects.filter(instance_id=instance_id, idempotency_key=idempotency_key).first()
             if existing is not None:
                 return existing
-        try:
-            with transaction.atomic():
-                event = DurableEvent.objects.create(instance_id=instance_id, name=name, payload=payload,
-                                                    idempotency_key=idempotency_key)
-        except IntegrityError:
-            existing = DurableEvent.objects.filter(instance_id=instance_id, idempotency_key=idempotency_key).first()
-            if existing is None:
-                raise
-            return existing
-        DurableHistory.objects.create(instance_id=instance_id, kind=HistoryKind.EVENT_PUBLISHED, status=status,
-                                      detail=name, actor=actor)
-    _signal_after_commit("event_published", instance_id, status, program, event=event)
-    schedule(instance_id)
+            try:
+                with transaction.atomic():  # a concurrent publish with the same key: only this insert fails
+                    event = DurableEvent.objects.create(instance_id=instance_id, name=name, payload=payload,
+                                                        idempotency_key=idempotency_key)
+            except IntegrityError:
+                existing = DurableEvent.objects.filter(instance_id=instance_id,
+                                                       idempotency_key=idempotency_key).first()
+                if existing is None:
+                    raise
+                return existing
+        else:  # no unique key involved: no savepoint needed
+            event = _insert_event(instance_id, name, payload)
+        add_history(instance_id, HistoryKind.EVENT_PUBLISHED, status, name, actor)
+    _schedule_and_signal(instance_id, "event_published", status, program, event=event)
+    return event
+
+
+_SQL: dict[tuple, str] = {}
+
+
+def _instance_status(instance_id: str) -> tuple[str, str] | None:
+    """(status, program) of an instance, with one cached SELECT (no ORM on the publish path)."""
+    conn = real_connection(connection)
+    key = (conn.vendor, "status")
+    sql = _SQL.get(key)
+    if sql is None:
+        qn = conn.ops.quote_name
+        sql = _SQL[key] = (f"SELECT {qn('status')}, {qn('program')} FROM {qn(DurableInstance._meta.db_table)} "
+                           f"WHERE {qn('instance_id')} = %s")
+    with hot_cursor(conn) as cur:
+        cur.execute(sql, [instance_id])
+        return cur.fetchone()
+
+
+def _insert_event(instance_id: str, name: str, payload: Any) -> DurableEvent:
+    """``DurableEvent.objects.create`` of an event without idempotency key, as one cached INSERT."""
+    from .executor import _returning_supported
+
+    conn = real_connection(connection)
+    if not _returning_supported(conn):
+        return DurableEvent.objects.create(instance_id=instance_id, name=name, payload=payload)
+    key = (conn.vendor, "event")
+    sql = _SQL.get(key)
+    if sql is None:
+        qn = conn.ops.quote_name
+        sql = _SQL[key] = (f"INSERT INTO {qn(DurableEvent._meta.db_table)} ({qn('instance_id')}, {qn('name')}, "
+                           f"{qn('payload')}, {qn('created_at')}) VALUES (%s, %s, %s, %s) RETURNING {qn('id')}")
+    now = timezone.now()
+    with hot_cursor(conn) as cur:
+        cur.execute(sql, [instance_id, name, _EVENT_PAYLOAD.get_db_prep_save(payload, conn),
+                          conn.ops.adapt_datetimefield_value(now)])
+        pk = cur.fetchone()[0]
+    event = DurableEvent(id=pk, instance_id=instance_id, name=name, payload=payload, created_at=now)
+    event._state.adding, event._state.db = False, conn.alias
     return event
 
 

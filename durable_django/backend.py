@@ -41,6 +41,7 @@ _STICKY = ("status", "wait_kind", "waiting_for", "wake_at", "attempts", "layout_
 _SQL_CACHE: dict[tuple, str] = {}
 
 _PAYLOAD = DurableEvent._meta.get_field("payload")
+_RESULT = DurableInstance._meta.get_field("result")
 
 _STATUS = {"running": Status.RUNNING, "paused": Status.PAUSED, "completed": Status.COMPLETED,
            "failed": Status.FAILED, "cancelled": Status.CANCELLED}
@@ -58,6 +59,81 @@ def _hidden_loop_call(call, *args):
         return call(*args)
     finally:
         asyncio._set_running_loop(loop)
+
+
+class _PreparedCursorMixin:
+    """psycopg 3 cursor (server-side binding) that sends each statement as a prepared statement.
+
+    Django's connection binds parameters on the client (a 2 KB state blob is
+    escaped into the SQL text, which the server parses again) and disables
+    psycopg's prepared statements. The app's few hot statements (the
+    checkpoint, the claim, the event lookup) are fixed strings, so they are
+    prepared once per connection and then only executed: measured on the
+    benchmark machine, ~0.1-0.3 ms less per checkpoint. The connection's
+    ``prepare_threshold`` (None under Django) is lifted only for the duration
+    of this cursor's call, so Django's own queries are unaffected.
+    """
+
+    def execute(self, query, params=None, **kwargs):
+        conn = self._conn
+        threshold = conn.prepare_threshold
+        if threshold is None:
+            conn.prepare_threshold = 1 << 30  # only prepare=True statements are prepared
+        try:
+            return super().execute(query, params, prepare=True)
+        finally:
+            if threshold is None:
+                conn.prepare_threshold = None
+
+
+_PreparedCursor: Any = None
+
+
+def _prepared_cursor_class() -> Any:
+    global _PreparedCursor
+    if _PreparedCursor is None:
+        import psycopg
+
+        _PreparedCursor = type("_PreparedCursor", (_PreparedCursorMixin, psycopg.Cursor), {})
+    return _PreparedCursor
+
+
+def real_connection(conn: Any = None) -> Any:
+    """The connection object itself, not ``django.db.connection``'s proxy.
+
+    Every attribute read through the proxy looks the connection up again in a
+    context-local mapping (asgiref's ``Local``): a few µs each, paid many
+    times per checkpoint on the hot path.
+    """
+    from django.db import DEFAULT_DB_ALIAS, connections
+
+    if conn is None:
+        return connections[DEFAULT_DB_ALIAS]
+    alias = conn.__dict__.get("_alias") if "_connections" in conn.__dict__ else None
+    return connections[alias] if alias is not None else conn
+
+
+def hot_cursor(conn) -> Any:
+    """A Django cursor for the app's cached hot-path SQL: prepared statements on PostgreSQL with psycopg 3.
+
+    Still a Django ``CursorWrapper``: database errors become Django's, and
+    ``connection.execute_wrapper`` hooks and query logging see the statement.
+    Elsewhere (SQLite, psycopg2, ``PREPARED_STATEMENTS`` off) it is the
+    connection's ordinary cursor.
+    """
+    conn = real_connection(conn)
+    if conn.vendor != "postgresql" or not durable_settings.PREPARED_STATEMENTS:
+        return conn.cursor()
+    from django.db.backends.postgresql.psycopg_any import is_psycopg3
+
+    if not is_psycopg3:
+        return conn.cursor()
+    conn.close_if_health_check_failed()
+    conn.ensure_connection()
+    with conn.wrap_database_errors:
+        raw = _prepared_cursor_class()(conn.connection)
+    conn.validate_thread_sharing()
+    return conn.make_debug_cursor(raw) if conn.queries_logged else conn.make_cursor(raw)
 
 
 def sign(obj: Any) -> bytes:
@@ -211,7 +287,7 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
         # The executor owns the transaction (commit=True): no savepoint, its rollback undoes everything
         # after a failed checkpoint. Otherwise the writes below are one unit in the caller's transaction.
         with nullcontext() if self.commit else transaction.atomic(using=self.using):
-            if self.worker_id and status in (Status.RUNNING, Status.PAUSED):
+            if self.worker_id:
                 n = self._update_sql(instance_id, columns)
             else:
                 n = self._update_orm(instance_id, columns)
@@ -227,10 +303,9 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
                     raise LeaseLost(f"worker {self.worker_id or '-'} no longer owns durable instance {instance_id!r} "
                                     "(lease taken over, or the instance was cancelled or suspended)")
             if self._consumed:
-                DurableEvent.objects.filter(pk__in=self._consumed, consumed_at__isnull=True).update(consumed_at=now)
+                self._mark_consumed(now)
             for kind, st, detail in kinds:
-                DurableHistory.objects.create(instance_id=instance_id, kind=kind, status=st, detail=detail,
-                                              actor=self.worker_id)
+                add_history(instance_id, kind, st, detail, self.worker_id, now, using=self.using)
         if self.commit:
             transaction.commit(using=self.using)
         if "lease_expires_at" in columns:
@@ -280,10 +355,28 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
         adapt = conn.ops.adapt_datetimefield_value
         params = [adapt(v) if isinstance(v, datetime) else (str(v) if isinstance(v, Status) else v)
                   for v in columns.values()]
+        if "result" in columns:  # JSON column: the backend's JSON adapter
+            params[names.index("result")] = _RESULT.get_db_prep_save(columns["result"], conn)
         params += [instance_id, self.worker_id]
-        with conn.cursor() as cur:
+        with hot_cursor(conn) as cur:
             cur.execute(sql, params)
             return cur.rowcount
+
+    def _mark_consumed(self, now: datetime) -> None:
+        """The events this checkpoint consumed (usually one): one cached UPDATE."""
+        from django.db import connections
+
+        conn = connections[self.using or "default"]
+        n = len(self._consumed)
+        key = (conn.vendor, "consume", n)
+        sql = _SQL_CACHE.get(key)
+        if sql is None:
+            qn = conn.ops.quote_name
+            sql = _SQL_CACHE[key] = (
+                f"UPDATE {qn(DurableEvent._meta.db_table)} SET {qn('consumed_at')} = %s "
+                f"WHERE {qn('id')} IN ({', '.join(['%s'] * n)}) AND {qn('consumed_at')} IS NULL")
+        with hot_cursor(conn) as cur:
+            cur.execute(sql, [conn.ops.adapt_datetimefield_value(now), *self._consumed])
 
     # -- events -----------------------------------------------------------
     async def wait_for_event(self, instance_id: str, event_name: str) -> Any:
@@ -306,7 +399,7 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
                    f"WHERE {qn('instance_id')} = %s AND {qn('name')} = %s AND {qn('consumed_at')} IS NULL{skip} "
                    f"ORDER BY {qn('id')} LIMIT 1")
             _SQL_CACHE[key] = sql
-        with conn.cursor() as cur:
+        with hot_cursor(conn) as cur:
             cur.execute(sql, [instance_id, event_name, *self._consumed])
             ev = cur.fetchone()
         if ev is None:
@@ -319,6 +412,24 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
         from .api import publish_event
 
         publish_event(instance_id, event_name, payload)
+
+
+def add_history(instance_id: str, kind: str, status: str, detail: str = "", actor: str = "",
+                now: datetime | None = None, using: str | None = None) -> None:
+    """Insert a history row with one cached INSERT (what ``DurableHistory.objects.create`` does, minus the ORM)."""
+    from django.db import connections
+
+    conn = connections[using or "default"]
+    key = (conn.vendor, "history")
+    sql = _SQL_CACHE.get(key)
+    if sql is None:
+        qn = conn.ops.quote_name
+        cols = ("instance_id", "kind", "status", "detail", "actor", "at")
+        sql = _SQL_CACHE[key] = (f"INSERT INTO {qn(DurableHistory._meta.db_table)} ({', '.join(map(qn, cols))}) "
+                                 f"VALUES ({', '.join(['%s'] * len(cols))})")
+    at = conn.ops.adapt_datetimefield_value(now or timezone.now())
+    with hot_cursor(conn) as cur:
+        cur.execute(sql, [instance_id, str(kind), str(status), detail or "", (actor or "")[:255], at])
 
 
 def _wait_text(wait: dict) -> str:

@@ -25,16 +25,18 @@ def check_settings(app_configs=None, **kwargs) -> list:
     if key is None and not getattr(settings, "SECRET_KEY", None):
         errors.append(Error("No signing key: DURABLE['SIGNING_KEY'] and SECRET_KEY are both empty.",
                             id="durable_django.E002"))
-    for name in ("LEASE_SECONDS", "SWEEP_INTERVAL", "ETA_MAX_SECONDS", "STATUS_POLL_INTERVAL"):
+    for name in ("LEASE_SECONDS", "SWEEP_INTERVAL", "ETA_MAX_SECONDS", "STATUS_POLL_INTERVAL", "BATCH_SECONDS"):
         value = user.get(name, DEFAULTS[name])
         if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
             errors.append(Error(f"DURABLE['{name}'] must be a positive number, got {value!r}.",
                                 id="durable_django.E003"))
-    for name in ("MAX_ATTEMPTS", "SWEEP_BATCH", "MAX_ROUNDS"):
+    for name in ("MAX_ATTEMPTS", "SWEEP_BATCH", "MAX_ROUNDS", "BATCH_SIZE"):
         value = user.get(name, DEFAULTS[name])
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             errors.append(Error(f"DURABLE['{name}'] must be a positive integer, got {value!r}.",
                                 id="durable_django.E003"))
+    if not isinstance(user.get("PREPARED_STATEMENTS", True), bool):
+        errors.append(Error("DURABLE['PREPARED_STATEMENTS'] must be True or False.", id="durable_django.E003"))
     queue = user.get("QUEUE")
     if queue is not None and (not isinstance(queue, str) or not queue):
         errors.append(Error("DURABLE['QUEUE'] must be a non-empty string or None.", id="durable_django.E004"))

@@ -69,6 +69,19 @@ DEFAULTS: dict[str, Any] = {
     # after each checkpoint commits: monitoring, or fault injection (the
     # crash-test suites kill the worker at a chosen checkpoint). None: no hook.
     "ON_CHECKPOINT": None,
+    # PostgreSQL with psycopg 3: send the app's hot statements (checkpoint,
+    # claim, event lookup) as server-side prepared statements (~0.1-0.3 ms
+    # less per checkpoint). Set False behind a pooler in transaction mode
+    # that cannot keep prepared statements (PgBouncer < 1.21).
+    "PREPARED_STATEMENTS": True,
+    # Wake-ups scheduled by one transaction (a burst of start() or
+    # publish_event() calls, a sweep) travel as one Celery message per this
+    # many instance ids; the worker claims them with one statement and runs
+    # them one after the other. 1: one message per instance.
+    "BATCH_SIZE": 50,
+    # A worker running a batch hands the instances it has not started yet
+    # back to the queue after this many seconds (other workers pick them up).
+    "BATCH_SECONDS": 1.0,
 }
 
 _KEY_SALT = b"durable_django.state-signing"

@@ -4,7 +4,7 @@
 of them. Both check the user *before* accepting: anonymous users and users
 without permission are refused (closed with code 4403, the handshake never
 completes). On connect the consumer sends a snapshot read from the database;
-after that it sends a message each time the instance's row ``version`` grows.
+after that it sends a message each time the instance's row ``version`` grows (never an older one).
 
 Messages (JSON): ``{"type": "status", "instance": {...}}`` (see
 :func:`durable_django.live.status_payload`), ``{"type": "snapshot",
@@ -141,7 +141,7 @@ class InstanceStatusConsumer(_StatusConsumer):
                 self._version = -2
                 await self.send_json({"type": "gone", "instance_id": iid})
             return
-        if data["version"] != self._version:
+        if data["version"] > self._version:  # never older: a slow poll may read the row before a push did
             self._version = data["version"]
             await self.send_json({"type": "status", "instance": data})
 
@@ -179,7 +179,7 @@ class InstanceListConsumer(_StatusConsumer):
             since = parse_datetime(self._since) if self._since else None
             rows = await database_sync_to_async(self._latest)(since)
         for data in reversed(rows):
-            if self._versions.get(data["instance_id"]) == data["version"]:
+            if self._versions.get(data["instance_id"], -1) >= data["version"]:
                 continue
             self._versions[data["instance_id"]] = data["version"]
             if self._since is None or data["updated_at"] > self._since:

@@ -32,6 +32,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 import weakref
 from dataclasses import dataclass, field
@@ -48,7 +49,7 @@ from django.utils.module_loading import import_string
 from durable import CheckpointException, CodeChangedError, InstanceCancelled, PauseForEventException, StateTamperedError
 
 from . import programs, signals
-from .backend import DjangoOrchestrationBackend, _hidden_loop_call, to_datetime, unsign
+from .backend import DjangoOrchestrationBackend, _hidden_loop_call, hot_cursor, real_connection, to_datetime, unsign
 from .conf import durable_settings
 from .exceptions import LeaseLost, UnknownProgram
 from .models import RUNNABLE, DurableEvent, DurableHistory, DurableInstance, HistoryKind, Status
@@ -85,10 +86,14 @@ def run_instance(instance_id: str, worker_id: str | None = None) -> str:
     Database errors (``OperationalError``...) propagate after the lease is
     released, so Celery can retry; program errors become a failed instance.
     """
-    worker_id = worker_id or new_worker_id()
+    return _run_instance(instance_id, worker_id or new_worker_id())
+
+
+def _run_instance(instance_id: str, worker_id: str, claimed: _Claimed | None = None) -> str:
+    """:func:`run_instance`; ``claimed``: the row when the caller has already claimed it (a batch)."""
     outcome = SKIPPED
     for _ in range(max(1, durable_settings.MAX_ROUNDS)):
-        row = _claim(instance_id, worker_id)
+        row, claimed = claimed or _claim(instance_id, worker_id), None
         if row is None:
             return outcome
         outcome, wait = _run_claimed(row, worker_id)
@@ -106,6 +111,82 @@ def run_instance(instance_id: str, worker_id: str | None = None) -> str:
                 _schedule_timer(instance_id, to_datetime(wait["due"]))
             return outcome
     return outcome
+
+
+def run_batch(instance_ids: list[str], worker_id: str | None = None) -> dict[str, str]:
+    """Run several instances one after the other, claimed together; returns each one's outcome.
+
+    The free instances among ``instance_ids`` are claimed with one statement
+    (one commit for the batch instead of one per instance) and registered
+    with the lease heartbeat at once; each then runs exactly as
+    :func:`run_instance` would (its own transaction per step, its own
+    commits), and the ids that could not be claimed that way (held by
+    another worker, an expired lease to take over, finished...) go through
+    :func:`run_instance`'s own claim. After ``BATCH_SECONDS`` the instances
+    not started yet are released and sent back as a new message, so slow
+    programs do not queue up behind each other on one worker. On an error
+    the instances not started are released (a killed worker's ones wait for
+    their lease to expire, as a single run's does, and the sweep hands them
+    out again); database errors propagate so that Celery retries the batch.
+    """
+    worker_id = worker_id or new_worker_id()
+    ids = list(dict.fromkeys(instance_ids))
+    claimed = {row.instance_id: row for row in _claim_free(ids, worker_id)}
+    heartbeat = _Heartbeat.get() if durable_settings.HEARTBEAT and claimed else None
+    if heartbeat is not None:
+        for iid in claimed:
+            heartbeat.add(iid, worker_id)
+    outcomes: dict[str, str] = {}
+    deadline = time.monotonic() + float(durable_settings.BATCH_SECONDS)
+    if claimed and heartbeat is None:  # nobody extends the waiting ones' leases: hand them back in time
+        deadline = min(deadline, time.monotonic() + float(durable_settings.LEASE_SECONDS) / 2)
+    rest: list[str] = []
+    i = 0
+    try:
+        for i, iid in enumerate(ids):
+            if i and time.monotonic() > deadline:
+                rest = ids[i:]
+                break
+            row = claimed.pop(iid, None)
+            try:
+                outcomes[iid] = _run_instance(iid, worker_id, row)
+            finally:
+                if heartbeat is not None and row is not None:
+                    heartbeat.remove(iid, worker_id)
+    except BaseException as exc:
+        rest = ids[i + 1:]
+        _release_many([iid for iid in rest if iid in claimed], worker_id, heartbeat)
+        from django.db import DatabaseError
+
+        if rest and not isinstance(exc, DatabaseError) and not durable_settings.RUN_INLINE:
+            _send_back(rest)  # Celery retries the whole batch on database errors only
+        raise
+    if rest:
+        _release_many([iid for iid in rest if iid in claimed], worker_id, heartbeat)
+        _send_back(rest)
+    return outcomes
+
+
+def _release_many(instance_ids: list[str], worker_id: str, heartbeat: _Heartbeat | None) -> None:
+    """Give back claimed instances that were not started (lease and attempt cleared, nothing else)."""
+    if heartbeat is not None:
+        for iid in instance_ids:
+            heartbeat.remove(iid, worker_id)
+    if instance_ids:
+        try:
+            DurableInstance.objects.filter(pk__in=instance_ids, lease_owner=worker_id).update(
+                lease_owner="", lease_expires_at=None, attempts=F("attempts") - 1, updated_at=timezone.now())
+        except Exception:  # the database is gone: the leases expire and the sweep hands them out
+            log.warning("could not release %d claimed instances", len(instance_ids), exc_info=True)
+
+
+def _send_back(instance_ids: list[str]) -> None:
+    from .api import send_tasks
+
+    if durable_settings.RUN_INLINE:
+        run_batch(instance_ids)
+    else:
+        send_tasks(instance_ids)
 
 
 @dataclass
@@ -126,7 +207,7 @@ class _Claimed:
 
 _CLAIM_COLUMNS = ("instance_id", "program", "program_version", "status", "version", "lease_owner",
                   "lease_expires_at", "attempts", "state", "arguments")
-_claim_sql: dict[str, tuple[str, str]] = {}
+_claim_sql: dict = {}
 
 
 def _claim_statements() -> tuple[str, str]:
@@ -152,10 +233,107 @@ def _as_datetime(value) -> datetime | None:
     return value
 
 
+def _returning_supported(connection=connection) -> bool:
+    """``UPDATE ... RETURNING``: PostgreSQL, and SQLite from 3.35."""
+    if connection.vendor == "postgresql":
+        return True
+    if connection.vendor == "sqlite":
+        import sqlite3
+
+        return sqlite3.sqlite_version_info >= (3, 35)
+    return False
+
+
+def _claim_free(instance_ids: list[str], worker_id: str) -> list[_Claimed]:
+    """Claim the instances among ``instance_ids`` that are runnable and free, with one ``UPDATE ... RETURNING``.
+
+    Free means nobody holds or held the lease (``lease_owner = ''``: never
+    claimed, or released at the end of a run), so no recovery is involved;
+    the others (an expired lease to take over, too many attempts, not
+    runnable, missing) are left to :func:`_claim`. Two workers claiming the
+    same ids cannot both get a row: the UPDATE is conditional on the
+    ``lease_owner`` it overwrites (on PostgreSQL the second waits for the
+    first's row lock, then sees the new owner and skips the row).
+    """
+    n = len(instance_ids)
+    connection = real_connection()
+    if not n or not _returning_supported(connection):
+        return []
+    pg = connection.vendor == "postgresql"
+    key = (connection.vendor, "claim-free", 0 if pg else n)  # PostgreSQL: one statement whatever n is
+    sql = _claim_sql.get(key)
+    if sql is None:
+        qn = connection.ops.quote_name
+        runnable = ", ".join(f"'{s.value}'" for s in RUNNABLE)
+        ids = "= ANY(%s)" if pg else f"IN ({', '.join(['%s'] * n)})"
+        sql = _claim_sql[key] = (
+            f"UPDATE {qn(DurableInstance._meta.db_table)} SET {qn('lease_owner')} = %s, "
+            f"{qn('lease_expires_at')} = %s, {qn('attempts')} = {qn('attempts')} + 1, "
+            f"{qn('version')} = {qn('version')} + 1, {qn('updated_at')} = %s "
+            f"WHERE {qn('instance_id')} {ids} AND {qn('lease_owner')} = '' "
+            f"AND {qn('status')} IN ({runnable}) AND {qn('attempts')} < %s "
+            f"RETURNING {', '.join(qn(c) for c in _CLAIM_COLUMNS)}")
+    now = timezone.now()
+    expires = now + timedelta(seconds=durable_settings.LEASE_SECONDS)
+    adapt = connection.ops.adapt_datetimefield_value
+    params = [worker_id, adapt(expires), adapt(now), *([list(instance_ids)] if pg else instance_ids),
+              durable_settings.MAX_ATTEMPTS]
+    if _async_claim_fits(connection):
+        rows = _claim_async_commit(connection, sql, params)
+    else:
+        with hot_cursor(connection) as cur:
+            cur.execute(sql, params)
+            rows = cur.fetchall()
+    out = []
+    for values in rows:
+        row = _Claimed(*values)
+        row.lease_expires_at = expires
+        out.append(row)
+    return out
+
+
+def _claim_async_commit(connection, sql: str, params: list) -> list[tuple]:
+    """Run the claim in a transaction of its own that does not wait for its WAL flush (PostgreSQL).
+
+    One round trip (``BEGIN; SET LOCAL synchronous_commit TO OFF; <claim>;
+    COMMIT``) instead of a commit that waits for the disk, on the wake-up's
+    critical path. Safe because a claim needs no durability: other sessions
+    see it as soon as it commits, and the run's first checkpoint commits
+    synchronously, which flushes the WAL up to and including the claim. A
+    database crash in between loses the claim and that checkpoint together,
+    and the instance is simply claimed again.
+    """
+    with connection.cursor() as cur:  # client-side binding: several statements in one simple query
+        try:
+            cur.execute(f"BEGIN; SET LOCAL synchronous_commit TO OFF; {sql}; COMMIT", params)
+        except Exception:
+            if connection.connection is not None and not connection.connection.closed:
+                connection.connection.rollback()  # the failed statement left the explicit transaction open
+            raise
+        rows: list[tuple] = []
+        while True:
+            if cur.description is not None:
+                rows = cur.fetchall()
+            if not cur.nextset():
+                return rows
+
+
+def _async_claim_fits(connection) -> bool:
+    """PostgreSQL through psycopg 3 with client-side binding (Django's default), in autocommit mode."""
+    if connection.vendor != "postgresql" or not connection.get_autocommit() or connection.in_atomic_block:
+        return False
+    from django.db.backends.postgresql.psycopg_any import is_psycopg3
+
+    return is_psycopg3 and connection.settings_dict["OPTIONS"].get("server_side_binding") is not True
+
+
 def _claim(instance_id: str, worker_id: str) -> _Claimed | None:
+    claimed = _claim_free([instance_id], worker_id)
+    if claimed:
+        return claimed[0]
     now = timezone.now()
     select, update = _claim_statements()
-    with connection.cursor() as cur:
+    with hot_cursor(connection) as cur:
         cur.execute(select, [instance_id])
         values = cur.fetchone()
     if values is None:
@@ -175,7 +353,7 @@ def _claim(instance_id: str, worker_id: str) -> _Claimed | None:
     # Conditional on the version read above: state and arguments read with it are what we now own.
     expires = now + timedelta(seconds=durable_settings.LEASE_SECONDS)
     adapt = connection.ops.adapt_datetimefield_value
-    with connection.cursor() as cur:
+    with hot_cursor(connection) as cur:
         cur.execute(update, [worker_id, adapt(expires), adapt(now), instance_id, row.version])
         n = cur.rowcount
     if n != 1:
@@ -524,16 +702,16 @@ def sweep(*, now=None, dry_run: bool = False, inline: bool = False, limit: int |
     ids = due_instances(now, limit)
     if dry_run:
         return ids
-    from .api import send_task
+    from .api import send_tasks
 
-    for iid in ids:
-        if inline or durable_settings.RUN_INLINE:
+    if inline or durable_settings.RUN_INLINE:
+        for iid in ids:
             try:
                 run_instance(iid)
             except Exception:
                 log.exception("running durable instance %s failed", iid)
-        else:
-            send_task(iid)
+    else:
+        send_tasks(ids)
     signals.send_sweep_finished(ids)
     return ids
 

@@ -102,6 +102,9 @@ class DurableInstance(models.Model):
             models.Index(fields=["status", "finished_at"], name="durable_inst_status_fin"),
             models.Index(fields=["program", "program_version", "layout_hash"], name="durable_inst_prog_ver"),
             models.Index(fields=["content_type", "object_id"], name="durable_inst_object"),
+            # The admin's search by linked object id. (No index may hold a column that every checkpoint
+            # writes, such as updated_at: the checkpoint UPDATE would stop being HOT.)
+            models.Index(fields=["object_id"], name="durable_inst_object_id"),
             models.Index(fields=["-created_at"], name="durable_inst_created"),
         ]
         permissions = [

@@ -23,6 +23,19 @@ def run_instance(self, instance_id: str) -> str:
     return executor.run_instance(instance_id, worker_id=f"{self.request.hostname}:{executor.new_worker_id()}")
 
 
+@shared_task(name="durable_django.run_instances", bind=True, acks_late=True, reject_on_worker_lost=True,
+             ignore_result=True, autoretry_for=(OperationalError, InterfaceError), retry_backoff=True,
+             retry_backoff_max=60, max_retries=8)
+def run_instances(self, instance_ids: list[str]) -> dict[str, str]:
+    """Run a batch of instances (a burst of starts or events in one transaction, or the sweep's wake-ups).
+
+    Celery's per-message cost and the claim are paid once per batch; see
+    :func:`durable_django.executor.run_batch`.
+    """
+    _drop_broken_connections()
+    return executor.run_batch(instance_ids, worker_id=f"{self.request.hostname}:{executor.new_worker_id()}")
+
+
 @shared_task(name="durable_django.sweep", ignore_result=True)
 def sweep() -> int:
     """Periodic: wake due timers, abandoned runs and instances with a pending event."""

@@ -64,3 +64,16 @@ class HumanTask(models.Model):
 
     def __str__(self) -> str:
         return self.title or f"{self.event} ({self.instance_id})"
+
+
+class RepairCursor(models.Model):
+    """Where the periodic repair stopped, kept in the database so that a new process (a cron
+    ``durable_resume``, a restarted worker) continues from it instead of re-reading every waiting instance."""
+
+    name = models.CharField(max_length=50, primary_key=True)
+    updated_at = models.DateTimeField(null=True, blank=True)
+    instance_id = models.CharField(max_length=200, blank=True, default="")
+
+    class Meta:
+        verbose_name = _("human-task repair cursor")
+        default_permissions = ()

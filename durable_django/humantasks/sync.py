@@ -4,7 +4,9 @@
 row, never trusts the signal's arguments), so receivers in several processes
 may run it in any order. ``sync_all`` rebuilds every row (after installing the
 app). ``repair`` fixes what a crash between a commit and its signal left
-wrong; it runs after every periodic sweep (``signals.sweep_finished``).
+wrong; it runs after every periodic sweep (``signals.sweep_finished``), a
+bounded batch at a time, from a cursor kept in the database (so a new
+process does not re-read every waiting instance).
 """
 
 from __future__ import annotations
@@ -16,14 +18,14 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from durable import StateTamperedError
 
 from ..models import DurableInstance, Status
 from .assignment import Wait, check_wait, current_wait
-from .models import HumanTask
+from .models import HumanTask, RepairCursor
 
 log = logging.getLogger("durable_django")
 
@@ -68,42 +70,73 @@ def sync_all() -> int:
     return HumanTask.objects.count()
 
 
-def repair(since: datetime | None = None) -> int:
+def repair(since: datetime | None = None, *, limit: int | None = None,
+           after: tuple[datetime, str] | None = None) -> int:
     """Re-sync the rows a lost transition signal may have left wrong; returns how many instances were re-read.
 
     Cheaper than :func:`sync_all` (which unpickles every waiting instance):
     re-reads the task rows whose instance no longer waits for an event or has
     moved on (another row ``version``), and the instances waiting for an event
-    without a task row that changed since ``since`` (all of them when None).
+    without a task row that changed since ``since`` (all of them when None),
+    at most ``limit`` of those, oldest first, after the keyset ``after``
+    (``updated_at``, ``instance_id``).
     """
-    waiting = DurableInstance.objects.filter(status=Status.PAUSED, wait_kind="event")
-    ids = set(HumanTask.objects.exclude(instance__in=waiting.values("pk")).values_list("instance_id", flat=True))
-    ids.update(HumanTask.objects.exclude(instance_version=F("instance__version")).values_list("instance_id", flat=True))
-    missing = waiting.filter(human_task__isnull=True)
-    if since is not None:
-        missing = missing.filter(updated_at__gte=since)
-    ids.update(missing.values_list("pk", flat=True))
+    ids = _stale_rows()
+    ids.update(r[0] for r in _missing(since, limit, after))
     for iid in ids:
         sync_instance(iid)
     return len(ids)
 
 
-#: Start of this process's last repair after a sweep (None: none yet, so the next one looks at every row).
-_last_repair: datetime | None = None
+def _stale_rows() -> set[str]:
+    waiting = DurableInstance.objects.filter(status=Status.PAUSED, wait_kind="event")
+    ids = set(HumanTask.objects.exclude(instance__in=waiting.values("pk")).values_list("instance_id", flat=True))
+    ids.update(HumanTask.objects.exclude(instance_version=F("instance__version")).values_list("instance_id", flat=True))
+    return ids
+
+
+def _missing(since: datetime | None, limit: int | None, after: tuple[datetime, str] | None) -> list[tuple]:
+    """Instances waiting for an event with no task row, by (updated_at, instance_id)."""
+    rows = DurableInstance.objects.filter(status=Status.PAUSED, wait_kind="event", human_task__isnull=True)
+    if since is not None:
+        rows = rows.filter(updated_at__gte=since)
+    if after is not None:
+        rows = rows.filter(Q(updated_at__gt=after[0]) | Q(updated_at=after[0], pk__gt=after[1]))
+    rows = rows.order_by("updated_at", "pk").values_list("pk", "updated_at")
+    return list(rows if limit is None else rows[:limit])
+
+
+#: How many instances without a task row one sweep's repair re-reads at most (each is unpickled).
+REPAIR_BATCH = 500
 #: Overlap between consecutive repairs, for clock differences between the processes that write rows.
 REPAIR_OVERLAP = timedelta(seconds=60)
 
 
 def on_sweep_finished(sender, **kwargs: Any) -> None:
-    global _last_repair
+    """After each sweep: repair a bounded batch, continuing where the last repair (any process) stopped."""
     started = timezone.now()
-    repair(None if _last_repair is None else _last_repair - REPAIR_OVERLAP)
-    _last_repair = started
+    cursor, _ = RepairCursor.objects.get_or_create(name="sweep")
+    after = (cursor.updated_at, cursor.instance_id) if cursor.updated_at is not None else None
+    ids = _stale_rows()
+    batch = _missing(None, REPAIR_BATCH, after)
+    ids.update(r[0] for r in batch)
+    for iid in ids:
+        sync_instance(iid)
+    if len(batch) == REPAIR_BATCH:  # more to look at: continue after the last one next time
+        cursor.updated_at, cursor.instance_id = batch[-1][1], batch[-1][0]
+    else:  # caught up: next time, what changed since now (with some overlap)
+        cursor.updated_at, cursor.instance_id = started - REPAIR_OVERLAP, ""
+    cursor.save(update_fields=["updated_at", "instance_id"])
 
 
-def on_transition(sender, instance_id: str, kind: str = "", **kwargs: Any) -> None:
+def on_transition(sender, instance_id: str, kind: str = "", status: str = "", **kwargs: Any) -> None:
     if kind == "event_published":
         return  # the wait is unchanged until the instance runs
+    if status and status != Status.PAUSED:
+        # Not waiting (running, finished...): one DELETE, no read. Should the instance have paused again
+        # meanwhile, its own transition re-creates the row (and the sweep's repair catches a lost one).
+        HumanTask.objects.filter(instance_id=instance_id).delete()
+        return
     sync_instance(instance_id)
 
 

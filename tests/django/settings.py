@@ -29,5 +29,7 @@ if not os.environ.get("DURABLE_TEST_DB_NAME"):
         DATABASES["default"]["TEST"] = {"NAME": os.path.join(os.environ["DURABLE_TEST_RUN_DIR"], "test.sqlite3")}
     else:
         DATABASES["default"]["TEST"] = {"NAME": f"test_durable_{os.environ['DURABLE_TEST_SESSION']}"}
-DURABLE = {**DURABLE, "QUEUE": os.environ["DURABLE_TEST_QUEUE"], "ETA_MAX_SECONDS": 60}
+# The crash tests give their worker subprocesses a checkpoint hook (tests/django/test_crash_exhaustive.py).
+DURABLE = {**DURABLE, "QUEUE": os.environ["DURABLE_TEST_QUEUE"], "ETA_MAX_SECONDS": 60,
+           "ON_CHECKPOINT": os.environ.get("DURABLE_TEST_ON_CHECKPOINT") or None}
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -134,6 +134,10 @@ def test_search_by_id_and_linked_object_and_filters(admin_client_su, inline, uid
     assert uid not in page
     assert uid in admin_client_su.get(CHANGELIST + "?waits=event").content.decode()
     assert uid not in admin_client_su.get(CHANGELIST + "?waits=timer").content.decode()
+    # the program filter lists each program once
+    DurableInstance.objects.create(instance_id=f"{uid}-z", program="zz.last", status=Status.FAILED)
+    page = admin_client_su.get(CHANGELIST).content.decode()
+    assert page.count("?program=zz.last") == 1 and page.count(f"?program={with_locals.name}") == 1
 
 
 def test_detail_shows_stack_locals_history_events_escaped(admin_client_su, inline, uid):

@@ -108,7 +108,10 @@ def test_submit_approve_and_watch_live(asgi_server, worker_factory, browser_fact
 
     WebDriverWait(alice, 60, 0.2).until(lambda d: state(d) == "Paid", message="the page to show Paid live")
     assert alice.execute_script("return window.__not_reloaded") is True  # same page: it was pushed, not reloaded
-    assert alice.find_element(By.ID, "process-status").text == "completed"
+    # "Paid" is written by the payment step; the process completes at the next checkpoint, pushed live too
+    WebDriverWait(alice, 30, 0.2).until(lambda d: d.find_element(By.ID, "process-status").text == "completed",
+                                        message="the page to show the process completed")
+    assert alice.execute_script("return window.__not_reloaded") is True
     expense = Expense.objects.get(description="Train to Lyon")
     reference = Payment.objects.get(expense=expense).reference
     WebDriverWait(alice, 20, 0.2).until(  # the refreshed parts of the page follow too

@@ -11,13 +11,14 @@ from django.contrib.auth.models import AnonymousUser, Group, Permission, User
 from django.core.management import call_command
 from django.db.models import F
 from django.test import override_settings
+from django.utils import timezone
 
 import durable_django as dd
 from durable import make_durable, wait_for_event
 from durable_django import consumers, live, signals
 from durable_django.checks import check_channel_layer, check_settings
 from durable_django.humantasks import sync
-from durable_django.humantasks.models import HumanTask
+from durable_django.humantasks.models import HumanTask, RepairCursor
 from durable_django.humantasks.sync import answer
 from durable_django.models import DurableHistory, DurableInstance, HistoryKind
 
@@ -185,7 +186,6 @@ def test_answer_writes_one_history_entry_with_the_user_as_actor(inline, uid):
 # -- 6. the sweep repairs human-task rows ---------------------------------------------------------------
 def test_sweep_finished_repairs_task_rows(inline, uid, monkeypatch):
     Group.objects.create(name="reviewers")
-    monkeypatch.setattr(sync, "_last_repair", None)
     dd.start(reviewed, instance_id=uid)
     dd.start(reviewed, instance_id=f"{uid}-b")
     assert HumanTask.objects.filter(instance__instance_id__startswith=uid).count() == 2
@@ -195,13 +195,35 @@ def test_sweep_finished_repairs_task_rows(inline, uid, monkeypatch):
     signals.send_sweep_finished([])
     assert HumanTask.objects.get(instance_id=uid).title == "Review it"
     assert HumanTask.objects.get(instance_id=f"{uid}-b").title == "Review it"
-    assert sync._last_repair is not None
+    cursor = RepairCursor.objects.get(name="sweep")
+    assert cursor.updated_at is not None and cursor.updated_at < timezone.now()
     # later sweeps look at recently changed instances and at rows that disagree with their instance
     HumanTask.objects.filter(instance_id=f"{uid}-b").update(instance_version=0, title="stale")
     DurableInstance.objects.filter(pk=uid).update(status="cancelled")
-    assert sync.repair(since=sync._last_repair) == 2
+    assert sync.repair(since=cursor.updated_at) == 2
     assert not HumanTask.objects.filter(instance_id=uid).exists()
     assert HumanTask.objects.get(instance_id=f"{uid}-b").title == "Review it"
+
+
+def test_repair_walks_a_backlog_in_batches_from_a_cursor_in_the_database(inline, uid, monkeypatch):
+    """A new process continues from the stored cursor: each sweep re-reads at most REPAIR_BATCH instances."""
+    Group.objects.create(name="reviewers")
+    ids = [f"{uid}-{i}" for i in range(5)]
+    for iid in ids:
+        dd.start(reviewed, instance_id=iid)
+    HumanTask.objects.filter(instance_id__in=ids).delete()  # five lost signals
+    monkeypatch.setattr(sync, "REPAIR_BATCH", 2)
+    read: list[str] = []
+    real = sync.sync_instance
+    monkeypatch.setattr(sync, "sync_instance", lambda iid: (read.append(iid), real(iid))[1])
+    rounds = 0
+    while HumanTask.objects.filter(instance_id__in=ids).count() < len(ids):
+        signals.send_sweep_finished([])
+        rounds += 1
+        assert rounds <= 3
+    assert rounds == 3 and sorted(read) == sorted(ids)  # 2 + 2 + 1, nothing read twice
+    signals.send_sweep_finished([])  # caught up: the cursor is near now, nothing old is re-read
+    assert sorted(read) == sorted(ids)
 
 
 def test_a_failing_sweep_receiver_is_logged_not_raised(caplog):

@@ -164,3 +164,60 @@ def sleep_then_write(key: str, seconds: float) -> None:
 async def long_step(key: str, seconds: float):
     await sleep_then_write(key, seconds)
     return "done"
+
+
+# -- crash testing (tests/django/test_crash_exhaustive.py) ----------------------------------------------------------
+# A process with about ten checkpoints: db_step side effects, an event published before its wait, a short durable
+# timer and an event published while no worker runs. DURABLE_TEST_CRASH_PLAN (JSON {instance id: "checkpoint:N" or
+# "step:LABEL"}) makes the process SIGKILL itself once per instance (a marker file in DURABLE_TEST_CRASH_DIR says
+# it already did): right after checkpoint N commits, or inside the step LABEL after its write, before its checkpoint.
+
+CRASH_LABELS = ("a", "b", "c", "d", "e")
+
+
+def _crash_plan() -> dict:
+    import json
+
+    return json.loads(os.environ.get("DURABLE_TEST_CRASH_PLAN") or "{}")
+
+
+def crash_here(instance_id: str, where: str) -> None:
+    """SIGKILL this process if the plan says ``where`` for ``instance_id`` and it has not crashed there yet."""
+    if _crash_plan().get(instance_id) != where:
+        return
+    import signal
+
+    try:
+        fd = os.open(Path(os.environ["DURABLE_TEST_CRASH_DIR"], f"{instance_id}.crashed"),
+                     os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:  # crashed there once already: this is the recovery
+        return
+    os.write(fd, where.encode())
+    os.close(fd)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def crash_hook(instance_id: str, steps: int) -> None:
+    """``DURABLE["ON_CHECKPOINT"]`` of the crash tests: called by the worker right after a checkpoint commits."""
+    crash_here(instance_id, f"checkpoint:{steps}")
+
+
+@db_step
+def crash_effect(key: str, label: str) -> int:
+    """Write the side effect ``label``; may crash after the write (uncommitted); returns the rows of ``key``."""
+    SideEffect.objects.create(key=key, note=label)
+    crash_here(key, f"step:{label}")
+    return SideEffect.objects.filter(key=key).count()
+
+
+@make_durable
+async def crash_course(key: str, nap: float):
+    seen = [await crash_effect(key, "a")]
+    early = await durable.wait_for_event("early")  # published before the process gets here
+    for label in ("b", "c"):
+        seen.append(await crash_effect(key, label))
+    await durable.sleep(nap)
+    seen.append(await crash_effect(key, "d"))
+    late = await durable.wait_for_event("late")  # published while no worker runs
+    seen.append(await crash_effect(key, "e"))
+    return {"seen": seen, "early": early, "late": late}
