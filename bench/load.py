@@ -46,6 +46,8 @@ from typing import Any
 from durable import sleep, wait_for_event
 from durable_django.steps import db_step
 
+from .django_bench import _summary_ms
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "bench" / "results" / "load.json"
 DEFAULT_DB = "durable_load"
@@ -149,21 +151,6 @@ def make_config(args: argparse.Namespace) -> Config:
 # =============================================================================
 # Small helpers
 # =============================================================================
-def _pct(xs: list[float], p: float) -> float:
-    """The ``p``-th percentile (nearest rank)."""
-    if not xs:
-        return float("nan")
-    s = sorted(xs)
-    k = max(0, min(len(s) - 1, int(round(p / 100 * len(s) + 0.5)) - 1))
-    return s[k]
-
-
-def _summary_ms(xs_s: list[float]) -> dict[str, float]:
-    ms = [x * 1e3 for x in xs_s]
-    return {"n": len(ms), "p50_ms": _pct(ms, 50), "p90_ms": _pct(ms, 90), "p99_ms": _pct(ms, 99),
-            "max_ms": max(ms) if ms else float("nan"), "min_ms": min(ms) if ms else float("nan")}
-
-
 def _wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.1,
               check: Callable[[], None] | None = None) -> Any:
     deadline = time.monotonic() + timeout
