@@ -19,6 +19,7 @@ os.environ.setdefault("CELERY_BROKER_URL", os.environ["DURABLE_BENCH_BROKER"])
 os.environ.setdefault("DURABLE_BENCH_QUEUE", "durable-load")
 
 from bench.django_settings import *  # noqa: E402,F403
+from example_project.settings import MIDDLEWARE, TEMPLATES  # noqa: E402,F401  (the admin's)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -29,27 +30,8 @@ INSTALLED_APPS = [
     "durable_django",
     "durable_django.humantasks",
 ]
-MIDDLEWARE = [
-    "django.middleware.security.SecurityMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
-]
 ROOT_URLCONF = "bench.load_urls"
 ALLOWED_HOSTS = ["localhost", "testserver"]
-TEMPLATES = [{
-    "BACKEND": "django.template.backends.django.DjangoTemplates",
-    "DIRS": [],
-    "APP_DIRS": True,
-    "OPTIONS": {"context_processors": [
-        "django.template.context_processors.request",
-        "django.contrib.auth.context_processors.auth",
-        "django.contrib.messages.context_processors.messages",
-    ]},
-}]
 # The admin's pages only; a fast hasher so logging the benchmark's superuser in costs nothing measurable.
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 STATIC_URL = "static/"
