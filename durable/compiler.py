@@ -96,6 +96,10 @@ class CodeBlock:
     lineno: int = 0
     index: int = 0
     pending: str | None = None
+    #: The block only copies names or constants and returns one (``return x``, the second half of
+    #: ``return await f()``): it runs no code with effects, so the runtime may save the checkpoint
+    #: before it together with the one after it.
+    tail: bool = False
 
     @classmethod
     def from_source(cls, source: str, filename: str = "<durable-chunk>") -> CodeChunk:
@@ -356,6 +360,26 @@ class _CellRewriter(ast.NodeTransformer):
 
     def visit_ClassDef(self, node: ast.ClassDef):
         return self._bind_name(self._visit_class(node))
+
+    def visit_Import(self, node: ast.Import | ast.ImportFrom):
+        """An import that binds a captured name stores the module into the name's cell."""
+        out: list[ast.stmt] = [node]
+        for alias in node.names:
+            bound = alias.asname or alias.name.split(".")[0]
+            if bound not in self.cells or bound in self.shadow:
+                continue
+            hidden = f"{_PREFIX}imp_{bound}"
+            if alias.asname is None and "." in alias.name:  # ``import a.b`` binds the package ``a``
+                out.append(ast.Import([ast.alias(bound, hidden)]))
+                alias.asname = f"{_PREFIX}imp_ignored"
+                out.append(ast.Delete([_name(alias.asname, ast.Del())]))
+            else:
+                alias.asname = hidden
+            out.append(ast.Assign([ast.Attribute(_name(bound), "cell_contents", ast.Store())], _name(hidden)))
+            out.append(ast.Delete([_name(hidden, ast.Del())]))
+        return [ast.copy_location(x, node) for x in out] if len(out) > 1 else node
+
+    visit_ImportFrom = visit_Import
 
     def _visit_class(self, node: ast.ClassDef):
         node.decorator_list = [self.visit(d) for d in node.decorator_list]
@@ -1424,7 +1448,23 @@ def _build(lw: _Lowerer, persisted: set[str], globals_names: list[str], filename
     from .primitives import pause_request
     helpers = [v for _, v in _HELPERS] + [DONE, pause_request, _setcell, _named, _origin_tag]
     fns = types.FunctionType(make_code, fn_globals)(*helpers)
-    return tuple(CodeBlock(fn, _handler(b), b.lineno, b.index, b.pending) for fn, b in zip(fns, lw.blocks))
+    return tuple(CodeBlock(fn, _handler(b), b.lineno, b.index, b.pending, _tail(b, stmts))
+                 for fn, b, stmts in zip(fns, lw.blocks, resolved))
+
+
+def _tail(b: _Block, stmts: list[ast.stmt]) -> bool:
+    """:attr:`CodeBlock.tail` of block ``b``: assignments of names or constants, then ``return`` of one."""
+    if b.handler is not None or b.handling is not None or b.pending is not None:
+        return False
+    for s in stmts:
+        if isinstance(s, ast.Return):  # what follows it is unreachable
+            v = s.value
+            return (isinstance(v, ast.Tuple) and len(v.elts) == 2 and isinstance(v.elts[0], ast.Name)
+                    and v.elts[0].id == f"{_PREFIX}RETURN" and isinstance(v.elts[1], ast.Name | ast.Constant))
+        if not (isinstance(s, ast.Assign) and len(s.targets) == 1 and isinstance(s.targets[0], ast.Name)
+                and isinstance(s.value, ast.Name | ast.Constant)):
+            return False
+    return False
 
 
 def _loaded(stmts: list[ast.stmt]) -> set[str]:

@@ -87,6 +87,7 @@ class DurableRuntime:
         self.on_checkpoint = on_checkpoint
         self.migrate = migrate
         self.state: dict | None = None
+        self._deferred: tuple | None = None
 
     async def run(self, program, args: tuple = (), kwargs: dict | None = None) -> Any:
         """Start, continue or report the instance; see :class:`DurableProgram`."""
@@ -230,7 +231,7 @@ class DurableRuntime:
                 blocks, L = fr.blocks, fr.locals
                 if fr.tmp is not None:
                     L[fr.tmp] = value
-                await self._checkpoint()
+                await self._step_done(fr, frames)
                 continue
             elif kind == AWAIT:
                 _, aw, fr.pc, fr.tmp = r
@@ -245,7 +246,7 @@ class DurableRuntime:
                 blocks, L = fr.blocks, fr.locals
                 if fr.tmp is not None:
                     L[fr.tmp] = None
-                await self._checkpoint()
+                await self._step_done(fr, frames)
                 continue
             else:  # pragma: no cover - the compiler emits nothing else
                 raise DurableError(f"bad block result {r!r}")
@@ -270,7 +271,20 @@ class DurableRuntime:
                 continue
             if fr.tmp is not None:
                 L[fr.tmp] = value
-            await self._checkpoint()
+            await self._step_done(fr, frames)
+
+    async def _step_done(self, fr: FunctionCall, frames: list) -> None:
+        """Checkpoint after a step, or leave that to the final checkpoint when only a bare return follows.
+
+        When the outermost frame's next block is a :attr:`~durable.compiler.CodeBlock.tail` (it copies
+        names and returns one: ``return await step()``), nothing with effects runs between this step
+        and the completion, so the completion's checkpoint records both: one write instead of two. The
+        frame is kept aside in case the completion cannot be saved (see :meth:`_finish`).
+        """
+        if len(frames) == 1 and fr.blocks[fr.pc].tail:
+            self._deferred = (fr, fr.pc, dict(fr.locals))
+            return
+        await self._checkpoint()
 
     def _throw(self, exc: BaseException):
         """Route ``exc`` to the innermost handler; unwind frames that have none."""
@@ -303,10 +317,19 @@ class DurableRuntime:
 
     async def _finish(self, value: Any) -> Any:
         state = self.state
+        stack = state["stack"]
         state.update(status=COMPLETED, result=value, stack=CallStack([]), wait=None)
         try:
             await self._checkpoint()
         except CheckpointException as exc:
+            if self._deferred is not None:  # keep the step that ran: save the checkpoint that was left out
+                fr, pc, saved = self._deferred
+                fr.pc = pc
+                fr.locals.clear()
+                fr.locals.update(saved)
+                stack.frames[:] = [fr]
+                state.update(status=RUNNING, result=None, stack=stack, steps=state["steps"] - 1)
+                await self._checkpoint()
             raise CheckpointException(f"the result of type {type(value).__name__} cannot be saved: {exc}") from exc
         return value
 

@@ -259,6 +259,10 @@ def publish_event(instance_id: str, name: str, payload: Any = None, idempotency_
         raise ValueError("idempotency_key must be a string of at most 255 characters")
     check_payload(payload)
     actor = actor_name(actor)
+    if idempotency_key is None and _one_statement_fits():
+        event, status, program = _publish_one_statement(instance_id, name, payload, actor)
+        _schedule_and_signal(instance_id, "event_published", status, program, event=event)
+        return event
     with transaction.atomic():
         row = _instance_status(instance_id)
         if row is None:
@@ -302,6 +306,51 @@ def _instance_status(instance_id: str) -> tuple[str, str] | None:
     with hot_cursor(conn) as cur:
         cur.execute(sql, [instance_id])
         return cur.fetchone()
+
+
+def _one_statement_fits() -> bool:
+    """PostgreSQL: the status check and both inserts go out as one statement (one round trip, one commit)."""
+    return real_connection(connection).vendor == "postgresql"
+
+
+def _publish_one_statement(instance_id: str, name: str, payload: Any, actor: str) -> tuple[DurableEvent, str, str]:
+    """:func:`publish_event` without idempotency key as one ``WITH ... INSERT`` statement.
+
+    The same rows as the transaction of the general path (event, history
+    entry), written only if the instance exists and has not finished, and
+    atomic as any single statement is. Outside a transaction this is one
+    round trip instead of five (BEGIN, SELECT, INSERT, INSERT, COMMIT), on
+    the critical path from an event to the instance running again.
+    """
+    conn = real_connection(connection)
+    sql = _SQL.get((conn.vendor, "publish"))
+    if sql is None:
+        qn = conn.ops.quote_name
+        finished = ", ".join(f"'{s.value}'" for s in FINISHED)
+        sql = _SQL[(conn.vendor, "publish")] = (
+            f"WITH i AS (SELECT {qn('status')}, {qn('program')} FROM {qn(DurableInstance._meta.db_table)} "
+            f"WHERE {qn('instance_id')} = %s), "
+            f"e AS (INSERT INTO {qn(DurableEvent._meta.db_table)} ({qn('instance_id')}, {qn('name')}, "
+            f"{qn('payload')}, {qn('created_at')}) SELECT %s, %s, %s::jsonb, %s::timestamptz FROM i "
+            f"WHERE i.{qn('status')} NOT IN ({finished}) RETURNING {qn('id')}), "
+            f"h AS (INSERT INTO {qn(DurableHistory._meta.db_table)} ({qn('instance_id')}, {qn('kind')}, "
+            f"{qn('status')}, {qn('detail')}, {qn('actor')}, {qn('at')}) "
+            f"SELECT %s, %s, i.{qn('status')}, %s, %s, %s::timestamptz FROM i, e) "
+            f"SELECT i.{qn('status')}, i.{qn('program')}, e.{qn('id')} FROM i LEFT JOIN e ON TRUE")
+    now = timezone.now()
+    at = conn.ops.adapt_datetimefield_value(now)
+    with hot_cursor(conn) as cur:
+        cur.execute(sql, [instance_id, instance_id, name, _EVENT_PAYLOAD.get_db_prep_save(payload, conn), at,
+                          instance_id, str(HistoryKind.EVENT_PUBLISHED), name, actor, at])
+        row = cur.fetchone()
+    if row is None:
+        raise UnknownInstance(instance_id)
+    status, program, pk = row
+    if pk is None:
+        raise InstanceFinished(instance_id, status, f"publish event {name!r} to")
+    event = DurableEvent(id=pk, instance_id=instance_id, name=name, payload=payload, created_at=now)
+    event._state.adding, event._state.db = False, conn.alias
+    return event, status, program
 
 
 def _insert_event(instance_id: str, name: str, payload: Any) -> DurableEvent:

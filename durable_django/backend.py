@@ -113,6 +113,23 @@ def real_connection(conn: Any = None) -> Any:
     return connections[alias] if alias is not None else conn
 
 
+def _idle_raw_connection(using: str | None) -> Any:
+    """The psycopg 3 connection of ``using`` if it has no transaction open, else None."""
+    from django.db import connections
+
+    conn = connections[using or "default"]
+    raw = conn.connection
+    if conn.vendor != "postgresql" or raw is None or conn.in_atomic_block:
+        return None
+    from django.db.backends.postgresql.psycopg_any import is_psycopg3
+
+    if not is_psycopg3:
+        return None
+    from psycopg import pq
+
+    return raw if raw.info.transaction_status == pq.TransactionStatus.IDLE and not raw.closed else None
+
+
 def hot_cursor(conn) -> Any:
     """A Django cursor for the app's cached hot-path SQL: prepared statements on PostgreSQL with psycopg 3.
 
@@ -284,30 +301,21 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
             detail = {Status.PAUSED: _wait_text(wait), Status.FAILED: columns.get("error", "")[-2000:]}.get(status, "")
             kinds.append((HistoryKind(status.value), status, detail))
 
-        # The executor owns the transaction (commit=True): no savepoint, its rollback undoes everything
-        # after a failed checkpoint. Otherwise the writes below are one unit in the caller's transaction.
-        with nullcontext() if self.commit else transaction.atomic(using=self.using):
-            if self.worker_id:
+        raw = _idle_raw_connection(self.using) if self.commit and self.worker_id and not (
+            self._consumed or kinds) else None
+        if raw is not None:
+            # Nothing written since the last commit (the step did no database work) and a checkpoint of
+            # one statement: run it in autocommit, one round trip instead of BEGIN, UPDATE and COMMIT.
+            # A lost lease updates no row, and there is nothing else to roll back.
+            raw.autocommit = True
+            try:
                 n = self._update_sql(instance_id, columns)
-            else:
-                n = self._update_orm(instance_id, columns)
+            finally:
+                raw.autocommit = False
             if n != 1:
-                if not self.worker_id and not DurableInstance.objects.filter(pk=instance_id).exists():
-                    try:
-                        with transaction.atomic(using=self.using):
-                            DurableInstance.objects.create(instance_id=instance_id, program=state.get("program", ""),
-                                                           **columns)
-                    except IntegrityError:
-                        raise LeaseLost(f"instance {instance_id!r} was created concurrently")
-                else:
-                    raise LeaseLost(f"worker {self.worker_id or '-'} no longer owns durable instance {instance_id!r} "
-                                    "(lease taken over, or the instance was cancelled or suspended)")
-            if self._consumed:
-                self._mark_consumed(now)
-            for kind, st, detail in kinds:
-                add_history(instance_id, kind, st, detail, self.worker_id, now, using=self.using)
-        if self.commit:
-            transaction.commit(using=self.using)
+                raise self._lease_lost(instance_id)
+        else:
+            self._write(instance_id, state, columns, kinds, now)
         if "lease_expires_at" in columns:
             self.lease_expires_at = columns["lease_expires_at"]
         self._written = {k: columns.get(k) for k in _STICKY}
@@ -316,6 +324,35 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
         self.last_wait = wait if status == Status.PAUSED else None
         self.saves += 1
         self.transitions.extend((k.value, st.value, d) for k, st, d in kinds)
+
+    def _write(self, instance_id: str, state: dict, columns: dict, kinds: list, now: datetime) -> None:
+        """A checkpoint's writes (row, consumed events, history) and, when the executor owns it, the commit."""
+        # The executor owns the transaction (commit=True): no savepoint, its rollback undoes everything
+        # after a failed checkpoint. Otherwise the writes below are one unit in the caller's transaction.
+        with nullcontext() if self.commit else transaction.atomic(using=self.using):
+            if self.worker_id:
+                n = self._update_sql(instance_id, columns)
+            else:
+                n = self._update_orm(instance_id, columns)
+            if n != 1:
+                if self.worker_id or DurableInstance.objects.filter(pk=instance_id).exists():
+                    raise self._lease_lost(instance_id)
+                try:
+                    with transaction.atomic(using=self.using):
+                        DurableInstance.objects.create(instance_id=instance_id, program=state.get("program", ""),
+                                                       **columns)
+                except IntegrityError:
+                    raise LeaseLost(f"instance {instance_id!r} was created concurrently") from None
+            if self._consumed:
+                self._mark_consumed(now)
+            for kind, st, detail in kinds:
+                add_history(instance_id, kind, st, detail, self.worker_id, now, using=self.using)
+        if self.commit:
+            transaction.commit(using=self.using)
+
+    def _lease_lost(self, instance_id: str) -> LeaseLost:
+        return LeaseLost(f"worker {self.worker_id or '-'} no longer owns durable instance {instance_id!r} "
+                         "(lease taken over, or the instance was cancelled or suspended)")
 
     def _lease_due(self, now: datetime) -> bool:
         """Extend the lease at this checkpoint? Only once half of it has elapsed (the heartbeat covers

@@ -1274,6 +1274,24 @@ async def local_class_async_method_after_pause(*_):
     return (first, await obj.ask(first))
 
 
+@case(3)
+async def imports_captured_by_closures(n):
+    import json
+    import os.path
+    from collections import OrderedDict as OD
+
+    def dump(v):
+        return json.dumps(OD(v=v)) + os.path.sep
+
+    first = await step("first", dump(n))
+    import json as js
+
+    def again(v):
+        return js.loads(v[:-1])["v"]
+
+    return (first, again(await step("second", dump(n + 1))))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # plain Python and durable differ here by design; refused at make_durable time
 

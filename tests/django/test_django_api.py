@@ -125,6 +125,30 @@ def test_duplicate_event_with_idempotency_key_is_stored_once(inline, uid):
     assert dd.result(uid) == [1, 2]
 
 
+@pytest.mark.parametrize("payload", [None, 0, "text", [1, "a", None], {"k": {"n": None, "f": 1.5}}])
+def test_payload_round_trips_and_the_event_row_matches(inline, uid, payload):
+    dd.start(progs.two_events, uid, instance_id=uid)
+    event = dd.publish_event(uid, "first", payload)
+    row = DurableEvent.objects.get(pk=event.pk)
+    assert (row.instance_id, row.name, row.payload, row.idempotency_key) == (uid, "first", payload, None)
+    assert event.payload == payload and row.consumed_at is not None
+    dd.publish_event(uid, "second", "b")
+    assert dd.result(uid) == [payload, "b"]
+    assert kinds(uid).count("event_published") == 2
+
+
+def test_publish_in_a_rolled_back_transaction_leaves_nothing(inline, uid):
+    from django.db import transaction
+
+    dd.start(progs.two_events, uid, instance_id=uid)
+    before = kinds(uid)
+    with pytest.raises(RuntimeError), transaction.atomic():
+        dd.publish_event(uid, "first", 1)
+        raise RuntimeError("the caller's transaction fails")
+    assert not DurableEvent.objects.filter(instance_id=uid).exists()
+    assert kinds(uid) == before and reload(uid).waiting_for == "first"
+
+
 def test_event_published_before_the_wait_is_kept(inline, uid):
     dd.start(progs.two_events, uid, instance_id=uid)
     dd.publish_event(uid, "second", "b")  # published before the program waits for it
@@ -262,6 +286,33 @@ def test_lease_held_by_another_worker_skips(inline, uid, settings):
     assert uid in executor.sweep(dry_run=True)
     assert executor.run_instance(uid) == Status.COMPLETED
     assert "recovered" in kinds(uid) and SideEffect.objects.filter(key=uid).count() == 1
+
+
+@pytest.mark.parametrize("write", [False, True], ids=["single-statement-checkpoint", "transaction"])
+def test_lease_taken_over_during_a_step_keeps_nothing_of_the_step(inline, uid, settings, write):
+    from django.db import connection
+
+    from durable_django import executor
+
+    if write and connection.vendor == "sqlite":
+        pytest.skip("SQLite: the other worker would wait for the step's write lock (one writer at a time)")
+    settings.DURABLE = {**settings.DURABLE, "RUN_INLINE": False}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("durable_django.api.send_task", lambda *a, **k: None)
+        dd.start(progs.lease_lost_mid_step, uid, write, instance_id=uid)
+    before = reload(uid)
+    from durable_django import backend
+
+    idle, paths = backend._idle_raw_connection, []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(backend, "_idle_raw_connection", lambda using: paths.append(idle(using)) or paths[-1])
+        assert executor.run_instance(uid) == executor.LOST
+    # on PostgreSQL the checkpoint after a step without database work is one autocommit statement
+    assert [p is not None for p in paths] == [connection.vendor == "postgresql" and not write]
+    row = reload(uid)
+    assert row.lease_owner == "thief" and row.steps == before.steps and row.state == before.state
+    assert not SideEffect.objects.filter(key=uid).exists()
+    assert row.status == before.status and kinds(uid) == ["started"]
 
 
 def test_poison_instance_is_suspended_after_max_attempts(inline, uid, settings):

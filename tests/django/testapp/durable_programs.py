@@ -221,3 +221,43 @@ async def crash_course(key: str, nap: float):
     late = await durable.wait_for_event("late")  # published while no worker runs
     seen.append(await crash_effect(key, "e"))
     return {"seen": seen, "early": early, "late": late}
+
+
+def _steal_lease(key: str) -> None:
+    """Another worker takes the lease of ``key`` (from another thread, so on another connection)."""
+    import threading
+
+    from django.db import connections
+
+    from durable_django.models import DurableInstance
+
+    def steal():
+        try:
+            DurableInstance.objects.filter(pk=key).update(lease_owner="thief")
+        finally:
+            connections.close_all()
+
+    t = threading.Thread(target=steal)
+    t.start()
+    t.join()
+
+
+@db_step
+def write_then_lose_lease(key: str) -> None:
+    """A step that writes on the run's connection, then loses its lease before its checkpoint."""
+    SideEffect.objects.create(key=key, note="before the lease was lost")
+    _steal_lease(key)
+
+
+async def lose_lease(key: str) -> None:
+    """A step without database work that loses its lease (its checkpoint is a single autocommit UPDATE)."""
+    _steal_lease(key)
+
+
+@make_durable
+async def lease_lost_mid_step(key: str, write: bool):
+    if write:
+        await write_then_lose_lease(key)
+    else:
+        await lose_lease(key)
+    await durable.wait_for_event("never")
