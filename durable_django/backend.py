@@ -231,6 +231,9 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
         self._written: dict[str, Any] = {}
         #: the row's (state, status) read by the executor's claim, used once instead of a SELECT.
         self.prefetched: tuple | None = None
+        #: (name, id, payload) of the oldest unconsumed event the instance waits for, read by the claim
+        #: (PostgreSQL): used by the first wait for that name instead of a SELECT.
+        self.prefetched_event: tuple | None = None
 
     # -- state ------------------------------------------------------------
     async def load_state(self, instance_id: str) -> dict | None:
@@ -427,6 +430,10 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
 
         conn = connections[self.using or "default"]
         n = len(self._consumed)
+        early, self.prefetched_event = self.prefetched_event, None
+        if early is not None and early[0] == event_name and not n:
+            self._consumed.append(early[1])
+            return _PAYLOAD.from_db_value(early[2], None, conn)
         key = (conn.vendor, "event", n)
         sql = _SQL_CACHE.get(key)
         if sql is None:

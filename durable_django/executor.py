@@ -37,6 +37,7 @@ import uuid
 import weakref
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from asgiref.sync import AsyncToSync, SyncToAsync, async_to_sync
 from django.conf import settings
@@ -217,6 +218,10 @@ class _Claimed:
     attempts: int
     state: bytes | memoryview | None
     arguments: bytes | memoryview | None
+    #: the awaited event, read by the claim on PostgreSQL (None: not read, or none was there yet)
+    waiting_for: str = ""
+    event_id: int | None = None
+    event_payload: Any = None
 
 
 _CLAIM_COLUMNS = ("instance_id", "program", "program_version", "status", "version", "lease_owner",
@@ -274,71 +279,50 @@ def _claim_free(instance_ids: list[str], worker_id: str) -> list[_Claimed]:
     if not n or not _returning_supported(connection):
         return []
     pg = connection.vendor == "postgresql"
-    key = (connection.vendor, "claim-free", 0 if pg else n)  # PostgreSQL: one statement whatever n is
+    detached = pg and connection.get_autocommit() and not connection.in_atomic_block
+    key = (connection.vendor, "claim-free", detached, 0 if pg else n)  # PostgreSQL: one statement for any n
     sql = _claim_sql.get(key)
     if sql is None:
         qn = connection.ops.quote_name
         runnable = ", ".join(f"'{s.value}'" for s in RUNNABLE)
         ids = "= ANY(%s)" if pg else f"IN ({', '.join(['%s'] * n)})"
-        sql = _claim_sql[key] = (
-            f"UPDATE {qn(DurableInstance._meta.db_table)} SET {qn('lease_owner')} = %s, "
-            f"{qn('lease_expires_at')} = %s, {qn('attempts')} = {qn('attempts')} + 1, "
-            f"{qn('version')} = {qn('version')} + 1, {qn('updated_at')} = %s "
-            f"WHERE {qn('instance_id')} {ids} AND {qn('lease_owner')} = '' "
-            f"AND {qn('status')} IN ({runnable}) AND {qn('attempts')} < %s "
-            f"RETURNING {', '.join(qn(c) for c in _CLAIM_COLUMNS)}")
+        table = qn(DurableInstance._meta.db_table)
+        returning = [f"{table}.{qn(c)}" for c in _CLAIM_COLUMNS]
+        if pg:  # the awaited event too: the wake-up's first read, in the same round trip
+            event = (f"FROM {qn(DurableEvent._meta.db_table)} e WHERE e.{qn('instance_id')} = "
+                     f"{table}.{qn('instance_id')} AND e.{qn('name')} = {table}.{qn('waiting_for')} "
+                     f"AND e.{qn('consumed_at')} IS NULL ORDER BY e.{qn('id')} LIMIT 1")
+            returning += [f"{table}.{qn('waiting_for')}", f"(SELECT e.{qn('id')} {event}) AS event_id",
+                          f"(SELECT e.{qn('payload')} {event}) AS event_payload"]
+        sql = (f"UPDATE {table} SET {qn('lease_owner')} = %s, "
+               f"{qn('lease_expires_at')} = %s, {qn('attempts')} = {qn('attempts')} + 1, "
+               f"{qn('version')} = {qn('version')} + 1, {qn('updated_at')} = %s "
+               f"WHERE {qn('instance_id')} {ids} AND {qn('lease_owner')} = '' "
+               f"AND {qn('status')} IN ({runnable}) AND {qn('attempts')} < %s "
+               f"RETURNING {', '.join(returning)}")
+        if detached:
+            # A transaction of its own that does not wait for its WAL flush: ``set_config(..., true)``
+            # sets synchronous_commit for this statement's implicit transaction only. Safe because a
+            # claim needs no durability: other sessions see it once it commits, and the run's first
+            # checkpoint commits synchronously, which flushes the WAL up to and including the claim
+            # (a database crash in between loses both, and the instance is simply claimed again).
+            sql = (f"WITH nosync AS (SELECT set_config('synchronous_commit', 'off', true)), claimed AS ({sql}) "
+                   "SELECT claimed.* FROM claimed, nosync")
+        _claim_sql[key] = sql
     now = timezone.now()
     expires = now + timedelta(seconds=durable_settings.LEASE_SECONDS)
     adapt = connection.ops.adapt_datetimefield_value
     params = [worker_id, adapt(expires), adapt(now), *([list(instance_ids)] if pg else instance_ids),
               durable_settings.MAX_ATTEMPTS]
-    if _async_claim_fits(connection):
-        rows = _claim_async_commit(connection, sql, params)
-    else:
-        with hot_cursor(connection) as cur:
-            cur.execute(sql, params)
-            rows = cur.fetchall()
+    with hot_cursor(connection) as cur:
+        cur.execute(sql, params)
+        rows = cur.fetchall()
     out = []
     for values in rows:
         row = _Claimed(*values)
         row.lease_expires_at = expires
         out.append(row)
     return out
-
-
-def _claim_async_commit(connection, sql: str, params: list) -> list[tuple]:
-    """Run the claim in a transaction of its own that does not wait for its WAL flush (PostgreSQL).
-
-    One round trip (``BEGIN; SET LOCAL synchronous_commit TO OFF; <claim>;
-    COMMIT``) instead of a commit that waits for the disk, on the wake-up's
-    critical path. Safe because a claim needs no durability: other sessions
-    see it as soon as it commits, and the run's first checkpoint commits
-    synchronously, which flushes the WAL up to and including the claim. A
-    database crash in between loses the claim and that checkpoint together,
-    and the instance is simply claimed again.
-    """
-    with connection.cursor() as cur:  # client-side binding: several statements in one simple query
-        try:
-            cur.execute(f"BEGIN; SET LOCAL synchronous_commit TO OFF; {sql}; COMMIT", params)
-        except Exception:
-            if connection.connection is not None and not connection.connection.closed:
-                connection.connection.rollback()  # the failed statement left the explicit transaction open
-            raise
-        rows: list[tuple] = []
-        while True:
-            if cur.description is not None:
-                rows = cur.fetchall()
-            if not cur.nextset():
-                return rows
-
-
-def _async_claim_fits(connection) -> bool:
-    """PostgreSQL through psycopg 3 with client-side binding (Django's default), in autocommit mode."""
-    if connection.vendor != "postgresql" or not connection.get_autocommit() or connection.in_atomic_block:
-        return False
-    from django.db.backends.postgresql.psycopg_any import is_psycopg3
-
-    return is_psycopg3 and connection.settings_dict["OPTIONS"].get("server_side_binding") is not True
 
 
 def _claim(instance_id: str, worker_id: str) -> _Claimed | None:
@@ -411,6 +395,8 @@ def _run_claimed(row: _Claimed, worker_id: str) -> tuple[str, dict | None]:
     manage = durable_settings.ATOMIC_STEPS and not connection.in_atomic_block
     backend = DjangoOrchestrationBackend(worker_id=worker_id, commit=manage)
     backend.prefetched = (row.state, row.status)
+    if row.event_id is not None:
+        backend.prefetched_event = (row.waiting_for, row.event_id, row.event_payload)
     backend.lease_expires_at = row.lease_expires_at
     migrate = programs.migrator_for(row.program, row.program_version, program)
     hook = durable_settings.ON_CHECKPOINT
