@@ -229,9 +229,10 @@ def _counting_sql(kinds: dict[str, int], spent: dict[str, float] | None = None,
                   example: dict[str, str] | None = None):
     """Count the statements sent on the default connection by their first word, and the commits.
 
-    ``COMMIT`` counts explicit commits (``transaction.commit``, the end of an outermost ``atomic``) and
-    writes sent in autocommit mode outside any transaction (each commits on its own). ``WITH`` is a
-    statement that writes through a CTE (the claim, ``publish_event`` on PostgreSQL).
+    ``COMMIT`` counts explicit commits (``transaction.commit``, the end of an outermost ``atomic``: a
+    round trip of their own); ``implicit COMMIT`` the writes sent in autocommit mode outside any
+    transaction (each commits as it runs, in its own round trip). ``WITH`` is a statement that writes
+    through a CTE (the claim, ``publish_event`` on PostgreSQL).
     """
     from django.db import connection
 
@@ -242,7 +243,7 @@ def _counting_sql(kinds: dict[str, int], spent: dict[str, float] | None = None,
         raw = connection.connection  # PostgreSQL: the app runs some statements in autocommit on its own
         auto = raw.autocommit if connection.vendor == "postgresql" and raw is not None else connection.get_autocommit()
         if word in ("UPDATE", "INSERT", "DELETE", "WITH") and auto and not connection.in_atomic_block:
-            kinds["COMMIT"] = kinds.get("COMMIT", 0) + 1
+            kinds["implicit COMMIT"] = kinds.get("implicit COMMIT", 0) + 1
         if example is not None:
             example[word] = sql[:400]  # the last one: a checkpoint's
         t0 = time.perf_counter()

@@ -145,6 +145,25 @@ def test_sqlite_check(monkeypatch):
     assert check_database() == []
 
 
+def test_celery_connection_reuse_check(monkeypatch):
+    from types import SimpleNamespace
+
+    from durable_django.checks import check_celery
+
+    pg = {"default": {"ENGINE": "django.db.backends.postgresql", "NAME": "x"}}
+    monkeypatch.setattr("durable_django.checks.settings", SimpleNamespace(DATABASES=pg, DURABLE={}))
+    assert [m.id for m in check_celery()] == ["durable_django.W005"]
+    monkeypatch.setattr("durable_django.checks.settings",
+                        SimpleNamespace(DATABASES=pg, DURABLE={}, CELERY_DB_REUSE_MAX=1000))
+    assert check_celery() == []
+    monkeypatch.setattr("durable_django.checks.settings",
+                        SimpleNamespace(DATABASES=pg, DURABLE={"RUN_INLINE": True}))
+    assert check_celery() == []  # no workers
+    lite = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": "x"}}
+    monkeypatch.setattr("durable_django.checks.settings", SimpleNamespace(DATABASES=lite, DURABLE={}))
+    assert check_celery() == []  # opening a SQLite connection costs next to nothing
+
+
 def test_settings_defaults_strictness_and_reload(settings):
     assert durable_settings.LEASE_SECONDS == settings.DURABLE["LEASE_SECONDS"]
     assert durable_settings.MAX_ATTEMPTS == DEFAULTS["MAX_ATTEMPTS"]
