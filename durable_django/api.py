@@ -23,7 +23,7 @@ from kombu.exceptions import KombuError
 from durable import CheckpointException, DurableProgram
 
 from . import programs, signals
-from .backend import add_history, hot_cursor, real_connection, sign, unsign
+from .backend import add_history, cached_sql, hot_cursor, real_connection, sign, unsign
 from .conf import durable_settings
 from .exceptions import InstanceExists, InstanceFinished, InvalidPayload, UnknownInstance, UnknownProgram
 from .models import FINISHED, DurableEvent, DurableHistory, DurableInstance, HistoryKind, Status
@@ -323,11 +323,10 @@ def _publish_one_statement(instance_id: str, name: str, payload: Any, actor: str
     the critical path from an event to the instance running again.
     """
     conn = real_connection(connection)
-    sql = _SQL.get((conn.vendor, "publish"))
-    if sql is None:
-        qn = conn.ops.quote_name
+
+    def build(qn) -> str:
         finished = ", ".join(f"'{s.value}'" for s in FINISHED)
-        sql = _SQL[(conn.vendor, "publish")] = (
+        return (
             f"WITH i AS (SELECT {qn('status')}, {qn('program')} FROM {qn(DurableInstance._meta.db_table)} "
             f"WHERE {qn('instance_id')} = %s), "
             f"e AS (INSERT INTO {qn(DurableEvent._meta.db_table)} ({qn('instance_id')}, {qn('name')}, "
@@ -337,6 +336,8 @@ def _publish_one_statement(instance_id: str, name: str, payload: Any, actor: str
             f"{qn('status')}, {qn('detail')}, {qn('actor')}, {qn('at')}) "
             f"SELECT %s, %s, i.{qn('status')}, %s, %s, %s::timestamptz FROM i, e) "
             f"SELECT i.{qn('status')}, i.{qn('program')}, e.{qn('id')} FROM i LEFT JOIN e ON TRUE")
+
+    sql = cached_sql(conn, ("publish",), build)
     now = timezone.now()
     at = conn.ops.adapt_datetimefield_value(now)
     with hot_cursor(conn) as cur:

@@ -14,6 +14,7 @@ building, no savepoint when the executor owns the transaction).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import traceback
 from contextlib import nullcontext
@@ -111,6 +112,50 @@ def real_connection(conn: Any = None) -> Any:
         return connections[DEFAULT_DB_ALIAS]
     alias = conn.__dict__.get("_alias") if "_connections" in conn.__dict__ else None
     return connections[alias] if alias is not None else conn
+
+
+def _checkpoint_sql(qn, names: tuple, consumed: int, kinds: int) -> str:
+    """SQL of :meth:`DjangoOrchestrationBackend._update_sql`: the UPDATE, wrapped with the consumed
+    events' UPDATE and the history INSERT in data-modifying CTEs when there are any."""
+    final = ", ".join(f"'{s.value}'" for s in _FINAL)
+    sets = ", ".join(f"{qn(c)} = %s" for c in names)
+    update = (f"UPDATE {qn(DurableInstance._meta.db_table)} SET {sets}, {qn('version')} = {qn('version')} + 1 "
+              f"WHERE {qn('instance_id')} = %s AND {qn('lease_owner')} = %s AND {qn('status')} NOT IN ({final})")
+    if not (consumed or kinds):
+        return update
+    parts = [f"u AS ({update} RETURNING 1)"]
+    if consumed:
+        parts.append(f"c AS (UPDATE {qn(DurableEvent._meta.db_table)} SET {qn('consumed_at')} = %s "
+                     f"WHERE {qn('id')} IN ({', '.join(['%s'] * consumed)}) AND {qn('consumed_at')} IS NULL "
+                     "AND EXISTS (SELECT 1 FROM u))")
+    if kinds:
+        cols = ("instance_id", "kind", "status", "detail", "actor", "at")
+        rows = ", ".join(f"({i}, %s, %s, %s)" for i in range(kinds))
+        parts.append(f"h AS (INSERT INTO {qn(DurableHistory._meta.db_table)} ({', '.join(map(qn, cols))}) "
+                     f"SELECT x.i, v.kind, v.status, v.detail, x.actor, x.at "
+                     f"FROM u, (SELECT %s AS i, %s AS actor, %s::timestamptz AS at) x, "
+                     f"(VALUES {rows}) AS v(n, kind, status, detail) ORDER BY v.n)")
+    return f"WITH {', '.join(parts)} SELECT count(*) FROM u"
+
+
+def _one_statement_checkpoints(using: str | None) -> bool:
+    """PostgreSQL through psycopg 3: a checkpoint's writes go out as one statement."""
+    from django.db import connections
+
+    if connections[using or "default"].vendor != "postgresql":
+        return False
+    from django.db.backends.postgresql.psycopg_any import is_psycopg3
+
+    return is_psycopg3
+
+
+def cached_sql(conn: Any, key: tuple, build: Any) -> str:
+    """The app's hot-path SQL, built once per database vendor and ``key`` by ``build(quote_name)``."""
+    full = (conn.vendor, *key)
+    sql = _SQL_CACHE.get(full)
+    if sql is None:
+        sql = _SQL_CACHE[full] = build(conn.ops.quote_name)
+    return sql
 
 
 def _idle_raw_connection(using: str | None) -> Any:
@@ -304,19 +349,8 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
             detail = {Status.PAUSED: _wait_text(wait), Status.FAILED: columns.get("error", "")[-2000:]}.get(status, "")
             kinds.append((HistoryKind(status.value), status, detail))
 
-        raw = _idle_raw_connection(self.using) if self.commit and self.worker_id and not (
-            self._consumed or kinds) else None
-        if raw is not None:
-            # Nothing written since the last commit (the step did no database work) and a checkpoint of
-            # one statement: run it in autocommit, one round trip instead of BEGIN, UPDATE and COMMIT.
-            # A lost lease updates no row, and there is nothing else to roll back.
-            raw.autocommit = True
-            try:
-                n = self._update_sql(instance_id, columns)
-            finally:
-                raw.autocommit = False
-            if n != 1:
-                raise self._lease_lost(instance_id)
+        if self.commit and self.worker_id and _one_statement_checkpoints(self.using):
+            self._write_one_statement(instance_id, columns, kinds, now)
         else:
             self._write(instance_id, state, columns, kinds, now)
         if "lease_expires_at" in columns:
@@ -327,6 +361,27 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
         self.last_wait = wait if status == Status.PAUSED else None
         self.saves += 1
         self.transitions.extend((k.value, st.value, d) for k, st, d in kinds)
+
+    def _write_one_statement(self, instance_id: str, columns: dict, kinds: list, now: datetime) -> None:
+        """A checkpoint under the executor's lease on PostgreSQL: row, consumed events and history in one
+        statement (the last two only if the row was ours to update).
+
+        When the step did no database work (no transaction open), it runs in autocommit: one round
+        trip in all, instead of BEGIN, one per write and COMMIT. Otherwise it joins the step's
+        transaction, which then commits. A lost lease updates nothing, and the executor rolls back.
+        """
+        raw = _idle_raw_connection(self.using)
+        if raw is not None:
+            raw.autocommit = True
+        try:
+            n = self._update_sql(instance_id, columns, self._consumed, kinds, now)
+        finally:
+            if raw is not None:
+                raw.autocommit = False
+        if n != 1:
+            raise self._lease_lost(instance_id)
+        if raw is None:
+            transaction.commit(using=self.using)
 
     def _write(self, instance_id: str, state: dict, columns: dict, kinds: list, now: datetime) -> None:
         """A checkpoint's writes (row, consumed events, history) and, when the executor owns it, the commit."""
@@ -370,12 +425,14 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
             rows = rows.filter(lease_owner=self.worker_id)
         return rows.update(version=F("version") + 1, **columns)
 
-    def _update_sql(self, instance_id: str, columns: dict) -> int:
-        """The common checkpoint (running or paused, under a lease) as one cached parameterized UPDATE.
+    def _update_sql(self, instance_id: str, columns: dict, consumed: list | tuple = (), kinds: list | tuple = (),
+                    now: datetime | None = None) -> int:
+        """The checkpoint's UPDATE of the row under the lease, as one cached parameterized statement.
 
         Columns whose value is what this backend wrote at its previous checkpoint are left out, so the
         usual running checkpoint writes only non-indexed columns (state, steps, position, updated_at,
-        version).
+        version). ``consumed`` events and ``kinds`` of history entries (PostgreSQL) are written by the
+        same statement, only when the row was updated. Returns how many rows were updated.
         """
         written = self._written
         if written:
@@ -384,22 +441,26 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
 
         conn = connections[self.using or "default"]
         names = tuple(columns)
-        sql = _SQL_CACHE.get((conn.vendor, names))
-        if sql is None:
-            qn = conn.ops.quote_name
-            sets = ", ".join(f"{qn(c)} = %s" for c in names)
-            final = ", ".join(f"'{s.value}'" for s in _FINAL)
-            sql = (f"UPDATE {qn(DurableInstance._meta.db_table)} SET {sets}, {qn('version')} = {qn('version')} + 1 "
-                   f"WHERE {qn('instance_id')} = %s AND {qn('lease_owner')} = %s AND {qn('status')} NOT IN ({final})")
-            _SQL_CACHE[(conn.vendor, names)] = sql
+        sql = cached_sql(conn, (names, len(consumed), len(kinds)), functools.partial(
+            _checkpoint_sql, names=names, consumed=len(consumed), kinds=len(kinds)))
         adapt = conn.ops.adapt_datetimefield_value
         params = [adapt(v) if isinstance(v, datetime) else (str(v) if isinstance(v, Status) else v)
                   for v in columns.values()]
         if "result" in columns:  # JSON column: the backend's JSON adapter
             params[names.index("result")] = _RESULT.get_db_prep_save(columns["result"], conn)
         params += [instance_id, self.worker_id]
+        if consumed or kinds:
+            at = adapt(now)
+            if consumed:
+                params += [at, *consumed]
+            if kinds:
+                params += [instance_id, (self.worker_id or "")[:255], at]
+                for kind, st, detail in kinds:
+                    params += [str(kind), str(st), detail or ""]
         with hot_cursor(conn) as cur:
             cur.execute(sql, params)
+            if consumed or kinds:
+                return cur.fetchone()[0]
             return cur.rowcount
 
     def _mark_consumed(self, now: datetime) -> None:
@@ -408,13 +469,9 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
 
         conn = connections[self.using or "default"]
         n = len(self._consumed)
-        key = (conn.vendor, "consume", n)
-        sql = _SQL_CACHE.get(key)
-        if sql is None:
-            qn = conn.ops.quote_name
-            sql = _SQL_CACHE[key] = (
-                f"UPDATE {qn(DurableEvent._meta.db_table)} SET {qn('consumed_at')} = %s "
-                f"WHERE {qn('id')} IN ({', '.join(['%s'] * n)}) AND {qn('consumed_at')} IS NULL")
+        sql = cached_sql(conn, ("consume", n), lambda qn: (
+            f"UPDATE {qn(DurableEvent._meta.db_table)} SET {qn('consumed_at')} = %s "
+            f"WHERE {qn('id')} IN ({', '.join(['%s'] * n)}) AND {qn('consumed_at')} IS NULL"))
         with hot_cursor(conn) as cur:
             cur.execute(sql, [conn.ops.adapt_datetimefield_value(now), *self._consumed])
 

@@ -50,7 +50,15 @@ from django.utils.module_loading import import_string
 from durable import CheckpointException, CodeChangedError, InstanceCancelled, PauseForEventException, StateTamperedError
 
 from . import programs, signals
-from .backend import DjangoOrchestrationBackend, _hidden_loop_call, hot_cursor, real_connection, to_datetime, unsign
+from .backend import (
+    DjangoOrchestrationBackend,
+    _hidden_loop_call,
+    cached_sql,
+    hot_cursor,
+    real_connection,
+    to_datetime,
+    unsign,
+)
 from .conf import durable_settings
 from .exceptions import LeaseLost, UnknownProgram
 from .models import RUNNABLE, DurableEvent, DurableHistory, DurableInstance, HistoryKind, Status
@@ -116,13 +124,9 @@ def _run_instance(instance_id: str, worker_id: str, claimed: _Claimed | None = N
 def _event_pending(instance_id: str, name: str) -> bool:
     """Is an unconsumed event ``name`` in the inbox? (One cached SELECT: it follows every pause.)"""
     conn = real_connection()
-    key = (conn.vendor, "pending")
-    sql = _claim_sql.get(key)
-    if sql is None:
-        qn = conn.ops.quote_name
-        sql = _claim_sql[key] = (
-            f"SELECT 1 FROM {qn(DurableEvent._meta.db_table)} WHERE {qn('instance_id')} = %s "
-            f"AND {qn('name')} = %s AND {qn('consumed_at')} IS NULL LIMIT 1")
+    sql = cached_sql(conn, ("pending",), lambda qn: (
+        f"SELECT 1 FROM {qn(DurableEvent._meta.db_table)} WHERE {qn('instance_id')} = %s "
+        f"AND {qn('name')} = %s AND {qn('consumed_at')} IS NULL LIMIT 1"))
     with hot_cursor(conn) as cur:
         cur.execute(sql, [instance_id, name])
         return cur.fetchone() is not None

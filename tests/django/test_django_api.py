@@ -308,11 +308,30 @@ def test_lease_taken_over_during_a_step_keeps_nothing_of_the_step(inline, uid, s
         mp.setattr(backend, "_idle_raw_connection", lambda using: paths.append(idle(using)) or paths[-1])
         assert executor.run_instance(uid) == executor.LOST
     # on PostgreSQL the checkpoint after a step without database work is one autocommit statement
-    assert [p is not None for p in paths] == [connection.vendor == "postgresql" and not write]
+    assert [p is not None for p in paths] == ([not write] if connection.vendor == "postgresql" else [])
     row = reload(uid)
     assert row.lease_owner == "thief" and row.steps == before.steps and row.state == before.state
     assert not SideEffect.objects.filter(key=uid).exists()
     assert row.status == before.status and kinds(uid) == ["started"]
+
+
+def test_lease_lost_at_a_completion_writes_no_history_and_consumes_no_event(inline, uid, settings):
+    from durable_django import executor
+
+    settings.DURABLE = {**settings.DURABLE, "RUN_INLINE": False}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("durable_django.api.send_task", lambda *a, **k: None)
+        dd.start(progs.lease_lost_at_completion, uid, instance_id=uid)
+        assert executor.run_instance(uid) == Status.PAUSED
+        dd.publish_event(uid, "go", 1)
+    before, history = reload(uid), kinds(uid)
+    assert history == ["started", "paused", "event_published"]
+    assert executor.run_instance(uid) == executor.LOST
+    row = reload(uid)
+    assert row.lease_owner == "thief" and (row.status, row.steps, row.state) == (Status.PAUSED, before.steps,
+                                                                                 before.state)
+    assert kinds(uid) == history  # neither "resumed" nor "completed"
+    assert DurableEvent.objects.get(instance_id=uid, name="go").consumed_at is None
 
 
 def test_poison_instance_is_suspended_after_max_attempts(inline, uid, settings):

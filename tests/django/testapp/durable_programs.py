@@ -261,3 +261,11 @@ async def lease_lost_mid_step(key: str, write: bool):
     else:
         await lose_lease(key)
     await durable.wait_for_event("never")
+
+
+@make_durable
+async def lease_lost_at_completion(key: str):
+    """Waits for ``go``; then the step that loses the lease is followed by a bare return, so the
+    checkpoint that fails is the completion's, with the consumed event and two history entries."""
+    await durable.wait_for_event("go")
+    return await lose_lease(key)
