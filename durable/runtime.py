@@ -231,7 +231,8 @@ class DurableRuntime:
                 blocks, L = fr.blocks, fr.locals
                 if fr.tmp is not None:
                     L[fr.tmp] = value
-                await self._step_done(fr, frames)
+                if not self._defer(fr, frames):
+                    await self._checkpoint()
                 continue
             elif kind == AWAIT:
                 _, aw, fr.pc, fr.tmp = r
@@ -246,7 +247,8 @@ class DurableRuntime:
                 blocks, L = fr.blocks, fr.locals
                 if fr.tmp is not None:
                     L[fr.tmp] = None
-                await self._step_done(fr, frames)
+                if not self._defer(fr, frames):
+                    await self._checkpoint()
                 continue
             else:  # pragma: no cover - the compiler emits nothing else
                 raise DurableError(f"bad block result {r!r}")
@@ -271,10 +273,11 @@ class DurableRuntime:
                 continue
             if fr.tmp is not None:
                 L[fr.tmp] = value
-            await self._step_done(fr, frames)
+            if not self._defer(fr, frames):
+                await self._checkpoint()
 
-    async def _step_done(self, fr: FunctionCall, frames: list) -> None:
-        """Checkpoint after a step, or leave that to the final checkpoint when only a bare return follows.
+    def _defer(self, fr: FunctionCall, frames: list) -> bool:
+        """Leave the checkpoint after a step to the completion when only a bare return follows?
 
         When the outermost frame's next block is a :attr:`~durable.compiler.CodeBlock.tail` (it copies
         names and returns one: ``return await step()``), nothing with effects runs between this step
@@ -283,8 +286,8 @@ class DurableRuntime:
         """
         if len(frames) == 1 and fr.blocks[fr.pc].tail:
             self._deferred = (fr, fr.pc, dict(fr.locals))
-            return
-        await self._checkpoint()
+            return True
+        return False
 
     def _throw(self, exc: BaseException):
         """Route ``exc`` to the innermost handler; unwind frames that have none."""
