@@ -25,8 +25,8 @@ DURABLE_REDIS_URL ?= redis://127.0.0.1:6379/0
 
 test: $(VENV)/.installed
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q
-	DATABASE_URL=$(DURABLE_PG_URL) CELERY_BROKER_URL=$(DURABLE_REDIS_URL) $(PY) -m pytest -q tests/django
+	$(PY) -m pytest -q -rs
+	DATABASE_URL=$(DURABLE_PG_URL) CELERY_BROKER_URL=$(DURABLE_REDIS_URL) $(PY) -m pytest -q -rs tests/django
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .
@@ -67,5 +67,5 @@ test-pythons:
 	  [ -n "$$exe" ] || exe=$$(command -v python$$v); \
 	  if [ -z "$$exe" ]; then echo "python $$v not found, skipped"; continue; fi; \
 	  $$exe -m venv .venv-$$v && .venv-$$v/bin/pip install -q cloudpickle pytest pytest-timeout hypothesis && \
-	  PYTHONPATH=. .venv-$$v/bin/python -m pytest -q -p no:django -p no:cacheprovider tests/core || exit 1; \
+	  PYTHONPATH=. .venv-$$v/bin/python -m pytest -q -rs -p no:django -p no:cacheprovider tests/core || exit 1; \
 	done

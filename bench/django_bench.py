@@ -38,9 +38,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .django_programs import note_key
+
 ROOT = Path(__file__).resolve().parent.parent
 BROKER = os.environ.get("DURABLE_BENCH_BROKER", "redis://127.0.0.1:6379/9")
-PG_DB = "durable_bench"
+#: A database of this run's own (inherited by its child processes): two runs on one server never collide.
+PG_DB = os.environ.setdefault("DURABLE_BENCH_PG_NAME", f"durable_bench_{uuid.uuid4().hex[:10]}")
 PG_DSN = "host=127.0.0.1 port=5432 user=postgres dbname={}"
 BLOB_BYTES = 2048
 
@@ -498,7 +501,7 @@ class Workers:
             names.append(name)
         deadline = time.monotonic() + 60
         r = _redis()
-        while not all(r.exists(f"bench:ready:{nm}") for nm in names):
+        while not all(r.exists(note_key("ready", nm)) for nm in names):
             for nm, _, p in self.procs:
                 if p.poll() is not None:
                     raise RuntimeError(f"worker {nm} exited:\n{(self.logdir / f'{nm}.log').read_text()[-3000:]}")
@@ -519,7 +522,7 @@ class Workers:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait(timeout=10)
-            _redis().delete(f"bench:ready:{name}")
+            _redis().delete(note_key("ready", name))
         self.procs = []
 
 
@@ -585,7 +588,7 @@ def _publish_sample(iid: str, key: str) -> tuple[float, float, float]:
     got = r.blpop(key, timeout=10)
     if got is None:
         raise TimeoutError(f"the step after the event did not run ({iid})")
-    started = r.blpop(f"bench:started:{iid}", timeout=10)  # pushed once the task has returned
+    started = r.blpop(note_key("started", iid), timeout=10)  # pushed once the task has returned
     if started is None:
         raise TimeoutError("no task start note")
     return float(got[1]) - t0, t1 - t0, float(started[1]) - t0
@@ -616,7 +619,7 @@ def _inprocess_rounds(k: int) -> dict[str, Any]:
 
     orig, api.send_task = api.send_task, lambda *a, **kw: None  # rows only: nothing goes to the broker
     try:
-        iid, key = f"ipl-{uuid.uuid4().hex[:8]}", f"bench:mark:{uuid.uuid4().hex[:8]}"
+        iid, key = f"ipl-{uuid.uuid4().hex[:8]}", note_key("mark", uuid.uuid4().hex[:8])
         dd.start(progs.event_loop, key, k + 10, instance_id=iid)
         executor.run_instance(iid)
         pub, run = [], []
@@ -658,7 +661,7 @@ def part_latency(cfg: Config, db: str, logdir: Path) -> dict[str, Any]:
     out: dict[str, dict[str, list[float]]] = {
         v: {"floor": [], "publish": [], "publish_call": [], "to_task_start": []} for v in VARIANTS}
     commit_floor, commits = Floor("postgresql"), []
-    ping_key = f"bench:ping:{uuid.uuid4().hex[:8]}"
+    ping_key = note_key("ping", uuid.uuid4().hex[:8])
     try:
         # One variant at a time: its worker alone, so one configuration's work (a new database
         # connection per task, as shipped) does not land in the other's samples on 2 cores.
@@ -666,12 +669,12 @@ def part_latency(cfg: Config, db: str, logdir: Path) -> dict[str, Any]:
             workers = Workers(logdir)
             try:
                 workers.start(1, v, {"DURABLE_BENCH_NOTE_STARTS": "1"})
-                iid, key = f"lat-{v}-{uuid.uuid4().hex[:8]}", f"bench:mark:{uuid.uuid4().hex[:8]}"
+                iid, key = f"lat-{v}-{uuid.uuid4().hex[:8]}", note_key("mark", uuid.uuid4().hex[:8])
                 with _durable_queue(v):
                     dd.start(progs.event_loop, key, cfg.latency_samples + cfg.warmup + 10, instance_id=iid)
                 _wait_for(lambda iid=iid: DurableInstance.objects.filter(
                     pk=iid, status=Status.PAUSED, lease_owner="").exists(), 30, "the instance to pause", 0.01)
-                if _redis().blpop(f"bench:started:{iid}", timeout=30) is None:  # the first run's note
+                if _redis().blpop(note_key("started", iid), timeout=30) is None:  # the first run's note
                     raise TimeoutError("no task start note of the first run")
                 kinds, queue = ["floor", "publish", "commit"], _queue(v)
                 gc.collect()
@@ -721,7 +724,7 @@ def _burst_ping(n: int, queue: str) -> dict[str, float]:
     from .django_celery import ping
 
     r = _redis()
-    key = f"bench:tp:{uuid.uuid4().hex[:8]}"
+    key = note_key("tp", uuid.uuid4().hex[:8])
     t0 = time.time()
     for _ in range(n):
         ping.apply_async((key,), queue=queue)
@@ -952,6 +955,13 @@ def _reset_pg() -> None:
         conn.execute(f"CREATE DATABASE {PG_DB}")
 
 
+def _drop_pg() -> None:
+    import psycopg
+
+    with psycopg.connect(PG_DSN.format("postgres"), autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {PG_DB} WITH (FORCE)")
+
+
 def _settle_pg() -> None:
     """``CHECKPOINT`` before a part: the previous part's dirty pages are written now, not by the
     background checkpointer in the middle of the next part's commits."""
@@ -991,6 +1001,7 @@ def _run_child(part: str, db: str, quick: bool, tmp: Path, profile: bool = False
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "bench.django_settings", "DURABLE_BENCH_DB": db,
            "DURABLE_BENCH_SQLITE": str(tmp / "bench.sqlite3"), "DURABLE_BENCH_BROKER": BROKER,
            "CELERY_BROKER_URL": BROKER, "DURABLE_BENCH_QUEUE": f"durable-bench-{uuid.uuid4().hex[:8]}"}
+    env["DURABLE_BENCH_RUN"] = env["DURABLE_BENCH_QUEUE"]  # names the notes (variant queues extend the name)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     cmd = [sys.executable, "-m", "bench.django_bench", "--child", part, "--db", db, "--json", str(out),
            "--logdir", str(tmp)]
@@ -1009,12 +1020,9 @@ def _run_child(part: str, db: str, quick: bool, tmp: Path, profile: bool = False
 
 
 def _cleanup_queue(queue: str) -> None:
-    import redis
+    from .redis_keys import purge_queue
 
-    r = redis.Redis.from_url(BROKER)
-    keys = [*r.keys(f"*{queue}*"), *r.keys("bench:*")]  # the queues, kombu's bindings of them, our notes
-    if keys:
-        r.delete(*keys)
+    purge_queue(BROKER, queue)  # the queue, kombu's bindings of it, our notes (see django_programs.note_key)
 
 
 def run(quick: bool = False, profile: bool = False) -> dict[str, Any]:
@@ -1028,17 +1036,20 @@ def run(quick: bool = False, profile: bool = False) -> dict[str, Any]:
             "git": _git_revision(), "quick": quick, "config": asdict(cfg), "versions": _versions(),
             "loadavg_start": os.getloadavg()}
     res: dict[str, Any] = {"meta": meta}
-    with tempfile.TemporaryDirectory(prefix="durable-django-bench-") as tmpdir:
-        tmp = Path(tmpdir)
-        if profile:
-            res["throughput"] = _run_child("throughput", "pg", quick, tmp, profile=True)
-            for v, text in res["throughput"]["profile"].items():
-                print(f"===== cProfile of the 2 workers, variant {v} =====\n{text}")
-            return res
-        res["steps_pg"] = _run_child("steps", "pg", quick, tmp)
-        res["steps_sqlite"] = _run_child("steps", "sqlite", quick, tmp)
-        res["latency"] = _run_child("latency", "pg", quick, tmp)
-        res["throughput"] = _run_child("throughput", "pg", quick, tmp)
+    try:
+        with tempfile.TemporaryDirectory(prefix="durable-django-bench-") as tmpdir:
+            tmp = Path(tmpdir)
+            if profile:
+                res["throughput"] = _run_child("throughput", "pg", quick, tmp, profile=True)
+                for v, text in res["throughput"]["profile"].items():
+                    print(f"===== cProfile of the 2 workers, variant {v} =====\n{text}")
+                return res
+            res["steps_pg"] = _run_child("steps", "pg", quick, tmp)
+            res["steps_sqlite"] = _run_child("steps", "sqlite", quick, tmp)
+            res["latency"] = _run_child("latency", "pg", quick, tmp)
+            res["throughput"] = _run_child("throughput", "pg", quick, tmp)
+    finally:
+        _drop_pg()
     meta["elapsed_s"] = time.perf_counter() - t0
     meta["loadavg_end"] = os.getloadavg()
     return res

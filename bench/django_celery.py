@@ -44,9 +44,9 @@ def _push_start(task_id=None, task=None, args=None, **kwargs) -> None:
     if task is not None and task.name == "durable_django.run_instance" and args:
         t = _started.pop(args[0], None)
         if t is not None and os.environ.get("DURABLE_BENCH_NOTE_STARTS") == "1":
-            from .django_programs import redis_client
+            from .django_programs import note_key, redis_client
 
-            redis_client().rpush(f"bench:started:{args[0]}", repr(t))
+            redis_client().rpush(note_key("started", args[0]), repr(t))
 
 
 @worker_ready.connect
@@ -54,6 +54,6 @@ def _ready(sender=None, **kwargs) -> None:
     """Tell the benchmark this worker consumes (a Redis key, so the worker can log at WARNING only)."""
     name = os.environ.get("DURABLE_BENCH_WORKER")
     if name:
-        from .django_programs import redis_client
+        from .django_programs import note_key, redis_client
 
-        redis_client().set(f"bench:ready:{name}", "1", ex=600)
+        redis_client().set(note_key("ready", name), "1", ex=600)

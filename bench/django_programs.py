@@ -28,6 +28,15 @@ def redis_client():
     return _redis_client
 
 
+def note_key(kind: str, ident: str) -> str:
+    """A Redis key for the benchmark's notes, named after this run (its queue's name, inherited by every
+    process of the run) so that its cleanup (every key containing that name) removes them and never
+    touches another run's."""
+    import os
+
+    return f"bench:{os.environ.get('DURABLE_BENCH_RUN', '-')}:{kind}:{ident}"
+
+
 async def one_step(x: int) -> int:
     """The throughput workload: one awaited trivial step."""
     return await workloads.step(x, 1)

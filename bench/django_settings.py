@@ -47,6 +47,8 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 if os.environ.get("DURABLE_BENCH_DB_REUSE_MAX"):
     CELERY_DB_REUSE_MAX = int(os.environ["DURABLE_BENCH_DB_REUSE_MAX"])
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# No remote control: the workers leave no pidbox bindings in the shared Redis (the benchmark never uses it).
+CELERY_WORKER_ENABLE_REMOTE_CONTROL = False
 
 DURABLE = {"QUEUE": os.environ.get("DURABLE_BENCH_QUEUE", "durable-bench"), "LEASE_SECONDS": 60,
            "RUN_INLINE": False,

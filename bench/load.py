@@ -407,7 +407,7 @@ class Workers:
         self.procs: list[tuple[str, subprocess.Popen]] = []
 
     def start(self, count: int) -> None:
-        from bench.django_programs import redis_client
+        from bench.django_programs import note_key, redis_client
 
         names = []
         for _ in range(count):
@@ -421,7 +421,7 @@ class Workers:
             self.procs.append((name, proc))
             names.append(name)
         r = redis_client()
-        _wait_for(lambda: all(r.exists(f"bench:ready:{n}") for n in names), 90, "workers to be ready",
+        _wait_for(lambda: all(r.exists(note_key("ready", n)) for n in names), 90, "workers to be ready",
                   interval=0.05, check=self.check)
 
     def check(self) -> None:
@@ -437,7 +437,7 @@ class Workers:
         return [p.pid for _, p in self.procs if p.poll() is None]
 
     def stop(self) -> None:
-        from bench.django_programs import redis_client
+        from bench.django_programs import note_key, redis_client
 
         for _, p in self.procs:
             if p.poll() is None:
@@ -448,7 +448,7 @@ class Workers:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait(timeout=10)
-            redis_client().delete(f"bench:ready:{name}")
+            redis_client().delete(note_key("ready", name))
         self.procs = []
 
 
@@ -1027,12 +1027,9 @@ def _app_changed() -> list[str] | None:
 
 
 def _cleanup_redis(broker: str, queue: str) -> None:
-    import redis
+    from .redis_keys import purge_queue
 
-    r = redis.Redis.from_url(broker)
-    keys = r.keys(f"*{queue}*")
-    if keys:
-        r.delete(*keys)
+    purge_queue(broker, queue)
 
 
 def run(cfg: Config, db: str, broker: str, keep: bool, pg_url: str = DEFAULT_PG_URL) -> dict[str, Any]:
@@ -1047,6 +1044,7 @@ def run(cfg: Config, db: str, broker: str, keep: bool, pg_url: str = DEFAULT_PG_
     queue = f"durable-load-{uuid.uuid4().hex[:8]}"
     env = {"DJANGO_SETTINGS_MODULE": "bench.load_settings", "DURABLE_BENCH_PG_NAME": db,
            "DURABLE_BENCH_BROKER": broker, "CELERY_BROKER_URL": broker, "DURABLE_BENCH_QUEUE": queue,
+           "DURABLE_BENCH_RUN": queue,
            "DURABLE_BENCH_DB_REUSE_MAX": "1000", "DURABLE_BENCH_DB": "pg", "DURABLE_LOAD_PG_URL": pg_url,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     meta = {"date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),

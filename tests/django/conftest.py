@@ -125,3 +125,16 @@ def worker_factory(request, transactional_db, tmp_path):
     if rep is not None and rep.failed:
         for w in workers:
             print(f"\n----- log of worker {w.name} (exit {w.proc.returncode}) -----\n{w.output()[-6000:]}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _clean_redis_broker():
+    """Leave a shared Redis as found: delete this session's queue and kombu's bindings of it at the end."""
+    yield
+    url = os.environ.get("CELERY_BROKER_URL", "")
+    queue = os.environ.get("DURABLE_TEST_QUEUE", "")
+    if not url.startswith("redis://") or not queue:
+        return
+    from bench.redis_keys import purge_queue
+
+    purge_queue(url, queue)

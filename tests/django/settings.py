@@ -5,11 +5,16 @@ a file (not ``:memory:``) under a per-run directory, and workers receive the
 test database name in ``DURABLE_TEST_DB_NAME``.
 """
 
+import atexit
 import os
+import shutil
 import tempfile
 import uuid
 
-os.environ.setdefault("DURABLE_TEST_RUN_DIR", tempfile.mkdtemp(prefix="durable-test-"))
+if not os.environ.get("DURABLE_TEST_RUN_DIR"):
+    # Created by the test session's process only (its worker subprocesses inherit it), removed when it exits.
+    os.environ["DURABLE_TEST_RUN_DIR"] = tempfile.mkdtemp(prefix="durable-test-")
+    atexit.register(shutil.rmtree, os.environ["DURABLE_TEST_RUN_DIR"], True)
 # The filesystem broker (data, processed and control folders) lives there too: nothing is left in the repository.
 os.environ.setdefault("DURABLE_VAR_DIR", os.environ["DURABLE_TEST_RUN_DIR"])
 os.environ.setdefault("DURABLE_LEASE_SECONDS", "3")
@@ -32,4 +37,6 @@ if not os.environ.get("DURABLE_TEST_DB_NAME"):
 # The crash tests give their worker subprocesses a checkpoint hook (tests/django/test_crash_exhaustive.py).
 DURABLE = {**DURABLE, "QUEUE": os.environ["DURABLE_TEST_QUEUE"], "ETA_MAX_SECONDS": 60,
            "ON_CHECKPOINT": os.environ.get("DURABLE_TEST_ON_CHECKPOINT") or None}
+# No remote control: workers then leave no pidbox bindings in a shared Redis (nothing in the tests uses it).
+CELERY_WORKER_ENABLE_REMOTE_CONTROL = False
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
