@@ -307,10 +307,10 @@ def _time_split(n: int) -> dict[str, float]:
         finally:
             spent["save_state_sync"] += time.perf_counter() - t0
 
-    def sign(obj):
+    def sign(obj, context):
         t0 = time.perf_counter()
         try:
-            return orig_sign(obj)
+            return orig_sign(obj, context)
         finally:
             spent["sign"] += time.perf_counter() - t0
 

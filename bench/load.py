@@ -269,7 +269,7 @@ def _templates() -> dict[str, dict[str, Any]]:
     from django.test import override_settings
 
     import durable_django as dd
-    from durable_django.backend import unsign
+    from durable_django.backend import STATE, blob_context, unsign
     from durable_django.conf import durable_settings
     from durable_django.models import DurableHistory, DurableInstance
 
@@ -291,7 +291,8 @@ def _templates() -> dict[str, dict[str, Any]]:
             raise RuntimeError(f"template {iid} is {row['status']}, expected {expected}")
         history = list(DurableHistory.objects.filter(instance_id=iid).order_by("id").values("kind", "status",
                                                                                             "detail"))
-        out[kind] = {"row": row, "state": unsign(row["state"]), "history": history}
+        state = unsign(row["state"], blob_context(iid, row["program"], STATE))
+        out[kind] = {"row": row, "state": state, "history": history}
     # The templates leave no rows behind: the database holds exactly the clones.
     DurableInstance.objects.filter(pk__startswith="load-template-").delete()
     with connection.cursor() as cur:
@@ -312,7 +313,7 @@ def populate(cfg: Config, roles: Roles) -> dict[str, Any]:
     from django.db import connection, transaction
     from django.utils import timezone
 
-    from durable_django.backend import sign
+    from durable_django.backend import ARGUMENTS, STATE, blob_context, sign
     from durable_django.models import DurableHistory, DurableInstance
 
     t_all = Timer()
@@ -360,8 +361,8 @@ def populate(cfg: Config, roles: Roles) -> dict[str, Any]:
                                else now + datetime.timedelta(hours=1, seconds=n % 3600))
                         state["wait"] = {**state["wait"], "due": due.timestamp()}
                         row["wake_at"] = due
-                    row["state"] = sign(state)
-                    row["arguments"] = sign(((iid,), {}))
+                    row["state"] = sign(state, blob_context(iid, row["program"], STATE))
+                    row["arguments"] = sign(((iid,), {}), blob_context(iid, row["program"], ARGUMENTS))
                     sign_s += time.perf_counter() - t_sign
                     created = now - datetime.timedelta(seconds=(cfg.instances - n) * 0.5)
                     row.update(instance_id=iid, created_at=created, updated_at=created, version=0)

@@ -18,6 +18,7 @@ from .exceptions import (
     PauseForEventException,
     StateTamperedError,
     TimerPause,
+    UnsignedStateWarning,
 )
 from .primitives import sleep, sleep_until, wait_for_event
 from .runtime import DurableProgram, DurableRuntime, make_durable
@@ -31,5 +32,5 @@ __all__ = [
     "CompiledFunction", "DiskStateStore", "DurableAstTransformer", "DurableBackend", "DurableError",
     "DurableProgram", "DurableRuntime", "EventTimeout", "FunctionCall", "InMemoryStateStore",
     "InstanceCancelled", "OrchestrationBackend", "PauseForEventException", "StateStore", "StateTamperedError",
-    "TimerPause", "make_durable", "sleep", "sleep_until", "wait_for_event",
+    "TimerPause", "UnsignedStateWarning", "make_durable", "sleep", "sleep_until", "wait_for_event",
 ]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pickle
 import threading
+import warnings
 from abc import ABC, abstractmethod
 from typing import Any
 
 from . import serialization
-from .exceptions import PauseForEventException
+from .exceptions import PauseForEventException, UnsignedStateWarning
 from .store import InMemoryStateStore, StateStore
 
 
@@ -35,6 +36,23 @@ class OrchestrationBackend(ABC):
     def publish_event(self, instance_id: str, event_name: str, payload: Any = None) -> None:
         """Deliver an event to an instance (kept until the instance waits for it)."""
         raise NotImplementedError(f"{type(self).__name__} does not implement publish_event")
+
+
+#: Set once this process has warned about an unsigned backend reading a persistent store.
+_warned_unsigned = False
+
+
+def _warn_unsigned(store: StateStore) -> None:
+    """Warn once per process that unsigned state is being read from a store others may write to."""
+    global _warned_unsigned
+    if _warned_unsigned or isinstance(store, InMemoryStateStore):
+        return
+    _warned_unsigned = True
+    warnings.warn(
+        f"DurableBackend without a signing_key is reading state from {type(store).__name__}: blobs are unpickled "
+        "without any check, so whoever can write to that store can run code in this process. Pass "
+        "DurableBackend(store, signing_key=...) to verify every blob before it is unpickled.",
+        UnsignedStateWarning, stacklevel=4)
 
 
 _STATE = "state:"
@@ -64,6 +82,8 @@ class DurableBackend(OrchestrationBackend):
         if blob is None:
             self._consumed.pop(instance_id, None)
             return None
+        if self.signing_key is None:
+            _warn_unsigned(self.store)
         state = serialization.loads(blob, self.signing_key)
         done = set(state.get("consumed", ()))
         self._consumed[instance_id] = done
@@ -90,6 +110,8 @@ class DurableBackend(OrchestrationBackend):
     def _inbox(self, blob: bytes | None) -> dict:
         if blob is None:
             return {"next": 1, "events": []}
+        if self.signing_key is None:
+            _warn_unsigned(self.store)
         return serialization.loads(blob, self.signing_key)
 
     def publish_event(self, instance_id: str, event_name: str, payload: Any = None) -> None:

@@ -81,3 +81,13 @@ class CodeChangedError(DurableError):
 
 class InstanceCancelled(DurableError):
     """The instance was cancelled; it will not run again."""
+
+
+class UnsignedStateWarning(UserWarning):
+    """An unsigned :class:`~durable.DurableBackend` read state from a persistent store.
+
+    Without a ``signing_key`` the core unpickles whatever the store holds, and
+    unpickling runs code: whoever can write to the store (its folder, its
+    database) can run code in the process that loads the state. Pass
+    ``signing_key=...`` to check every blob before it is unpickled.
+    """

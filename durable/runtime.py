@@ -10,6 +10,7 @@ import sysconfig
 import time
 import types
 import uuid
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -386,6 +387,24 @@ def default_backend() -> DurableBackend:
     return _default_backend
 
 
+#: async def -> the program make_durable() made of it in this process (the first one still alive).
+_declared: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def declared_program(fn: Any) -> DurableProgram | None:
+    """The :class:`DurableProgram` that :func:`make_durable` made of ``fn`` in this process, or None.
+
+    Lets a host that stores programs by dotted path tell a function its
+    code declared durable (``process = make_durable(_process)`` stores the
+    path of ``_process``) from any other importable ``async def``.
+    """
+    try:
+        ref = _declared.get(fn)
+    except TypeError:  # not weak-referenceable: never declared
+        return None
+    return ref() if ref is not None else None
+
+
 class DurableProgram:
     """A durable version of an ``async def``; call it like the function.
 
@@ -413,6 +432,8 @@ class DurableProgram:
         self.migrate = migrate
         durable_packages.add((fn.__module__ or "").partition(".")[0])
         functools.update_wrapper(self, fn)
+        if declared_program(fn) is None:
+            _declared[fn] = weakref.ref(self)
 
     async def __call__(self, *args, orchestration_backend: OrchestrationBackend | None = None,
                        instance_id: str | None = None, **kwargs) -> Any:

@@ -36,7 +36,7 @@ from django.utils.html import format_html
 from durable import StateTamperedError
 
 from . import api, operations
-from .backend import unsign
+from .backend import STATE, blob_context, unsign
 from .exceptions import DurableDjangoError, InstanceFinished, UnknownInstance
 from .forms import EditLocalForm, PublishEventForm
 from .models import FINISHED, DurableEvent, DurableHistory, DurableInstance, Status
@@ -244,7 +244,7 @@ class DurableInstanceAdmin(admin.ModelAdmin):
         frames, stack_error = [], ""
         if inst.state is not None:
             try:
-                frames = operations.frames(unsign(inst.state))
+                frames = operations.frames(unsign(inst.state, blob_context(inst.instance_id, inst.program, STATE)))
             except StateTamperedError as exc:
                 stack_error = f"The state failed its signature check and was not decoded: {exc}"
             except Exception as exc:  # code gone or changed: frames cannot be unpickled

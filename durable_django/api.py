@@ -23,7 +23,7 @@ from kombu.exceptions import KombuError
 from durable import CheckpointException, DurableProgram
 
 from . import programs, signals
-from .backend import add_history, cached_sql, hot_cursor, real_connection, sign, unsign
+from .backend import ARGUMENTS, STATE, add_history, blob_context, cached_sql, hot_cursor, real_connection, sign, unsign
 from .conf import durable_settings
 from .exceptions import InstanceExists, InstanceFinished, InvalidPayload, UnknownInstance, UnknownProgram
 from .models import FINISHED, DurableEvent, DurableHistory, DurableInstance, HistoryKind, Status
@@ -190,7 +190,7 @@ def start(program: DurableProgram | str, *args: Any, instance_id: str | None = N
     if not isinstance(instance_id, str) or not instance_id or len(instance_id) > 200:
         raise ValueError(f"instance_id must be a non-empty string of at most 200 characters, got {instance_id!r}")
     try:
-        arguments = sign((args, kwargs))
+        arguments = sign((args, kwargs), blob_context(instance_id, path, ARGUMENTS))
     except CheckpointException as exc:
         raise InvalidPayload(f"arguments of {path} cannot be stored: {exc}") from exc
     fields: dict[str, Any] = {
@@ -452,7 +452,7 @@ def result(instance_id: str) -> Any:
         raise InstanceCancelled(f"instance {instance_id!r} was cancelled")
     if inst.status not in (Status.COMPLETED, Status.FAILED) or inst.state is None:
         raise LookupError(f"durable instance {instance_id!r} has not finished (it is {inst.status})")
-    state = unsign(inst.state)
+    state = unsign(inst.state, blob_context(inst.instance_id, inst.program, STATE))
     if inst.status == Status.FAILED:
         err = state.get("error")
         raise err if isinstance(err, BaseException) else DurableError(str(err))

@@ -27,12 +27,12 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from durable import OrchestrationBackend, PauseForEventException, StateTamperedError
-from durable import serialization as _ser
+from durable import OrchestrationBackend, PauseForEventException
 
 from .conf import durable_settings
 from .exceptions import LeaseLost
 from .models import DurableEvent, DurableHistory, DurableInstance, HistoryKind, Status
+from .signing import ARGUMENTS, SIGNED_FIELDS, STATE, blob_context, sign, unsign, verified  # noqa: F401
 
 #: Statuses in which a checkpoint must not write (checked by every checkpoint's UPDATE).
 _FINAL = (Status.CANCELLED, Status.SUSPENDED, Status.COMPLETED, Status.FAILED)
@@ -198,29 +198,6 @@ def hot_cursor(conn) -> Any:
     return conn.make_debug_cursor(raw) if conn.queries_logged else conn.make_cursor(raw)
 
 
-def sign(obj: Any) -> bytes:
-    """Serialize and sign ``obj`` with the configured key."""
-    return _ser.dumps(obj, durable_settings.signing_key)
-
-
-def unsign(blob: bytes | memoryview) -> Any:
-    """Verify and unpickle a blob; fallback keys (key rotation) are tried in turn.
-
-    A blob that no key verifies raises :class:`durable.StateTamperedError` and
-    is never unpickled.
-    """
-    blob = bytes(blob)
-    try:
-        return _ser.loads(blob, durable_settings.signing_key)
-    except StateTamperedError:
-        for key in durable_settings.signing_key_fallbacks:
-            try:
-                return _ser.loads(blob, key)
-            except StateTamperedError:
-                continue
-        raise
-
-
 def to_datetime(due: float | None) -> datetime | None:
     return None if due is None else datetime.fromtimestamp(due, tz=UTC)
 
@@ -253,8 +230,13 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
     can be used directly with ``await program(orchestration_backend=...)``.
     """
 
-    def __init__(self, *, worker_id: str = "", commit: bool = False, using: str | None = None) -> None:
+    def __init__(self, *, worker_id: str = "", commit: bool = False, using: str | None = None,
+                 program: str | None = None) -> None:
         self.worker_id = worker_id
+        #: dotted path of the program being run, which the state's signature is bound to (the executor sets
+        #: the path it resolved). None: the row's ``program`` column when it exists, else the state's program.
+        self.program = program
+        self._context: tuple[str, str, bytes] | None = None
         self.commit = commit
         self.using = using
         #: transitions made by this backend: (kind, status, detail), for signals after commit.
@@ -290,16 +272,18 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
         if self.prefetched is not None:
             row, self.prefetched = self.prefetched, None
         else:
-            row = DurableInstance.objects.filter(pk=instance_id).values_list("state", "status").first()
+            row = DurableInstance.objects.filter(pk=instance_id).values_list("state", "status", "program").first()
+            if row is not None and self.program is None:
+                self.program = row[2]
         self._consumed = []
         self._written = {}
         if row is None:
             return None
-        blob, status = row
+        blob, status = row[0], row[1]
         self.last_status = status
         if blob is None:
             return None
-        state = unsign(blob)
+        state = unsign(blob, self._state_context(instance_id, self.program or ""))
         stack = state.get("stack")
         frames = list(stack) if stack is not None else []
         self._loaded_layout = frames[0].fingerprint[1] if frames and frames[0].fingerprint else None
@@ -312,8 +296,18 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
             return _hidden_loop_call(self.save_state_sync, instance_id, state)
         await sync_to_async(self.save_state_sync, thread_sensitive=True)(instance_id, state)
 
+    def _state_context(self, instance_id: str, program: str) -> bytes:
+        """The signing context of this instance's state, built once per run (the checkpoint's hot path)."""
+        ctx = self._context
+        if ctx is None or ctx[0] != instance_id or ctx[1] != program:
+            ctx = self._context = (instance_id, program, blob_context(instance_id, program, STATE))
+        return ctx[2]
+
     def save_state_sync(self, instance_id: str, state: dict) -> None:
-        blob = sign(state)  # CheckpointException propagates; nothing was written
+        if self.program is None:  # a new row, created by _write with the state's program
+            self.program = state.get("program", "")
+        # CheckpointException propagates; nothing was written
+        blob = sign(state, self._state_context(instance_id, self.program))
         now = timezone.now()
         status = _STATUS.get(state.get("status"), Status.RUNNING)
         wait = state.get("wait") or {}
@@ -397,7 +391,7 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
                     raise self._lease_lost(instance_id)
                 try:
                     with transaction.atomic(using=self.using):
-                        DurableInstance.objects.create(instance_id=instance_id, program=state.get("program", ""),
+                        DurableInstance.objects.create(instance_id=instance_id, program=self.program or "",
                                                        **columns)
                 except IntegrityError:
                     raise LeaseLost(f"instance {instance_id!r} was created concurrently") from None

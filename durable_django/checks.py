@@ -25,6 +25,7 @@ def check_settings(app_configs=None, **kwargs) -> list:
     if key is None and not getattr(settings, "SECRET_KEY", None):
         errors.append(Error("No signing key: DURABLE['SIGNING_KEY'] and SECRET_KEY are both empty.",
                             id="durable_django.E002"))
+    errors.extend(_check_fallbacks(user))
     for name in ("LEASE_SECONDS", "SWEEP_INTERVAL", "ETA_MAX_SECONDS", "STATUS_POLL_INTERVAL", "BATCH_SECONDS"):
         value = user.get(name, DEFAULTS[name])
         if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
@@ -62,6 +63,45 @@ def check_settings(app_configs=None, **kwargs) -> list:
         errors.append(Warning("DURABLE['LEASE_SECONDS'] below 2 s: a slow step will look like a dead worker.",
                               id="durable_django.W001"))
     return errors
+
+
+def _check_fallbacks(user: dict) -> list:
+    """Every fallback key must be a real key: a None entry (``[os.environ.get("OLD_KEY")]`` with the variable
+    unset) or an empty one would otherwise be a key anyone can sign with."""
+    errors: list = []
+    fallbacks = user.get("SIGNING_KEY_FALLBACKS")
+    if fallbacks is not None:
+        name = "DURABLE['SIGNING_KEY_FALLBACKS']"
+        if isinstance(fallbacks, str | bytes) or not isinstance(fallbacks, list | tuple):
+            return [Error(f"{name} must be a list of keys (str or bytes of at least 16 characters).",
+                          id="durable_django.E008")]
+        for i, k in enumerate(fallbacks):
+            if not isinstance(k, str | bytes) or len(k) < 16:
+                errors.append(Error(
+                    f"{name}[{i}] is {_describe(k)}: every fallback key must be a str or bytes of at least 16 "
+                    "characters.",
+                    hint="An unset environment variable gives None (os.environ.get): leave such an entry out of "
+                         "the list instead.", id="durable_django.E008"))
+    elif user.get("SIGNING_KEY") is None:
+        olds = getattr(settings, "SECRET_KEY_FALLBACKS", None) or []
+        if isinstance(olds, str | bytes) or not isinstance(olds, list | tuple):
+            return [Error("SECRET_KEY_FALLBACKS must be a list (durable state keys are derived from it).",
+                          id="durable_django.E008")]
+        for i, k in enumerate(olds):
+            if not isinstance(k, str | bytes) or not k:
+                errors.append(Error(
+                    f"SECRET_KEY_FALLBACKS[{i}] is {_describe(k)}: durable state signing keys are derived from "
+                    "it, and a key derived from nothing is one anyone can sign with.",
+                    hint="Leave empty or unset entries out of the list.", id="durable_django.E008"))
+    return errors
+
+
+def _describe(value) -> str:
+    if value is None:
+        return "None"
+    if isinstance(value, str | bytes):
+        return "empty" if not value else f"only {len(value)} characters long"
+    return f"a {type(value).__name__}"
 
 
 @register(Tags.database)

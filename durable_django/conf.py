@@ -16,14 +16,19 @@ import hmac
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 
 #: Documented defaults. See README ("Django app" -> "Settings").
 DEFAULTS: dict[str, Any] = {
-    # HMAC key for state blobs (str or bytes). None: derived from SECRET_KEY,
-    # so blobs are always signed; rotating SECRET_KEY is covered by
-    # SIGNING_KEY_FALLBACKS (default: derived from SECRET_KEY_FALLBACKS).
+    # HMAC key for state blobs (str or bytes, at least 16 characters). None:
+    # derived from SECRET_KEY, so blobs are always signed; there is no
+    # "unsigned" setting. See docs/security.md.
     "SIGNING_KEY": None,
+    # Older keys still accepted when verifying (key rotation); blobs are
+    # always signed with SIGNING_KEY. None: derived from SECRET_KEY_FALLBACKS
+    # when SIGNING_KEY is None, else no fallbacks. Empty or None entries are
+    # refused (system check durable_django.E008, and ImproperlyConfigured).
     "SIGNING_KEY_FALLBACKS": None,
     # How long a worker owns an instance without checkpointing. A worker that
     # dies is replaced after this; a single step must be shorter than this.
@@ -49,8 +54,9 @@ DEFAULTS: dict[str, Any] = {
     # An instance whose worker died this many times in a row without
     # reaching a checkpoint is suspended (poison-pill protection).
     "MAX_ATTEMPTS": 5,
-    # Optional allowlist of program dotted paths (or prefixes ending in ".").
-    # None: any importable durable program may be started.
+    # Allowlist of program dotted paths (or prefixes ending in "."); when set,
+    # it is the complete list (a plain async def may be listed). None: only
+    # programs declared with make_durable() (or durable_django.register()).
     "PROGRAMS": None,
     # True: run instances in this process when their transaction commits,
     # without Celery (development, scripts, the synchronous command mode).
@@ -119,23 +125,61 @@ class DurableSettings:
             except AttributeError:
                 pass
         self._cached.clear()
+        self._keys = None
 
     # -- derived values ---------------------------------------------------
-    @property
-    def signing_key(self) -> bytes:
-        key = self.SIGNING_KEY
-        if key is None:
-            return derive_key(settings.SECRET_KEY)
-        return key.encode() if isinstance(key, str) else key
+    _keys: tuple[bytes, tuple[bytes, ...]] | None = None
+
+    def _signing_keys(self) -> tuple[bytes, tuple[bytes, ...]]:
+        """(key, fallbacks), validated once per settings change: never None, never empty."""
+        keys = self._keys
+        if keys is None:
+            key = self.SIGNING_KEY
+            if key is None:
+                key = derive_key(_secret(getattr(settings, "SECRET_KEY", None), "SECRET_KEY"))
+            else:
+                key = _secret(key, "DURABLE['SIGNING_KEY']")
+            fallbacks = self.SIGNING_KEY_FALLBACKS
+            if fallbacks is None:
+                if self.SIGNING_KEY is not None:
+                    olds: list[bytes] = []
+                else:
+                    olds = [derive_key(_secret(s, f"SECRET_KEY_FALLBACKS[{i}]"))
+                            for i, s in enumerate(_entries(getattr(settings, "SECRET_KEY_FALLBACKS", None) or [],
+                                                           "SECRET_KEY_FALLBACKS"))]
+            else:
+                olds = [_secret(k, f"DURABLE['SIGNING_KEY_FALLBACKS'][{i}]")
+                        for i, k in enumerate(_entries(fallbacks, "DURABLE['SIGNING_KEY_FALLBACKS']"))]
+            keys = self._keys = (key, tuple(olds))
+        return keys
 
     @property
-    def signing_key_fallbacks(self) -> list[bytes]:
-        keys = self.SIGNING_KEY_FALLBACKS
-        if keys is None:
-            if self.SIGNING_KEY is not None:
-                return []
-            return [derive_key(s) for s in getattr(settings, "SECRET_KEY_FALLBACKS", [])]
-        return [k.encode() if isinstance(k, str) else k for k in keys]
+    def signing_key(self) -> bytes:
+        """The key every blob is signed with (raises ImproperlyConfigured rather than ever being empty)."""
+        return self._signing_keys()[0]
+
+    @property
+    def signing_key_fallbacks(self) -> tuple[bytes, ...]:
+        """Older keys still accepted when verifying (key rotation)."""
+        return self._signing_keys()[1]
+
+
+def _entries(value: Any, name: str) -> list:
+    if isinstance(value, str | bytes) or not isinstance(value, list | tuple):
+        raise ImproperlyConfigured(f"{name} must be a list of keys, got {type(value).__name__}")
+    return list(value)
+
+
+def _secret(value: Any, name: str) -> bytes:
+    """``value`` as key bytes; a missing or empty key is a configuration error, never "don't verify"."""
+    if not isinstance(value, str | bytes):
+        raise ImproperlyConfigured(
+            f"{name} must be a non-empty str or bytes, got {value!r}: durable state is always signed and "
+            "verified, and a missing key never turns verification off (docs/security.md)")
+    if not value:
+        raise ImproperlyConfigured(f"{name} is empty: a blob signed with an empty key proves nothing; "
+                                   "set a secret key (docs/security.md)")
+    return value.encode() if isinstance(value, str) else value
 
 
 durable_settings = DurableSettings()

@@ -51,13 +51,17 @@ from durable import CheckpointException, CodeChangedError, InstanceCancelled, Pa
 
 from . import programs, signals
 from .backend import (
+    ARGUMENTS,
+    STATE,
     DjangoOrchestrationBackend,
     _hidden_loop_call,
+    blob_context,
     cached_sql,
     hot_cursor,
     real_connection,
     to_datetime,
     unsign,
+    verified,
 )
 from .conf import durable_settings
 from .exceptions import LeaseLost, UnknownProgram
@@ -390,14 +394,23 @@ def _run_claimed(row: _Claimed, worker_id: str) -> tuple[str, dict | None]:
     """Run a claimed instance; returns its outcome and, when our own checkpoint paused it, the wait."""
     instance_id = row.instance_id
     try:
-        program = programs.resolve(row.program)
+        # The signatures are checked before the program's path is even imported: they bind the blobs to this
+        # row's id and program, so a row whose program column was changed stops here.
         raw_args = row.arguments
-        args, kwargs = unsign(raw_args) if raw_args is not None else ((), {})
+        if raw_args is not None:
+            args, kwargs = unsign(raw_args, blob_context(instance_id, row.program, ARGUMENTS))
+        elif row.state is not None:
+            args, kwargs = (), {}
+            verified(row.state, blob_context(instance_id, row.program, STATE))
+        else:
+            raise StateTamperedError("the instance has neither signed arguments nor signed state; refusing to run "
+                                     "its program")
+        program = programs.resolve(row.program)
     except (UnknownProgram, StateTamperedError) as exc:
         _suspend(row, worker_id, f"{type(exc).__name__}: {exc}")
         return Status.SUSPENDED, None
     manage = durable_settings.ATOMIC_STEPS and not connection.in_atomic_block
-    backend = DjangoOrchestrationBackend(worker_id=worker_id, commit=manage)
+    backend = DjangoOrchestrationBackend(worker_id=worker_id, commit=manage, program=row.program)
     backend.prefetched = (row.state, row.status)
     if row.event_id is not None:
         backend.prefetched_event = (row.waiting_for, row.event_id, row.event_payload)

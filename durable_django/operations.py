@@ -18,7 +18,7 @@ from django.utils import timezone
 from durable import Cell
 
 from . import signals
-from .backend import sign, unsign
+from .backend import STATE, blob_context, sign, unsign
 from .exceptions import InstanceFinished, UnknownInstance
 from .models import DurableHistory, DurableInstance, HistoryKind, Status
 
@@ -105,7 +105,8 @@ def edit_local(instance_id: str, frame_index: int, name: str, value: Any, *, act
         raise ConcurrentChange(f"instance {instance_id!r} changed since you looked (version {version})")
     if lease_owner:
         raise ConcurrentChange(f"a worker holds instance {instance_id!r}; try again when it has paused")
-    state = unsign(blob)
+    context = blob_context(instance_id, program, STATE)
+    state = unsign(blob, context)
     stack = list(state.get("stack") or [])
     if not 0 <= frame_index < len(stack):
         raise ValueError(f"no frame {frame_index}")
@@ -119,7 +120,7 @@ def edit_local(instance_id: str, frame_index: int, name: str, value: Any, *, act
     else:
         old_value = old
         frame.locals[name] = value
-    new_blob = sign(state)
+    new_blob = sign(state, context)
     with transaction.atomic():
         n = DurableInstance.objects.filter(pk=instance_id, version=version, lease_owner="",
                                            status__in=EDITABLE).update(

@@ -6,7 +6,7 @@ from typing import Any
 
 from durable import StateTamperedError
 
-from .backend import unsign
+from .backend import STATE, blob_context, unsign
 from .models import DurableInstance
 
 
@@ -43,7 +43,7 @@ def instance_detail(inst: DurableInstance) -> dict[str, Any]:
     data["stack"] = None
     if inst.state is not None:
         try:
-            state = unsign(inst.state)
+            state = unsign(inst.state, blob_context(inst.instance_id, inst.program, STATE))
         except StateTamperedError as exc:
             data["stack"] = {"error": str(exc)}
         except Exception as exc:  # code gone or changed: cannot unpickle frames

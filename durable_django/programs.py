@@ -1,8 +1,15 @@
 """Finding programs by dotted path, and migrations for instances of changed code.
 
 An instance row stores the dotted path of its program (``"shop.processes.order_process"``);
-a worker imports it again to resume. ``durable_settings.PROGRAMS`` can restrict
-which paths may be started (an allowlist of paths, or prefixes ending in ``"."``).
+a worker imports it again to resume. Which paths may run:
+
+* ``DURABLE['PROGRAMS'] = None`` (the default): only programs the code declared
+  durable: a :class:`durable.DurableProgram` made by :func:`durable.make_durable`
+  (decorator, or ``process = make_durable(_process)`` at module level), or a
+  program passed to :func:`register`. Any other importable callable, a plain
+  ``async def`` included, is refused with :class:`UnknownProgram`.
+* a list of dotted paths (or prefixes ending in ``"."``): exactly those, and a
+  listed plain ``async def`` is made durable when it is first used.
 """
 
 from __future__ import annotations
@@ -13,11 +20,15 @@ from collections.abc import Callable
 from django.utils.module_loading import import_string
 
 from durable import DurableProgram, FunctionCall, make_durable
+from durable.runtime import declared_program
 
 from .conf import durable_settings
 from .exceptions import UnknownProgram
 
-_cache: dict[str, DurableProgram] = {}
+#: (path, whether PROGRAMS was set) -> resolved program (a listed plain async def is only valid while listed).
+_cache: dict[tuple[str, bool], DurableProgram] = {}
+#: dotted path -> program declared with register() (allowed with PROGRAMS=None).
+_registered: dict[str, DurableProgram] = {}
 #: (program path, program version or None) -> migration functions, tried in order.
 _migrations: dict[tuple[str, str | None], list[Callable[[FunctionCall], bool]]] = {}
 
@@ -35,7 +46,29 @@ def path_of(program: DurableProgram | Callable | str) -> str:
     return f"{fn.__module__}.{qualname}"
 
 
+def register(program: DurableProgram | Callable) -> DurableProgram:
+    """Declare ``program`` (a :class:`DurableProgram` or an ``async def``) as startable; returns the program.
+
+    For code that builds its programs without :func:`durable.make_durable` at
+    module level. The program must still be importable by its dotted path (a
+    worker imports it again), and it must be registered in every process
+    (do it at import time of a module the app loads, e.g. its
+    ``durable_programs.py``). Usable as a decorator.
+    """
+    if not isinstance(program, DurableProgram):
+        if not inspect.iscoroutinefunction(program):
+            raise TypeError(f"register() needs an async def or a make_durable() program, got {program!r}")
+        program = declared_program(program) or make_durable(program)
+    path = path_of(program)
+    _registered[path] = program
+    _cache.pop((path, False), None)
+    _cache.pop((path, True), None)
+    return program
+
+
 def allowed(path: str) -> bool:
+    """True if ``path`` passes ``DURABLE['PROGRAMS']`` (with the default None, every path does; :func:`resolve`
+    then accepts only declared programs)."""
     allow = durable_settings.PROGRAMS
     if allow is None:
         return True
@@ -46,22 +79,33 @@ def resolve(path: str) -> DurableProgram:
     """Import the program stored under ``path``; raise :class:`UnknownProgram` with the reason."""
     if not isinstance(path, str) or not path:
         raise UnknownProgram(f"program path must be a non-empty dotted path, got {path!r}")
+    listed = durable_settings.PROGRAMS is not None
     if not allowed(path):
         raise UnknownProgram(f"program {path!r} is not in DURABLE['PROGRAMS']")
-    hit = _cache.get(path)
+    hit = _cache.get((path, listed))
     if hit is not None:
         return hit
-    try:
-        obj = import_string(path)
-    except ImportError as exc:
-        raise UnknownProgram(f"cannot import durable program {path!r}: {exc}") from exc
-    if isinstance(obj, DurableProgram):
-        program = obj
-    elif inspect.iscoroutinefunction(obj):
-        program = make_durable(obj)
-    else:
-        raise UnknownProgram(f"{path!r} is a {type(obj).__name__}, not an async def or a make_durable() program")
-    _cache[path] = program
+    program = _registered.get(path)
+    if program is None:
+        try:
+            obj = import_string(path)
+        except ImportError as exc:
+            raise UnknownProgram(f"cannot import durable program {path!r}: {exc}") from exc
+        if isinstance(obj, DurableProgram):
+            program = obj
+        elif inspect.iscoroutinefunction(obj):
+            program = declared_program(obj)
+            if program is None and listed:
+                program = make_durable(obj)
+            if program is None:
+                raise UnknownProgram(
+                    f"{path!r} is a plain async def, not a declared durable program: decorate it with "
+                    "@make_durable, call durable_django.register() on it, or list it in DURABLE['PROGRAMS']")
+        else:
+            raise UnknownProgram(f"{path!r} is a {type(obj).__name__}, not a make_durable() program"
+                                 + ("" if listed else " (only declared durable programs may run; see "
+                                                      "DURABLE['PROGRAMS'])"))
+    _cache[(path, listed)] = program
     return program
 
 

@@ -19,7 +19,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.utils.module_loading import import_string
 
-from ..backend import unsign
+from ..backend import STATE, blob_context, unsign
 from ..models import DurableInstance, Status
 
 ASSIGNMENT_KEYS = ("user", "group", "permission")
@@ -49,10 +49,10 @@ class Wait:
 def current_wait(instance_id: str) -> Wait | None:
     """The event wait the instance is paused on, read from its verified state; None otherwise."""
     row = (DurableInstance.objects.filter(pk=instance_id, status=Status.PAUSED, wait_kind="event")
-           .values_list("state", "version").first())
+           .values_list("state", "version", "program").first())
     if row is None or row[0] is None:
         return None
-    state = unsign(row[0])
+    state = unsign(row[0], blob_context(instance_id, row[2], STATE))
     wait = state.get("wait") or {}
     if wait.get("kind") != "event":
         return None

@@ -9,7 +9,7 @@ from django.utils import timezone
 import durable
 import durable_django as dd
 from durable_django import signals
-from durable_django.backend import DjangoOrchestrationBackend, sign, unsign
+from durable_django.backend import STATE, DjangoOrchestrationBackend, blob_context, sign, unsign
 from durable_django.exceptions import (
     InstanceExists,
     InstanceFinished,
@@ -71,15 +71,23 @@ def test_start_is_idempotent_by_instance_id(inline, uid):
         dd.start(progs.sleeper, 1, instance_id=uid)
 
 
-def test_start_by_path_and_plain_async_def(inline, uid):
-    dd.start("tests.django.testapp.durable_programs.plain_async", 21, instance_id=uid)
+def test_start_by_path_and_plain_async_def(inline, uid, settings):
+    """Issue 10: a plain async def is refused by default (nothing stored) and runs once PROGRAMS lists it."""
+    path = "tests.django.testapp.durable_programs.plain_async"
+    with pytest.raises(UnknownProgram, match="not a declared durable program"):
+        dd.start(path, 21, instance_id=uid)
+    assert not DurableInstance.objects.exists()
+    dd.start("tests.django.testapp.durable_programs._double", 21, instance_id=uid + "-declared")
+    assert dd.result(uid + "-declared") == 42  # make_durable's assignment form counts as declared
+    settings.DURABLE = {**settings.DURABLE, "PROGRAMS": [path]}
+    dd.start(path, 21, instance_id=uid)
     assert reload(uid).status == Status.COMPLETED and dd.result(uid) == 42
 
 
 def test_unknown_and_refused_programs(inline, settings):
     with pytest.raises(UnknownProgram, match="cannot import"):
         dd.start("tests.django.testapp.durable_programs.nope")
-    with pytest.raises(UnknownProgram, match="not an async def"):
+    with pytest.raises(UnknownProgram, match="not a make_durable"):
         dd.start("tests.django.testapp.models.Order")
 
     async def nested():
@@ -201,10 +209,12 @@ def test_tampered_state_suspends_and_is_never_unpickled(inline, uid):
 
 
 def _age_layout(uid: str) -> None:
-    state = unsign(reload(uid).state)
+    row = reload(uid)
+    context = blob_context(uid, row.program, STATE)
+    state = unsign(row.state, context)
     frame = state["stack"].frames[0]
     frame.fingerprint = (frame.fingerprint[0], "0ld1ayout")
-    DurableInstance.objects.filter(pk=uid).update(state=sign(state))
+    DurableInstance.objects.filter(pk=uid).update(state=sign(state, context))
 
 
 def test_changed_code_suspends_then_a_registered_migration_resumes(inline, uid):

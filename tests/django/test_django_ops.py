@@ -95,7 +95,7 @@ def test_resume_one_instance_synchronously(uid):
 
 
 def test_purge(inline, uid):
-    dd.start(progs.plain_async, 1, instance_id=uid)
+    dd.start(progs.double, 1, instance_id=uid)
     dd.start(progs.approval, 13, instance_id=uid + "-open")
     assert "0 instance(s) deleted" in cmd("durable_purge", "--days", "1")
     DurableInstance.objects.filter(pk=uid).update(finished_at=timezone.now() - timedelta(days=2))

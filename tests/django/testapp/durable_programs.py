@@ -12,7 +12,7 @@ from pathlib import Path
 
 import durable
 from durable import make_durable
-from durable_django import db_step
+from durable_django import db_step, register
 from durable_django.bindings import bind
 
 from .models import Order, SideEffect
@@ -105,9 +105,27 @@ async def order_process(order_id: int):
 
 
 async def plain_async(x: int):
-    """Not wrapped by make_durable: start() accepts a plain async def by path."""
+    """Not declared durable: refused by default, runs only when DURABLE['PROGRAMS'] lists it."""
     await asyncio.sleep(0)
     return x * 2
+
+
+async def _double(x: int):
+    await asyncio.sleep(0)
+    return x * 2
+
+
+#: The assignment form of make_durable: stored under the path of ``_double``, accepted as declared.
+double = make_durable(_double)
+
+
+async def registered_triple(x: int):
+    """Declared with durable_django.register() instead of make_durable."""
+    await asyncio.sleep(0)
+    return x * 3
+
+
+register(registered_triple)
 
 
 bind(Order, "approved", when=lambda order, **kw: order.status == "approved",
@@ -145,7 +163,7 @@ async def cancelled_mid_step(instance_id: str, key: str):
 def start_child(child_id: str) -> None:
     from durable_django.api import start
 
-    start(plain_async, 5, instance_id=child_id)
+    start(double, 5, instance_id=child_id)
 
 
 @make_durable

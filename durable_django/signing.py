@@ -1,0 +1,98 @@
+"""Signing the blobs of ``DurableInstance`` rows: bound to where they belong.
+
+Every blob the app stores (the ``state`` a worker resumes from, the
+``arguments`` a program starts with) is pickled and signed with
+HMAC-SHA256 over the pickle *and* its context: the instance id, the dotted
+path of the program and the column name (:func:`blob_context`). A blob is
+verified for the row and column it is read from before anything is
+unpickled, so a validly signed blob copied to another row or column, or left
+in a row whose ``program`` was changed, is refused
+(:class:`durable.StateTamperedError`). There is no unsigned mode: a missing
+or empty key is :class:`~django.core.exceptions.ImproperlyConfigured`.
+See docs/security.md.
+"""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+from durable import StateTamperedError
+from durable import serialization as _ser
+
+from .conf import durable_settings
+
+#: Names of the signed columns of ``DurableInstance``; each blob is bound to the column it belongs in.
+STATE = "state"
+ARGUMENTS = "arguments"
+SIGNED_FIELDS = (STATE, ARGUMENTS)
+_CONTEXT_TAG = b"durable_django.blob.v1"
+
+
+def blob_context(instance_id: str, program: str, field: str) -> bytes:
+    """What a blob's signature binds it to: its instance id, its program's dotted path and its column.
+
+    A validly signed blob copied into another row, another column, or a row
+    whose ``program`` was changed no longer verifies. Each part is
+    length-prefixed, so no two (id, program, field) triples give the same bytes.
+    """
+    out = [_CONTEXT_TAG]
+    for part in (instance_id, program, field):
+        raw = str(part).encode("utf-8", "surrogatepass")
+        out.append(len(raw).to_bytes(4, "big"))
+        out.append(raw)
+    return b"".join(out)
+
+
+def sign(obj: Any, context: bytes) -> bytes:
+    """Serialize ``obj`` and sign it with the configured key, bound to ``context`` (see :func:`blob_context`)."""
+    return _ser.dumps(obj, durable_settings.signing_key, context)
+
+
+def unsign(blob: bytes | memoryview, context: bytes) -> Any:
+    """Verify a blob for ``context`` and unpickle it; fallback keys (key rotation) are tried in turn.
+
+    A blob that no key verifies for this context (tampered, signed for
+    another instance, program or column, or in the unbound format of before
+    migration 0005) raises :class:`durable.StateTamperedError` and is never
+    unpickled.
+    """
+    return pickle.loads(verified(blob, context))
+
+
+def verified(blob: bytes | memoryview, context: bytes) -> bytes:
+    """The pickle bytes of ``blob`` once its signature checks out for ``context`` (nothing is unpickled)."""
+    blob = bytes(blob)
+    try:
+        return _ser.verify(blob, durable_settings.signing_key, context)
+    except StateTamperedError:
+        for key in durable_settings.signing_key_fallbacks:
+            try:
+                return _ser.verify(blob, key, context)
+            except StateTamperedError:
+                continue
+        raise
+
+
+def rebind(blob: bytes | memoryview, context: bytes) -> bytes | None:
+    """``blob`` in the bound format for ``context`` if it verifies in the unbound format of before
+    migration 0005 (with the key or a fallback), else None. Nothing is unpickled."""
+    blob = bytes(blob)
+    for key in (durable_settings.signing_key, *durable_settings.signing_key_fallbacks):
+        try:
+            data = _ser.verify(blob, key, None)
+        except StateTamperedError:
+            continue
+        return _ser.sign_pickled(data, durable_settings.signing_key, context)
+    return None
+
+
+def unbind(blob: bytes | memoryview, context: bytes) -> bytes | None:
+    """The reverse of :func:`rebind` (migrating back to 0004): the unbound format, or None if ``blob``
+    does not verify for ``context``."""
+    blob = bytes(blob)
+    try:
+        data = verified(blob, context)
+    except StateTamperedError:
+        return None
+    return _ser.sign_pickled(data, durable_settings.signing_key, None)
