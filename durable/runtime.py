@@ -413,10 +413,14 @@ class DurableProgram:
     returns the stored result if it completed, or raises the stored error if
     it failed. A pause raises :class:`PauseForEventException` (or
     :class:`TimerPause`).
+
+    ``declare=False`` does not record ``fn`` as declared durable (see
+    :func:`declared_program`): for hosts that wrap a function only because
+    their configuration allows it.
     """
 
     def __init__(self, fn, *, name: str | None = None, version: str | None = None,
-                 migrate: Callable[[FunctionCall], bool] | None = None) -> None:
+                 migrate: Callable[[FunctionCall], bool] | None = None, declare: bool = True) -> None:
         if isinstance(fn, DurableProgram):
             fn = fn.fn
         if inspect.isasyncgenfunction(fn):
@@ -432,7 +436,7 @@ class DurableProgram:
         self.migrate = migrate
         durable_packages.add((fn.__module__ or "").partition(".")[0])
         functools.update_wrapper(self, fn)
-        if declared_program(fn) is None:
+        if declare and declared_program(fn) is None:  # see declared_program()
             _declared[fn] = weakref.ref(self)
 
     async def __call__(self, *args, orchestration_backend: OrchestrationBackend | None = None,

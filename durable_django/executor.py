@@ -409,6 +409,9 @@ def _run_claimed(row: _Claimed, worker_id: str) -> tuple[str, dict | None]:
     except (UnknownProgram, StateTamperedError) as exc:
         _suspend(row, worker_id, f"{type(exc).__name__}: {exc}")
         return Status.SUSPENDED, None
+    except BaseException:  # e.g. ImproperlyConfigured keys: nothing ran; hand the instance back
+        _release(instance_id, worker_id)
+        raise
     manage = durable_settings.ATOMIC_STEPS and not connection.in_atomic_block
     backend = DjangoOrchestrationBackend(worker_id=worker_id, commit=manage, program=row.program)
     backend.prefetched = (row.state, row.status)

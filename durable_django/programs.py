@@ -95,8 +95,8 @@ def resolve(path: str) -> DurableProgram:
             program = obj
         elif inspect.iscoroutinefunction(obj):
             program = declared_program(obj)
-            if program is None and listed:
-                program = make_durable(obj)
+            if program is None and listed:  # allowed by the list only: not declared for later
+                program = DurableProgram(obj, declare=False)
             if program is None:
                 raise UnknownProgram(
                     f"{path!r} is a plain async def, not a declared durable program: decorate it with "

@@ -15,6 +15,7 @@ See docs/security.md.
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from typing import Any
 
 from durable import StateTamperedError
@@ -72,6 +73,46 @@ def verified(blob: bytes | memoryview, context: bytes) -> bytes:
             except StateTamperedError:
                 continue
         raise
+
+
+def resign(blob: bytes | memoryview, context: bytes) -> bytes | None:
+    """``blob`` signed with the current key if it verifies for ``context`` with a fallback key only, else
+    None (already under the current key, or not valid at all). Nothing is unpickled."""
+    blob = bytes(blob)
+    key = durable_settings.signing_key
+    try:
+        _ser.verify(blob, key, context)
+        return None
+    except StateTamperedError:
+        pass
+    try:
+        data = verified(blob, context)
+    except StateTamperedError:
+        return None
+    return _ser.sign_pickled(data, key, context)
+
+
+def convert_rows(model: Any, using: str, convert: Callable[[bytes, bytes], bytes | None], batch: int = 500) -> int:
+    """Apply ``convert(blob, context) -> new blob or None`` to every signed blob of ``model``'s rows
+    (the live model, or a migration's historical one), in batches by primary key; returns how many blobs
+    changed. A row is only written if its ``version`` is still the one read (a worker's checkpoint wins)."""
+    rows = model.objects.using(using).order_by("pk").values_list("pk", "program", "version", *SIGNED_FIELDS)
+    changed = 0
+    last = None
+    while True:
+        chunk = list((rows.filter(pk__gt=last) if last is not None else rows)[:batch])
+        if not chunk:
+            return changed
+        for pk, program, version, *blobs in chunk:
+            update = {}
+            for field, blob in zip(SIGNED_FIELDS, blobs, strict=True):
+                if blob is not None:
+                    new = convert(bytes(blob), blob_context(pk, program, field))
+                    if new is not None:
+                        update[field] = new
+            if update and model.objects.using(using).filter(pk=pk, version=version).update(**update):
+                changed += len(update)
+        last = chunk[-1][0]
 
 
 def rebind(blob: bytes | memoryview, context: bytes) -> bytes | None:

@@ -287,3 +287,19 @@ async def lease_lost_at_completion(key: str):
     checkpoint that fails is the completion's, with the consumed event and two history entries."""
     await durable.wait_for_event("go")
     return await lose_lease(key)
+
+
+def _tripped(path: str) -> str:
+    Path(path).touch()
+    return path
+
+
+class Tripwire:
+    """Unpickling it creates the file ``path`` (in whichever process unpickles it): proof that a blob was
+    unpickled, or, when the file stays absent, that it never was."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (_tripped, (self.path,))
