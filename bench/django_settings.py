@@ -52,6 +52,8 @@ CELERY_WORKER_ENABLE_REMOTE_CONTROL = False
 
 DURABLE = {"QUEUE": os.environ.get("DURABLE_BENCH_QUEUE", "durable-bench"), "LEASE_SECONDS": 60,
            "RUN_INLINE": False,
+           # The benchmark runs the same plain async defs natively and durably: allowed by path (docs/security.md).
+           "PROGRAMS": ["bench."],
            # A/B comparisons of the app's settings: DURABLE_BENCH_DURABLE='{"PREPARED_STATEMENTS": false}'
            **json.loads(os.environ.get("DURABLE_BENCH_DURABLE") or "{}")}
 
