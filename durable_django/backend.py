@@ -256,7 +256,7 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
         self.last_wait: dict | None = None
         #: values of the rarely changing columns written by the last checkpoint (see _update_sql).
         self._written: dict[str, Any] = {}
-        #: the row's (state, status) read by the executor's claim, used once instead of a SELECT.
+        #: the row's (state, status, program) read by the executor's claim, used once instead of a SELECT.
         self.prefetched: tuple | None = None
         #: (name, id, payload) of the oldest unconsumed event the instance waits for, read by the claim
         #: (PostgreSQL): used by the first wait for that name instead of a SELECT.
@@ -273,17 +273,16 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
             row, self.prefetched = self.prefetched, None
         else:
             row = DurableInstance.objects.filter(pk=instance_id).values_list("state", "status", "program").first()
-            if row is not None and self.program is None:
-                self.program = row[2]
         self._consumed = []
         self._written = {}
         if row is None:
             return None
-        blob, status = row[0], row[1]
+        blob, status, program = row
+        context = self._state_context(instance_id, self.program or program)
         self.last_status = status
         if blob is None:
             return None
-        state = unsign(blob, self._state_context(instance_id, self.program or ""))
+        state = unsign(blob, context)
         stack = state.get("stack")
         frames = list(stack) if stack is not None else []
         self._loaded_layout = frames[0].fingerprint[1] if frames and frames[0].fingerprint else None
@@ -296,18 +295,26 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
             return _hidden_loop_call(self.save_state_sync, instance_id, state)
         await sync_to_async(self.save_state_sync, thread_sensitive=True)(instance_id, state)
 
-    def _state_context(self, instance_id: str, program: str) -> bytes:
-        """The signing context of this instance's state, built once per run (the checkpoint's hot path)."""
+    def _state_context(self, instance_id: str, program: str | None = None) -> bytes:
+        """The signing context of this instance's state, built once per run (the checkpoint's hot path).
+
+        ``program``: the path read with the row; None at a checkpoint, which reuses the one of the load
+        (or, for a row this backend is about to create, takes the state's program)."""
         ctx = self._context
+        if program is None:
+            if ctx is not None and ctx[0] == instance_id:
+                return ctx[2]
+            program = self.program or ""
         if ctx is None or ctx[0] != instance_id or ctx[1] != program:
             ctx = self._context = (instance_id, program, blob_context(instance_id, program, STATE))
         return ctx[2]
 
     def save_state_sync(self, instance_id: str, state: dict) -> None:
-        if self.program is None:  # a new row, created by _write with the state's program
-            self.program = state.get("program", "")
+        if self.program is None and (self._context is None or self._context[0] != instance_id):
+            # nothing loaded: a new row, which _write creates with the state's program
+            self._state_context(instance_id, state.get("program", ""))
         # CheckpointException propagates; nothing was written
-        blob = sign(state, self._state_context(instance_id, self.program))
+        blob = sign(state, self._state_context(instance_id))
         now = timezone.now()
         status = _STATUS.get(state.get("status"), Status.RUNNING)
         wait = state.get("wait") or {}
@@ -391,7 +398,7 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
                     raise self._lease_lost(instance_id)
                 try:
                     with transaction.atomic(using=self.using):
-                        DurableInstance.objects.create(instance_id=instance_id, program=self.program or "",
+                        DurableInstance.objects.create(instance_id=instance_id, program=self._context[1],
                                                        **columns)
                 except IntegrityError:
                     raise LeaseLost(f"instance {instance_id!r} was created concurrently") from None

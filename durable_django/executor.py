@@ -414,7 +414,7 @@ def _run_claimed(row: _Claimed, worker_id: str) -> tuple[str, dict | None]:
         raise
     manage = durable_settings.ATOMIC_STEPS and not connection.in_atomic_block
     backend = DjangoOrchestrationBackend(worker_id=worker_id, commit=manage, program=row.program)
-    backend.prefetched = (row.state, row.status)
+    backend.prefetched = (row.state, row.status, row.program)
     if row.event_id is not None:
         backend.prefetched_event = (row.waiting_for, row.event_id, row.event_payload)
     backend.lease_expires_at = row.lease_expires_at

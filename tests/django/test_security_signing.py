@@ -371,3 +371,25 @@ def test_settings_changes_are_picked_up(settings):
     assert durable_settings.signing_key == GOOD.encode()
     settings.DURABLE = {**settings.DURABLE, "SIGNING_KEY": OLD, "SIGNING_KEY_FALLBACKS": [GOOD]}
     assert durable_settings.signing_key == OLD.encode() and durable_settings.signing_key_fallbacks == (GOOD.encode(),)
+
+
+def test_one_backend_used_directly_for_instances_of_two_programs(uid):
+    """The core's direct use: each state is bound to its own row's program, also with one backend for both."""
+    from asgiref.sync import async_to_sync
+
+    from durable import PauseForEventException
+    from durable_django.backend import DjangoOrchestrationBackend
+
+    backend = DjangoOrchestrationBackend()
+    with pytest.raises(PauseForEventException):
+        async_to_sync(progs.two_events)(uid, orchestration_backend=backend, instance_id=uid + "-a")
+    with pytest.raises(PauseForEventException):
+        async_to_sync(progs.sleeper)(3600, orchestration_backend=backend, instance_id=uid + "-b")
+    backend.publish_event(uid + "-a", "first", "x")
+    backend.publish_event(uid + "-a", "second", "y")
+    assert async_to_sync(progs.two_events)(uid, orchestration_backend=backend, instance_id=uid + "-a") == ["x", "y"]
+    with pytest.raises(PauseForEventException):
+        async_to_sync(progs.sleeper)(3600, orchestration_backend=backend, instance_id=uid + "-b")
+    for iid in (uid + "-a", uid + "-b"):
+        row = reload(iid)
+        assert unsign(row.state, blob_context(iid, row.program, STATE))["program"] == row.program
