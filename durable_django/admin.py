@@ -36,10 +36,10 @@ from django.utils.html import format_html
 from durable import StateTamperedError
 
 from . import api, operations
-from .backend import STATE, blob_context, unsign
 from .exceptions import DurableDjangoError, InstanceFinished, UnknownInstance
 from .forms import EditLocalForm, PublishEventForm
 from .models import FINISHED, DurableEvent, DurableHistory, DurableInstance, Status
+from .signing import STATE, blob_context, unsign
 
 #: Human tasks (assignment and forms of waits) are enforced when their app is installed.
 HUMAN_TASKS = django_apps.is_installed("durable_django.humantasks")

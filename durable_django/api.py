@@ -23,10 +23,11 @@ from kombu.exceptions import KombuError
 from durable import CheckpointException, DurableProgram
 
 from . import programs, signals
-from .backend import ARGUMENTS, STATE, add_history, blob_context, cached_sql, hot_cursor, real_connection, sign, unsign
+from .backend import add_history, cached_sql, hot_cursor, real_connection
 from .conf import durable_settings
 from .exceptions import InstanceExists, InstanceFinished, InvalidPayload, UnknownInstance, UnknownProgram
 from .models import FINISHED, DurableEvent, DurableHistory, DurableInstance, HistoryKind, Status
+from .signing import ARGUMENTS, STATE, blob_context, sign, unsign
 
 log = logging.getLogger("durable_django")
 _EVENT_PAYLOAD = DurableEvent._meta.get_field("payload")

@@ -51,21 +51,17 @@ from durable import CheckpointException, CodeChangedError, InstanceCancelled, Pa
 
 from . import programs, signals
 from .backend import (
-    ARGUMENTS,
-    STATE,
     DjangoOrchestrationBackend,
     _hidden_loop_call,
-    blob_context,
     cached_sql,
     hot_cursor,
     real_connection,
     to_datetime,
-    unsign,
-    verified,
 )
 from .conf import durable_settings
 from .exceptions import LeaseLost, UnknownProgram
 from .models import RUNNABLE, DurableEvent, DurableHistory, DurableInstance, HistoryKind, Status
+from .signing import ARGUMENTS, STATE, blob_context, unsign, verified
 
 log = logging.getLogger("durable_django")
 

@@ -18,9 +18,9 @@ from django.utils import timezone
 from durable import Cell
 
 from . import signals
-from .backend import STATE, blob_context, sign, unsign
 from .exceptions import InstanceFinished, UnknownInstance
 from .models import DurableHistory, DurableInstance, HistoryKind, Status
+from .signing import STATE, blob_context, sign, unsign
 
 #: Statuses in which a frame's locals may be edited: nothing runs them now.
 EDITABLE = (Status.PAUSED, Status.SUSPENDED)

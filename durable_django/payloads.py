@@ -6,8 +6,8 @@ from typing import Any
 
 from durable import StateTamperedError
 
-from .backend import STATE, blob_context, unsign
 from .models import DurableInstance
+from .signing import STATE, blob_context, unsign
 
 
 def _iso(value) -> str | None:

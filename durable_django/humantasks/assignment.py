@@ -19,8 +19,8 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.utils.module_loading import import_string
 
-from ..backend import STATE, blob_context, unsign
 from ..models import DurableInstance, Status
+from ..signing import STATE, blob_context, unsign
 
 ASSIGNMENT_KEYS = ("user", "group", "permission")
 
