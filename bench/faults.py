@@ -537,10 +537,10 @@ class Suite:
             logs = [w.output() for w in self.workers]
             database = {"restarts": restarts, "server_stops": self.pg.stops if self.pg else 0,
                         "outage_s": self.cfg.db_outage_seconds,
-                        "task_retries": sum(t.count("] retry: Retry in") for t in logs),
-                        "runs_cut_mid_run": sum(t.count("connection was lost during a run") for t in logs),
-                        "failed_sweeps": sum(s.output().count("sweep failed, database unavailable")
-                                             for s in self.sweepers),
+                        "task_retries": sum(_log_count(t, "] retry: Retry in") for t in logs),
+                        "runs_cut_mid_run": sum(_log_count(t, "connection was lost during a run") for t in logs),
+                        "failed_sweeps": sum(_log_count(s.output(), "sweep failed, database unavailable",
+                                                                        prefixed=False) for s in self.sweepers),
                         "reconnect_s_max": max((v for r in restarts for v in
                                                 [*r["workers_reconnected_s"].values(), r["sweeper_reconnected_s"]]
                                                 if v is not None), default=None)}
@@ -573,6 +573,12 @@ class Suite:
                              "wrong_results": len(wrong_results)},
             "database": database,
         }
+
+
+def _log_count(text: str, needle: str, prefixed: bool = True) -> int:
+    """Lines of a worker's log with ``needle``; ``prefixed``: only Celery's formatted lines (a warning of the
+    app's logger appears twice: once from its own console handler, once through Celery's root handler)."""
+    return sum(needle in line and (not prefixed or line.startswith("[")) for line in text.splitlines())
 
 
 def _status_counts() -> dict[str, int]:
@@ -730,13 +736,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return results
     default_n, quick_n, stem = SCENARIOS[args.scenario]
     kills_plan = args.scenario == "kills"
+    kills = args.kills if args.kills is not None else (0 if not kills_plan else 3 if args.quick else 12)
     cfg = FaultConfig(instances=args.instances or (quick_n if args.quick else default_n), workers=args.workers,
-                      kills=args.kills if args.kills is not None else (0 if not kills_plan else 3 if args.quick else 12),
+                      kills=kills,
                       db=args.db, pg_name=args.pg_name, broker_restart=kills_plan and not args.no_broker_restart,
                       deadline=args.deadline or ((150.0 if args.quick else 900.0) if kills_plan else
                                                  (100.0 if args.quick else 400.0)),
                       seed=args.seed, drop_db=args.drop, workdir=args.workdir, quick=args.quick,
-                      scenario=args.scenario,
+                      scenario=args.scenario, lease=2.0 if args.scenario == "partition" else 3.0,
                       db_restarts=(args.db_restarts if args.db_restarts is not None else 1 if args.quick else 2)
                       if args.scenario == "db-restart" else 0,
                       cuts=(args.cuts if args.cuts is not None else 2 if args.quick else 4)
