@@ -206,3 +206,44 @@ def test_sweeper_loop_survives_a_broker_outage(uid, unread_queue):
     assert DurableInstance.objects.get(pk=uid).status == Status.PENDING
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stderr.count("wake-up not sent") == 2, out.stderr[-3000:]  # one per sweep, not one per instance
+
+
+def _terminate_session_of(conn) -> None:
+    """Have PostgreSQL end ``conn``'s session from another one (what a database restart does to it)."""
+    import psycopg
+
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        pid = cur.fetchone()[0]
+    params = conn.get_connection_params()
+    with psycopg.connect(**{k: v for k, v in params.items() if k in ("host", "port", "user", "password", "dbname")},
+                         autocommit=True) as other:
+        other.execute("SELECT pg_terminate_backend(%s)", [pid])
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("health_checks", [False, True])
+def test_a_task_after_a_database_restart_reconnects(uid, health_checks):
+    """A worker keeps its connection across tasks (CELERY_DB_REUSE_MAX); PostgreSQL ends the session while
+    the worker is idle. Without CONN_HEALTH_CHECKS the next task fails on the dead connection (Celery retries
+    it) and the retry runs on a new one; with CONN_HEALTH_CHECKS the task checks it first and just runs."""
+    from django.db import OperationalError, connections
+
+    from durable_django import tasks
+    from tests.django.testapp.models import SideEffect
+
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL only: the test has the server end the worker's session")
+    conn = connections["default"]  # the wrapper itself (the test process plays the worker)
+    dd.start(progs.effect_then_finish, uid, instance_id=uid)
+    conn.ensure_connection()
+    saved, conn.health_check_enabled = conn.health_check_enabled, health_checks
+    try:
+        _terminate_session_of(conn)
+        if not health_checks:
+            with pytest.raises(OperationalError):
+                tasks.run_instance(uid)
+        assert tasks.run_instance(uid) == Status.COMPLETED
+    finally:
+        conn.health_check_enabled = saved
+    assert SideEffect.objects.filter(key=uid).count() == 1
