@@ -247,3 +247,22 @@ def test_a_task_after_a_database_restart_reconnects(uid, health_checks):
     finally:
         conn.health_check_enabled = saved
     assert SideEffect.objects.filter(key=uid).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.timeout(120)
+def test_sweeper_loop_survives_an_unreachable_database(tmp_path, unread_queue):
+    """Found by the database-restart scenario: ``durable_resume --loop`` exited at the first sweep that
+    could not reach the database; it must report it and sweep again (the scenario checks the reconnection)."""
+    missing = (str(tmp_path / "no-such-dir" / "db.sqlite3") if connection.vendor == "sqlite"
+               else f"durable_missing_{uuid.uuid4().hex[:10]}")
+    env = {**broker_down_env(unread_queue), "DURABLE_TEST_DB_NAME": missing}
+    out = subprocess.run([sys.executable, "manage.py", "durable_resume", "--loop", "--interval", "0.2",
+                          "--iterations", "3"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=100)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stderr.count("sweep failed, database unavailable") == 3, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+    # Without --loop the command still fails (a one-off sweep that cannot run must say so).
+    once = subprocess.run([sys.executable, "manage.py", "durable_resume"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=100)
+    assert once.returncode != 0 and "OperationalError" in once.stderr
