@@ -422,7 +422,8 @@ class Suite:
         for _ in range(cfg.workers):
             self.start_worker()
         self.start_sweeper()
-        held = self.ids[len(self.ids) - max(1, len(self.ids) // 20):] if cfg.broker_restart else []
+        # The last 5 % are held back until the broker and database restarts are done: the run cannot end first.
+        held = self.ids[len(self.ids) - max(1, len(self.ids) // 20):] if cfg.broker_restart or cfg.db_restarts else []
         for iid in self.ids[:len(self.ids) - len(held)]:
             self.start_instance(iid)
         next_kill = time.monotonic() + self.rng.uniform(*cfg.kill_interval)
@@ -445,7 +446,7 @@ class Suite:
             if not restarted and completed >= total * 0.3 and self.counts.kills >= (cfg.kills + 1) // 2:
                 self.broker_outage(held)
                 restarted = True
-            if restarted and held:
+            if restarted and held and len(self.counts.db_restarts) >= cfg.db_restarts:
                 for iid in held:
                     self.start_instance(iid)
                 held = []
@@ -713,6 +714,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--workers", type=int, default=2, help="Celery worker processes (default 2)")
     ap.add_argument("--kills", type=int, default=None, help="worker SIGKILLs (default 12; quick 3)")
     ap.add_argument("--db-restarts", type=int, default=None, help="db-restart: stops and starts (default 2; quick 1)")
+    ap.add_argument("--db-outage", type=float, default=2.0, help="db-restart: seconds the server stays down")
     ap.add_argument("--cuts", type=int, default=None, help="partition: link cuts (default 4; quick 2)")
     ap.add_argument("--db", choices=("pg", "sqlite"), default="pg")
     ap.add_argument("--pg-name", default="durable_faults", help="PostgreSQL database (dropped and created)")
@@ -745,7 +747,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                       seed=args.seed, drop_db=args.drop, workdir=args.workdir, quick=args.quick,
                       scenario=args.scenario, lease=2.0 if args.scenario == "partition" else 3.0,
                       db_restarts=(args.db_restarts if args.db_restarts is not None else 1 if args.quick else 2)
-                      if args.scenario == "db-restart" else 0,
+                      if args.scenario == "db-restart" else 0, db_outage_seconds=args.db_outage,
                       cuts=(args.cuts if args.cuts is not None else 2 if args.quick else 4)
                       if args.scenario == "partition" else 0)
     res = run_suite(cfg)

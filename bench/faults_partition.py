@@ -112,9 +112,11 @@ class Partition:
         rescuer.proc.wait(timeout=30)
         suite.workers.remove(rescuer)
         self.retired.append(rescuer)
+        t_after = time.monotonic()
         dd.start(partition_process, after, 0.0, instance_id=after)
         _wait(lambda: _completed(after), 90, f"the victim to run {after} after the link came back")
         info["victim_ran_next_instance_after_restore_s"] = round(time.monotonic() - t_restore, 2)
+        info["next_instance_start_to_completion_s"] = round(time.monotonic() - t_after, 2)
         info["next_instance_ran_by_victim"] = WakeUp.objects.filter(
             instance_id=after, worker__startswith=f"{victim.name}@", outcome="completed").exists()
 
@@ -232,7 +234,8 @@ def format_table(res: dict[str, Any]) -> str:
             f"{r.get('completed_by_rescuer_after_cut_s')} s "
             f"after the cut; link down {r.get('cut_s')} s; "
             + (f"late checkpoint refused {refused} s after the restore; " if refused is not None else "")
-            + f"victim ran the next instance {r.get('victim_ran_next_instance_after_restore_s')} s after it")
+            + f"victim ran the next instance {r.get('victim_ran_next_instance_after_restore_s')} s after it "
+            f"(the rescuer stopped first; start to completion {r.get('next_instance_start_to_completion_s')} s)")
     lines += [
         f"  victim            {v['late_checkpoints_refused_lease_lost']} late checkpoints refused (LeaseLost), "
         f"{v['runs_cut_mid_run']} runs cut mid-run, {v['task_retries']} task retries, {v['heartbeats_failed']} "
