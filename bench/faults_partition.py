@@ -117,8 +117,9 @@ class Partition:
         _wait(lambda: _completed(after), 90, f"the victim to run {after} after the link came back")
         info["victim_ran_next_instance_after_restore_s"] = round(time.monotonic() - t_restore, 2)
         info["next_instance_start_to_completion_s"] = round(time.monotonic() - t_after, 2)
-        info["next_instance_ran_by_victim"] = WakeUp.objects.filter(
-            instance_id=after, worker__startswith=f"{victim.name}@", outcome="completed").exists()
+        # The completion's history row is written by the completing checkpoint itself, under its worker id.
+        info["next_instance_ran_by_victim"] = DurableHistory.objects.filter(
+            instance_id=after, kind="completed", actor__startswith=f"{victim.name}@").exists()
 
     def check(self, wall: float) -> dict[str, Any]:
         from django.db.models import Count
