@@ -136,6 +136,8 @@ class PrivatePostgres:
         try:
             if self.running():
                 self.stop("immediate")
+        except (RuntimeError, subprocess.SubprocessError):  # already gone: only the folder is left to remove
+            pass
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
 

@@ -63,6 +63,7 @@ class TcpProxy:
         self._wake_r.setblocking(False)
         self._sel = selectors.DefaultSelector()
         self._stop = False
+        self._pending: tuple[str, threading.Event] | None = None
         self._thread = threading.Thread(target=self._serve, name="tcp-proxy", daemon=True)
 
     def start(self) -> TcpProxy:
@@ -93,7 +94,6 @@ class TcpProxy:
 
     # -- the loop (proxy thread) -------------------------------------------------
     def _serve(self) -> None:
-        self._pending: tuple[str, threading.Event] | None = None
         self._sel.register(self.listener, selectors.EVENT_READ, "listen")
         self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
         try:
