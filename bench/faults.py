@@ -2,6 +2,11 @@
 
 ``python -m bench faults [--instances 500] [--workers 2] [--kills N] [--quick] [--db pg|sqlite]``
 
+``--scenario db-restart`` runs the same plan without kills or broker restart on a private PostgreSQL server
+(:mod:`bench.private_postgres`) that it stops and starts ``--db-restarts`` times while the instances run
+(:meth:`Suite.db_outage`); ``--scenario partition`` cuts one worker's database link mid-step
+(:mod:`bench.faults_partition`); ``--scenario all`` runs the three in turn.
+
 The suite starts a private ``redis-server`` on a free port as the broker
 (never the shared one), creates its own database (PostgreSQL
 ``durable_faults``, or a SQLite file), migrates it, and starts N instances of
