@@ -2,6 +2,11 @@
 
 ``python -m bench faults [--instances 500] [--workers 2] [--kills N] [--quick] [--db pg|sqlite]``
 
+``--scenario db-restart`` runs the same plan without kills or broker restart on a private PostgreSQL server
+(:mod:`bench.private_postgres`) that it stops and starts ``--db-restarts`` times while the instances run
+(:meth:`Suite.db_outage`); ``--scenario partition`` cuts one worker's database link mid-step
+(:mod:`bench.faults_partition`); ``--scenario all`` runs the three in turn.
+
 The suite starts a private ``redis-server`` on a free port as the broker
 (never the shared one), creates its own database (PostgreSQL
 ``durable_faults``, or a SQLite file), migrates it, and starts N instances of
@@ -50,6 +55,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .private_postgres import PrivatePostgres
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "faults.json"
 SETTINGS = "bench.faults_settings"
@@ -75,6 +82,14 @@ class FaultConfig:
     drop_db: bool = False
     workdir: Path | None = None
     quick: bool = False
+    #: "kills" (the default plan above), "db-restart" (a private PostgreSQL server stopped and started
+    #: ``db_restarts`` times while the instances run) or "partition" (bench/faults_partition.py)
+    scenario: str = "kills"
+    db_restarts: int = 0
+    db_outage_seconds: float = 2.0
+    #: partition scenario: how many times the worker behind the proxy is cut off, and its long step
+    cuts: int = 0
+    long_step_seconds: float = 2.0
 
 
 class PrivateRedis:
@@ -161,6 +176,7 @@ class Counts:
     caller_errors_while_broker_down: list[str] = field(default_factory=list)
     kill_times_s: list[float] = field(default_factory=list)
     broker_restart_at_s: float | None = None
+    db_restarts: list[dict] = field(default_factory=list)
 
 
 def _create_database(cfg: FaultConfig, sqlite_path: Path) -> None:
@@ -192,8 +208,8 @@ def _setup_django() -> None:
 class Suite:
     """One run: the processes it owns, the plan drawn from the seed, and what it counted."""
 
-    def __init__(self, cfg: FaultConfig, workdir: Path, redis: PrivateRedis) -> None:
-        self.cfg, self.workdir, self.redis = cfg, workdir, redis
+    def __init__(self, cfg: FaultConfig, workdir: Path, redis: PrivateRedis, pg: PrivatePostgres | None = None) -> None:
+        self.cfg, self.workdir, self.redis, self.pg = cfg, workdir, redis, pg
         self.rng = random.Random(cfg.seed)
         self.counts = Counts()
         self.queue = f"durable-faults-{uuid.uuid4().hex[:8]}"
@@ -217,7 +233,8 @@ class Suite:
     def elapsed(self) -> float:
         return time.monotonic() - self.t0
 
-    def start_worker(self) -> Child:
+    def start_worker(self, extra_env: dict[str, str] | None = None) -> Child:
+        """A Celery worker process; ``extra_env`` overrides its settings (e.g. its database port)."""
         self.counts.worker_starts += 1
         name = f"faults{self.counts.worker_starts}"
         log = self.workdir / f"{name}.log"
@@ -225,18 +242,23 @@ class Suite:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "celery", "-A", "example_project", "worker", "--pool=solo", "--without-gossip",
                  "--without-mingle", "--without-heartbeat", "--loglevel=INFO", "-Q", self.queue, "-n", f"{name}@%h"],
-                cwd=ROOT, env=self.env, stdout=fh, stderr=subprocess.STDOUT)
+                cwd=ROOT, env={**self.env, **(extra_env or {})}, stdout=fh, stderr=subprocess.STDOUT)
         child = Child(name, proc, log)
         self.workers.append(child)
         return child
 
-    def start_sweeper(self) -> None:
+    def start_sweeper(self, interval: float = 1.0) -> Child:
         self.counts.sweeper_starts += 1
         log = self.workdir / f"sweeper{self.counts.sweeper_starts}.log"
         with open(log, "wb") as fh:
-            proc = subprocess.Popen([sys.executable, "manage.py", "durable_resume", "--loop", "--interval", "1"],
-                                    cwd=ROOT, env=self.env, stdout=fh, stderr=subprocess.STDOUT)
-        self.sweepers.append(Child("sweeper", proc, log))
+            proc = subprocess.Popen([sys.executable, "manage.py", "durable_resume", "--loop", "--interval",
+                                     str(interval)], cwd=ROOT, env=self.env, stdout=fh, stderr=subprocess.STDOUT)
+        child = Child("sweeper", proc, log)
+        self.sweepers.append(child)
+        return child
+
+    def sweeps_logged(self) -> int:
+        return sum(s.output().count("instance(s) scheduled.") for s in self.sweepers)
 
     def ready_workers(self) -> list[Child]:
         for w in self.workers:
@@ -346,6 +368,57 @@ class Suite:
         self.redis.start()
         self.counts.broker_restarts += 1
 
+    def db_outage(self) -> None:
+        """Stop the private PostgreSQL server (every session is cut), keep it down, start it again.
+
+        Nobody is restarted: the workers and the sweeper must reconnect by themselves. Odd restarts stop
+        it in ``fast`` mode (sessions terminated, clean shutdown), even ones in ``immediate`` mode (a crash:
+        crash recovery at the start). :meth:`watch_reconnect` then times each one's reconnection.
+        """
+        from django.db import connections
+
+        from bench.faultapp.models import WakeUp
+
+        assert self.pg is not None
+        completed = _status_counts().get("completed", 0)
+        mark = WakeUp.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
+        connections.close_all()
+        mode = "fast" if len(self.counts.db_restarts) % 2 == 0 else "immediate"
+        at = self.elapsed()
+        self.pg.stop(mode)
+        down_until = time.monotonic() + self.cfg.db_outage_seconds
+        while time.monotonic() < down_until:
+            self.tend()
+            time.sleep(0.05)
+        self.pg.start()
+        self.counts.db_restarts.append({
+            "mode": mode, "at_s": round(at, 2), "down_s": round(self.elapsed() - at, 2),
+            "completed_before": completed, "_up": time.monotonic(), "_wakeup_mark": mark,
+            "_sweeps": self.sweeps_logged(), "workers_reconnected_s": {}, "sweeper_reconnected_s": None,
+            "first_completion_after_s": None})
+
+    def watch_reconnect(self) -> None:
+        """Time, after the last restart, each worker's first finished wake-up, the sweeper's first sweep and
+        the first instance completed (each within the 0.2 s polling interval)."""
+        from django.db.models import Max
+
+        from bench.faultapp.models import WakeUp
+
+        if not self.counts.db_restarts:
+            return
+        r = self.counts.db_restarts[-1]
+        since = round(time.monotonic() - r["_up"], 2)
+        done = {w["worker"]: w["pk"] for w in WakeUp.objects.filter(pk__gt=r["_wakeup_mark"])
+                .exclude(outcome__in=("OperationalError", "InterfaceError", "Retry"))
+                .values("worker").annotate(pk=Max("pk"))}
+        for w in self.workers:
+            if w.name not in r["workers_reconnected_s"] and any(k.startswith(f"{w.name}@") for k in done):
+                r["workers_reconnected_s"][w.name] = since
+        if r["sweeper_reconnected_s"] is None and self.sweeps_logged() > r["_sweeps"]:
+            r["sweeper_reconnected_s"] = since
+        if r["first_completion_after_s"] is None and _status_counts().get("completed", 0) > r["completed_before"]:
+            r["first_completion_after_s"] = since
+
     # -- the run -------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         from durable_django.models import Status
@@ -354,7 +427,8 @@ class Suite:
         for _ in range(cfg.workers):
             self.start_worker()
         self.start_sweeper()
-        held = self.ids[len(self.ids) - max(1, len(self.ids) // 20):] if cfg.broker_restart else []
+        # The last 5 % are held back until the broker and database restarts are done: the run cannot end first.
+        held = self.ids[len(self.ids) - max(1, len(self.ids) // 20):] if cfg.broker_restart or cfg.db_restarts else []
         for iid in self.ids[:len(self.ids) - len(held)]:
             self.start_instance(iid)
         next_kill = time.monotonic() + self.rng.uniform(*cfg.kill_interval)
@@ -363,6 +437,7 @@ class Suite:
         total = len(self.ids)
         completed = 0
         while time.monotonic() < deadline:
+            self.watch_reconnect()
             statuses = _status_counts()
             completed = statuses.get(Status.COMPLETED, 0)
             if completed == total:
@@ -376,10 +451,15 @@ class Suite:
             if not restarted and completed >= total * 0.3 and self.counts.kills >= (cfg.kills + 1) // 2:
                 self.broker_outage(held)
                 restarted = True
-            if restarted and held:
+            if restarted and held and len(self.counts.db_restarts) >= cfg.db_restarts:
                 for iid in held:
                     self.start_instance(iid)
                 held = []
+            # Database restarts spread evenly: at 1/(n+1), 2/(n+1)... of the instances completed.
+            n_db = len(self.counts.db_restarts)
+            if n_db < cfg.db_restarts and completed >= total * (n_db + 1) / (cfg.db_restarts + 1):
+                self.db_outage()
+                continue
             if self.counts.kills < cfg.kills and time.monotonic() >= next_kill:
                 self.kill_one()
                 next_kill = time.monotonic() + self.rng.uniform(*cfg.kill_interval)
@@ -446,6 +526,30 @@ class Suite:
                     scheduled += int(line.split()[0])
         wakeups = {r["outcome"]: r["n"] for r in WakeUp.objects.values("outcome").annotate(n=Count("pk"))}
         c = self.counts
+        database = None
+        if cfg_restarts := self.cfg.db_restarts:
+            restarts = [{k: v for k, v in r.items() if not k.startswith("_")} for r in c.db_restarts]
+            if len(restarts) != cfg_restarts:
+                problems.append(f"{len(restarts)} of {cfg_restarts} database restarts happened")
+            # Nobody may need a restart to get over a database restart.
+            if c.unexpected_worker_exits or c.worker_starts != self.cfg.workers or c.sweeper_starts != 1:
+                problems.append(f"processes restarted: {c.unexpected_worker_exits} worker exits, "
+                                f"{c.worker_starts} worker starts, {c.sweeper_starts} sweeper starts")
+            for r in restarts:
+                missing = sorted({w.name for w in self.workers} - set(r["workers_reconnected_s"]))
+                if missing or r["sweeper_reconnected_s"] is None:
+                    problems.append(f"after the restart at {r['at_s']} s, not reconnected: workers {missing}, "
+                                    f"sweeper {'no' if r['sweeper_reconnected_s'] is None else 'yes'}")
+            logs = [w.output() for w in self.workers]
+            database = {"restarts": restarts, "server_stops": self.pg.stops if self.pg else 0,
+                        "outage_s": self.cfg.db_outage_seconds,
+                        "task_retries": sum(_log_count(t, "] retry: Retry in") for t in logs),
+                        "runs_cut_mid_run": sum(_log_count(t, "connection was lost during a run") for t in logs),
+                        "failed_sweeps": sum(_log_count(s.output(), "sweep failed, database unavailable",
+                                                                        prefixed=False) for s in self.sweepers),
+                        "reconnect_s_max": max((v for r in restarts for v in
+                                                [*r["workers_reconnected_s"].values(), r["sweeper_reconnected_s"]]
+                                                if v is not None), default=None)}
         return {
             "ok": not problems,
             "problems": problems,
@@ -470,9 +574,17 @@ class Suite:
                        "duplicates_sent": c.duplicates_sent, "duplicates_rejected": c.duplicates_rejected,
                        "rows": event_rows, "unconsumed": unconsumed},
             "side_effects": {"rows": Effect.objects.count(), "expected": len(self.ids) * len(AMOUNTS),
-                             "repeated": len(repeated), "missing": len(missing), "accounts": accounts,
-                             "wrong_balances": len(wrong_balance), "wrong_results": len(wrong_results)},
+                             "per_instance": len(AMOUNTS), "repeated": len(repeated), "missing": len(missing),
+                             "accounts": accounts, "wrong_balances": len(wrong_balance),
+                             "wrong_results": len(wrong_results)},
+            "database": database,
         }
+
+
+def _log_count(text: str, needle: str, prefixed: bool = True) -> int:
+    """Lines of a worker's log with ``needle``; ``prefixed``: only Celery's formatted lines (a warning of the
+    app's logger appears twice: once from its own console handler, once through Celery's root handler)."""
+    return sum(needle in line and (not prefixed or line.startswith("[")) for line in text.splitlines())
 
 
 def _status_counts() -> dict[str, int]:
@@ -485,33 +597,54 @@ def _status_counts() -> dict[str, int]:
 
 def run_suite(cfg: FaultConfig) -> dict[str, Any]:
     """Run the fault-injection suite once and return its counts and verdict (``ok``, ``problems``)."""
+    if cfg.scenario == "partition":
+        from .faults_partition import run_partition
+
+        return run_partition(cfg)
     workdir = Path(cfg.workdir or tempfile.mkdtemp(prefix="durable-faults-"))
     workdir.mkdir(parents=True, exist_ok=True)
     redis = PrivateRedis(workdir)
+    pg = None
+    if cfg.db_restarts:  # a server of our own to restart, never the shared one
+        if cfg.db != "pg":
+            raise ValueError("database restarts need --db pg")
+        pg = PrivatePostgres()
+        pg.start()
+        pg.admin(f'CREATE DATABASE "{cfg.pg_name}"')
+        os.environ["DURABLE_FAULTS_PG_PORT"] = str(pg.port)
+    try:
+        res = _run_suite(cfg, workdir, redis, pg)
+    finally:
+        if pg is not None:
+            pg.cleanup()
+    res["meta"] = _meta(cfg, redis, workdir)
+    return res
+
+
+def _run_suite(cfg: FaultConfig, workdir: Path, redis: PrivateRedis, pg: PrivatePostgres | None) -> dict[str, Any]:
     sqlite_path = workdir / "faults.sqlite3"
     os.environ.update(DURABLE_FAULTS_DB=cfg.db, DURABLE_FAULTS_PG_NAME=cfg.pg_name,
                       DURABLE_FAULTS_SQLITE=str(sqlite_path), DURABLE_FAULTS_BROKER=redis.url,
                       DURABLE_FAULTS_LEASE=str(cfg.lease), DURABLE_FAULTS_VISIBILITY=str(cfg.visibility),
                       DURABLE_FAULTS_STEP_MS=str(cfg.step_ms))
-    _create_database(cfg, sqlite_path)
+    if pg is None:
+        _create_database(cfg, sqlite_path)
     _setup_django()
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0, interactive=False)
     redis.start()
-    suite = Suite(cfg, workdir, redis)
+    suite = Suite(cfg, workdir, redis, pg)
     try:
-        res = suite.run()
+        return suite.run()
     finally:
         suite.stop_all()
         redis.stop()
         from django.db import connections
 
         connections.close_all()
-        if cfg.drop_db and cfg.db == "pg":
+        if cfg.drop_db and cfg.db == "pg" and pg is None:
             _pg_admin(f'DROP DATABASE IF EXISTS "{cfg.pg_name}" WITH (FORCE)')
-    res["meta"] = _meta(cfg, redis, workdir)
-    return res
 
 
 def _meta(cfg: FaultConfig, redis: PrivateRedis, workdir: Path) -> dict[str, Any]:
@@ -556,16 +689,38 @@ def format_table(res: dict[str, Any]) -> str:
         f"{s['missing']} missing, {s['wrong_balances']} wrong balances, {s['wrong_results']} wrong results",
         f"  verdict           {'OK' if res['ok'] else 'FAILED'}",
     ]
+    if res.get("database"):
+        d = res["database"]
+        for r in d["restarts"]:
+            workers = ", ".join(f"{k} {v} s" for k, v in sorted(r["workers_reconnected_s"].items()))
+            lines.insert(-1, f"  database restart  {r['mode']} stop at {r['at_s']} s ({r['completed_before']} "
+                             f"completed), down {r['down_s']} s; reconnected after: {workers}, sweeper "
+                             f"{r['sweeper_reconnected_s']} s; first completion {r['first_completion_after_s']} s")
+        lines.insert(-1, f"  during outages    {d['task_retries']} task retries (Celery autoretry), "
+                         f"{d['runs_cut_mid_run']} runs cut mid-run, {d['failed_sweeps']} failed sweeps")
     lines += [f"    - {p}" for p in res["problems"]]
     return "\n".join(lines)
 
 
+#: ``--scenario``: (default instances, quick instances, output file stem)
+SCENARIOS = {"kills": (500, 60, "faults"), "db-restart": (200, 40, "faults-db-restart"),
+             "partition": (0, 0, "faults-partition")}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(prog="python -m bench faults", description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="CI size: 60 instances, 3 kills, 150 s deadline")
+    ap.add_argument("--scenario", choices=(*SCENARIOS, "all"), default="kills",
+                    help="kills: SIGKILLed workers and a broker restart (default); db-restart: a private "
+                         "PostgreSQL server stopped and started while 200 instances run; partition: one worker's "
+                         "database link cut mid-step (bench/faults_partition.py); all: the three in turn")
+    ap.add_argument("--quick", action="store_true", help="CI size: 60 instances, 3 kills, 150 s deadline "
+                    "(db-restart: 40 instances, 1 restart; partition: 2 cuts)")
     ap.add_argument("--instances", type=int, default=None, help="instances to run (default 500; quick 60)")
     ap.add_argument("--workers", type=int, default=2, help="Celery worker processes (default 2)")
     ap.add_argument("--kills", type=int, default=None, help="worker SIGKILLs (default 12; quick 3)")
+    ap.add_argument("--db-restarts", type=int, default=None, help="db-restart: stops and starts (default 2; quick 1)")
+    ap.add_argument("--db-outage", type=float, default=2.0, help="db-restart: seconds the server stays down")
+    ap.add_argument("--cuts", type=int, default=None, help="partition: link cuts (default 4; quick 2)")
     ap.add_argument("--db", choices=("pg", "sqlite"), default="pg")
     ap.add_argument("--pg-name", default="durable_faults", help="PostgreSQL database (dropped and created)")
     ap.add_argument("--drop", action="store_true", help="drop the PostgreSQL database afterwards")
@@ -575,14 +730,39 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--workdir", type=Path, default=None, help="logs and the SQLite file (default: a temp dir)")
     ap.add_argument("--out", type=Path, default=None, help=f"JSON output (default {DEFAULT_OUT})")
     args = ap.parse_args(argv)
-    cfg = FaultConfig(instances=args.instances or (60 if args.quick else 500), workers=args.workers,
-                      kills=args.kills if args.kills is not None else (3 if args.quick else 12), db=args.db,
-                      pg_name=args.pg_name, broker_restart=not args.no_broker_restart,
-                      deadline=args.deadline or (150.0 if args.quick else 900.0), seed=args.seed,
-                      drop_db=args.drop, workdir=args.workdir, quick=args.quick)
+    if args.scenario == "all":
+        if args.out is not None:
+            ap.error("--out names one file: run the scenarios one by one")
+        results = {}
+        for name in SCENARIOS:  # each in a process of its own: Django is configured once per process
+            rest = [a for a in (argv if argv is not None else sys.argv[2:]) if a not in ("--scenario", "all")]
+            proc = subprocess.run([sys.executable, "-m", "bench", "faults", "--scenario", name, *rest], cwd=ROOT)
+            results[name] = proc.returncode
+        if any(results.values()):
+            raise SystemExit(1)
+        return results
+    default_n, quick_n, stem = SCENARIOS[args.scenario]
+    kills_plan = args.scenario == "kills"
+    kills = args.kills if args.kills is not None else (0 if not kills_plan else 3 if args.quick else 12)
+    cfg = FaultConfig(instances=args.instances or (quick_n if args.quick else default_n), workers=args.workers,
+                      kills=kills,
+                      db=args.db, pg_name=args.pg_name, broker_restart=kills_plan and not args.no_broker_restart,
+                      deadline=args.deadline or ((150.0 if args.quick else 900.0) if kills_plan else
+                                                 (100.0 if args.quick else 400.0)),
+                      seed=args.seed, drop_db=args.drop, workdir=args.workdir, quick=args.quick,
+                      scenario=args.scenario, lease=2.0 if args.scenario == "partition" else 3.0,
+                      db_restarts=(args.db_restarts if args.db_restarts is not None else 1 if args.quick else 2)
+                      if args.scenario == "db-restart" else 0, db_outage_seconds=args.db_outage,
+                      cuts=(args.cuts if args.cuts is not None else 2 if args.quick else 4)
+                      if args.scenario == "partition" else 0)
     res = run_suite(cfg)
-    print(format_table(res))
-    out = args.out or (DEFAULT_OUT.with_name("faults-quick.json") if args.quick else DEFAULT_OUT)
+    if args.scenario == "partition":
+        from .faults_partition import format_table as partition_table
+
+        print(partition_table(res))
+    else:
+        print(format_table(res))
+    out = args.out or DEFAULT_OUT.with_name(f"{stem}-quick.json" if args.quick else f"{stem}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2, default=str) + "\n")
     print(f"\nwrote {out}")

@@ -10,7 +10,14 @@ itself and for every process it starts:
   restarts that one, never a shared server);
 * ``DURABLE_FAULTS_LEASE``, ``DURABLE_FAULTS_VISIBILITY``: lease seconds and
   the Redis visibility timeout, after which a killed worker's unacknowledged
-  messages are delivered again.
+  messages are delivered again;
+* ``DURABLE_FAULTS_PG_PORT``: the PostgreSQL port (default 5432; the
+  database-restart and partition scenarios point it at their private server,
+  or at the TCP proxy in front of it for the worker they cut off).
+
+The PostgreSQL connection options are the ones the README recommends for
+workers that must survive database restarts and partitions (a connect
+timeout, TCP keepalives, ``tcp_user_timeout``), with short test values.
 """
 
 from __future__ import annotations
@@ -35,7 +42,11 @@ if os.environ.get("DURABLE_FAULTS_DB", "pg") == "sqlite":
                              "OPTIONS": dict(SQLITE_OPTIONS)}}
 else:
     DATABASES = {"default": {"ENGINE": "django.db.backends.postgresql", "USER": "postgres", "HOST": "127.0.0.1",
-                             "PORT": "5432", "NAME": os.environ.get("DURABLE_FAULTS_PG_NAME", "durable_faults")}}
+                             "PORT": os.environ.get("DURABLE_FAULTS_PG_PORT", "5432"),
+                             "NAME": os.environ.get("DURABLE_FAULTS_PG_NAME", "durable_faults"),
+                             "OPTIONS": {"connect_timeout": 2, "keepalives": 1, "keepalives_idle": 5,
+                                         "keepalives_interval": 2, "keepalives_count": 3,
+                                         "tcp_user_timeout": 10000}}}
 
 CELERY_BROKER_URL = os.environ["CELERY_BROKER_URL"]
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": float(os.environ.get("DURABLE_FAULTS_VISIBILITY", "10")),

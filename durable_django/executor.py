@@ -444,15 +444,10 @@ def _run_claimed(row: _Claimed, worker_id: str) -> tuple[str, dict | None]:
             outcome, error = "error", exc
     finally:
         _local.run = None
-        if manage:
-            if connection.connection is not None:
-                try:
-                    connection.rollback()  # anything after the last checkpoint: not committed, not kept
-                except Exception:  # the connection is gone; the database rolled back for us
-                    log.debug("rollback failed", exc_info=True)
-            transaction.set_autocommit(True)
-        if heartbeat is not None:
+        if heartbeat is not None:  # first: nothing below may leave a lease that the heartbeat keeps alive
             heartbeat.remove(instance_id, worker_id)
+        if manage:
+            _end_manual_transaction()
 
     if error is not None:
         if isinstance(error, CodeChangedError | StateTamperedError | CheckpointException | UnknownProgram):
@@ -475,6 +470,26 @@ def _run_claimed(row: _Claimed, worker_id: str) -> tuple[str, dict | None]:
             log.exception("after-commit callback of durable instance %s failed", instance_id)
     paused_here = outcome == Status.PAUSED and backend.saves and backend.last_status == Status.PAUSED
     return outcome, (backend.last_wait if paused_here else None)
+
+
+def _end_manual_transaction() -> None:
+    """Roll back what the last checkpoint did not commit and give the connection back in autocommit.
+
+    On a connection that died during the run (database restarted, network cut) neither works: it is closed
+    instead, so that the worker's next statement (the lease release, the next task) opens a new one in
+    autocommit rather than failing again on the dead one. The database rolled the transaction back.
+    """
+    try:
+        if connection.connection is not None:
+            connection.rollback()  # anything after the last checkpoint: not committed, not kept
+        transaction.set_autocommit(True)
+    except Exception:
+        log.warning("the database connection was lost during a run; it is replaced", exc_info=True)
+        try:
+            connection.close()
+        except Exception:  # noqa: BLE001 - closing a dead connection; it is dropped either way
+            log.debug("closing the dead connection failed", exc_info=True)
+        connection.connection = None
 
 
 class _InlineExecutor(concurrent.futures.Executor):

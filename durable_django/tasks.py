@@ -39,6 +39,7 @@ def run_instances(self, instance_ids: list[str]) -> dict[str, str]:
 @shared_task(name="durable_django.sweep", ignore_result=True)
 def sweep() -> int:
     """Periodic: wake due timers, abandoned runs and instances with a pending event."""
+    _drop_broken_connections()  # else, with CELERY_DB_REUSE_MAX, every sweep after a database restart fails
     return len(executor.sweep())
 
 
@@ -47,7 +48,10 @@ def _drop_broken_connections() -> None:
 
     With ``CELERY_DB_REUSE_MAX`` Celery keeps the worker's connections across
     tasks; one that failed (database restarted, network cut) would otherwise
-    fail every retry. Costs nothing unless an error occurred on it.
+    fail every retry. Costs nothing unless an error occurred on it. As between
+    requests, ``CONN_HEALTH_CHECKS`` makes the task's first query check the
+    connection first (one ``SELECT 1`` per task), so that the first task after
+    a database restart does not fail on the dead connection and wait for its retry.
     """
     for conn in connections.all(initialized_only=True):
         if conn.connection is not None and (
@@ -56,6 +60,7 @@ def _drop_broken_connections() -> None:
             conn.close()
         elif conn.connection is not None:
             conn.errors_occurred = False
+            conn.health_check_done = False
 
 
 # Kept importable from settings modules (no models): see durable_django.conf.

@@ -1,6 +1,8 @@
 """The process of the fault-injection suite (autodiscovered by durable_django, imported by the workers).
 
-Four exactly-once db_step side effects, an event wait and a durable timer. Each
+Four exactly-once db_step side effects, an event wait and a durable timer
+(``fault_process``); and ``partition_process``, whose middle step is long, for
+the partition scenario (bench/faults_partition.py). Each
 step writes an ``Effect`` row and adds to the instance's ``Account`` balance
 with an UPDATE, so a step that ran twice (or a write that survived a killed
 run) shows up as an extra row or a wrong balance. Each step also sleeps
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 from django.db.models import F
 
@@ -56,3 +59,26 @@ async def fault_process(key: str, nap: float):
     await durable.sleep(nap)
     seen.append(await record(key, "ship"))
     return {"seen": seen, "payload": payload}
+
+
+@db_step
+def long_record(key: str, seconds: float) -> int:
+    """A long step: its ``Effect`` row, then ``seconds`` of work with its transaction open.
+
+    It tells the suite it has started (and in which process) by creating a file in
+    ``DURABLE_FAULTS_MARKERS``, so that the suite cuts the worker off while it is inside the step.
+    """
+    Effect.objects.create(key=key, label="long")
+    markers = os.environ.get("DURABLE_FAULTS_MARKERS")
+    if markers and seconds > 0:
+        Path(markers, f"{key}.{os.getpid()}.{time.time_ns()}").touch()
+    time.sleep(seconds)
+    return Effect.objects.filter(key=key).count()
+
+
+@make_durable
+async def partition_process(key: str, seconds: float):
+    seen = [await open_account(key)]
+    seen.append(await long_record(key, seconds))
+    seen.append(await record(key, "ship"))
+    return {"seen": seen}

@@ -7,6 +7,7 @@ import threading
 import time
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db import DatabaseError, InterfaceError, OperationalError, connections
 
 from durable_django import executor
 from durable_django.api import resume, send_task
@@ -37,11 +38,24 @@ class Command(BaseCommand):
                 signal.signal(sig, lambda *_: stop.set())
         done = 0
         while True:
-            ids = executor.sweep(dry_run=opts["dry_run"], inline=opts["sync"], limit=opts["limit"])
-            verb = "would resume" if opts["dry_run"] else ("ran" if opts["sync"] else "scheduled")
-            for iid in ids if opts["dry_run"] or opts["verbosity"] > 1 else ():
-                self.stdout.write(iid)
-            self.stdout.write(self.style.SUCCESS(f"{len(ids)} instance(s) {verb}."))
+            try:
+                ids = executor.sweep(dry_run=opts["dry_run"], inline=opts["sync"], limit=opts["limit"])
+            except (OperationalError, InterfaceError) as exc:
+                if not opts["loop"]:
+                    raise
+                # The database restarted or is unreachable: the scheduler outlives it and sweeps again
+                # on a new connection once it is back.
+                self.stderr.write(f"sweep failed, database unavailable ({type(exc).__name__}: "
+                                  f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); retrying")
+                try:
+                    connections.close_all()
+                except DatabaseError:  # a dead connection is dropped either way
+                    pass
+            else:
+                verb = "would resume" if opts["dry_run"] else ("ran" if opts["sync"] else "scheduled")
+                for iid in ids if opts["dry_run"] or opts["verbosity"] > 1 else ():
+                    self.stdout.write(iid)
+                self.stdout.write(self.style.SUCCESS(f"{len(ids)} instance(s) {verb}."))
             done += 1
             if not opts["loop"] or (opts["iterations"] and done >= opts["iterations"]):
                 return

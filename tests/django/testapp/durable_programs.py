@@ -303,3 +303,28 @@ class Tripwire:
 
     def __reduce__(self):
         return (_tripped, (self.path,))
+
+
+#: instance ids whose session ``kill_own_session_once`` already terminated (once per process)
+_SESSIONS_KILLED: set[str] = set()
+
+
+@db_step
+def kill_own_session_once(key: str) -> int:
+    """Writes a row, then, the first time in this process, has PostgreSQL terminate its own session
+    (what a database restart does to a worker mid-step): the statement fails with an OperationalError."""
+    from django.db import connection
+
+    SideEffect.objects.create(key=key, note="connection")
+    if key not in _SESSIONS_KILLED:
+        _SESSIONS_KILLED.add(key)
+        with connection.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+    return SideEffect.objects.filter(key=key).count()
+
+
+@make_durable
+async def connection_lost_mid_step(key: str):
+    first = await write_effect(key)
+    second = await kill_own_session_once(key)
+    return [first, second]
