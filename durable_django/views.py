@@ -59,7 +59,8 @@ def publish_for_user(user, instance_id: str, event: str, payload: Any = None,
     try:
         limits.check_instance_id(instance_id)
         limits.check_event_name(event)
-    except InvalidInput as exc:
+        limits.check_payload(payload)  # before the permission and form checks: bad input is a 400 for anyone
+    except (InvalidInput, InvalidPayload) as exc:
         return 400, {"error": str(exc)}
     try:
         ev = answer(user, instance_id, event, payload, idempotency_key=idempotency_key)
