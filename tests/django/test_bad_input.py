@@ -473,3 +473,24 @@ def test_system_check_refuses_bad_limits(settings, name, value):
 def test_system_check_accepts_the_defaults_and_sane_values(settings):
     settings.DURABLE = {**settings.DURABLE, "MAX_PAYLOAD_BYTES": 10_000, "MAX_INSTANCE_ID_LENGTH": 200}
     assert [e for e in check_settings() if e.id == "durable_django.E020"] == []
+
+
+def test_status_websocket_refuses_an_instance_id_with_nul(inline):
+    from asgiref.sync import async_to_sync
+    from channels.routing import URLRouter
+    from channels.testing.websocket import WebsocketCommunicator
+
+    from durable_django import consumers
+    from durable_django.routing import websocket_urlpatterns
+
+    user = User.objects.create_superuser("watcher", password="pw")
+
+    async def scenario():
+        for iid in ("a\x00b", "\ud800"):
+            c = WebsocketCommunicator(URLRouter(websocket_urlpatterns), f"/ws/durable/instances/{iid}/")
+            c.scope["user"] = user
+            connected, code = await c.connect(timeout=5)
+            assert not connected and code == consumers.REFUSED
+            await c.disconnect()
+
+    async_to_sync(scenario)()
