@@ -79,6 +79,14 @@ def _check_limits(user: dict) -> list:
             errors.append(Error(f"DURABLE['{name}'] must be an integer {within}, got {value!r}.",
                                 hint="The id and name limits cannot exceed their database columns." if high
                                 and "LENGTH" in name else None, id="durable_django.E020"))
+    payload = user.get("MAX_PAYLOAD_BYTES", DEFAULTS["MAX_PAYLOAD_BYTES"])
+    upload = getattr(settings, "DATA_UPLOAD_MAX_MEMORY_SIZE", None)
+    if isinstance(payload, int) and isinstance(upload, int) and payload + 8192 > upload:
+        errors.append(Warning(
+            f"DURABLE['MAX_PAYLOAD_BYTES'] ({payload}) is more than DATA_UPLOAD_MAX_MEMORY_SIZE ({upload}) lets "
+            "a request carry: the publish view answers 413 to payloads below the limit.",
+            hint="Raise DATA_UPLOAD_MAX_MEMORY_SIZE to at least MAX_PAYLOAD_BYTES + 8192, or lower the limit.",
+            id="durable_django.W020"))
     return errors
 
 

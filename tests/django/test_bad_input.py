@@ -494,3 +494,11 @@ def test_status_websocket_refuses_an_instance_id_with_nul(inline):
             await c.disconnect()
 
     async_to_sync(scenario)()
+
+
+def test_system_check_warns_when_requests_cannot_carry_a_payload_at_the_limit(settings):
+    settings.DURABLE = {**settings.DURABLE, "MAX_PAYLOAD_BYTES": 4 * 1024 * 1024}
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
+    assert [e.id for e in check_settings() if "DATA_UPLOAD_MAX_MEMORY_SIZE" in e.msg] == ["durable_django.W020"]
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
+    assert not [e for e in check_settings() if e.id == "durable_django.W020"]
