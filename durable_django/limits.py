@@ -34,7 +34,7 @@ IDEMPOTENCY_KEY_COLUMN = 255
 PROGRAM_COLUMN = 255
 OBJECT_ID_COLUMN = 64
 
-_encoder = DjangoJSONEncoder(allow_nan=False, ensure_ascii=False, separators=(", ", ": "))
+_encoder = DjangoJSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":"))
 # An escaped NUL is "\u0000" preceded by an even number of backslashes (an odd number escapes the backslash).
 _ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 

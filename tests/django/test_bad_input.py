@@ -170,6 +170,37 @@ def test_admin_publish_form_is_one_answer_per_wait_too(uid, publisher, settings)
         assert inbox(uid) == [("go", 0, None)]
 
 
+def test_concurrent_answers_with_different_keys_store_one(uid, publisher, settings):
+    """Eight requests at once, each with its own client key, for one wait: one row (the unique server key)."""
+    import threading
+
+    from django.db import connection
+
+    from durable_django.humantasks.sync import answer
+
+    with no_wake_ups(settings):
+        dd.start(loop_on_go, instance_id=uid)
+        dd.run_instance(uid)
+        barrier, ids, errors = threading.Barrier(8), [], []
+
+        def one(n: int) -> None:
+            try:
+                barrier.wait(timeout=10)
+                ids.append(answer(publisher, uid, "go", n, idempotency_key=f"client-{n}").pk)
+            except Exception as exc:  # reported below
+                errors.append(exc)
+            finally:
+                connection.close()
+
+        threads = [threading.Thread(target=one, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert errors == [] and len(ids) == 8 and len(set(ids)) == 1
+        assert unconsumed(uid) == 1
+
+
 def test_python_api_keeps_the_callers_keys(inline, uid):
     """Code publishing a stream of events of one name does so through the API, with its own keys."""
     dd.start(three_waits, instance_id=uid)
@@ -260,6 +291,12 @@ def test_start_refuses_bad_instance_ids(inline, bad_id):
     with pytest.raises(InvalidInput, match="instance_id") as info:
         dd.start(progs.approval, 1, instance_id=bad_id)
     assert isinstance(info.value, ValueError) and nothing_stored()
+
+
+def test_start_refuses_a_program_path_with_nul(inline):
+    with pytest.raises(InvalidInput, match="program path"):
+        dd.start("tests.django.testapp.durable_programs.appr\x00oval", 1)
+    assert nothing_stored()
 
 
 def test_start_instance_id_limit_setting(inline, settings):
