@@ -24,10 +24,16 @@ from django.apps import apps as django_apps
 from django.contrib import admin, messages
 from django.contrib.admin.utils import quote, unquote
 from django.contrib.contenttypes.models import ContentType
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import BadRequest, PermissionDenied, ValidationError
 from django.db import connection
 from django.db.models import Q
-from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
+from django.http import (
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBadRequest,
+    HttpResponseNotAllowed,
+    HttpResponseRedirect,
+)
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -36,8 +42,10 @@ from django.utils.html import format_html
 from durable import StateTamperedError
 
 from . import api, operations
-from .exceptions import DurableDjangoError, InstanceFinished, UnknownInstance
+from .answers import publish_answer
+from .exceptions import DurableDjangoError, InstanceFinished, InvalidInput, UnknownInstance
 from .forms import EditLocalForm, PublishEventForm
+from .limits import bad_character, check_instance_id
 from .models import FINISHED, DurableEvent, DurableHistory, DurableInstance, Status
 from .signing import STATE, blob_context, unsign
 
@@ -91,7 +99,13 @@ class LinkedTypeFilter(admin.SimpleListFilter):
         return [(str(i), str(ContentType.objects.get_for_id(i))) for i in ids[:100]]
 
     def queryset(self, request, queryset):
-        return queryset.filter(content_type_id=self.value()) if self.value() else queryset
+        value = self.value()
+        if not value:
+            return queryset
+        if not (value.isascii() and value.isdigit() and int(value) < 2**31):
+            messages.warning(request, f"Ignored the linked object type filter {value!r}: not a content type id.")
+            return queryset
+        return queryset.filter(content_type_id=int(value))
 
 
 class WaitFilter(admin.SimpleListFilter):
@@ -111,6 +125,28 @@ class WaitFilter(admin.SimpleListFilter):
         return queryset
 
 
+class SafeInputAdmin(admin.ModelAdmin):
+    """Refuses what the database cannot compare (NUL characters): a 400, not a ``DataError`` and a 500.
+
+    PostgreSQL rejects such text in any query, so a filter, a search or an
+    object id holding one is answered here, the same way on every database.
+    """
+
+    def changelist_view(self, request, extra_context=None):
+        for key, values in request.GET.lists():
+            for text in (key, *values):
+                bad = bad_character(text)
+                if bad is not None:
+                    return HttpResponseBadRequest(f"The filter or search {key!r} contains {bad}; nothing was "
+                                                  "searched.", content_type="text/plain; charset=utf-8")
+        return super().changelist_view(request, extra_context)
+
+    def get_object(self, request, object_id, from_field=None):
+        if bad_character(str(object_id)) is not None:
+            return None  # no object can have that id: Django's "does not exist" answer
+        return super().get_object(request, object_id, from_field)
+
+
 def _linked_label(inst: DurableInstance) -> str:
     if not inst.content_type_id:
         return ""
@@ -119,7 +155,7 @@ def _linked_label(inst: DurableInstance) -> str:
 
 
 @admin.register(DurableInstance)
-class DurableInstanceAdmin(admin.ModelAdmin):
+class DurableInstanceAdmin(SafeInputAdmin):
     list_display = ("instance_id", "program_name", "status_badge", "waits_for", "wake_at", "updated_at", "attempts",
                     "linked_object")
     list_filter = ("status", ProgramFilter, WaitFilter, LinkedTypeFilter)
@@ -232,7 +268,11 @@ class DurableInstanceAdmin(admin.ModelAdmin):
     def _get(self, request, object_id: str) -> DurableInstance:
         if not self.has_view_permission(request):
             raise PermissionDenied
-        return get_object_or_404(DurableInstance.objects.defer("arguments"), pk=unquote(object_id))
+        try:
+            instance_id = check_instance_id(unquote(object_id))
+        except InvalidInput as exc:
+            raise BadRequest(str(exc)) from None
+        return get_object_or_404(DurableInstance.objects.defer("arguments"), pk=instance_id)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         if request.method != "GET":
@@ -285,11 +325,9 @@ class DurableInstanceAdmin(admin.ModelAdmin):
             data = form.cleaned_data
             try:
                 if HUMAN_TASKS:
-                    answer(request.user, inst.instance_id, data["event"], data["payload"],
-                           idempotency_key=data["idempotency_key"])
-                else:
-                    api.publish_event(inst.instance_id, data["event"], data["payload"],
-                                      idempotency_key=data["idempotency_key"], actor=request.user)
+                    answer(request.user, inst.instance_id, data["event"], data["payload"])
+                else:  # one answer per wait, as for every event a person publishes (durable_django.answers)
+                    publish_answer(inst.instance_id, data["event"], data["payload"], actor=request.user)
             except PermissionDenied as exc:
                 form.add_error(None, str(exc) or "permission denied")
             except ValidationError as exc:
@@ -351,7 +389,7 @@ class DurableInstanceAdmin(admin.ModelAdmin):
         return self._back(inst.instance_id)
 
 
-class _ReadOnly(admin.ModelAdmin):
+class _ReadOnly(SafeInputAdmin):
     def has_add_permission(self, request) -> bool:
         return False
 

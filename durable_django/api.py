@@ -9,20 +9,18 @@ message is only a wake-up, and the periodic sweep re-sends lost wake-ups.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from datetime import datetime
 from typing import Any
 
 from django.contrib.contenttypes.models import ContentType
-from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, connection, models, transaction
 from django.utils import timezone
 from kombu.exceptions import KombuError
 
 from durable import CheckpointException, DurableProgram
 
-from . import programs, signals
+from . import limits, programs, signals
 from .backend import add_history, cached_sql, hot_cursor, real_connection
 from .conf import durable_settings
 from .exceptions import InstanceExists, InstanceFinished, InvalidPayload, UnknownInstance, UnknownProgram
@@ -30,7 +28,6 @@ from .models import FINISHED, DurableEvent, DurableHistory, DurableInstance, His
 from .signing import ARGUMENTS, STATE, blob_context, sign, unsign
 
 log = logging.getLogger("durable_django")
-_EVENT_PAYLOAD = DurableEvent._meta.get_field("payload")
 
 
 # -- scheduling -------------------------------------------------------------
@@ -175,32 +172,37 @@ def start(program: DurableProgram | str, *args: Any, instance_id: str | None = N
     Outcomes: a new pending instance; the existing instance when one with this
     id runs the same program (nothing is scheduled twice); :class:`InstanceExists`
     when it runs another program; :class:`UnknownProgram` for a path that
-    cannot be imported or is not allowed; :class:`InvalidPayload` for
-    arguments that cannot be pickled.
+    cannot be imported or is not allowed; ``TypeError`` for arguments that do
+    not fit the program's signature; :class:`InvalidPayload` for arguments
+    that cannot be pickled or exceed ``MAX_ARGUMENT_BYTES``;
+    :class:`InvalidInput` (a ``ValueError``) for a bad ``instance_id``.
+    Nothing is stored in any of these cases.
     """
-    path = programs.path_of(program)
+    path = limits.check_text(programs.path_of(program), "program path", limits.PROGRAM_COLUMN)
     resolved = programs.resolve(path)
     if not isinstance(program, str):
         fn = program.fn if isinstance(program, DurableProgram) else program
         if resolved.fn is not fn:
             raise UnknownProgram(f"{path!r} does not import back to the program given to start()")
+    limits.bind_arguments(resolved.fn, path, args, kwargs)
     if instance_id is None:
         import uuid
 
         instance_id = uuid.uuid4().hex
-    if not isinstance(instance_id, str) or not instance_id or len(instance_id) > 200:
-        raise ValueError(f"instance_id must be a non-empty string of at most 200 characters, got {instance_id!r}")
+    limits.check_new_instance_id(instance_id)
     try:
         arguments = sign((args, kwargs), blob_context(instance_id, path, ARGUMENTS))
     except CheckpointException as exc:
         raise InvalidPayload(f"arguments of {path} cannot be stored: {exc}") from exc
+    limits.check_arguments(arguments, path)
     fields: dict[str, Any] = {
         "program": path, "program_version": programs.program_version(resolved), "arguments": arguments,
         "layout_hash": resolved.compiled.layout_hash, "status": Status.PENDING,
     }
     if link is not None:
         fields["content_type"] = ContentType.objects.get_for_model(link)
-        fields["object_id"] = str(link.pk)
+        fields["object_id"] = limits.check_text(str(link.pk), "the linked object's primary key",
+                                                limits.OBJECT_ID_COLUMN)
     try:
         with transaction.atomic():
             inst = DurableInstance.objects.create(instance_id=instance_id, **fields)
@@ -218,12 +220,7 @@ def start(program: DurableProgram | str, *args: Any, instance_id: str | None = N
 
 
 # -- events -------------------------------------------------------------------
-def check_payload(payload: Any) -> None:
-    """Raise :class:`InvalidPayload` unless ``payload`` can be stored as JSON."""
-    try:
-        json.dumps(payload, cls=DjangoJSONEncoder)
-    except (TypeError, ValueError) as exc:
-        raise InvalidPayload(f"event payload must be JSON-serializable: {exc}") from exc
+check_payload = limits.check_payload
 
 
 def actor_name(actor: Any) -> str:
@@ -251,17 +248,18 @@ def publish_event(instance_id: str, name: str, payload: Any = None, idempotency_
 
     Outcomes: the stored :class:`DurableEvent`; :class:`UnknownInstance`;
     :class:`InstanceFinished` for a completed, failed or cancelled instance
-    (nothing stored); :class:`InvalidPayload` for a non-JSON payload;
-    ``ValueError`` for an empty name.
+    (nothing stored); :class:`InvalidPayload` for a payload that is not JSON
+    with finite numbers, holds a NUL character or exceeds ``MAX_PAYLOAD_BYTES``;
+    :class:`InvalidInput` (a ``ValueError``) for an empty, too long or
+    unstorable instance id, name or key. Nothing is stored in these cases.
     """
-    if not isinstance(name, str) or not name or len(name) > 200:
-        raise ValueError(f"event name must be a non-empty string of at most 200 characters, got {name!r}")
-    if idempotency_key is not None and (not isinstance(idempotency_key, str) or len(idempotency_key) > 255):
-        raise ValueError("idempotency_key must be a string of at most 255 characters")
-    check_payload(payload)
+    limits.check_instance_id(instance_id)
+    limits.check_event_name(name)
+    limits.check_idempotency_key(idempotency_key)
+    text = limits.payload_json(payload)  # the one serialization: this text is what is written
     actor = actor_name(actor)
     if idempotency_key is None and _one_statement_fits():
-        event, status, program = _publish_one_statement(instance_id, name, payload, actor)
+        event, status, program = _publish_one_statement(instance_id, name, payload, actor, text)
         _schedule_and_signal(instance_id, "event_published", status, program, event=event)
         return event
     with transaction.atomic():
@@ -286,7 +284,7 @@ def publish_event(instance_id: str, name: str, payload: Any = None, idempotency_
                     raise
                 return existing
         else:  # no unique key involved: no savepoint needed
-            event = _insert_event(instance_id, name, payload)
+            event = _insert_event(instance_id, name, payload, text)
         add_history(instance_id, HistoryKind.EVENT_PUBLISHED, status, name, actor)
     _schedule_and_signal(instance_id, "event_published", status, program, event=event)
     return event
@@ -314,7 +312,8 @@ def _one_statement_fits() -> bool:
     return real_connection(connection).vendor == "postgresql"
 
 
-def _publish_one_statement(instance_id: str, name: str, payload: Any, actor: str) -> tuple[DurableEvent, str, str]:
+def _publish_one_statement(instance_id: str, name: str, payload: Any, actor: str,
+                           text: str) -> tuple[DurableEvent, str, str]:
     """:func:`publish_event` without idempotency key as one ``WITH ... INSERT`` statement.
 
     The same rows as the transaction of the general path (event, history
@@ -342,7 +341,7 @@ def _publish_one_statement(instance_id: str, name: str, payload: Any, actor: str
     now = timezone.now()
     at = conn.ops.adapt_datetimefield_value(now)
     with hot_cursor(conn) as cur:
-        cur.execute(sql, [instance_id, instance_id, name, _EVENT_PAYLOAD.get_db_prep_save(payload, conn), at,
+        cur.execute(sql, [instance_id, instance_id, name, text, at,
                           instance_id, str(HistoryKind.EVENT_PUBLISHED), name, actor, at])
         row = cur.fetchone()
     if row is None:
@@ -355,8 +354,11 @@ def _publish_one_statement(instance_id: str, name: str, payload: Any, actor: str
     return event, status, program
 
 
-def _insert_event(instance_id: str, name: str, payload: Any) -> DurableEvent:
-    """``DurableEvent.objects.create`` of an event without idempotency key, as one cached INSERT."""
+def _insert_event(instance_id: str, name: str, payload: Any, text: str) -> DurableEvent:
+    """``DurableEvent.objects.create`` of an event without idempotency key, as one cached INSERT.
+
+    ``text`` is the payload's JSON (from :func:`limits.payload_json`), written as is: not serialized again.
+    """
     from .executor import _returning_supported
 
     conn = real_connection(connection)
@@ -366,12 +368,12 @@ def _insert_event(instance_id: str, name: str, payload: Any) -> DurableEvent:
     sql = _SQL.get(key)
     if sql is None:
         qn = conn.ops.quote_name
+        cast = "::jsonb" if conn.vendor == "postgresql" else ""  # the text is JSON already
         sql = _SQL[key] = (f"INSERT INTO {qn(DurableEvent._meta.db_table)} ({qn('instance_id')}, {qn('name')}, "
-                           f"{qn('payload')}, {qn('created_at')}) VALUES (%s, %s, %s, %s) RETURNING {qn('id')}")
+                           f"{qn('payload')}, {qn('created_at')}) VALUES (%s, %s, %s{cast}, %s) RETURNING {qn('id')}")
     now = timezone.now()
     with hot_cursor(conn) as cur:
-        cur.execute(sql, [instance_id, name, _EVENT_PAYLOAD.get_db_prep_save(payload, conn),
-                          conn.ops.adapt_datetimefield_value(now)])
+        cur.execute(sql, [instance_id, name, text, conn.ops.adapt_datetimefield_value(now)])
         pk = cur.fetchone()[0]
     event = DurableEvent(id=pk, instance_id=instance_id, name=name, payload=payload, created_at=now)
     event._state.adding, event._state.db = False, conn.alias
@@ -385,6 +387,7 @@ def cancel(instance_id: str, reason: str = "", *, actor: str = "") -> DurableIns
     Outcomes: the cancelled instance; :class:`UnknownInstance`;
     :class:`InstanceFinished` if it already completed, failed or was cancelled.
     """
+    limits.check_instance_id(instance_id)
     with transaction.atomic():
         inst = DurableInstance.objects.select_for_update().defer("state").filter(pk=instance_id).first()
         if inst is None:
@@ -411,6 +414,7 @@ def resume(instance_id: str, *, inline: bool = False, actor: str = "") -> Durabl
     Outcomes: :class:`UnknownInstance`; :class:`InstanceFinished` if it completed,
     failed or was cancelled.
     """
+    limits.check_instance_id(instance_id)
     with transaction.atomic():
         inst = DurableInstance.objects.select_for_update().defer("state").filter(pk=instance_id).first()
         if inst is None:
@@ -434,6 +438,7 @@ def resume(instance_id: str, *, inline: bool = False, actor: str = "") -> Durabl
 
 
 def get_instance(instance_id: str) -> DurableInstance:
+    limits.check_instance_id(instance_id)
     inst = DurableInstance.objects.filter(pk=instance_id).first()
     if inst is None:
         raise UnknownInstance(instance_id)

@@ -17,6 +17,7 @@ makes repeated saves publish the event only once to each instance.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -25,6 +26,7 @@ from django.contrib.contenttypes.models import ContentType
 from django.db import models
 from django.db.models.signals import post_save
 
+from .limits import EVENT_NAME_COLUMN, IDEMPOTENCY_KEY_COLUMN, bad_character, check_text
 from .models import FINISHED, DurableInstance
 
 log = logging.getLogger("durable_django")
@@ -40,7 +42,7 @@ class Binding:
                  instance_id: Callable[..., str | Iterable[str] | None] | None = None,
                  signal=post_save, once: bool = True, name: str | None = None) -> None:
         self.model = model
-        self.event = event
+        self.event = check_text(event, "binding event name", EVENT_NAME_COLUMN)  # refused at import time
         self.when = when
         self.payload = payload
         self.instance_id = instance_id
@@ -71,9 +73,16 @@ class Binding:
         if self.when is not None and not self.when(instance, **kwargs):
             return
         payload = self.payload(instance, **kwargs) if self.payload is not None else None
+        key = self.key(instance) if self.once else None
         for iid in self.targets(instance, **kwargs):
-            key = f"{self.name}:{instance.pk}" if self.once else None
             publish_event(iid, self.event, payload, idempotency_key=key)
+
+    def key(self, obj: models.Model) -> str:
+        """The idempotency key of this binding for ``obj``; a digest when it would not fit the column."""
+        key = f"{self.name}:{obj.pk}"
+        if len(key) <= IDEMPOTENCY_KEY_COLUMN and bad_character(key) is None:
+            return key
+        return f"{self.name[:120]}:sha256:{hashlib.sha256(key.encode('utf-8', 'surrogatepass')).hexdigest()}"
 
 
 def bind(model: type[models.Model], event: str, **options: Any) -> Binding:

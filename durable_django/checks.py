@@ -57,6 +57,7 @@ def check_settings(app_configs=None, **kwargs) -> list:
         except (ImportError, TypeError) as exc:
             errors.append(Error(f"DURABLE['ON_CHECKPOINT'] must be the dotted path of a callable: {exc}",
                                 id="durable_django.E007"))
+    errors += _check_limits(user)
     lease = user.get("LEASE_SECONDS", DEFAULTS["LEASE_SECONDS"])
     sweep = user.get("SWEEP_INTERVAL", DEFAULTS["SWEEP_INTERVAL"])
     if isinstance(lease, int | float) and isinstance(sweep, int | float) and lease < 2:
@@ -102,6 +103,31 @@ def _describe(value) -> str:
     if isinstance(value, str | bytes):
         return "empty" if not value else f"only {len(value)} characters long"
     return f"a {type(value).__name__}"
+
+
+def _check_limits(user: dict) -> list:
+    """The input limits (durable_django.limits): positive integers, ids and names no longer than their columns."""
+    from .limits import EVENT_NAME_COLUMN, INSTANCE_ID_COLUMN
+
+    errors = []
+    bounds = {"MAX_PAYLOAD_BYTES": (4, None), "MAX_ARGUMENT_BYTES": (64, None), "MAX_JSON_DEPTH": (1, 10_000),
+              "MAX_INSTANCE_ID_LENGTH": (1, INSTANCE_ID_COLUMN), "MAX_EVENT_NAME_LENGTH": (1, EVENT_NAME_COLUMN)}
+    for name, (low, high) in bounds.items():
+        value = user.get(name, DEFAULTS[name])
+        if not isinstance(value, int) or isinstance(value, bool) or value < low or (high and value > high):
+            within = f"between {low} and {high}" if high else f"at least {low}"
+            errors.append(Error(f"DURABLE['{name}'] must be an integer {within}, got {value!r}.",
+                                hint="The id and name limits cannot exceed their database columns." if high
+                                and "LENGTH" in name else None, id="durable_django.E020"))
+    payload = user.get("MAX_PAYLOAD_BYTES", DEFAULTS["MAX_PAYLOAD_BYTES"])
+    upload = getattr(settings, "DATA_UPLOAD_MAX_MEMORY_SIZE", None)
+    if isinstance(payload, int) and isinstance(upload, int) and payload + 8192 > upload:
+        errors.append(Warning(
+            f"DURABLE['MAX_PAYLOAD_BYTES'] ({payload}) is more than DATA_UPLOAD_MAX_MEMORY_SIZE ({upload}) lets "
+            "a request carry: the publish view answers 413 to payloads below the limit.",
+            hint="Raise DATA_UPLOAD_MAX_MEMORY_SIZE to at least MAX_PAYLOAD_BYTES + 8192, or lower the limit.",
+            id="durable_django.W020"))
+    return errors
 
 
 @register(Tags.database)

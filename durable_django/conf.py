@@ -88,6 +88,16 @@ DEFAULTS: dict[str, Any] = {
     # A worker running a batch hands the instances it has not started yet
     # back to the queue after this many seconds (other workers pick them up).
     "BATCH_SECONDS": 1.0,
+    # Input limits (see docs/security.md, "Size limits"). Bad input is refused with a clear error and
+    # nothing stored. Largest event payload, in bytes of its JSON text (UTF-8), from any entry point.
+    "MAX_PAYLOAD_BYTES": 256 * 1024,
+    # Largest start arguments, in bytes once pickled and signed: pass references, not data.
+    "MAX_ARGUMENT_BYTES": 1024 * 1024,
+    # Longest instance id and event name, in characters (at most the columns' 200).
+    "MAX_INSTANCE_ID_LENGTH": 200,
+    "MAX_EVENT_NAME_LENGTH": 200,
+    # Deepest nesting of JSON parsed from a request body, a form or the command line.
+    "MAX_JSON_DEPTH": 32,
 }
 
 _KEY_SALT = b"durable_django.state-signing"

@@ -30,6 +30,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from . import live
 from .conf import durable_settings
+from .limits import bad_character
 
 log = logging.getLogger("durable_django")
 
@@ -119,6 +120,10 @@ class InstanceStatusConsumer(_StatusConsumer):
 
     def get_instance_id(self) -> str:
         return self.scope["url_route"]["kwargs"]["instance_id"]
+
+    def has_permission(self, user) -> bool:
+        """Refuses an id no instance can have (a NUL character...), which the database would not compare."""
+        return bad_character(self.get_instance_id()) is None and super().has_permission(user)
 
     def groups_to_join(self) -> list[str]:
         return [live.instance_group(self.get_instance_id())]

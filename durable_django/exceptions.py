@@ -29,6 +29,11 @@ class InvalidPayload(DurableDjangoError, TypeError):
     """An event payload (or a start argument) cannot be stored."""
 
 
+class InvalidInput(DurableDjangoError, ValueError):
+    """An instance id, event name, key or filter that cannot be stored or looked up (empty, too long, a NUL
+    character...); nothing was stored."""
+
+
 class InstanceFinished(DurableDjangoError):
     """The instance already completed, failed or was cancelled; it takes no events and cannot be cancelled."""
 
@@ -50,6 +55,6 @@ class LeaseLost(DurableDjangoError):
 
 
 __all__ = [
-    "DurableDjangoError", "UnknownInstance", "UnknownProgram", "InvalidPayload", "InstanceFinished",
+    "DurableDjangoError", "UnknownInstance", "UnknownProgram", "InvalidPayload", "InvalidInput", "InstanceFinished",
     "InstanceExists", "LeaseLost", "InstanceCancelled",
 ]

@@ -8,6 +8,9 @@ from typing import Any
 from django import forms
 from django.core.serializers.json import DjangoJSONEncoder
 
+from .exceptions import InvalidInput
+from .limits import EVENT_NAME_COLUMN, check_event_name, parse_json
+
 #: Longest JSON text accepted for a payload or a local's value.
 MAX_JSON_CHARS = 100_000
 
@@ -27,7 +30,7 @@ class JSONTextField(forms.CharField):
         if not text or not text.strip():
             return None
         try:
-            return json.loads(text)
+            return parse_json(text)
         except ValueError as exc:
             raise forms.ValidationError(f"Not valid JSON: {exc}", code="invalid_json")
 
@@ -50,21 +53,22 @@ class JSONTextField(forms.CharField):
 
 
 class PublishEventForm(forms.Form):
-    """Event name, JSON payload and optional idempotency key (what :func:`durable_django.publish_event` takes)."""
+    """Event name and JSON payload of an answer a person publishes.
 
-    event = forms.CharField(max_length=200, help_text="Name the program waits for, e.g. approved.")
+    No idempotency key: the server derives it, one answer per wait (see :mod:`durable_django.answers`).
+    """
+
+    event = forms.CharField(max_length=EVENT_NAME_COLUMN, help_text="Name the program waits for, e.g. approved.")
     payload = JSONTextField(help_text='JSON, e.g. {"approved": true}. Empty means null.')
-    idempotency_key = forms.CharField(max_length=255, required=False,
-                                      help_text="Optional: publishing again with the same key adds nothing.")
 
     def clean_event(self) -> str:
         name = self.cleaned_data["event"].strip()
         if not name:
             raise forms.ValidationError("The event name may not be blank.")
-        return name
-
-    def clean_idempotency_key(self) -> str | None:
-        return self.cleaned_data.get("idempotency_key") or None
+        try:
+            return check_event_name(name)
+        except InvalidInput as exc:
+            raise forms.ValidationError(str(exc), code="invalid") from None
 
 
 class EditLocalForm(forms.Form):

@@ -19,6 +19,7 @@ from durable import Cell
 
 from . import signals
 from .exceptions import InstanceFinished, UnknownInstance
+from .limits import check_instance_id
 from .models import DurableHistory, DurableInstance, HistoryKind, Status
 from .signing import STATE, blob_context, sign, unsign
 
@@ -40,6 +41,7 @@ def retry(instance_id: str, *, actor: str = "") -> DurableInstance:
     """
     from .api import _signal_after_commit, schedule
 
+    check_instance_id(instance_id)
     with transaction.atomic():
         inst = DurableInstance.objects.select_for_update().defer("state").filter(pk=instance_id).first()
         if inst is None:
@@ -91,6 +93,7 @@ def edit_local(instance_id: str, frame_index: int, name: str, value: Any, *, act
     :class:`ConcurrentChange` (the row changed, or a worker holds it),
     :class:`UnknownInstance`, :class:`InstanceFinished`.
     """
+    check_instance_id(instance_id)
     if not is_jsonable(value):
         raise ValueError("only JSON-compatible values may be set")
     value = json.loads(json.dumps(value, cls=DjangoJSONEncoder))

@@ -7,19 +7,26 @@ event and the user is one it is assigned to (see
 :mod:`durable_django.humantasks`). Bad input is a clear 4xx with a JSON body
 ``{"error": ...}``::
 
-    400 malformed JSON, a payload the wait's form or schema rejects, a blank event name
+    400 malformed JSON (also NaN, infinite numbers, nesting deeper than
+        DURABLE['MAX_JSON_DEPTH']), a field of the wrong type, a payload the wait's
+        form or schema rejects or that exceeds DURABLE['MAX_PAYLOAD_BYTES'], a blank,
+        too long or unstorable (NUL character) event name or instance id
     401 not logged in          403 not allowed            404 no such instance
     405 not POST               409 the instance already finished
+    413 a request body larger than DURABLE['MAX_PAYLOAD_BYTES'] plus 8 KiB
+
+The body is checked (size, JSON, types) before anything else, the permission
+check included. One answer per wait: the idempotency key is the server's (see
+:mod:`durable_django.answers`); a client's ``idempotency_key`` is ignored.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import BadRequest, PermissionDenied, RequestDataTooBig, TooManyFieldsSent, ValidationError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -28,7 +35,8 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views import View
 from django.views.decorators.csrf import csrf_protect
 
-from .exceptions import InstanceFinished, InvalidPayload, UnknownInstance
+from . import limits
+from .exceptions import InstanceFinished, InvalidInput, InvalidPayload, UnknownInstance
 from .forms import PublishEventForm
 from .humantasks import assignment
 from .humantasks.models import HumanTask
@@ -49,6 +57,12 @@ def publish_for_user(user, instance_id: str, event: str, payload: Any = None,
     if not user.is_authenticated:
         return 401, {"error": "log in first"}
     try:
+        limits.check_instance_id(instance_id)
+        limits.check_event_name(event)
+        limits.check_payload(payload)  # before the permission and form checks: bad input is a 400 for anyone
+    except (InvalidInput, InvalidPayload) as exc:
+        return 400, {"error": str(exc)}
+    try:
         ev = answer(user, instance_id, event, payload, idempotency_key=idempotency_key)
     except PermissionDenied as exc:
         return 403, {"error": str(exc) or "permission denied"}
@@ -68,9 +82,9 @@ def publish_for_user(user, instance_id: str, event: str, payload: Any = None,
 class PublishEventView(View):
     """POST an event to the instance named in the URL (``instance_id`` kwarg).
 
-    Body: JSON ``{"event": "approved", "payload": {...}, "idempotency_key": "..."}``
-    or form fields ``event``, ``payload`` (JSON text), ``idempotency_key``.
-    An ``event`` URL kwarg fixes the event name. Answers 202 ``{"event_id": ...}``.
+    Body: JSON ``{"event": "approved", "payload": {...}}`` or form fields
+    ``event`` and ``payload`` (JSON text). An ``event`` URL kwarg fixes the event
+    name. Answers 202 ``{"event_id": ...}``.
     """
 
     http_method_names = ["post"]
@@ -78,25 +92,63 @@ class PublishEventView(View):
     def post(self, request: HttpRequest, instance_id: str, event: str | None = None) -> JsonResponse:
         if not request.user.is_authenticated:
             return _error(401, "log in first")
-        if request.content_type == "application/json":
-            try:
-                body = json.loads(request.body or b"null")
-            except ValueError as exc:
-                return _error(400, f"malformed JSON: {exc}")
-            if not isinstance(body, dict):
-                return _error(400, "the body must be a JSON object")
-            data = {"event": event or body.get("event") or "", "idempotency_key": body.get("idempotency_key") or ""}
-            payload = body.get("payload")
-        else:
-            form = PublishEventForm({**request.POST.dict(), **({"event": event} if event else {})})
-            if not form.is_valid():
-                return _error(400, form.errors.get_json_data())
-            data, payload = form.cleaned_data, form.cleaned_data["payload"]
-        name = (data.get("event") or "").strip()
-        if not isinstance(name, str) or not name:
-            return _error(400, "an event name is required")
-        status, body = publish_for_user(request.user, instance_id, name, payload, data.get("idempotency_key") or None)
+        try:
+            name, payload = self.read(request, event)
+        except _Refused as exc:
+            return _error(exc.status, exc.message)
+        status, body = publish_for_user(request.user, instance_id, name, payload)
         return JsonResponse(body, status=status)
+
+    def read(self, request: HttpRequest, event: str | None) -> tuple[str, Any]:
+        """The event name and payload of the request, checked; :class:`_Refused` otherwise."""
+        limit = limits.max_request_bytes()
+        try:
+            declared = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            raise _Refused(400, "invalid Content-Length") from None
+        if declared > limit:
+            raise _Refused(413, f"the request body is {declared} bytes; at most {limit} are read")
+        try:
+            if request.content_type == "application/json":
+                raw = request.body
+                if len(raw) > limit:
+                    raise _Refused(413, f"the request body is over {limit} bytes")
+                return self.read_json(raw, event)
+            fields = request.POST.dict()
+        except (RequestDataTooBig, TooManyFieldsSent) as exc:
+            raise _Refused(413, str(exc)) from None
+        form = PublishEventForm({**fields, **({"event": event} if event else {})})
+        if not form.is_valid():
+            raise _Refused(400, form.errors.get_json_data())
+        return form.cleaned_data["event"], form.cleaned_data["payload"]
+
+    @staticmethod
+    def read_json(raw: bytes, event: str | None) -> tuple[str, Any]:
+        try:
+            body = limits.parse_json(raw or b"null", "JSON body")
+        except ValueError as exc:
+            raise _Refused(400, str(exc)) from None
+        if not isinstance(body, dict):
+            raise _Refused(400, "the body must be a JSON object")
+        name = event if event else body.get("event")
+        if not isinstance(name, str):
+            raise _Refused(400, "an event name is required" if name is None or name == ""
+                           else f"'event' must be a string, got {type(name).__name__}")
+        key = body.get("idempotency_key")
+        if key is not None and not isinstance(key, str):
+            raise _Refused(400, f"'idempotency_key' must be a string, got {type(key).__name__}")
+        name = name.strip()
+        if not name:
+            raise _Refused(400, "an event name is required")
+        return name, body.get("payload")
+
+
+class _Refused(Exception):
+    """A request refused before anything else looked at it."""
+
+    def __init__(self, status: int, message: Any) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
 
 
 publish_event_view = PublishEventView.as_view()
@@ -126,6 +178,10 @@ class TaskAnswerView(View):
     template_name = "durable_django/task_answer.html"
 
     def get_task(self, request: HttpRequest, instance_id: str) -> HumanTask:
+        try:
+            limits.check_instance_id(instance_id)
+        except InvalidInput as exc:
+            raise BadRequest(str(exc)) from None
         task = HumanTask.objects.for_user(request.user).filter(instance_id=instance_id).first()
         if task is None:
             raise PermissionDenied("no task of yours waits on this instance")
@@ -147,6 +203,9 @@ class TaskAnswerView(View):
             raise
         except ValidationError as exc:
             messages.error(request, "; ".join(exc.messages))
+            return render(request, self.template_name, {"task": task, "form": form}, status=400)
+        except (InvalidPayload, InvalidInput) as exc:
+            messages.error(request, str(exc))
             return render(request, self.template_name, {"task": task, "form": form}, status=400)
         except (InstanceFinished, UnknownInstance) as exc:
             messages.error(request, str(exc))

@@ -153,19 +153,23 @@ def answer(user, instance_id: str, event: str, payload: Any, *, idempotency_key:
     entry records ``user`` as its actor.
 
     Returns the :class:`~durable_django.models.DurableEvent`; answering the
-    same wait again returns the first answer's event and publishes nothing. Raises
+    same wait again returns the first answer's event and publishes nothing
+    (:mod:`durable_django.answers`: the key is the server's; ``idempotency_key``
+    is checked and otherwise ignored, kept for compatibility). Raises
     ``PermissionDenied``, ``ValidationError`` and the errors of
     :func:`durable_django.publish_event`.
     """
-    from ..api import publish_event
+    from ..answers import publish_answer
+    from ..limits import check_event_name, check_idempotency_key, check_instance_id
 
+    check_instance_id(instance_id)
+    check_event_name(event)
+    check_idempotency_key(idempotency_key)
     wait = current_wait(instance_id)
     cleaned = check_wait(user, wait, event, payload)
-    if idempotency_key is None and wait is not None and wait.event == event:
-        # One answer per wait: a double submit (or two assignees at once) publishes a single event.
-        idempotency_key = f"answer:{event}:{wait.steps}"
     with transaction.atomic():
-        # The history entry of the event records who answered (its actor).
-        ev = publish_event(instance_id, event, cleaned, idempotency_key=idempotency_key, actor=user)
+        # One answer per wait (a double submit, two assignees, new client keys: one event); the history
+        # entry of the event records who answered (its actor).
+        ev = publish_answer(instance_id, event, cleaned, actor=user)
         HumanTask.objects.filter(instance_id=instance_id, event=event).delete()
     return ev

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 from django.core.management.base import BaseCommand, CommandError
 
 from durable_django.api import publish_event
 from durable_django.exceptions import DurableDjangoError
+from durable_django.limits import parse_json
 
 
 class Command(BaseCommand):
@@ -23,7 +22,7 @@ class Command(BaseCommand):
         payload = None
         if opts["payload"] is not None:
             try:
-                payload = json.loads(opts["payload"])
+                payload = parse_json(opts["payload"], "--payload")
             except ValueError as exc:
                 raise CommandError(f"--payload is not valid JSON: {exc}")
         try:

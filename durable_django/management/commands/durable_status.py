@@ -6,6 +6,7 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 
+from durable_django.limits import bad_character
 from durable_django.models import DurableInstance, Status
 from durable_django.payloads import instance_detail, instance_summary
 
@@ -21,6 +22,10 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="Machine-readable output.")
 
     def handle(self, *args, **opts):
+        for option in ("instance_id", "program"):
+            bad = bad_character(opts[option] or "")
+            if bad is not None:
+                raise CommandError(f"{option} {opts[option]!r} contains {bad}")
         if opts["instance_id"]:
             inst = DurableInstance.objects.filter(pk=opts["instance_id"]).first()
             if inst is None:
