@@ -399,9 +399,10 @@ def test_start_binds_arguments_to_the_signature(inline, uid, args, kwargs, words
     assert nothing_stored()
 
 
-def test_start_with_varargs_takes_many_and_a_plain_async_def_is_bound_too(inline, uid):
+def test_start_with_varargs_takes_many_and_a_plain_async_def_is_bound_too(inline, uid, settings):
     dd.start(takes_many, *range(10_000), instance_id=uid)
     assert dd.result(uid) == 10_000
+    settings.DURABLE = {**settings.DURABLE, "PROGRAMS": ["tests."]}  # a plain async def runs only when listed
     with pytest.raises(TypeError, match="plain_async"):
         dd.start(progs.plain_async, instance_id=uid + "-p")
     assert not DurableInstance.objects.filter(pk=uid + "-p").exists()
