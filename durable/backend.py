@@ -33,6 +33,16 @@ class OrchestrationBackend(ABC):
     async def wait_for_event(self, instance_id: str, event_name: str) -> Any:
         """Consume ``event_name`` and return its payload, or raise a pause."""
 
+    async def wait_for_answer(self, instance_id: str, event_name: str, meta: dict) -> Any:
+        """``wait_for_event`` for a wait that carries metadata (``wait_for_event(name, **meta)``).
+
+        The runtime calls this instead of ``wait_for_event`` when the wait has
+        metadata, so a backend that gives it a meaning (who may answer, the
+        form the payload must fit) can refuse events that do not fit it. The
+        default ignores the metadata.
+        """
+        return await self.wait_for_event(instance_id, event_name)
+
     def publish_event(self, instance_id: str, event_name: str, payload: Any = None) -> None:
         """Deliver an event to an instance (kept until the instance waits for it)."""
         raise NotImplementedError(f"{type(self).__name__} does not implement publish_event")

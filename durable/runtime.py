@@ -135,6 +135,11 @@ class DurableRuntime:
                 return None, None
             raise TimerPause(None, due=due, instance_id=self.instance_id)
         try:
+            meta = wait.get("meta")
+            if meta:  # a backend that enforces the wait's metadata (who may answer, payload form) sees it
+                answer = getattr(self.backend, "wait_for_answer", None)
+                if answer is not None:
+                    return await answer(self.instance_id, wait["event"], meta), None
             return await self.backend.wait_for_event(self.instance_id, wait["event"]), None
         except PauseForEventException:
             if due is not None and self.clock() >= due:

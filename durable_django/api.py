@@ -28,6 +28,7 @@ from .models import FINISHED, DurableEvent, DurableHistory, DurableInstance, His
 from .signing import ARGUMENTS, STATE, blob_context, sign, unsign
 
 log = logging.getLogger("durable_django")
+_PUBLISHER = DurableEvent._meta.get_field("publisher")
 
 
 # -- scheduling -------------------------------------------------------------
@@ -235,6 +236,13 @@ def actor_name(actor: Any) -> str:
     return (get_username() or "")[:255] if getattr(actor, "is_authenticated", False) else ""
 
 
+def publisher_of(actor: Any) -> Any:
+    """The primary key of the user who publishes an event (stored with it), or None (code, anonymous)."""
+    if actor is None or isinstance(actor, str) or not getattr(actor, "is_authenticated", False):
+        return None
+    return actor.pk
+
+
 def publish_event(instance_id: str, name: str, payload: Any = None, idempotency_key: str | None = None,
                   *, actor: Any = None) -> DurableEvent:
     """Put an event in the instance's inbox and wake it after commit.
@@ -244,7 +252,10 @@ def publish_event(instance_id: str, name: str, payload: Any = None, idempotency_
     ``idempotency_key``, publishing again returns the first event and adds
     nothing. The payload goes through JSON (DjangoJSONEncoder): the program
     receives lists for tuples, strings for dates and decimals. ``actor`` (a
-    user, or None) is recorded as the actor of the history entry.
+    user, or None) is recorded as the actor of the history entry, and a user
+    also as the event's ``publisher``: a human-task wait consumes only an
+    event whose publisher may answer it and whose payload fits its form
+    (checked when the wait consumes it, see :mod:`durable_django.humantasks`).
 
     Outcomes: the stored :class:`DurableEvent`; :class:`UnknownInstance`;
     :class:`InstanceFinished` for a completed, failed or cancelled instance
@@ -257,9 +268,10 @@ def publish_event(instance_id: str, name: str, payload: Any = None, idempotency_
     limits.check_event_name(name)
     limits.check_idempotency_key(idempotency_key)
     text = limits.payload_json(payload)  # the one serialization: this text is what is written
+    publisher = publisher_of(actor)
     actor = actor_name(actor)
     if idempotency_key is None and _one_statement_fits():
-        event, status, program = _publish_one_statement(instance_id, name, payload, actor, text)
+        event, status, program = _publish_one_statement(instance_id, name, payload, actor, text, publisher)
         _schedule_and_signal(instance_id, "event_published", status, program, event=event)
         return event
     with transaction.atomic():
@@ -276,7 +288,7 @@ def publish_event(instance_id: str, name: str, payload: Any = None, idempotency_
             try:
                 with transaction.atomic():  # a concurrent publish with the same key: only this insert fails
                     event = DurableEvent.objects.create(instance_id=instance_id, name=name, payload=payload,
-                                                        idempotency_key=idempotency_key)
+                                                        idempotency_key=idempotency_key, publisher_id=publisher)
             except IntegrityError:
                 existing = DurableEvent.objects.filter(instance_id=instance_id,
                                                        idempotency_key=idempotency_key).first()
@@ -284,7 +296,7 @@ def publish_event(instance_id: str, name: str, payload: Any = None, idempotency_
                     raise
                 return existing
         else:  # no unique key involved: no savepoint needed
-            event = _insert_event(instance_id, name, payload, text)
+            event = _insert_event(instance_id, name, payload, text, publisher)
         add_history(instance_id, HistoryKind.EVENT_PUBLISHED, status, name, actor)
     _schedule_and_signal(instance_id, "event_published", status, program, event=event)
     return event
@@ -313,7 +325,7 @@ def _one_statement_fits() -> bool:
 
 
 def _publish_one_statement(instance_id: str, name: str, payload: Any, actor: str,
-                           text: str) -> tuple[DurableEvent, str, str]:
+                           text: str, publisher: Any = None) -> tuple[DurableEvent, str, str]:
     """:func:`publish_event` without idempotency key as one ``WITH ... INSERT`` statement.
 
     The same rows as the transaction of the general path (event, history
@@ -330,7 +342,8 @@ def _publish_one_statement(instance_id: str, name: str, payload: Any, actor: str
             f"WITH i AS (SELECT {qn('status')}, {qn('program')} FROM {qn(DurableInstance._meta.db_table)} "
             f"WHERE {qn('instance_id')} = %s), "
             f"e AS (INSERT INTO {qn(DurableEvent._meta.db_table)} ({qn('instance_id')}, {qn('name')}, "
-            f"{qn('payload')}, {qn('created_at')}) SELECT %s, %s, %s::jsonb, %s::timestamptz FROM i "
+            f"{qn('payload')}, {qn('created_at')}, {qn('publisher_id')}) "
+            f"SELECT %s, %s, %s::jsonb, %s::timestamptz, %s::{_PUBLISHER.db_type(conn)} FROM i "
             f"WHERE i.{qn('status')} NOT IN ({finished}) RETURNING {qn('id')}), "
             f"h AS (INSERT INTO {qn(DurableHistory._meta.db_table)} ({qn('instance_id')}, {qn('kind')}, "
             f"{qn('status')}, {qn('detail')}, {qn('actor')}, {qn('at')}) "
@@ -341,7 +354,7 @@ def _publish_one_statement(instance_id: str, name: str, payload: Any, actor: str
     now = timezone.now()
     at = conn.ops.adapt_datetimefield_value(now)
     with hot_cursor(conn) as cur:
-        cur.execute(sql, [instance_id, instance_id, name, text, at,
+        cur.execute(sql, [instance_id, instance_id, name, text, at, _PUBLISHER.get_db_prep_save(publisher, conn),
                           instance_id, str(HistoryKind.EVENT_PUBLISHED), name, actor, at])
         row = cur.fetchone()
     if row is None:
@@ -349,12 +362,13 @@ def _publish_one_statement(instance_id: str, name: str, payload: Any, actor: str
     status, program, pk = row
     if pk is None:
         raise InstanceFinished(instance_id, status, f"publish event {name!r} to")
-    event = DurableEvent(id=pk, instance_id=instance_id, name=name, payload=payload, created_at=now)
+    event = DurableEvent(id=pk, instance_id=instance_id, name=name, payload=payload, created_at=now,
+                         publisher_id=publisher)
     event._state.adding, event._state.db = False, conn.alias
     return event, status, program
 
 
-def _insert_event(instance_id: str, name: str, payload: Any, text: str) -> DurableEvent:
+def _insert_event(instance_id: str, name: str, payload: Any, text: str, publisher: Any = None) -> DurableEvent:
     """``DurableEvent.objects.create`` of an event without idempotency key, as one cached INSERT.
 
     ``text`` is the payload's JSON (from :func:`limits.payload_json`), written as is: not serialized again.
@@ -363,19 +377,22 @@ def _insert_event(instance_id: str, name: str, payload: Any, text: str) -> Durab
 
     conn = real_connection(connection)
     if not _returning_supported(conn):
-        return DurableEvent.objects.create(instance_id=instance_id, name=name, payload=payload)
+        return DurableEvent.objects.create(instance_id=instance_id, name=name, payload=payload, publisher_id=publisher)
     key = (conn.vendor, "event")
     sql = _SQL.get(key)
     if sql is None:
         qn = conn.ops.quote_name
         cast = "::jsonb" if conn.vendor == "postgresql" else ""  # the text is JSON already
         sql = _SQL[key] = (f"INSERT INTO {qn(DurableEvent._meta.db_table)} ({qn('instance_id')}, {qn('name')}, "
-                           f"{qn('payload')}, {qn('created_at')}) VALUES (%s, %s, %s{cast}, %s) RETURNING {qn('id')}")
+                           f"{qn('payload')}, {qn('created_at')}, {qn('publisher_id')}) "
+                           f"VALUES (%s, %s, %s{cast}, %s, %s) RETURNING {qn('id')}")
     now = timezone.now()
     with hot_cursor(conn) as cur:
-        cur.execute(sql, [instance_id, name, text, conn.ops.adapt_datetimefield_value(now)])
+        cur.execute(sql, [instance_id, name, text, conn.ops.adapt_datetimefield_value(now),
+                          _PUBLISHER.get_db_prep_save(publisher, conn)])
         pk = cur.fetchone()[0]
-    event = DurableEvent(id=pk, instance_id=instance_id, name=name, payload=payload, created_at=now)
+    event = DurableEvent(id=pk, instance_id=instance_id, name=name, payload=payload, created_at=now,
+                         publisher_id=publisher)
     event._state.adding, event._state.db = False, conn.alias
     return event
 

@@ -198,6 +198,15 @@ def hot_cursor(conn) -> Any:
     return conn.make_debug_cursor(raw) if conn.queries_logged else conn.make_cursor(raw)
 
 
+#: Keys of a wait's metadata that make it a human task (see :mod:`durable_django.humantasks.assignment`).
+TASK_KEYS = ("user", "group", "permission", "form", "schema")
+
+
+def is_task_meta(meta: dict | None) -> bool:
+    """Does a wait with this metadata wait for a person (an assignee, or a form its payload must fit)?"""
+    return bool(meta) and any(meta.get(k) for k in TASK_KEYS)
+
+
 def to_datetime(due: float | None) -> datetime | None:
     return None if due is None else datetime.fromtimestamp(due, tz=UTC)
 
@@ -248,6 +257,8 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
         #: the backend then calls its sync methods directly instead of through ``sync_to_async``.
         self.inline = False
         self._consumed: list[int] = []
+        #: (event id, instance id, name, reason) of events a human-task wait rejected since the last checkpoint.
+        self._rejected: list[tuple[int, str, str, str]] = []
         self._resumed = False
         self._loaded_layout: str | None = None
         #: the lease's expiry as last written by the executor or this backend (None: unknown).
@@ -358,6 +369,7 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
             self.lease_expires_at = columns["lease_expires_at"]
         self._written = {k: columns.get(k) for k in _STICKY}
         self._consumed = []
+        self._rejected = []
         self.last_status = status
         self.last_wait = wait if status == Status.PAUSED else None
         self.saves += 1
@@ -508,6 +520,61 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
             raise PauseForEventException(event_name, instance_id=instance_id)
         self._consumed.append(ev[0])
         return _PAYLOAD.from_db_value(ev[1], None, conn)
+
+    async def wait_for_answer(self, instance_id: str, event_name: str, meta: dict) -> Any:
+        """A wait with metadata: a human task (assignee or form, see :mod:`durable_django.humantasks`) takes
+        only an event that answers it; any other wait is :meth:`wait_for_event`."""
+        if not is_task_meta(meta):
+            return await self.wait_for_event(instance_id, event_name)
+        if self.inline:
+            return _hidden_loop_call(self.wait_for_answer_sync, instance_id, event_name, meta)
+        return await sync_to_async(self.wait_for_answer_sync, thread_sensitive=True)(instance_id, event_name, meta)
+
+    def wait_for_answer_sync(self, instance_id: str, event_name: str, meta: dict) -> Any:
+        """Take the oldest unconsumed event of that name whose publisher may answer the wait and whose payload
+        fits its form (both checked now, against the wait's signed metadata, however early the event was
+        published); return the cleaned payload. Every older event that does not fit is rejected on the way:
+        it leaves the inbox unused, with the reason on the event and in the history. A human-task wait is
+        rarely reached, so this costs a query or two more than :meth:`wait_for_event` only there."""
+        from .humantasks.assignment import judge_answer
+
+        self.prefetched_event = None
+        events = DurableEvent.objects.using(self.using or "default")
+        while True:
+            skip = [*self._consumed, *(r[0] for r in self._rejected)]
+            ev = (events.filter(instance_id=instance_id, name=event_name, consumed_at__isnull=True)
+                  .exclude(pk__in=skip).order_by("id").values_list("id", "payload", "publisher_id").first())
+            if ev is None:
+                raise PauseForEventException(event_name, instance_id=instance_id)
+            ok, value = judge_answer(meta, ev[2], ev[1])
+            if ok:
+                self._consumed.append(ev[0])
+                return value
+            record = (ev[0], instance_id, event_name, str(value)[:2000])
+            self._rejected.append(record)
+            self._write_rejection(*record)
+            if not self.commit:  # the caller's transaction (or autocommit) keeps it
+                self._rejected.remove(record)
+
+    def _write_rejection(self, event_id: int, instance_id: str, event_name: str, reason: str) -> None:
+        now = timezone.now()
+        n = (DurableEvent.objects.using(self.using or "default").filter(pk=event_id, consumed_at__isnull=True)
+             .update(consumed_at=now, rejected=reason))
+        if n:
+            add_history(instance_id, HistoryKind.EVENT_REJECTED, self.last_status or Status.RUNNING,
+                        f"event {event_name!r} #{event_id} rejected: {reason}", self.worker_id, now, using=self.using)
+
+    @property
+    def uncommitted_rejections(self) -> bool:
+        """Events rejected since the last checkpoint, in the executor's transaction (not committed yet)."""
+        return bool(self._rejected)
+
+    def commit_rejections(self) -> None:
+        """Write the rejections again after the executor rolled back a run that paused without a
+        checkpoint (the wait was not over), so the rejected events leave the inbox for good."""
+        for record in self._rejected:
+            self._write_rejection(*record)
+        self._rejected = []
 
     def publish_event(self, instance_id: str, event_name: str, payload: Any = None) -> None:
         """Deliver an event (see :func:`durable_django.publish_event`)."""

@@ -449,6 +449,10 @@ def _run_claimed(row: _Claimed, worker_id: str) -> tuple[str, dict | None]:
         if manage:
             _end_manual_transaction()
 
+    if outcome == Status.PAUSED and backend.uncommitted_rejections:
+        # A human-task wait rejected events, then paused without a checkpoint (rolled back above): the
+        # rejections are kept anyway, or the rejected events would wake the instance again and again.
+        backend.commit_rejections()
     if error is not None:
         if isinstance(error, CodeChangedError | StateTamperedError | CheckpointException | UnknownProgram):
             _suspend(row, worker_id, f"{type(error).__name__}: {error}")

@@ -7,6 +7,7 @@ what waits for which event) and for people (admin, commands).
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib.contenttypes.fields import GenericForeignKey
 from django.contrib.contenttypes.models import ContentType
 from django.core.serializers.json import DjangoJSONEncoder
@@ -132,6 +133,14 @@ class DurableEvent(models.Model):
     idempotency_key = models.CharField(_("idempotency key"), max_length=255, null=True, blank=True)
     created_at = models.DateTimeField(_("published at"), auto_now_add=True)
     consumed_at = models.DateTimeField(_("consumed at"), null=True, blank=True)
+    # Who published it (a user passed as ``actor``). A human-task wait checks at consumption that this user may
+    # answer it. No database constraint and no index: the publish path stays one INSERT, and a deleted user
+    # leaves an id that no longer answers anything.
+    publisher = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.DO_NOTHING,
+                                  db_constraint=False, related_name="+", verbose_name=_("published by"))
+    # Nullable, so that the hand-written INSERTs of the publish path need not name it.
+    rejected = models.TextField(_("rejected because"), null=True, blank=True,
+                                help_text=_("Why the wait it reached refused it (it left the inbox unused)."))
 
     class Meta:
         verbose_name = _("durable event")
@@ -161,6 +170,7 @@ class HistoryKind(models.TextChoices):
     SUSPENDED = "suspended", _("Suspended")
     RECOVERED = "recovered", _("Recovered from a dead worker")
     EVENT_PUBLISHED = "event_published", _("Event published")
+    EVENT_REJECTED = "event_rejected", _("Event rejected")
     MIGRATED = "migrated", _("Migrated to new code")
     OPERATOR = "operator", _("Operator action")
 

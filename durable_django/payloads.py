@@ -35,7 +35,8 @@ def instance_detail(inst: DurableInstance) -> dict[str, Any]:
     data["error"] = inst.error
     data["events"] = [
         {"id": e.id, "name": e.name, "payload": e.payload, "idempotency_key": e.idempotency_key,
-         "created_at": _iso(e.created_at), "consumed_at": _iso(e.consumed_at)}
+         "created_at": _iso(e.created_at), "consumed_at": _iso(e.consumed_at), "publisher_id": e.publisher_id,
+         "rejected": e.rejected}
         for e in inst.events.order_by("id")]
     data["history"] = [
         {"kind": h.kind, "status": h.status, "detail": h.detail, "actor": h.actor, "at": _iso(h.at)}

@@ -4,8 +4,12 @@ All of them need a logged-in user, are CSRF-protected (``csrf_protect``, also
 without the middleware) and check permission per instance: publishing needs
 ``durable_django.publish_durableevent`` unless the instance waits for that
 event and the user is one it is assigned to (see
-:mod:`durable_django.humantasks`). Bad input is a clear 4xx with a JSON body
-``{"error": ...}``::
+:mod:`durable_django.humantasks`). An event published before its wait is
+kept, and checked when a human-task wait consumes it (its publisher must be
+an assignee, its payload must fit the form; otherwise it is rejected). The
+task pages read the event, assignment and form from the instance's signed
+state, never from the ``HumanTask`` row's columns. Bad input is a clear 4xx
+with a JSON body ``{"error": ...}``::
 
     400 malformed JSON (also NaN, infinite numbers, nesting deeper than
         DURABLE['MAX_JSON_DEPTH']), a field of the wrong type, a payload the wait's
@@ -154,8 +158,28 @@ class _Refused(Exception):
 publish_event_view = PublishEventView.as_view()
 
 
-def _task_form(task: HumanTask, data=None):
-    cls = assignment.form_class({"form": task.form, "schema": task.schema})
+def signed_task(user, task: HumanTask | None) -> HumanTask | None:
+    """``task`` with its event, title, form and schema taken from the instance's signed state, if ``user`` may
+    answer it there; None otherwise (a stale row, a row changed in the database, a task of someone else).
+
+    The ``HumanTask`` row only finds the tasks (one indexed query); what a page shows, imports and answers
+    comes from the signed state (:func:`assignment.task_wait`).
+    """
+    if task is None:
+        return None
+    loaded = task.instance if "instance" in task._state.fields_cache else None
+    wait = assignment.task_wait(user, task.instance_id, loaded)
+    if wait is None or wait.event != task.event:
+        return None
+    task.event, task.title = wait.event, str(wait.meta.get("title") or "")
+    task.form, task.schema = str(wait.meta.get("form") or ""), wait.meta.get("schema")
+    task.wait = wait
+    return task
+
+
+def task_form(task: HumanTask, data=None):
+    """The form of a task returned by :func:`signed_task` (None when the wait has no form or schema)."""
+    cls = assignment.form_class(task.wait.meta)
     if cls is None:
         return None
     return cls(data=data)
@@ -164,10 +188,9 @@ def _task_form(task: HumanTask, data=None):
 @login_required
 def task_list(request: HttpRequest) -> HttpResponse:
     """The waits this user may answer, each with its form."""
-    tasks = list(HumanTask.objects.for_user(request.user).select_related("instance", "assignee_group",
-                                                                          "assignee_user")
-                 .defer("instance__state", "instance__arguments").order_by("created_at")[:200])
-    rows = [{"task": t, "form": _task_form(t)} for t in tasks]
+    tasks = HumanTask.objects.for_user(request.user).select_related("instance", "assignee_group", "assignee_user")
+    tasks = (signed_task(request.user, t) for t in tasks.defer("instance__arguments").order_by("created_at")[:200])
+    rows = [{"task": t, "form": task_form(t)} for t in tasks if t is not None]
     return render(request, "durable_django/task_list.html", {"rows": rows})
 
 
@@ -182,18 +205,19 @@ class TaskAnswerView(View):
             limits.check_instance_id(instance_id)
         except InvalidInput as exc:
             raise BadRequest(str(exc)) from None
-        task = HumanTask.objects.for_user(request.user).filter(instance_id=instance_id).first()
+        task = signed_task(request.user, HumanTask.objects.for_user(request.user).filter(instance_id=instance_id)
+                           .first())
         if task is None:
             raise PermissionDenied("no task of yours waits on this instance")
         return task
 
     def get(self, request: HttpRequest, instance_id: str) -> HttpResponse:
         task = self.get_task(request, instance_id)
-        return render(request, self.template_name, {"task": task, "form": _task_form(task)})
+        return render(request, self.template_name, {"task": task, "form": task_form(task)})
 
     def post(self, request: HttpRequest, instance_id: str) -> HttpResponse:
         task = self.get_task(request, instance_id)
-        form = _task_form(task, request.POST)
+        form = task_form(task, request.POST)
         if form is not None and not form.is_valid():
             return render(request, self.template_name, {"task": task, "form": form}, status=400)
         payload = assignment.to_json(form.cleaned_data) if form is not None else None

@@ -4,6 +4,22 @@ Embedded defaults need no server: SQLite in ``var/db.sqlite3`` and a
 filesystem Celery broker in ``var/broker``. Production parts are selected by
 environment variables: ``DATABASE_URL`` (PostgreSQL), ``CELERY_BROKER_URL``
 (Redis or RabbitMQ), ``REDIS_URL`` (channels_redis).
+
+Two modes. Development (no environment, or ``DJANGO_DEBUG=1``): ``DEBUG`` on
+and a development secret key that is published in this repository. Production
+(``DJANGO_DEBUG=0``): ``DJANGO_SECRET_KEY`` is required (the project refuses
+to start without it, or with the development key), HTTPS is enforced (SSL
+redirect, secure cookies) and HSTS, the proxy header, the hosts and the trusted
+origins come from the environment, so that ``manage.py check --deploy`` passes::
+
+    DJANGO_DEBUG=0
+    DJANGO_SECRET_KEY=<50+ random characters>     # python -c "import secrets; print(secrets.token_urlsafe(50))"
+    DJANGO_ALLOWED_HOSTS=expenses.example.com
+    DJANGO_CSRF_TRUSTED_ORIGINS=https://expenses.example.com
+    DJANGO_SECURE_HSTS_SECONDS=31536000
+    DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS=1
+    DJANGO_SECURE_HSTS_PRELOAD=1
+    DJANGO_SECURE_PROXY_SSL_HEADER=1              # only behind a proxy that sets X-Forwarded-Proto
 """
 
 from __future__ import annotations
@@ -12,15 +28,63 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from durable_django.conf import beat_schedule
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("DURABLE_VAR_DIR", BASE_DIR / "var"))
 
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "dev-only-insecure-key-change-me-0123456789")
-DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
-ALLOWED_HOSTS = os.environ.get("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1").split(",")
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+
+
+def env_bool(name: str, default: bool) -> bool:
+    """A yes/no environment variable; anything unrecognised is an error, never a silent default."""
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    if value.strip().lower() in _TRUE:
+        return True
+    if value.strip().lower() in _FALSE:
+        return False
+    raise ImproperlyConfigured(f"{name}={value!r}: use 1 or 0")
+
+
+def env_list(name: str, default: str = "") -> list[str]:
+    """A comma-separated environment variable, without empty entries."""
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+DEBUG = env_bool("DJANGO_DEBUG", True)
+
+# !!! DEVELOPMENT ONLY !!! This key is published in the repository: anyone can forge sessions, password-reset
+# links and (through the state-signing key durable_django derives from it) durable state with it. It is used only
+# while DEBUG is on; with DJANGO_DEBUG=0 the project refuses to start unless DJANGO_SECRET_KEY is set to a secret.
+DEV_SECRET_KEY = "dev-only-insecure-key-change-me-0123456789"
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
+if not DEBUG and (not SECRET_KEY.strip() or SECRET_KEY == DEV_SECRET_KEY):
+    raise ImproperlyConfigured(
+        "Production mode (DJANGO_DEBUG=0) needs a secret key: set DJANGO_SECRET_KEY to at least 50 random "
+        "characters (python -c \"import secrets; print(secrets.token_urlsafe(50))\"). The development key in "
+        "example_project/settings.py is public and is refused.")
+if not SECRET_KEY:
+    SECRET_KEY = DEV_SECRET_KEY
+# Old keys still accepted while rotating (sessions, and durable state signed before the rotation).
+SECRET_KEY_FALLBACKS = env_list("DJANGO_SECRET_KEY_FALLBACKS")
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1")
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS")
+
+# HTTPS. Development serves plain HTTP; production redirects to HTTPS and sends cookies over HTTPS only
+# (each can be turned off, e.g. DJANGO_SECURE_SSL_REDIRECT=0 when a proxy already redirects).
+SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", not DEBUG)
+SESSION_COOKIE_SECURE = env_bool("DJANGO_SESSION_COOKIE_SECURE", not DEBUG)
+CSRF_COOKIE_SECURE = env_bool("DJANGO_CSRF_COOKIE_SECURE", not DEBUG)
+# HSTS is off until asked for: browsers remember it (start small, then 31536000 once HTTPS works everywhere).
+SECURE_HSTS_SECONDS = int(os.environ.get("DJANGO_SECURE_HSTS_SECONDS", "0"))
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("DJANGO_SECURE_HSTS_PRELOAD", False)
+if env_bool("DJANGO_SECURE_PROXY_SSL_HEADER", False):  # only behind a proxy that sets (and strips) this header
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 INSTALLED_APPS = [
     "daphne",  # first: `runserver` serves ASGI (websockets)

@@ -11,6 +11,12 @@ In a durable program::
 The keyword arguments are saved with the wait (``state["wait"]["meta"]``).
 While the instance waits there, a :class:`~durable_django.humantasks.models.HumanTask`
 row lists it for the users who may answer; the views and admin actions check
-:func:`~durable_django.humantasks.assignment.check_answer` before publishing.
+:func:`~durable_django.humantasks.assignment.check_answer` before publishing,
+and the wait checks the event it consumes again
+(:func:`~durable_django.humantasks.assignment.judge_answer`: its publisher
+may answer, its payload fits the form), so an event published ahead of time,
+or by code without a user, never answers a human task; it is rejected with
+the reason recorded. ``exclude_user="alice"`` keeps a user (even a superuser)
+from answering, e.g. the one who submitted what is approved.
 Add ``"durable_django.humantasks"`` to ``INSTALLED_APPS`` after ``"durable_django"``.
 """

@@ -3,9 +3,15 @@
 Everything is read from the wait's metadata in the instance's signed state
 (the truth), so a task row that is late or missing never lets the wrong person
 answer. Metadata keys (all optional): ``user`` (username), ``group`` (group
-name), ``permission`` (``"app_label.codename"``), ``form`` (dotted path of a
-Django form), ``schema`` (a JSON-schema subset, see :func:`schema_form`),
-``title``.
+name), ``permission`` (``"app_label.codename"``), ``exclude_user`` (a username
+that may never answer, e.g. whoever submitted what is approved: not even a
+superuser), ``form`` (dotted path of a Django form), ``schema`` (a JSON-schema
+subset, see :func:`schema_form`), ``title``.
+
+The checks run twice: when a user publishes (:func:`check_answer`, an
+immediate 403/400) and when the wait consumes an event
+(:func:`judge_answer`, in the worker), so an event published before the
+wait existed is held to the same rules as an answer to it.
 """
 
 from __future__ import annotations
@@ -15,10 +21,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django import forms
+from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.utils.module_loading import import_string
 
+from ..backend import is_task_meta
 from ..models import DurableInstance, Status
 from ..signing import STATE, blob_context, unsign
 
@@ -43,20 +51,27 @@ class Wait:
 
     @property
     def is_task(self) -> bool:
-        return self.assigned or bool(self.meta.get("form") or self.meta.get("schema"))
+        return is_task_meta(self.meta)
 
 
 def current_wait(instance_id: str) -> Wait | None:
     """The event wait the instance is paused on, read from its verified state; None otherwise."""
     row = (DurableInstance.objects.filter(pk=instance_id, status=Status.PAUSED, wait_kind="event")
-           .values_list("state", "version", "program").first())
-    if row is None or row[0] is None:
+           .values_list("program", "state", "version").first())
+    if row is None:
         return None
-    state = unsign(row[0], blob_context(instance_id, row[2], STATE))
+    return wait_of(instance_id, *row)
+
+
+def wait_of(instance_id: str, program: str, blob: bytes | memoryview | None, version: int) -> Wait | None:
+    """The event wait recorded in a paused instance's state blob (verified before it is unpickled)."""
+    if blob is None:
+        return None
+    state = unsign(blob, blob_context(instance_id, program, STATE))
     wait = state.get("wait") or {}
     if wait.get("kind") != "event":
         return None
-    return Wait(instance_id, wait.get("event") or "", dict(wait.get("meta") or {}), wait.get("due"), row[1],
+    return Wait(instance_id, wait.get("event") or "", dict(wait.get("meta") or {}), wait.get("due"), version,
                 int(state.get("steps") or 0))
 
 
@@ -67,6 +82,8 @@ def may_answer(user, meta: dict) -> bool:
     events (``durable_django.publish_durableevent``).
     """
     if user is None or not user.is_authenticated or not user.is_active:
+        return False
+    if meta.get("exclude_user") and user.get_username() == meta["exclude_user"]:
         return False
     if user.is_superuser:
         return True
@@ -107,7 +124,7 @@ def clean_payload(meta: dict, payload: Any) -> Any:
     if unexpected:
         raise ValidationError(f"unexpected fields: {', '.join(unexpected)}")
     if not form.is_valid():
-        raise ValidationError(form.errors.get_json_data())
+        raise ValidationError(form.errors.as_data())
     return to_json(form.cleaned_data)
 
 
@@ -135,6 +152,69 @@ def check_wait(user, wait: Wait | None, event: str, payload: Any) -> Any:
     if not may_answer(user, wait.meta):
         raise PermissionDenied("this task is assigned to someone else")
     return clean_payload(wait.meta, payload)
+
+
+def judge_answer(meta: dict, publisher_id: Any, payload: Any) -> tuple[bool, Any]:
+    """Does an event answer a human-task wait, checked when the wait consumes it?
+
+    ``(True, cleaned payload)`` when its publisher (a user id, stored by
+    :func:`durable_django.publish_event` from its ``actor``) exists, is active
+    and may answer the wait now, and the payload passes the wait's form or
+    schema; else ``(False, reason)``. An event published by code without a
+    user answers no human task: code answers as a user with :func:`~.sync.answer`.
+    """
+    if publisher_id is None:
+        return False, ("published without a user; a human task takes answers from the users it is assigned to "
+                       "(the task pages, the publish view, or answer(user, ...))")
+    user = get_user_model()._default_manager.filter(pk=publisher_id).first()
+    if user is None:
+        return False, f"its publisher (user id {publisher_id}) no longer exists"
+    if not may_answer(user, meta):
+        return False, f"{user.get_username()!r} may not answer this task ({describe_assignment(meta)})"
+    try:
+        return True, clean_payload(meta, payload)
+    except ValidationError as exc:
+        return False, f"the payload does not fit the task's form: {error_text(exc)}"
+    except (ImportError, TypeError, ValueError) as exc:  # the wait names no usable form: nothing can answer it
+        return False, f"the task's form cannot be used: {type(exc).__name__}: {exc}"
+
+
+def describe_assignment(meta: dict) -> str:
+    """Who may answer, in words (for rejection reasons)."""
+    parts = [f"{k} {meta[k]!r}" for k in ASSIGNMENT_KEYS if meta.get(k)]
+    text = " or ".join(parts) if parts else "users who may publish events"
+    if meta.get("exclude_user"):
+        text += f", never {meta['exclude_user']!r}"
+    return text
+
+
+def error_text(exc: ValidationError) -> str:
+    """A ValidationError (from a form, with field names) as one line."""
+    if hasattr(exc, "error_dict"):
+        return "; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())
+    return " ".join(exc.messages)
+
+
+def task_wait(user, instance_id: str, instance: DurableInstance | None = None) -> Wait | None:
+    """The human task ``user`` may answer on ``instance_id``, from the instance's signed state; else None.
+    ``instance``: its row when already loaded (with ``state``), to save a query.
+
+    What the task pages use for the event name, the assignment and the form:
+    never the :class:`~.models.HumanTask` row's columns, which are unsigned
+    copies a database write could change (and a form path is imported).
+    """
+    try:
+        if instance is None:
+            wait = current_wait(instance_id)
+        elif instance.status == Status.PAUSED and instance.wait_kind == "event":
+            wait = wait_of(instance_id, instance.program, instance.state, instance.version)
+        else:
+            wait = None
+    except Exception:  # tampered or unreadable state: no one can answer it here
+        return None
+    if wait is None or not wait.is_task or not may_answer(user, wait.meta):
+        return None
+    return wait
 
 
 # -- schemas -------------------------------------------------------------------

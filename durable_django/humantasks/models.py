@@ -25,14 +25,14 @@ class HumanTaskQuerySet(models.QuerySet):
         if not user.is_authenticated or not user.is_active:
             return self.none()
         if user.is_superuser:
-            return self.all()
+            return self.exclude(exclude_user=user.get_username())
         perms = user.get_all_permissions()
         q = Q(assignee_user=user) | Q(assignee_group__in=user.groups.all())
         if perms:
             q |= Q(permission__in=perms)
         if "durable_django.publish_durableevent" in perms:  # unassigned waits (a form only): any publisher
             q |= Q(assignee_user=None, assignee_group=None, permission="")
-        return self.filter(q)
+        return self.filter(q).exclude(exclude_user=user.get_username())
 
 
 class HumanTask(models.Model):
@@ -46,6 +46,9 @@ class HumanTask(models.Model):
                                        verbose_name=_("group"))
     permission = models.CharField(_("permission"), max_length=255, blank=True, default="",
                                   help_text=_("app_label.codename"))
+    exclude_user = models.CharField(_("never answered by"), max_length=150, blank=True, default="",
+                                    help_text=_("Username that may not answer it (e.g. who submitted it)."))
+    # A copy for display only: the task pages import the form named in the signed state, never this column.
     form = models.CharField(_("form"), max_length=255, blank=True, default="")
     schema = models.JSONField(_("schema"), null=True, blank=True, encoder=DjangoJSONEncoder)
     due_at = models.DateTimeField(_("due at"), null=True, blank=True)

@@ -53,6 +53,7 @@ def _upsert(wait: Wait) -> HumanTask:
     fields: dict[str, Any] = {
         "event": wait.event, "title": str(meta.get("title") or "")[:255], "assignee_user": user,
         "assignee_group": group, "permission": str(meta.get("permission") or "")[:255],
+        "exclude_user": str(meta.get("exclude_user") or "")[:150],
         "form": str(meta.get("form") or "")[:255], "schema": meta.get("schema"),
         "due_at": datetime.fromtimestamp(wait.due, tz=UTC) if wait.due else None,
         "instance_version": wait.version,
@@ -173,3 +174,4 @@ def answer(user, instance_id: str, event: str, payload: Any, *, idempotency_key:
         ev = publish_answer(instance_id, event, cleaned, actor=user)
         HumanTask.objects.filter(instance_id=instance_id, event=event).delete()
     return ev
+

@@ -3,7 +3,10 @@
 An employee submits an expense. A manager approves or rejects it. Amounts of
 ``FINANCE_THRESHOLD`` or more also need finance; if finance does not act in
 time (``settings.EXPENSES_ESCALATE_AFTER`` seconds) the task is escalated to
-the director, who may answer it alongside finance. The payment is recorded by
+the director, who may answer it alongside finance. Nobody approves their own
+expense: every approval wait excludes the submitter (``exclude_user``), and a
+manager's own expense goes to the director instead of the managers. The
+payment is recorded by
 a database step, which commits with the checkpoint after it: exactly once,
 even if a worker dies in the middle.
 """
@@ -23,12 +26,15 @@ from .models import Expense, Payment
 
 FINANCE_THRESHOLD = Decimal("1000")
 DECISION_FORM = "example_project.expenses.forms.DecisionForm"
+MANAGERS = "managers"
+DIRECTOR = "expenses.approve_escalated"
 
 
 @db_step
 def load_expense(expense_id: int) -> dict:
-    e = Expense.objects.get(pk=expense_id)
-    return {"amount": str(e.amount), "description": e.description, "employee": e.employee.get_username()}
+    e = Expense.objects.select_related("employee").get(pk=expense_id)
+    return {"amount": str(e.amount), "description": e.description, "employee": e.employee.get_username(),
+            "by_manager": e.employee.groups.filter(name=MANAGERS).exists()}
 
 
 @db_step
@@ -58,29 +64,38 @@ async def expense_approval(expense_id: int):
     expense = await load_expense(expense_id)
     title = f"Expense #{expense_id}: {expense['description']} ({expense['amount']}) by {expense['employee']}"
 
+    submitter = expense["employee"]
     await set_state(expense_id, Expense.State.AWAITING_MANAGER)
-    decision = await wait_for_event("manager_decision", group="managers", form=DECISION_FORM,
-                                    title=f"Manager approval. {title}")
+    if expense["by_manager"]:  # a manager's own expense: the director approves it, never a fellow manager's vote
+        approver = "director"
+        decision = await wait_for_event("manager_decision", permission=DIRECTOR, exclude_user=submitter,
+                                        form=DECISION_FORM,
+                                        title=f"Director approval (submitted by a manager). {title}")
+    else:
+        approver = "manager"
+        decision = await wait_for_event("manager_decision", group=MANAGERS, exclude_user=submitter,
+                                        form=DECISION_FORM, title=f"Manager approval. {title}")
     if decision["decision"] != "approve":
-        await set_state(expense_id, Expense.State.REJECTED, decision, by="manager")
+        await set_state(expense_id, Expense.State.REJECTED, decision, by=approver)
         return "rejected"
 
     if Decimal(expense["amount"]) >= FINANCE_THRESHOLD:
-        await set_state(expense_id, Expense.State.AWAITING_FINANCE, decision, by="manager")
+        await set_state(expense_id, Expense.State.AWAITING_FINANCE, decision, by=approver)
         try:
             decision = await wait_for_event("finance_decision", timeout=escalate_after(), group="finance",
-                                            form=DECISION_FORM, title=f"Finance approval. {title}")
+                                            exclude_user=submitter, form=DECISION_FORM,
+                                            title=f"Finance approval. {title}")
         except EventTimeout:
             await set_state(expense_id, Expense.State.ESCALATED)
-            decision = await wait_for_event("finance_decision", group="finance",
-                                            permission="expenses.approve_escalated", form=DECISION_FORM,
+            decision = await wait_for_event("finance_decision", group="finance", permission=DIRECTOR,
+                                            exclude_user=submitter, form=DECISION_FORM,
                                             title=f"ESCALATED: finance approval overdue. {title}")
         if decision["decision"] != "approve":
             await set_state(expense_id, Expense.State.REJECTED, decision, by="finance")
             return "rejected"
         await set_state(expense_id, Expense.State.APPROVED, decision, by="finance")
     else:
-        await set_state(expense_id, Expense.State.APPROVED, decision, by="manager")
+        await set_state(expense_id, Expense.State.APPROVED, decision, by=approver)
 
     reference = await record_payment(expense_id)
     return {"paid": reference}

@@ -13,6 +13,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 import durable_django
 from durable_django.humantasks.models import HumanTask
 from durable_django.models import DurableInstance
+from durable_django.views import signed_task, task_form
 
 from .durable_programs import expense_approval
 from .forms import ExpenseForm
@@ -58,20 +59,13 @@ def expense_detail(request: HttpRequest, pk: int) -> HttpResponse:
     if not can_see(request.user, expense):
         raise PermissionDenied
     instance = DurableInstance.objects.defer("state", "arguments").filter(pk=expense.instance_id).first()
-    task = HumanTask.objects.for_user(request.user).filter(instance_id=expense.instance_id).first()
+    task = signed_task(request.user, HumanTask.objects.for_user(request.user).filter(
+        instance_id=expense.instance_id).first())
     return render(request, "expenses/detail.html", {
         "expense": expense, "instance": instance, "task": task,
-        "task_form": _form(task), "ws_path": f"/ws/expenses/{expense.pk}/",
+        "task_form": task_form(task) if task else None, "ws_path": f"/ws/expenses/{expense.pk}/",
         "history": instance.history.order_by("id") if instance else [],
         "payment": getattr(expense, "payment", None) if expense.state == Expense.State.PAID else None,
         "iid": quote(expense.instance_id),
     })
 
-
-def _form(task):
-    if task is None:
-        return None
-    from durable_django.humantasks.assignment import form_class
-
-    cls = form_class({"form": task.form, "schema": task.schema})
-    return cls() if cls else None

@@ -117,11 +117,13 @@ def test_pages(inline, roles):
 
 
 def test_demo_users_command(db):
-    call_command("demo_users", stdout=open(os.devnull, "w"))
+    # The flag: with DEBUG off (as in tests) the PostgreSQL run's database is no demo database (issue 10; the
+    # refusal itself is tested in test_security_humantasks.py).
+    call_command("demo_users", "--i-know-this-is-a-demo", stdout=open(os.devnull, "w"))
     c = Client()
     assert c.login(username="bob", password="bob-demo")
     assert User.objects.get(username="operator").has_perm("durable_django.edit_locals_durableinstance")
-    call_command("demo_users", stdout=open(os.devnull, "w"))  # idempotent
+    call_command("demo_users", "--i-know-this-is-a-demo", stdout=open(os.devnull, "w"))  # idempotent
     assert User.objects.filter(username="alice").count() == 1
 
 

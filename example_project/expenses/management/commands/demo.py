@@ -19,6 +19,8 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
+from .demo_users import FORCE_FLAG, refuse_unless_demo
+
 ROOT = Path(settings.BASE_DIR)
 
 
@@ -30,12 +32,16 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, default=8000)
         parser.add_argument("--smoke", action="store_true",
                             help="Start everything, check the site answers, then stop (for CI).")
+        parser.add_argument(FORCE_FLAG, dest="force", action="store_true",
+                            help="Run (and create the demo logins) even though DEBUG is off and the database is "
+                                 "not the demo's SQLite.")
 
-    def handle(self, *args, host: str, port: int, smoke: bool, **options) -> None:
+    def handle(self, *args, host: str, port: int, smoke: bool, force: bool = False, **options) -> None:
+        refuse_unless_demo(force)  # before anything is written
         self.stdout.write("Migrating...")
         call_command("migrate", interactive=False, verbosity=0)
         self.stdout.write("Demo logins (username / password):")
-        call_command("demo_users", stdout=self.stdout)
+        call_command("demo_users", stdout=self.stdout, force=True)
         var = Path(os.environ.get("DURABLE_VAR_DIR", ROOT / "var"))
         var.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "DJANGO_SETTINGS_MODULE": os.environ.get("DJANGO_SETTINGS_MODULE",
