@@ -131,6 +131,8 @@ class CompiledFunction:
     source_hash: str
     layout_hash: str
     resume_points: dict = field(default_factory=dict)
+    #: pc -> (the await's own source text, the source lines it spans), as written in the file (for move_to)
+    resume_sources: dict = field(default_factory=dict)
 
     def bind(self, func, args: tuple, kwargs: dict) -> dict:
         """Bind call arguments like Python would; return the initial locals."""
@@ -572,6 +574,7 @@ class _Lowerer:
         self.pending: list[str] = []      # completion variables of the finally bodies being lowered
         self.persistent_temps: set[str] = set()
         self.resume_points: dict[Label, tuple] = {}
+        self.resume_nodes: dict[Label, ast.AST] = {}
         self.chunk = chunk
         self.lineno = 1
 
@@ -720,6 +723,7 @@ class _Lowerer:
             value = self.expr(value)
             term = _tuple(_name(f"{_PREFIX}AWAIT"), value, _const(resume), _const(tmp))
         self.resume_points[resume] = (getattr(node, "lineno", self.lineno), text[:120], tmp)
+        self.resume_nodes[resume] = node
         self.close(_ret(term), ("S", resume))
         self.new_block(resume)
         return self.use(tmp) if keep else None
@@ -1213,6 +1217,21 @@ def _origin_tag(func):
     return func
 
 
+def _written(source: str, firstline: int, node: ast.AST) -> tuple[str, str]:
+    """What the user wrote for an await (``node``, its line numbers shifted to the file's): its own
+    text and the whole lines it spans, each with runs of whitespace collapsed to one space."""
+    if getattr(node, "end_lineno", None) is None:
+        return "", ""
+    shift = firstline - 1
+
+    class _At:  # the node's position in ``source`` (line numbers relative to it)
+        lineno, end_lineno = node.lineno - shift, node.end_lineno - shift
+        col_offset, end_col_offset = node.col_offset, node.end_col_offset
+
+    lines = source.splitlines()[_At.lineno - 1:_At.end_lineno]
+    return " ".join((ast.get_source_segment(source, _At) or "").split()), " ".join(" ".join(lines).split())
+
+
 def _source_of(func) -> tuple[str, str, int]:
     filename, firstline = origin(func)
     try:
@@ -1299,6 +1318,7 @@ class DurableAstTransformer:
             argnames=tuple(argnames), bind_code=bind_code,
             source_hash=hashlib.sha256(source.encode()).hexdigest()[:16], layout_hash=layout,
             resume_points={lab.pc: v for lab, v in lw.resume_points.items()},
+            resume_sources={lab.pc: _written(source, firstline, n) for lab, n in lw.resume_nodes.items()},
         )
 
     def compile_chunk(self, chunk: CodeChunk, base: int, globals_: dict, known: frozenset = frozenset()) -> tuple:

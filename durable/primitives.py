@@ -7,9 +7,39 @@ outside durable code is an error, not a silent no-op.
 
 from __future__ import annotations
 
+import math
+import numbers
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+
+#: The range of due times a wait may have (POSIX seconds): what a ``datetime`` (and a database
+#: timestamp column) can hold, years 1 to 9999, with a day's margin for time zones.
+MIN_DUE = datetime(1, 1, 2, tzinfo=UTC).timestamp()
+MAX_DUE = datetime(9999, 12, 30, tzinfo=UTC).timestamp()
+
+
+def _seconds(what: str, value) -> float:
+    """``value`` as a finite, non-negative number of seconds that ends before :data:`MAX_DUE`.
+
+    Refused where the program gives it (a ``ValueError`` or ``TypeError`` at its await, which it
+    can catch), not later in the worker when the due time is stored.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{what} must be a number of seconds, got {type(value).__name__} {value!r}")
+    seconds = float(value)
+    if math.isnan(seconds) or math.isinf(seconds):
+        raise ValueError(f"{what} must be a finite number of seconds, got {value!r}")
+    if seconds < 0:
+        raise ValueError(f"{what} must be >= 0 seconds, got {value!r}")
+    if time.time() + seconds > MAX_DUE:
+        raise ValueError(f"{what} of {value!r} seconds ends after the year 9999, beyond what a timestamp holds")
+    return seconds
+
+
+def valid_due(due) -> bool:
+    """Is ``due`` (POSIX seconds) a due time that can be stored? (False for NaN and infinities.)"""
+    return MIN_DUE <= due <= MAX_DUE
 
 
 @dataclass(frozen=True)
@@ -55,25 +85,29 @@ def wait_for_event(event: str, timeout: float | None = None, **meta) -> WaitRequ
     """
     if not isinstance(event, str) or not event:
         raise ValueError(f"event name must be a non-empty string, got {event!r}")
-    if timeout is not None and timeout < 0:
-        raise ValueError("timeout must be >= 0")
+    if timeout is not None:
+        timeout = _seconds("wait_for_event() timeout", timeout)
     return WaitRequest(event, timeout, meta=meta or None)
 
 
 def sleep(seconds: float) -> TimerRequest:
-    """A durable timer: pause the instance for ``seconds``."""
-    if seconds < 0:
-        raise ValueError("sleep() needs seconds >= 0")
-    return TimerRequest(seconds=float(seconds))
+    """A durable timer: pause the instance for ``seconds`` (finite, >= 0, ending before the year 9999)."""
+    return TimerRequest(seconds=_seconds("sleep()", seconds))
 
 
 def sleep_until(when: datetime | float) -> TimerRequest:
-    """A durable timer until an aware datetime (naive means UTC) or POSIX time."""
+    """A durable timer until an aware datetime (naive means UTC) or POSIX time (finite, years 1-9999)."""
     if isinstance(when, datetime):
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
-        return TimerRequest(due=when.timestamp())
-    return TimerRequest(due=float(when))
+        due = when.timestamp()
+    elif isinstance(when, bool) or not isinstance(when, numbers.Real):
+        raise TypeError(f"sleep_until() takes a datetime or a POSIX time, got {type(when).__name__} {when!r}")
+    else:
+        due = float(when)
+    if not valid_due(due):
+        raise ValueError(f"sleep_until({when!r}): not a time between the years 1 and 9999")
+    return TimerRequest(due=due)
 
 
 def pause_request(exc) -> WaitRequest:

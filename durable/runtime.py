@@ -27,7 +27,7 @@ from .exceptions import (
     PauseForEventException,
     TimerPause,
 )
-from .primitives import TimerRequest, WaitRequest
+from .primitives import TimerRequest, WaitRequest, valid_due
 from .stack import CallStack, FunctionCall, check_code, func_ref, resolve_func, transformer
 
 log = logging.getLogger("durable")
@@ -157,6 +157,8 @@ class DurableRuntime:
             wait = {"kind": "event", "event": req.event, "due": due}
             if req.meta:
                 wait["meta"] = req.meta
+        if due is not None and not valid_due(due):  # a request built by hand, or a clock gone wrong
+            return False, None, ValueError(f"{req!r}: its due time {due!r} is not a time between the years 1 and 9999")
         try:
             value, throw = await self._check_wait(wait)
             return True, value, throw

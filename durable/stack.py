@@ -85,18 +85,37 @@ class FunctionCall:
         return [(pc, line, text) for pc, (line, text, _) in sorted(self.compiled.resume_points.items())]
 
     def move_to(self, where: str | int) -> None:
-        """Make this (paused) call continue after the await whose source text
-        contains ``where`` (or that starts on line ``where``) in the current code.
+        """Make this (paused) call continue after an await of the current code; the locals are kept.
 
         Meant for migrations of instances paused under code whose step layout
-        changed; the locals are kept as they are.
+        changed. ``where`` is a line number (the first await that starts on
+        that line) or text, matched in this order, the first await in code
+        order winning at each stage: (1) the await as written in the file,
+        from ``await`` to the end of its expression (``raise
+        PauseForEventException(...)``: the raise statement); (2) the form
+        :meth:`resume_points` shows (Python's re-printed source, single
+        quotes); (3) the whole source lines the await spans (so the assigned
+        name may be included). Runs of whitespace count as one space, in
+        ``where`` and in the source. No match raises ``ValueError`` listing
+        the resume points.
         """
-        points = self.compiled.resume_points if self.compiled is not None else {}
-        for pc, (line, text, tmp) in sorted(points.items()):
-            if (isinstance(where, int) and line == where) or (isinstance(where, str) and where in text):
-                self.pc, self.tmp = pc, tmp
-                return
-        raise ValueError(f"no await matching {where!r} in {self.name}")
+        compiled = self.compiled
+        points = sorted(compiled.resume_points.items()) if compiled is not None else []
+        if isinstance(where, int) and not isinstance(where, bool):
+            found = next((pc for pc, (line, _, _) in points if line == where), None)
+        elif isinstance(where, str) and where.strip():
+            want = " ".join(where.split())
+            sources = compiled.resume_sources if compiled is not None else {}
+            stages = (lambda pc, text: sources.get(pc, ("", ""))[0],
+                      lambda pc, text: " ".join(text.split()),
+                      lambda pc, text: sources.get(pc, ("", ""))[1])
+            found = next((pc for stage in stages for pc, (_, text, _) in points if want in stage(pc, text)), None)
+        else:
+            raise TypeError(f"move_to() takes a line number or source text, not {where!r}")
+        if found is None:
+            listed = "; ".join(f"line {line}: {text}" for _, (line, text, _) in points) or "none"
+            raise ValueError(f"no await matching {where!r} in {self.name}; its resume points are: {listed}")
+        self.pc, self.tmp = found, compiled.resume_points[found][2]
 
     def __reduce__(self):
         loc = self.locals
