@@ -187,9 +187,18 @@ def check_code(frame: FunctionCall, migrate=None) -> None:
     if layout == frame.compiled.layout_hash:
         frame.fingerprint = (frame.compiled.source_hash, layout)
         return
-    if migrate is not None and migrate(frame):
-        frame.fingerprint = (frame.compiled.source_hash, frame.compiled.layout_hash)
-        return
+    if migrate is not None:
+        saved = frame.pc, frame.tmp
+        try:
+            migrated = migrate(frame)
+        except Exception as exc:  # a migration that cannot adapt the frame: the instance cannot resume safely
+            frame.pc, frame.tmp = saved
+            raise CodeChangedError(
+                f"the migration of {frame.compiled.qualname} ({frame.compiled.filename}), paused at step {frame.pc} "
+                f"of the old layout {layout}, raised {type(exc).__name__}: {exc}") from exc
+        if migrated:
+            frame.fingerprint = (frame.compiled.source_hash, frame.compiled.layout_hash)
+            return
     raise CodeChangedError(
         f"{frame.compiled.qualname} ({frame.compiled.filename}) changed its step layout since this instance was "
         f"checkpointed (layout {layout} -> {frame.compiled.layout_hash}); it cannot resume safely at step "

@@ -41,8 +41,9 @@ from typing import Any
 
 from asgiref.sync import AsyncToSync, SyncToAsync, async_to_sync
 from django.conf import settings
-from django.db import connection, transaction
-from django.db.models import F, Q
+from django.core.exceptions import ImproperlyConfigured
+from django.db import InterfaceError, OperationalError, connection, transaction
+from django.db.models import Case, F, Q, Value, When
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.utils.module_loading import import_string
@@ -54,6 +55,7 @@ from .backend import (
     DjangoOrchestrationBackend,
     _hidden_loop_call,
     cached_sql,
+    describe_error,
     hot_cursor,
     real_connection,
     to_datetime,
@@ -193,8 +195,10 @@ def _release_many(instance_ids: list[str], worker_id: str, heartbeat: _Heartbeat
             heartbeat.remove(iid, worker_id)
     if instance_ids:
         try:
+            never_ran = When(status=Status.RUNNING, state__isnull=True, then=Value(Status.PENDING.value))
             DurableInstance.objects.filter(pk__in=instance_ids, lease_owner=worker_id).update(
-                lease_owner="", lease_expires_at=None, attempts=F("attempts") - 1, updated_at=timezone.now())
+                lease_owner="", lease_expires_at=None, attempts=F("attempts") - 1, updated_at=timezone.now(),
+                status=Case(never_ran, default=F("status")))  # pending again, as before the claim
         except Exception:  # the database is gone: the leases expire and the sweep hands them out
             log.warning("could not release %d claimed instances", len(instance_ids), exc_info=True)
 
@@ -228,6 +232,13 @@ class _Claimed:
     event_payload: Any = None
 
 
+def _pending_to_running(qn) -> str:
+    """The claim's SET clause that shows a pending instance as ``running`` while its first step runs (no extra
+    statement). A paused one stays paused: if its wait is not over, the run only gives the lease back."""
+    return (f"{qn('status')} = CASE WHEN {qn('status')} = '{Status.PENDING.value}' THEN '{Status.RUNNING.value}' "
+            f"ELSE {qn('status')} END")
+
+
 _CLAIM_COLUMNS = ("instance_id", "program", "program_version", "status", "version", "lease_owner",
                   "lease_expires_at", "attempts", "state", "arguments")
 _claim_sql: dict = {}
@@ -240,7 +251,8 @@ def _claim_statements() -> tuple[str, str]:
         qn = connection.ops.quote_name
         table = qn(DurableInstance._meta.db_table)
         select = f"SELECT {', '.join(qn(c) for c in _CLAIM_COLUMNS)} FROM {table} WHERE {qn('instance_id')} = %s"
-        update = (f"UPDATE {table} SET {qn('lease_owner')} = %s, {qn('lease_expires_at')} = %s, "
+        update = (f"UPDATE {table} SET {_pending_to_running(qn)}, {qn('lease_owner')} = %s, "
+                  f"{qn('lease_expires_at')} = %s, "
                   f"{qn('attempts')} = {qn('attempts')} + 1, {qn('version')} = {qn('version')} + 1, "
                   f"{qn('updated_at')} = %s WHERE {qn('instance_id')} = %s AND {qn('version')} = %s")
         sql = _claim_sql[connection.vendor] = (select, update)
@@ -298,7 +310,7 @@ def _claim_free(instance_ids: list[str], worker_id: str) -> list[_Claimed]:
                      f"AND e.{qn('consumed_at')} IS NULL ORDER BY e.{qn('id')} LIMIT 1")
             returning += [f"{table}.{qn('waiting_for')}", f"(SELECT e.{qn('id')} {event}) AS event_id",
                           f"(SELECT e.{qn('payload')} {event}) AS event_payload"]
-        sql = (f"UPDATE {table} SET {qn('lease_owner')} = %s, "
+        sql = (f"UPDATE {table} SET {_pending_to_running(qn)}, {qn('lease_owner')} = %s, "
                f"{qn('lease_expires_at')} = %s, {qn('attempts')} = {qn('attempts')} + 1, "
                f"{qn('version')} = {qn('version')} + 1, {qn('updated_at')} = %s "
                f"WHERE {qn('instance_id')} {ids} AND {qn('lease_owner')} = '' "
@@ -348,8 +360,9 @@ def _claim(instance_id: str, worker_id: str) -> _Claimed | None:
     if row.lease_owner and row.lease_expires_at and row.lease_expires_at > now:
         return None
     if row.attempts >= durable_settings.MAX_ATTEMPTS:
-        _suspend(row, worker_id, f"the worker running it died {row.attempts} times in a row before the next "
-                                 "checkpoint (MAX_ATTEMPTS); fix the cause and resume it", version=row.version)
+        _suspend(row, worker_id, f"{row.attempts} runs in a row ended before the next checkpoint (MAX_ATTEMPTS): "
+                                 "the worker died, or a database error recurred (see the worker's log); fix the "
+                                 "cause and resume it", version=row.version)
         return None
     recovered = bool(row.lease_owner)
     # Conditional on the version read above: state and arguments read with it are what we now own.
@@ -361,6 +374,8 @@ def _claim(instance_id: str, worker_id: str) -> _Claimed | None:
     if n != 1:
         return None
     row.lease_expires_at = expires
+    if row.status == Status.PENDING:
+        row.status = Status.RUNNING  # as the claim's UPDATE set it
     if recovered:
         DurableHistory.objects.create(instance_id=instance_id, kind=HistoryKind.RECOVERED, status=row.status,
                                       detail=f"lease of {row.lease_owner} expired", actor=worker_id)
@@ -368,17 +383,46 @@ def _claim(instance_id: str, worker_id: str) -> _Claimed | None:
     return row
 
 
-def _release(instance_id: str, worker_id: str) -> None:
+def _release(instance_id: str, worker_id: str, count_attempt: bool = False) -> None:
+    """Give the lease back; ``count_attempt``: the run failed before its next checkpoint (see MAX_ATTEMPTS)."""
+    extra = {} if count_attempt else {"attempts": 0}
     DurableInstance.objects.filter(pk=instance_id, lease_owner=worker_id).update(
-        lease_owner="", lease_expires_at=None, attempts=0, updated_at=timezone.now())
+        lease_owner="", lease_expires_at=None, updated_at=timezone.now(), **extra)
 
 
-def _suspend(row: _Claimed, worker_id: str, reason: str, version: int | None = None) -> None:
+def _give_up_or_retry(row: _Claimed, worker_id: str, exc: Exception) -> None:
+    """An error outside the program's code (loading its state, binding its arguments, saving a checkpoint...).
+
+    A database that is unreachable or restarting (``OperationalError``, ``InterfaceError``) may work at the
+    next try: the lease is released with the claim's attempt still counted, and the error propagates so that
+    Celery retries; once ``MAX_ATTEMPTS`` claims in a row end without a checkpoint, the next claim suspends
+    the instance. Anything else would fail again at every try (and every sweep would hand the instance out
+    again): it is suspended now, with the error in ``error`` and the history. ``ImproperlyConfigured`` (the
+    worker's settings, e.g. its signing keys) hands the instance back uncounted and propagates: the instance is
+    not at fault. The program's own exceptions never get here: they fail the instance, or the program catches them.
+    """
+    if isinstance(exc, ImproperlyConfigured):  # the worker's settings (e.g. its signing keys), not the instance
+        _release(row.instance_id, worker_id)
+        raise exc
+    if isinstance(exc, OperationalError | InterfaceError):
+        try:
+            _release(row.instance_id, worker_id, count_attempt=True)
+        except Exception:  # the database is still gone: the lease expires and the sweep hands it out again
+            log.warning("could not release durable instance %s", row.instance_id, exc_info=True)
+        raise exc
+    reason = f"the worker could not run it (outside the program's code): {type(exc).__name__}: {exc}"
+    log.error("durable instance %s", row.instance_id, exc_info=exc)
+    _suspend(row, worker_id, reason, error=f"{reason}\n\n{describe_error(exc)}")
+
+
+def _suspend(row: _Claimed, worker_id: str, reason: str, version: int | None = None, error: str | None = None) -> None:
+    """Suspend a claimed instance (``reason`` in the history; ``error``, default ``reason``, in its row)."""
     rows = DurableInstance.objects.filter(pk=row.instance_id, status__in=RUNNABLE)
     rows = rows.filter(version=version) if version is not None else rows.filter(lease_owner=worker_id)
+    reason = reason.replace("\0", "")[:2000]  # PostgreSQL text holds no NUL
     with transaction.atomic():
-        if rows.update(status=Status.SUSPENDED, error=reason, lease_owner="", lease_expires_at=None,
-                       version=F("version") + 1, updated_at=timezone.now()):
+        if rows.update(status=Status.SUSPENDED, error=(error or reason).replace("\0", "")[-20000:], lease_owner="",
+                       lease_expires_at=None, version=F("version") + 1, updated_at=timezone.now()):
             DurableHistory.objects.create(instance_id=row.instance_id, kind=HistoryKind.SUSPENDED,
                                           status=Status.SUSPENDED, detail=reason, actor=worker_id)
             transaction.on_commit(lambda: signals.send_transition(
@@ -405,7 +449,10 @@ def _run_claimed(row: _Claimed, worker_id: str) -> tuple[str, dict | None]:
     except (UnknownProgram, StateTamperedError) as exc:
         _suspend(row, worker_id, f"{type(exc).__name__}: {exc}")
         return Status.SUSPENDED, None
-    except BaseException:  # e.g. ImproperlyConfigured keys: nothing ran; hand the instance back
+    except Exception as exc:
+        _give_up_or_retry(row, worker_id, exc)  # a database error propagates (Celery retries), else suspended
+        return Status.SUSPENDED, None
+    except BaseException:  # interrupted: nothing ran; hand the instance back
         _release(instance_id, worker_id)
         raise
     manage = durable_settings.ATOMIC_STEPS and not connection.in_atomic_block
@@ -456,10 +503,9 @@ def _run_claimed(row: _Claimed, worker_id: str) -> tuple[str, dict | None]:
     if error is not None:
         if isinstance(error, CodeChangedError | StateTamperedError | CheckpointException | UnknownProgram):
             _suspend(row, worker_id, f"{type(error).__name__}: {error}")
-            outcome = Status.SUSPENDED
         else:
-            _release(instance_id, worker_id)
-            raise error
+            _give_up_or_retry(row, worker_id, error)
+        outcome = Status.SUSPENDED
     elif outcome in (Status.PAUSED, Status.CANCELLED) and backend.saves == 0:
         _release(instance_id, worker_id)  # the wait was not over: nothing ran
     elif outcome == Status.PAUSED and backend.last_status != Status.PAUSED:

@@ -322,7 +322,8 @@ def test_lease_taken_over_during_a_step_keeps_nothing_of_the_step(inline, uid, s
     row = reload(uid)
     assert row.lease_owner == "thief" and row.steps == before.steps and row.state == before.state
     assert not SideEffect.objects.filter(key=uid).exists()
-    assert row.status == before.status and kinds(uid) == ["started"]
+    # the claim showed the instance running (issue 10); nothing else of the lost run was kept
+    assert before.status == Status.PENDING and row.status == Status.RUNNING and kinds(uid) == ["started"]
 
 
 def test_lease_lost_at_a_completion_writes_no_history_and_consumes_no_event(inline, uid, settings):
