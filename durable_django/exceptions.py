@@ -47,6 +47,29 @@ class InstanceExists(DurableDjangoError):
     """``start(..., instance_id=x)`` with a different program than the existing instance ``x`` runs."""
 
 
+class StateUnreadable(DurableDjangoError):
+    """The instance's saved state cannot be read: its signature does not verify, or its code cannot be imported.
+
+    Nothing that needs the state (the wait a human task answers, editing a local) can be done until an
+    operator restores it; the row, its inbox and its history are shown as they are.
+    """
+
+    def __init__(self, instance_id: str, status: str, reason: str) -> None:
+        super().__init__(f"durable instance {instance_id!r} ({status}): state unreadable: {reason}")
+        self.instance_id = instance_id
+        self.status = status
+        self.reason = reason
+
+
+def state_error(exc: BaseException) -> str:
+    """Why a state blob could not be read, for people."""
+    from durable import StateTamperedError
+
+    if isinstance(exc, StateTamperedError):
+        return f"it failed its signature check and was not decoded ({exc})"
+    return f"{type(exc).__name__}: {exc}"
+
+
 class LeaseLost(DurableDjangoError):
     """This worker no longer owns the instance (its lease expired and another worker took it, or it was cancelled).
 
@@ -56,5 +79,5 @@ class LeaseLost(DurableDjangoError):
 
 __all__ = [
     "DurableDjangoError", "UnknownInstance", "UnknownProgram", "InvalidPayload", "InvalidInput", "InstanceFinished",
-    "InstanceExists", "LeaseLost", "InstanceCancelled",
+    "InstanceExists", "LeaseLost", "InstanceCancelled", "StateUnreadable",
 ]

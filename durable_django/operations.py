@@ -18,7 +18,7 @@ from django.utils import timezone
 from durable import Cell
 
 from . import signals
-from .exceptions import InstanceFinished, UnknownInstance
+from .exceptions import InstanceFinished, StateUnreadable, UnknownInstance, state_error
 from .limits import check_instance_id
 from .models import DurableHistory, DurableInstance, HistoryKind, Status
 from .signing import STATE, blob_context, sign, unsign
@@ -91,7 +91,7 @@ def edit_local(instance_id: str, frame_index: int, name: str, value: Any, *, act
 
     Raises ``ValueError`` (not JSON-compatible, no such frame or local),
     :class:`ConcurrentChange` (the row changed, or a worker holds it),
-    :class:`UnknownInstance`, :class:`InstanceFinished`.
+    :class:`UnknownInstance`, :class:`InstanceFinished`, :class:`StateUnreadable`.
     """
     check_instance_id(instance_id)
     if not is_jsonable(value):
@@ -109,7 +109,10 @@ def edit_local(instance_id: str, frame_index: int, name: str, value: Any, *, act
     if lease_owner:
         raise ConcurrentChange(f"a worker holds instance {instance_id!r}; try again when it has paused")
     context = blob_context(instance_id, program, STATE)
-    state = unsign(blob, context)
+    try:
+        state = unsign(blob, context)
+    except Exception as exc:
+        raise StateUnreadable(instance_id, status, state_error(exc)) from exc
     stack = list(state.get("stack") or [])
     if not 0 <= frame_index < len(stack):
         raise ValueError(f"no frame {frame_index}")

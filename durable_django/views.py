@@ -40,7 +40,7 @@ from django.views import View
 from django.views.decorators.csrf import csrf_protect
 
 from . import limits
-from .exceptions import InstanceFinished, InvalidInput, InvalidPayload, UnknownInstance
+from .exceptions import InstanceFinished, InvalidInput, InvalidPayload, StateUnreadable, UnknownInstance
 from .forms import PublishEventForm
 from .humantasks import assignment
 from .humantasks.models import HumanTask
@@ -77,6 +77,8 @@ def publish_for_user(user, instance_id: str, event: str, payload: Any = None,
         return 404, {"error": str(exc)}
     except InstanceFinished as exc:
         return 409, {"error": str(exc)}
+    except StateUnreadable as exc:  # the wait (who may answer, the form) cannot be checked: refused
+        return 409, {"error": str(exc), "status": exc.status}
     except (InvalidPayload, ValueError) as exc:
         return 400, {"error": str(exc)}
     return 202, {"instance_id": instance_id, "event": event, "event_id": ev.pk}
@@ -231,7 +233,7 @@ class TaskAnswerView(View):
         except (InvalidPayload, InvalidInput) as exc:
             messages.error(request, str(exc))
             return render(request, self.template_name, {"task": task, "form": form}, status=400)
-        except (InstanceFinished, UnknownInstance) as exc:
+        except (InstanceFinished, UnknownInstance, StateUnreadable) as exc:
             messages.error(request, str(exc))
             return redirect("durable:tasks")
         messages.success(request, f"Answered: {task}")

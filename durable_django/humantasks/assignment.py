@@ -27,6 +27,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.utils.module_loading import import_string
 
 from ..backend import is_task_meta
+from ..exceptions import StateUnreadable, state_error
 from ..models import DurableInstance, Status
 from ..signing import STATE, blob_context, unsign
 
@@ -55,7 +56,10 @@ class Wait:
 
 
 def current_wait(instance_id: str) -> Wait | None:
-    """The event wait the instance is paused on, read from its verified state; None otherwise."""
+    """The event wait the instance is paused on, read from its verified state; None otherwise.
+
+    Raises :class:`StateUnreadable` when the state fails its signature check or cannot be unpickled.
+    """
     row = (DurableInstance.objects.filter(pk=instance_id, status=Status.PAUSED, wait_kind="event")
            .values_list("program", "state", "version").first())
     if row is None:
@@ -64,10 +68,16 @@ def current_wait(instance_id: str) -> Wait | None:
 
 
 def wait_of(instance_id: str, program: str, blob: bytes | memoryview | None, version: int) -> Wait | None:
-    """The event wait recorded in a paused instance's state blob (verified before it is unpickled)."""
+    """The event wait recorded in a paused instance's state blob (verified before it is unpickled).
+
+    Raises :class:`StateUnreadable` when the blob fails its signature check or cannot be unpickled.
+    """
     if blob is None:
         return None
-    state = unsign(blob, blob_context(instance_id, program, STATE))
+    try:
+        state = unsign(blob, blob_context(instance_id, program, STATE))
+    except Exception as exc:  # nobody can be checked against a wait that cannot be read: refuse, clearly
+        raise StateUnreadable(instance_id, Status.PAUSED, state_error(exc)) from exc
     wait = state.get("wait") or {}
     if wait.get("kind") != "event":
         return None

@@ -13,6 +13,7 @@ from durable_django import executor
 from durable_django.api import resume, send_task
 from durable_django.conf import durable_settings
 from durable_django.exceptions import DurableDjangoError
+from durable_django.models import DurableInstance, Status
 
 
 class Command(BaseCommand):
@@ -66,7 +67,7 @@ class Command(BaseCommand):
                 return
 
     def _explicit(self, opts):
-        failed = 0
+        failed: list[str] = []
         for iid in opts["instance_ids"]:
             try:
                 if opts["dry_run"]:
@@ -77,6 +78,14 @@ class Command(BaseCommand):
                     continue
                 if opts["sync"]:
                     outcome = resume(iid, inline=True)
+                    if outcome in (Status.SUSPENDED, Status.FAILED):  # it ran, and stopped on an error
+                        error = DurableInstance.objects.filter(pk=iid).values_list("error", flat=True).first()
+                        lines = (error or "").strip().splitlines() or ["no error recorded"]
+                        # a failure's error is a traceback (its last line says what); a suspension's starts with why
+                        reason = (lines[-1] if outcome == Status.FAILED else lines[0])[:500]
+                        failed.append(f"{iid} is {outcome}: {reason}")
+                        self.stderr.write(self.style.ERROR(failed[-1]))
+                        continue
                     self.stdout.write(f"{iid}: {outcome}")
                 else:
                     resume(iid)
@@ -84,10 +93,12 @@ class Command(BaseCommand):
                         continue
                     self.stdout.write(f"{iid}: scheduled")
             except DurableDjangoError as exc:
-                failed += 1
-                self.stderr.write(self.style.ERROR(f"{iid}: {exc}"))
+                failed.append(f"{iid}: {exc}")
+                self.stderr.write(self.style.ERROR(failed[-1]))
+        if len(failed) == 1:
+            raise CommandError(f"could not resume {failed[0]}")
         if failed:
-            raise CommandError(f"{failed} instance(s) could not be resumed")
+            raise CommandError(f"{len(failed)} instance(s) could not be resumed: " + "; ".join(failed))
 
 
 __all__ = ["Command", "send_task"]

@@ -40,8 +40,9 @@ class Command(BaseCommand):
                 self.stdout.write(f"{key:>16}: {value}")
             self.stdout.write("stack:")
             stack = data["stack"]
-            if isinstance(stack, dict):
-                self.stdout.write(self.style.ERROR(f"  {stack['error']}"))
+            if isinstance(stack, dict):  # the state could not be read: say why, show the rest of the row
+                self.stdout.write(self.style.ERROR(f"  state unreadable: {stack['error']}"))
+                stack = None
             for frame in stack or ():
                 self.stdout.write(f"  {frame['position']}")
                 for name, value in frame["locals"].items():
