@@ -328,3 +328,53 @@ async def connection_lost_mid_step(key: str):
     first = await write_effect(key)
     second = await kill_own_session_once(key)
     return [first, second]
+
+
+# -- bad values and failures outside the program (tests/django/test_worker_failures.py) --------------------------
+@make_durable
+async def bad_sleep(seconds):
+    await asyncio.sleep(0)
+    await durable.sleep(seconds)
+    return "slept"
+
+
+@make_durable
+async def bad_timeout(timeout):
+    return await durable.wait_for_event("never", timeout=timeout)
+
+
+@make_durable
+async def echo_arg(value):
+    await asyncio.sleep(0)
+    return repr(value)
+
+
+@make_durable
+async def steps_then_wait(key: str):
+    await write_effect(key, "first")
+    return await durable.wait_for_event("go")
+
+
+# ``relayout``: a worker started with DURABLE_TEST_NEW_LAYOUT=1 has a new version of it (another step layout) and,
+# with DURABLE_TEST_MIGRATE_TO, a migration that moves paused frames to the await that text names.
+if os.environ.get("DURABLE_TEST_NEW_LAYOUT"):
+    @make_durable
+    async def relayout(key: str):
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        go = await durable.wait_for_event("go")
+        return ["new", go]
+
+    if os.environ.get("DURABLE_TEST_MIGRATE_TO"):
+        from durable_django import register_migration
+
+        @register_migration(relayout)
+        def _move(frame) -> bool:
+            frame.move_to(os.environ["DURABLE_TEST_MIGRATE_TO"])
+            return True
+else:
+    @make_durable
+    async def relayout(key: str):
+        await asyncio.sleep(0)
+        go = await durable.wait_for_event("go")
+        return ["old", go]
