@@ -13,6 +13,7 @@ import math
 from io import StringIO
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.contrib.auth.models import Permission, User
 from django.core.management import CommandError, call_command
 from django.db import OperationalError, connection
@@ -129,7 +130,7 @@ def test_database_errors_propagate_for_retries_and_count_to_max_attempts(uid, se
     _fail_checkpoints(uid)
     try:
         for attempt in range(1, 4):
-            with pytest.raises(OperationalError, match="simulated|user-defined function"):  # what Celery's autoretry sees
+            with pytest.raises(OperationalError, match="simulated|user-defined function"):  # Celery retries it
                 executor.run_instance(uid)
             row = reload(uid)
             assert (row.status, row.attempts, row.lease_owner, row.steps) == (Status.RUNNING, attempt, "", 0)
@@ -227,7 +228,40 @@ def test_an_instance_reads_running_while_its_first_step_runs(worker_factory, uid
     assert uid in page and ">running<" in page.replace("Running", "running")
     assert json.loads(cmd("durable_status", "--json", "--status", "running"))[0]["instance_id"] == uid
     assert uid not in executor.due_instances()  # a live lease: the sweep leaves it alone
+    first = async_to_sync(_first_messages)(f"/ws/durable/instances/{uid}/", User.objects.get(username="root"), 1)
+    assert first[0]["type"] == "status" and first[0]["instance"]["status"] == Status.RUNNING
     worker.kill()
+
+
+async def _first_messages(path: str, user, n: int) -> list[dict]:
+    from channels.routing import URLRouter
+    from channels.testing.websocket import WebsocketCommunicator
+
+    from durable_django.routing import websocket_urlpatterns
+
+    c = WebsocketCommunicator(URLRouter(websocket_urlpatterns), path)
+    c.scope["user"] = user
+    assert (await c.connect(timeout=10))[0]
+    try:
+        return [await c.receive_json_from(timeout=10) for _ in range(n)]
+    finally:
+        await c.disconnect()
+
+
+def test_websocket_messages_are_the_documented_ones(inline, uid):
+    """The list stream starts with one ``snapshot`` message; one instance's stream with its ``status``."""
+    root = User.objects.create_superuser("root", password="pw")
+    dd.start(progs.two_events, uid, instance_id=uid)
+    (snap,) = async_to_sync(_first_messages)("/ws/durable/instances/", root, 1)
+    assert set(snap) == {"type", "instances"} and snap["type"] == "snapshot"
+    assert [i["instance_id"] for i in snap["instances"]] == [uid]
+    fields = {"instance_id", "program", "status", "wait_kind", "waiting_for", "wake_at", "position", "steps",
+              "version", "updated_at"}
+    assert fields <= set(snap["instances"][0])
+    (one,) = async_to_sync(_first_messages)(f"/ws/durable/instances/{uid}/", root, 1)
+    assert set(one) == {"type", "instance"} and one["type"] == "status" and one["instance"] == snap["instances"][0]
+    (gone,) = async_to_sync(_first_messages)(f"/ws/durable/instances/{uid}-purged/", root, 1)
+    assert gone == {"type": "gone", "instance_id": f"{uid}-purged"}
 
 
 # -- unreadable state ---------------------------------------------------------------------------------------------
