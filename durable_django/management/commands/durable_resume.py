@@ -95,8 +95,6 @@ class Command(BaseCommand):
             except DurableDjangoError as exc:
                 failed.append(f"{iid}: {exc}")
                 self.stderr.write(self.style.ERROR(failed[-1]))
-        if len(failed) == 1:
-            raise CommandError(f"could not resume {failed[0]}")
         if failed:
             raise CommandError(f"{len(failed)} instance(s) could not be resumed: " + "; ".join(failed))
 
