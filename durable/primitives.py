@@ -8,10 +8,9 @@ outside durable code is an error, not a silent no-op.
 from __future__ import annotations
 
 import math
-import numbers
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 #: The range of due times a wait may have (POSIX seconds): what a ``datetime`` (and a database
 #: timestamp column) can hold, years 1 to 9999, with a day's margin for time zones.
@@ -25,9 +24,9 @@ def _seconds(what: str, value) -> float:
     Refused where the program gives it (a ``ValueError`` or ``TypeError`` at its await, which it
     can catch), not later in the worker when the due time is stored.
     """
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{what} must be a number of seconds, got {type(value).__name__} {value!r}")
-    seconds = float(value)
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    seconds = _number(what, value, "a number of seconds (or a timedelta)")
     if math.isnan(seconds) or math.isinf(seconds):
         raise ValueError(f"{what} must be a finite number of seconds, got {value!r}")
     if seconds < 0:
@@ -35,6 +34,18 @@ def _seconds(what: str, value) -> float:
     if time.time() + seconds > MAX_DUE:
         raise ValueError(f"{what} of {value!r} seconds ends after the year 9999, beyond what a timestamp holds")
     return seconds
+
+
+def _number(what: str, value, expected: str) -> float:
+    """``float(value)`` for a real number (not a bool or a string); a ``TypeError`` naming ``what`` otherwise."""
+    try:
+        if isinstance(value, bool | str | bytes):
+            raise TypeError
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"{what}: {value!r} is too large") from None
+    except (TypeError, ValueError):
+        raise TypeError(f"{what} must be {expected}, got {type(value).__name__} {value!r}") from None
 
 
 def valid_due(due) -> bool:
@@ -91,7 +102,8 @@ def wait_for_event(event: str, timeout: float | None = None, **meta) -> WaitRequ
 
 
 def sleep(seconds: float) -> TimerRequest:
-    """A durable timer: pause the instance for ``seconds`` (finite, >= 0, ending before the year 9999)."""
+    """A durable timer: pause the instance for ``seconds`` (a number or a ``timedelta``; finite, >= 0, ending
+    before the year 9999)."""
     return TimerRequest(seconds=_seconds("sleep()", seconds))
 
 
@@ -101,10 +113,8 @@ def sleep_until(when: datetime | float) -> TimerRequest:
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
         due = when.timestamp()
-    elif isinstance(when, bool) or not isinstance(when, numbers.Real):
-        raise TypeError(f"sleep_until() takes a datetime or a POSIX time, got {type(when).__name__} {when!r}")
     else:
-        due = float(when)
+        due = _number("sleep_until()", when, "a datetime or a POSIX time")
     if not valid_due(due):
         raise ValueError(f"sleep_until({when!r}): not a time between the years 1 and 9999")
     return TimerRequest(due=due)

@@ -356,8 +356,14 @@ async def steps_then_wait(key: str):
 
 
 # ``relayout``: a worker started with DURABLE_TEST_NEW_LAYOUT=1 has a new version of it (another step layout) and,
-# with DURABLE_TEST_MIGRATE_TO, a migration that moves paused frames to the await that text names.
+# with DURABLE_TEST_MIGRATE_TO, a migration that moves paused frames to the await that text names. ``resigned``
+# gains a required argument there (instances started before that deploy cannot be bound to it).
 if os.environ.get("DURABLE_TEST_NEW_LAYOUT"):
+    @make_durable
+    async def resigned(key: str, required: str):
+        await asyncio.sleep(0)
+        return [key, required]
+
     @make_durable
     async def relayout(key: str):
         await asyncio.sleep(0)
@@ -373,6 +379,11 @@ if os.environ.get("DURABLE_TEST_NEW_LAYOUT"):
             frame.move_to(os.environ["DURABLE_TEST_MIGRATE_TO"])
             return True
 else:
+    @make_durable
+    async def resigned(key: str):
+        await asyncio.sleep(0)
+        return [key]
+
     @make_durable
     async def relayout(key: str):
         await asyncio.sleep(0)
