@@ -261,6 +261,7 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
         self._rejected: list[tuple[int, str, str, str]] = []
         self._resumed = False
         self._loaded_layout: str | None = None
+        self._loaded_frame: Any = None
         #: the lease's expiry as last written by the executor or this backend (None: unknown).
         self.lease_expires_at: datetime | None = None
         #: the wait of the last checkpoint when it paused (for the executor's wake-up scheduling).
@@ -297,6 +298,7 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
         stack = state.get("stack")
         frames = list(stack) if stack is not None else []
         self._loaded_layout = frames[0].fingerprint[1] if frames and frames[0].fingerprint else None
+        self._loaded_frame = frames[0] if self._loaded_layout else None  # a migration updates its fingerprint
         if status == Status.CANCELLED:
             state["status"] = "cancelled"
         return state
@@ -339,6 +341,8 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
         }
         if frames and frames[0].fingerprint:
             columns["layout_hash"] = frames[0].fingerprint[1]
+        elif self._loaded_layout and self._loaded_frame is not None:  # finished in the run that migrated it
+            columns["layout_hash"] = self._loaded_frame.fingerprint[1]
         if status == Status.RUNNING:
             if self.worker_id and self._lease_due(now):
                 columns["lease_expires_at"] = now + timedelta(seconds=durable_settings.LEASE_SECONDS)
@@ -353,7 +357,7 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
         if self._loaded_layout and columns.get("layout_hash", self._loaded_layout) != self._loaded_layout:
             kinds.append((HistoryKind.MIGRATED, status,
                           f"step layout {self._loaded_layout} -> {columns['layout_hash']}"))
-        self._loaded_layout = None
+        self._loaded_layout = self._loaded_frame = None
         if self.last_status == Status.PAUSED and not self._resumed:
             kinds.append((HistoryKind.RESUMED, Status.RUNNING, ""))
         self._resumed = True

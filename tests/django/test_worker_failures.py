@@ -193,6 +193,7 @@ def test_a_failing_migration_suspends_on_a_worker_and_a_fixed_one_resumes(worker
     cmd("durable_resume", uid)
     row = wait_final(uid)
     assert row.status == Status.COMPLETED and row.result == ["new", 7]  # the new code ran on, from the old frame
+    assert "migrated" in [k for k, _ in history(uid)]  # also when the run that migrated it completed it
 
 
 def test_durable_resume_sync_reports_a_failing_migration_as_a_command_error(inline, uid, monkeypatch):
