@@ -41,7 +41,7 @@ from django.utils.html import format_html
 
 from durable import StateTamperedError
 
-from . import api, operations
+from . import api, clock, operations
 from .answers import publish_answer
 from .exceptions import DurableDjangoError, InstanceFinished, InvalidInput, UnknownInstance
 from .forms import EditLocalForm, PublishEventForm
@@ -116,10 +116,8 @@ class WaitFilter(admin.SimpleListFilter):
         return [("event", "an event"), ("timer", "a timer"), ("overdue", "a wake time that has passed")]
 
     def queryset(self, request, queryset):
-        from django.utils import timezone
-
         if self.value() == "overdue":
-            return queryset.filter(status=Status.PAUSED, wake_at__lt=timezone.now())
+            return queryset.filter(status=Status.PAUSED, wake_at__lt=clock.now())
         if self.value() in ("event", "timer"):
             return queryset.filter(status=Status.PAUSED, wait_kind=self.value())
         return queryset

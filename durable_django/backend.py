@@ -29,6 +29,7 @@ from django.utils import timezone
 
 from durable import OrchestrationBackend, PauseForEventException
 
+from . import clock
 from .conf import durable_settings
 from .exceptions import LeaseLost
 from .models import DurableEvent, DurableHistory, DurableInstance, HistoryKind, Status
@@ -328,7 +329,7 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
             self._state_context(instance_id, state.get("program", ""))
         # CheckpointException propagates; nothing was written
         blob = sign(state, self._state_context(instance_id))
-        now = timezone.now()
+        now = clock.now()  # the database's clock, as the lease and the core's due times (see clock.py)
         status = _STATUS.get(state.get("status"), Status.RUNNING)
         wait = state.get("wait") or {}
         stack = state.get("stack")

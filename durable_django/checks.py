@@ -31,6 +31,11 @@ def check_settings(app_configs=None, **kwargs) -> list:
         if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
             errors.append(Error(f"DURABLE['{name}'] must be a positive number, got {value!r}.",
                                 id="durable_django.E003"))
+    sync = user.get("CLOCK_SYNC_SECONDS", DEFAULTS["CLOCK_SYNC_SECONDS"])
+    if not isinstance(sync, int | float) or isinstance(sync, bool) or not sync >= 0:
+        errors.append(Error(f"DURABLE['CLOCK_SYNC_SECONDS'] must be a number >= 0, got {sync!r}.",
+                            hint="0 means each worker's own clock; the default 60 follows the database's clock.",
+                            id="durable_django.E003"))
     for name in ("MAX_ATTEMPTS", "SWEEP_BATCH", "MAX_ROUNDS", "BATCH_SIZE"):
         value = user.get(name, DEFAULTS[name])
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:

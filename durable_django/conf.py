@@ -47,6 +47,11 @@ DEFAULTS: dict[str, Any] = {
     # Timers due within this many seconds are also sent with a Celery ETA;
     # later ones are left to the sweep (the guarantee either way).
     "ETA_MAX_SECONDS": 300,
+    # Leases, timers and the sweep use the database's clock, not the worker's:
+    # each process reads the database's time and re-reads it when its reading
+    # is older than this (seconds); in between it counts with time.monotonic().
+    # 0: use each worker's own clock (only if all clocks are synchronised).
+    "CLOCK_SYNC_SECONDS": 60,
     # Interval of the periodic sweep (beat schedule and `durable_resume --loop`).
     "SWEEP_INTERVAL": 30,
     # Maximum instances one sweep schedules.

@@ -50,7 +50,7 @@ from django.utils.module_loading import import_string
 
 from durable import CheckpointException, CodeChangedError, InstanceCancelled, PauseForEventException, StateTamperedError
 
-from . import programs, signals
+from . import clock, programs, signals
 from .backend import (
     DjangoOrchestrationBackend,
     _hidden_loop_call,
@@ -197,7 +197,7 @@ def _release_many(instance_ids: list[str], worker_id: str, heartbeat: _Heartbeat
         try:
             never_ran = When(status=Status.RUNNING, state__isnull=True, then=Value(Status.PENDING.value))
             DurableInstance.objects.filter(pk__in=instance_ids, lease_owner=worker_id).update(
-                lease_owner="", lease_expires_at=None, attempts=F("attempts") - 1, updated_at=timezone.now(),
+                lease_owner="", lease_expires_at=None, attempts=F("attempts") - 1, updated_at=clock.now(),
                 status=Case(never_ran, default=F("status")))  # pending again, as before the claim
         except Exception:  # the database is gone: the leases expire and the sweep hands them out
             log.warning("could not release %d claimed instances", len(instance_ids), exc_info=True)
@@ -325,7 +325,8 @@ def _claim_free(instance_ids: list[str], worker_id: str) -> list[_Claimed]:
             sql = (f"WITH nosync AS (SELECT set_config('synchronous_commit', 'off', true)), claimed AS ({sql}) "
                    "SELECT claimed.* FROM claimed, nosync")
         _claim_sql[key] = sql
-    now = timezone.now()
+    clock.sync(connection)  # a SELECT only when this process's reading of the database's clock is old
+    now = clock.now()
     expires = now + timedelta(seconds=durable_settings.LEASE_SECONDS)
     adapt = connection.ops.adapt_datetimefield_value
     params = [worker_id, adapt(expires), adapt(now), *([list(instance_ids)] if pg else instance_ids),
@@ -345,7 +346,8 @@ def _claim(instance_id: str, worker_id: str) -> _Claimed | None:
     claimed = _claim_free([instance_id], worker_id)
     if claimed:
         return claimed[0]
-    now = timezone.now()
+    clock.sync()
+    now = clock.now()
     select, update = _claim_statements()
     with hot_cursor(connection) as cur:
         cur.execute(select, [instance_id])
@@ -387,7 +389,7 @@ def _release(instance_id: str, worker_id: str, count_attempt: bool = False) -> N
     """Give the lease back; ``count_attempt``: the run failed before its next checkpoint (see MAX_ATTEMPTS)."""
     extra = {} if count_attempt else {"attempts": 0}
     DurableInstance.objects.filter(pk=instance_id, lease_owner=worker_id).update(
-        lease_owner="", lease_expires_at=None, updated_at=timezone.now(), **extra)
+        lease_owner="", lease_expires_at=None, updated_at=clock.now(), **extra)
 
 
 def _give_up_or_retry(row: _Claimed, worker_id: str, exc: Exception) -> None:
@@ -422,7 +424,7 @@ def _suspend(row: _Claimed, worker_id: str, reason: str, version: int | None = N
     reason = reason.replace("\0", "")[:2000]  # PostgreSQL text holds no NUL
     with transaction.atomic():
         if rows.update(status=Status.SUSPENDED, error=(error or reason).replace("\0", "")[-20000:], lease_owner="",
-                       lease_expires_at=None, version=F("version") + 1, updated_at=timezone.now()):
+                       lease_expires_at=None, version=F("version") + 1, updated_at=clock.now()):
             DurableHistory.objects.create(instance_id=row.instance_id, kind=HistoryKind.SUSPENDED,
                                           status=Status.SUSPENDED, detail=reason, actor=worker_id)
             transaction.on_commit(lambda: signals.send_transition(
@@ -463,7 +465,7 @@ def _run_claimed(row: _Claimed, worker_id: str) -> tuple[str, dict | None]:
     backend.lease_expires_at = row.lease_expires_at
     migrate = programs.migrator_for(row.program, row.program_version, program)
     hook = durable_settings.ON_CHECKPOINT
-    runtime = program.runtime(backend, instance_id, migrate=migrate,
+    runtime = program.runtime(backend, instance_id, migrate=migrate, clock=clock.time,
                               on_checkpoint=import_string(hook) if hook else None)
     run = Run(instance_id, worker_id)
     outcome: str
@@ -713,9 +715,10 @@ class _Heartbeat(threading.Thread):
             if not leases:
                 continue
             try:
+                clock.sync()
                 for instance_id, worker_id in leases:
                     try:
-                        now = timezone.now()
+                        now = clock.now()
                         if not DurableInstance.objects.filter(pk=instance_id, lease_owner=worker_id).update(
                                 lease_expires_at=now + timedelta(seconds=lease)):
                             with self._lock:  # released, lost or finished
@@ -738,10 +741,10 @@ def _schedule_timer(instance_id: str, wake_at=None) -> None:
             "wake_at", flat=True).first()
     if wake_at is None:
         return
-    if wake_at - timezone.now() <= timedelta(seconds=durable_settings.ETA_MAX_SECONDS):
+    if wake_at - clock.now() <= timedelta(seconds=durable_settings.ETA_MAX_SECONDS):
         from .api import send_task
 
-        send_task(instance_id, eta=wake_at)
+        send_task(instance_id, eta=wake_at)  # database time: the receiving worker converts it (tasks.ClockRequest)
 
 
 def due_instances(now=None, limit: int | None = None) -> list[str]:
@@ -751,7 +754,9 @@ def due_instances(now=None, limit: int | None = None) -> list[str]:
     the partial index of unconsumed events), rather than one OR over the
     whole table.
     """
-    now = now or timezone.now()
+    if now is None:
+        clock.sync()
+        now = clock.now()
     limit = limit or durable_settings.SWEEP_BATCH
     free = Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now)
     rows = DurableInstance.objects

@@ -8,14 +8,35 @@ cover brokers that cannot (kombu's filesystem and SQLAlchemy transports).
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 from celery import shared_task
+from celery.worker.request import Request
 from django.db import InterfaceError, OperationalError, connections
 
-from . import executor
+from . import clock, executor
 
 
-@shared_task(name="durable_django.run_instance", bind=True, acks_late=True, reject_on_worker_lost=True,
-             ignore_result=True, autoretry_for=(OperationalError, InterfaceError), retry_backoff=True,
+class ClockRequest(Request):
+    """A wake-up whose ETA is a database time (a timer's due time, see :mod:`durable_django.clock`).
+
+    Celery's worker compares an ETA with its own wall clock; shifted by this
+    process's offset from the database's clock, a timer's wake-up arrives on
+    time by the database's clock whatever the sending and the receiving
+    worker's clocks say.
+    """
+
+    @property
+    def eta(self) -> datetime | None:
+        eta = self._eta
+        if eta is None:
+            return None
+        clock.sync()  # a SELECT at most once per CLOCK_SYNC_SECONDS in this process
+        return eta - timedelta(seconds=clock.offset())
+
+
+@shared_task(name="durable_django.run_instance", bind=True, Request=ClockRequest, acks_late=True,
+             reject_on_worker_lost=True, ignore_result=True, autoretry_for=(OperationalError, InterfaceError), retry_backoff=True,
              retry_backoff_max=60, max_retries=8)
 def run_instance(self, instance_id: str) -> str:
     """Run one instance until it pauses or finishes (a no-op when another worker holds it)."""

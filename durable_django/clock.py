@@ -1,0 +1,111 @@
+"""The database's clock: what leases and timers are measured with, so a worker's own clock does not matter.
+
+Why: a lease written by a worker whose clock runs 2 minutes ahead would look
+alive 2 minutes too long to everyone else, a worker 2 minutes behind would
+take over live leases, and timers would fire 2 minutes early or late. Every
+time the app writes or compares (lease expiry, due times of timers and event
+timeouts, the sweep's "now", Celery ETAs) comes from :func:`time` instead.
+
+How, without a round trip per step: each process reads the database's time
+once (``clock_timestamp()`` on PostgreSQL, ``julianday('now')`` on SQLite,
+``NOW(6)`` on MySQL/MariaDB) and extrapolates with ``time.monotonic()``,
+which no wall-clock skew or NTP step affects. It reads it again when the
+sample is older than ``DURABLE['CLOCK_SYNC_SECONDS']`` (at a claim, a sweep,
+a heartbeat: at most one extra SELECT per process per interval), so the
+drift between the two clocks stays in milliseconds. :func:`time` itself
+never queries: the core runtime calls it from its event loop.
+
+On SQLite the "database" clock is the machine's C-library clock, read in the
+worker's own process: there is one machine, so skew can only come from a
+process whose Python clock is faked; the rule still holds (the sample is
+taken with SQLite's own ``now``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time as _time
+from datetime import UTC, datetime
+
+from django.conf import settings
+
+from .conf import durable_settings
+
+log = logging.getLogger("durable_django")
+
+_lock = threading.Lock()
+#: (database POSIX seconds, time.monotonic() at that moment, pid) of the last reading.
+_sample: tuple[float, float, int] | None = None
+
+
+def _query(conn) -> float:
+    """The database's current time in POSIX seconds (one SELECT)."""
+    vendor = conn.vendor
+    if vendor == "postgresql":
+        sql = "SELECT extract(epoch from clock_timestamp())"
+    elif vendor == "sqlite":
+        sql = "SELECT (julianday('now') - 2440587.5) * 86400.0"
+    elif vendor == "mysql":
+        sql = "SELECT UNIX_TIMESTAMP(NOW(6))"
+    else:
+        return _time.time()
+    with conn.cursor() as cur:
+        cur.execute(sql)
+        return float(cur.fetchone()[0])
+
+
+def sync(conn=None, force: bool = False) -> None:
+    """Read the database's time if the last reading is older than ``CLOCK_SYNC_SECONDS`` (or ``force``).
+
+    Sync code only (it may run a query). A failed reading keeps the previous
+    one (or the local clock) and is logged: callers are about to hit the
+    database anyway and will report the real error.
+    """
+    global _sample
+    interval = durable_settings.CLOCK_SYNC_SECONDS
+    if not interval:
+        return
+    s = _sample
+    pid = os.getpid()
+    if not force and s is not None and s[2] == pid and _time.monotonic() - s[1] < interval:
+        return
+    if conn is None:
+        from django.db import DEFAULT_DB_ALIAS, connections
+
+        conn = connections[DEFAULT_DB_ALIAS]
+    t0 = _time.monotonic()
+    try:
+        db = _query(conn)
+    except Exception:  # noqa: BLE001 - the caller's own query will raise the real error
+        log.debug("could not read the database's clock", exc_info=True)
+        return
+    t1 = _time.monotonic()
+    with _lock:
+        _sample = (db, (t0 + t1) / 2, pid)
+
+
+def time() -> float:
+    """The database's time now (POSIX seconds), from the last reading; never queries.
+
+    Before the first reading in this process, or with ``CLOCK_SYNC_SECONDS``
+    set to 0, this is the local clock.
+    """
+    s = _sample
+    if s is None or s[2] != os.getpid() or not durable_settings.CLOCK_SYNC_SECONDS:
+        return _time.time()
+    return s[0] + (_time.monotonic() - s[1])
+
+
+def now() -> datetime:
+    """:func:`time` as ``django.utils.timezone.now()`` would return it (aware UTC, or naive local without USE_TZ)."""
+    t = time()
+    if settings.USE_TZ:
+        return datetime.fromtimestamp(t, tz=UTC)
+    return datetime.fromtimestamp(t)
+
+
+def offset() -> float:
+    """Database time minus this process's wall clock, in seconds (to turn database times into local ones)."""
+    return time() - _time.time()
