@@ -36,8 +36,8 @@ class ClockRequest(Request):
 
 
 @shared_task(name="durable_django.run_instance", bind=True, Request=ClockRequest, acks_late=True,
-             reject_on_worker_lost=True, ignore_result=True, autoretry_for=(OperationalError, InterfaceError), retry_backoff=True,
-             retry_backoff_max=60, max_retries=8)
+             reject_on_worker_lost=True, ignore_result=True, autoretry_for=(OperationalError, InterfaceError),
+             retry_backoff=True, retry_backoff_max=60, max_retries=8)
 def run_instance(self, instance_id: str) -> str:
     """Run one instance until it pauses or finishes (a no-op when another worker holds it)."""
     _drop_broken_connections()
