@@ -8,8 +8,10 @@ Prints a table and writes the figures as JSON (default
 benchmark of the Django app instead (:mod:`bench.django_bench`; needs
 PostgreSQL and Redis, writes ``bench/results/django.json``). The other
 suites: ``peers`` (against DBOS, django-durable and the seed package),
-``faults`` (fault injection: killed workers, broker restart) and ``load``
-(100,000 waiting instances on PostgreSQL); see ``bench/README.md``.
+``faults`` (fault injection: killed workers, broker restart), ``load``
+(100,000 waiting instances on PostgreSQL) and ``soak`` (1,000,000 one-step
+processes through 2 workers: memory, throughput, rows left after
+``durable_purge``); see ``bench/README.md``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 from . import core
 
 #: ``python -m bench <name> ...`` runs ``bench.<module>.main(argv)``.
-SUITES = {"django": "django_bench", "peers": "peers", "faults": "faults", "load": "load"}
+SUITES = {"django": "django_bench", "peers": "peers", "faults": "faults", "load": "load", "soak": "soak"}
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "core.json"
 
