@@ -161,7 +161,9 @@ def soak(count: int, chunk: int, window: int, purge_every: int, logdir: Path, ti
                 logs = "\n".join(p.read_text(errors="replace")[-2000:] for p in logdir.glob("*.log"))
                 raise RuntimeError(f"a worker died:\n{logs}")
             dt = now - last["t"]
-            point = {"processes": done, "elapsed_s": round(now - t0, 2), "rss_mb": [round(r / 1024, 1) for r in rss],
+            reached = max((m for m in marks if m <= done), default=done)
+            point = {"mark": reached, "processes": done, "elapsed_s": round(now - t0, 2),
+                     "rss_mb": [round(r / 1024, 1) for r in rss],
                      "per_s_since_last": round((done - last["done"]) / dt, 1) if dt > 0 else None,
                      "worker_cpu_ms_per_process": round((cpu - last["cpu"]) / max(1, done - last["done"]) * 1e3, 3),
                      "producer_cpu_ms_per_process": round((producer - last["producer"]) / max(1, done - last["done"])
@@ -214,13 +216,13 @@ def soak(count: int, chunk: int, window: int, purge_every: int, logdir: Path, ti
         left = _rows_left()
     finally:
         workers.stop()
-    first = next((p for p in points if p["processes"] >= min(10_000, count)), points[0])
+    first = next((p for p in points if p["mark"] >= min(10_000, count)), points[0])
     growth = [round(b - a, 1) for a, b in zip(first["rss_mb"], points[-1]["rss_mb"], strict=True)]
     ok = purged == count and not any(left.values())
     return {"processes": count, "stopped_early": stopped_early, "elapsed_s": round(elapsed, 1),
             "per_s": round(count / elapsed, 1),
             "rss_start_mb": [round(r / 1024, 1) for r in rss0], "points": points,
-            "rss_growth_mb": {"from": first["processes"], "to": points[-1]["processes"], "per_worker": growth},
+            "rss_growth_mb": {"from": first["mark"], "to": points[-1]["mark"], "per_worker": growth},
             "purges": purges, "purged": purged, "results_sampled": checked, "rows_left": left, "ok": ok}
 
 
