@@ -117,6 +117,7 @@ class WaitFilter(admin.SimpleListFilter):
 
     def queryset(self, request, queryset):
         if self.value() == "overdue":
+            clock.sync()  # due times are database times (see durable_django.clock)
             return queryset.filter(status=Status.PAUSED, wake_at__lt=clock.now())
         if self.value() in ("event", "timer"):
             return queryset.filter(status=Status.PAUSED, wait_kind=self.value())

@@ -153,3 +153,13 @@ def test_database_clock_reading_ignores_the_local_clock(monkeypatch, settings):
     assert clock.offset() > 1e9
     settings.DURABLE = {**settings.DURABLE, "CLOCK_SYNC_SECONDS": 0}
     assert clock.time() == 0.0  # 0: each process's own clock
+
+
+@pytest.mark.parametrize(("value", "ok"), [(60, True), (0, True), (0.5, True), (-1, False), ("60", False),
+                                           (True, False), (float("nan"), False)])
+def test_clock_sync_seconds_is_checked(settings, value, ok):
+    from durable_django.checks import check_settings
+
+    settings.DURABLE = {**settings.DURABLE, "CLOCK_SYNC_SECONDS": value}
+    ids = [e.id for e in check_settings()]
+    assert ids == ([] if ok else ["durable_django.E003"]), ids
