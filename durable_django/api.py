@@ -104,12 +104,18 @@ class _Outbox:
         return True
 
 
+#: Header of a wake-up whose ETA is a database time (read by :class:`durable_django.tasks.ClockRequest`).
+DB_ETA_HEADER = "durable_db_eta"
+
+
 def _options(eta: datetime | None = None) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if durable_settings.QUEUE:
         options["queue"] = durable_settings.QUEUE
     if eta is not None:
+        # A database time (durable_django.clock): the receiving worker turns it into its own clock's time.
         options["eta"] = eta
+        options["headers"] = {DB_ETA_HEADER: True}
     return options
 
 

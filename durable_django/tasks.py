@@ -15,10 +15,14 @@ from celery.worker.request import Request
 from django.db import InterfaceError, OperationalError, connections
 
 from . import clock, executor
+from .api import DB_ETA_HEADER
 
 
 class ClockRequest(Request):
     """A wake-up whose ETA is a database time (a timer's due time, see :mod:`durable_django.clock`).
+
+    Only the wake-ups the app sends for timers carry that header; other ETAs
+    (Celery's retries) are the sender's clock's, as Celery means them.
 
     Celery's worker compares an ETA with its own wall clock; shifted by this
     process's offset from the database's clock, a timer's wake-up arrives on
@@ -29,8 +33,8 @@ class ClockRequest(Request):
     @property
     def eta(self) -> datetime | None:
         eta = self._eta
-        if eta is None:
-            return None
+        if eta is None or not self._request_dict.get(DB_ETA_HEADER):  # e.g. Celery's own retries: local times
+            return eta
         clock.sync()  # a SELECT at most once per CLOCK_SYNC_SECONDS in this process
         return eta - timedelta(seconds=clock.offset())
 
