@@ -22,7 +22,8 @@ class ClockRequest(Request):
     """A wake-up whose ETA is a database time (a timer's due time, see :mod:`durable_django.clock`).
 
     Only the wake-ups the app sends for timers carry that header; other ETAs
-    (Celery's retries) are the sender's clock's, as Celery means them.
+    (those of Celery's retries, which copy the headers) are the sender's
+    clock's, as Celery means them.
 
     Celery's worker compares an ETA with its own wall clock; shifted by this
     process's offset from the database's clock, a timer's wake-up arrives on
@@ -33,7 +34,8 @@ class ClockRequest(Request):
     @property
     def eta(self) -> datetime | None:
         eta = self._eta
-        if eta is None or not self._request_dict.get(DB_ETA_HEADER):  # e.g. Celery's own retries: local times
+        rd = self._request_dict
+        if eta is None or not rd.get(DB_ETA_HEADER) or rd.get("retries"):  # Celery's retries: local ETAs
             return eta
         clock.sync()  # a SELECT at most once per CLOCK_SYNC_SECONDS in this process
         return eta - timedelta(seconds=clock.offset())
