@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -163,3 +164,29 @@ def test_clock_sync_seconds_is_checked(settings, value, ok):
     settings.DURABLE = {**settings.DURABLE, "CLOCK_SYNC_SECONDS": value}
     ids = [e.id for e in check_settings()]
     assert ids == ([] if ok else ["durable_django.E003"]), ids
+
+
+def _request(eta: datetime, **headers):
+    import kombu.utils.json as kjson
+    from kombu.transport.base import Message
+
+    from durable_django import tasks
+    from example_project.celery import app
+
+    m = app.amqp.as_task_v2(uuid.uuid4().hex, tasks.run_instance.name, args=("x",), eta=eta)
+    msg = Message(body=kjson.dumps(m.body), headers={**m.headers, **headers}, content_type="application/json",
+                  content_encoding="utf-8")
+    return tasks.ClockRequest(msg, app=app, task=tasks.run_instance)
+
+
+def test_only_timer_wake_ups_have_database_etas(monkeypatch):
+    """A timer's wake-up (the header) is shifted into this worker's clock; other ETAs, retries included, are not."""
+    from durable_django.api import DB_ETA_HEADER, _options
+
+    monkeypatch.setattr(clock, "sync", lambda *a, **k: None)
+    monkeypatch.setattr(clock, "offset", lambda: -SKEW)  # this worker's clock is 2 minutes ahead of the database
+    eta = datetime.now(UTC)
+    assert _options(eta)["headers"] == {DB_ETA_HEADER: True} and "headers" not in _options()
+    assert _request(eta, **{DB_ETA_HEADER: True}).eta == eta + timedelta(seconds=SKEW)
+    assert _request(eta).eta == eta
+    assert _request(eta, **{DB_ETA_HEADER: True, "retries": 1}).eta == eta
