@@ -129,6 +129,9 @@ def test_sleep_fires_on_time_by_the_database_clock(worker_factory, uid, starter,
     wake_at = row(uid).wake_at
     assert before + timedelta(seconds=4.5) <= wake_at <= after + timedelta(seconds=5.5), (before, wake_at, after)
     if resumer is not None:
+        # Killed once it holds its own timer's wake-up (not while it writes it to the broker).
+        wait_until(lambda: first.output().count(" received") >= 2, timeout=30,
+                   message="the starting worker to receive its timer's wake-up")
         first.kill()
         second = worker_factory("resumer", extra_env=skewed(resumer))
         assert_skewed(second, resumer)
