@@ -66,7 +66,7 @@ def _rss_kb(pid: int) -> int:
 def _setup(db: str, broker: str, queue: str) -> None:
     os.environ.update({"DJANGO_SETTINGS_MODULE": "bench.django_settings", "DURABLE_BENCH_DB": "pg",
                        "DURABLE_BENCH_PG_NAME": db, "DURABLE_BENCH_BROKER": broker, "CELERY_BROKER_URL": broker,
-                       "DURABLE_BENCH_QUEUE": queue})
+                       "DURABLE_BENCH_QUEUE": queue, "DURABLE_BENCH_RUN": queue})
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     import django
 
@@ -227,12 +227,11 @@ def soak(count: int, chunk: int, window: int, purge_every: int, logdir: Path, ti
 
 
 def _cleanup_redis(broker: str, queue: str) -> None:
-    import redis
+    """The run's queues, kombu's bindings, unacked entries and the workers' notes (all named after ``queue``)."""
+    from .redis_keys import purge_queue
 
-    r = redis.Redis.from_url(broker)
-    keys = r.keys(f"*{queue}*")  # the queues and kombu's bindings of them
-    if keys:
-        r.delete(*keys)
+    for q in (queue, f"{queue}-{VARIANT}"):
+        purge_queue(broker, q)
 
 
 def format_table(res: dict[str, Any]) -> str:
