@@ -170,4 +170,11 @@ def test_worker_process_update_arrives_through_channels_redis(worker_factory, ui
         await receive_until(c, lambda m: m["type"] == "status" and m["instance"]["waiting_for"] == "second", 60)
         await c.disconnect()
 
-    async_to_sync(scenario)()
+    try:
+        async_to_sync(scenario)()
+    finally:  # channels_redis keeps some keys (a channel's in-flight counter) without expiry: remove ours
+        client = redis.Redis.from_url(REDIS_URL)
+        keys = client.keys(f"durable-test-{uid}*")
+        if keys:
+            client.delete(*keys)
+        client.close()
