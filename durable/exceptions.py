@@ -37,10 +37,11 @@ class PauseForEventException(Exception):
         return (_rebuild_pause, (type(self), self.event, self.due, self.instance_id))
 
     def __str__(self) -> str:
-        if self.due is not None and self.event is None:
-            return f"sleeping until {self.due_at.isoformat()}"
-        if self.due is not None:
-            return f"waiting for event {self.event!r} until {self.due_at.isoformat()}"
+        due_at = self.due_at
+        if due_at is not None and self.event is None:
+            return f"sleeping until {due_at.isoformat()}"
+        if due_at is not None:
+            return f"waiting for event {self.event!r} until {due_at.isoformat()}"
         return f"waiting for event {self.event!r}"
 
 

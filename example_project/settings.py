@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -127,10 +128,11 @@ SQLITE_OPTIONS = {"transaction_mode": "IMMEDIATE", "timeout": 30,
                   "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"}
 
 
-def _database() -> dict:
+def _database() -> dict[str, Any]:
     url = os.environ.get("DATABASE_URL")
+    db: dict[str, Any]
     if url:
-        db = dj_database_url.parse(url, conn_max_age=0)
+        db = dict(dj_database_url.parse(url, conn_max_age=0))
     else:
         VAR_DIR.mkdir(parents=True, exist_ok=True)
         db = {"ENGINE": "django.db.backends.sqlite3", "NAME": str(VAR_DIR / "db.sqlite3")}
@@ -197,7 +199,7 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_DB_REUSE_MAX = int(os.environ.get("CELERY_DB_REUSE_MAX", "1000"))
 
 # -- durable_django ------------------------------------------------------------
-DURABLE = {
+DURABLE: dict[str, Any] = {
     "LEASE_SECONDS": float(os.environ.get("DURABLE_LEASE_SECONDS", "60")),
     "SWEEP_INTERVAL": float(os.environ.get("DURABLE_SWEEP_INTERVAL", "30")),
     "RUN_INLINE": os.environ.get("DURABLE_RUN_INLINE", "0") == "1",

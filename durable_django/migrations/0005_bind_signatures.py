@@ -13,20 +13,20 @@ workers while migrating (a worker of the old version would write unbound blobs).
 from django.db import migrations
 
 
-def bind_signatures(apps, schema_editor) -> int:
+def bind_signatures(apps, schema_editor) -> None:
     """Forward: unbound blobs that verify become bound blobs."""
     from durable_django.signing import convert_rows, rebind
 
     model = apps.get_model("durable_django", "DurableInstance")
-    return convert_rows(model, schema_editor.connection.alias, rebind)
+    convert_rows(model, schema_editor.connection.alias, rebind)
 
 
-def unbind_signatures(apps, schema_editor) -> int:
+def unbind_signatures(apps, schema_editor) -> None:
     """Backward (to 0004): bound blobs that verify for their row become unbound blobs the old code reads."""
     from durable_django.signing import convert_rows, unbind
 
     model = apps.get_model("durable_django", "DurableInstance")
-    return convert_rows(model, schema_editor.connection.alias, unbind)
+    convert_rows(model, schema_editor.connection.alias, unbind)
 
 
 class Migration(migrations.Migration):
