@@ -292,7 +292,9 @@ def test_lease_held_by_another_worker_skips(inline, uid, settings):
     DurableInstance.objects.filter(pk=uid).update(lease_owner="other", lease_expires_at=later, status=Status.RUNNING)
     assert executor.run_instance(uid) == executor.SKIPPED
     assert uid not in executor.sweep(dry_run=True)
-    DurableInstance.objects.filter(pk=uid).update(lease_expires_at=timezone.now())
+    # Expired a second ago: SQLite's clock (what the sweep compares with) has only millisecond resolution.
+    expired = timezone.now() - timezone.timedelta(seconds=1)
+    DurableInstance.objects.filter(pk=uid).update(lease_expires_at=expired)
     assert uid in executor.sweep(dry_run=True)
     assert executor.run_instance(uid) == Status.COMPLETED
     assert "recovered" in kinds(uid) and SideEffect.objects.filter(key=uid).count() == 1
