@@ -25,11 +25,16 @@ DURABLE_REDIS_URL ?= redis://127.0.0.1:6379/0
 
 test: $(VENV)/.installed
 	$(PY) -m ruff check .
+	$(PY) -m mypy
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -rs
 	DATABASE_URL=$(DURABLE_PG_URL) CELERY_BROKER_URL=$(DURABLE_REDIS_URL) $(PY) -m pytest -q -rs tests/django
 
+# Style, types and the architecture (docs/architecture.md): what `make test` checks before the tests.
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .
+	$(PY) -m mypy
+	$(VENV)/bin/lint-imports
 
 # The peer benchmark runs in its own venv: django-durable needs Python >= 3.13, the seed package >= 3.12.
 VENV_BENCH ?= .venv-bench
