@@ -13,20 +13,28 @@ workers while migrating (a worker of the old version would write unbound blobs).
 from django.db import migrations
 
 
-def bind_signatures(apps, schema_editor) -> None:
+def bind_signatures(apps, schema_editor) -> int:
     """Forward: unbound blobs that verify become bound blobs."""
     from durable_django.signing import convert_rows, rebind
 
     model = apps.get_model("durable_django", "DurableInstance")
-    convert_rows(model, schema_editor.connection.alias, rebind)
+    return convert_rows(model, schema_editor.connection.alias, rebind)
 
 
-def unbind_signatures(apps, schema_editor) -> None:
+def unbind_signatures(apps, schema_editor) -> int:
     """Backward (to 0004): bound blobs that verify for their row become unbound blobs the old code reads."""
     from durable_django.signing import convert_rows, unbind
 
     model = apps.get_model("durable_django", "DurableInstance")
-    convert_rows(model, schema_editor.connection.alias, unbind)
+    return convert_rows(model, schema_editor.connection.alias, unbind)
+
+
+def _forward(apps, schema_editor) -> None:
+    bind_signatures(apps, schema_editor)
+
+
+def _backward(apps, schema_editor) -> None:
+    unbind_signatures(apps, schema_editor)
 
 
 class Migration(migrations.Migration):
@@ -36,5 +44,5 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.RunPython(bind_signatures, unbind_signatures, elidable=False),
+        migrations.RunPython(_forward, _backward, elidable=False),
     ]
