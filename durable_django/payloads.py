@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from durable import StateTamperedError
+from durable import SavedState, StateTamperedError
 
 from .models import DurableInstance
 from .signing import STATE, blob_context, unsign
@@ -44,7 +44,7 @@ def instance_detail(inst: DurableInstance) -> dict[str, Any]:
     data["stack"] = None
     if inst.state is not None:
         try:
-            state = unsign(inst.state, blob_context(inst.instance_id, inst.program, STATE))
+            state: SavedState = unsign(inst.state, blob_context(inst.instance_id, inst.program, STATE))
         except StateTamperedError as exc:
             data["stack"] = {"error": str(exc)}
         except Exception as exc:  # code gone or changed: cannot unpickle frames
@@ -53,7 +53,7 @@ def instance_detail(inst: DurableInstance) -> dict[str, Any]:
             stack = state.get("stack")
             data["stack"] = [
                 {"position": fr.position(),
-                 "locals": {k: _short(v) for k, v in fr.locals.items() if not k.startswith("_dur__")}}
+                 "locals": {k: _short(v) for k, v in fr.user_locals().items()}}
                 for fr in (stack or [])]
     return data
 

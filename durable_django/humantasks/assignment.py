@@ -26,6 +26,8 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.utils.module_loading import import_string
 
+from durable import SavedState
+
 from ..backend import is_task_meta
 from ..exceptions import StateUnreadable, state_error
 from ..models import DurableInstance, Status
@@ -75,7 +77,7 @@ def wait_of(instance_id: str, program: str, blob: bytes | memoryview | None, ver
     if blob is None:
         return None
     try:
-        state = unsign(blob, blob_context(instance_id, program, STATE))
+        state: SavedState = unsign(blob, blob_context(instance_id, program, STATE))
     except Exception as exc:  # nobody can be checked against a wait that cannot be read: refuse, clearly
         raise StateUnreadable(instance_id, Status.PAUSED, state_error(exc)) from exc
     wait = state.get("wait") or {}
