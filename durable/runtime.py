@@ -330,7 +330,7 @@ class DurableRuntime:
     async def _finish(self, value: Any) -> Any:
         state = self.state
         stack = state["stack"]
-        state.update(status=COMPLETED, result=value, stack=CallStack([]), wait=None)
+        state.update({"status": COMPLETED, "result": value, "stack": CallStack([]), "wait": None})
         try:
             await self._checkpoint()
         except CheckpointException as exc:
@@ -340,7 +340,7 @@ class DurableRuntime:
                 fr.locals.clear()
                 fr.locals.update(saved)
                 stack.frames[:] = [fr]
-                state.update(status=RUNNING, result=None, stack=stack, steps=state["steps"] - 1)
+                state.update({"status": RUNNING, "result": None, "stack": stack, "steps": state["steps"] - 1})
                 await self._checkpoint()
             raise CheckpointException(f"the result of type {type(value).__name__} cannot be saved: {exc}") from exc
         return value
@@ -352,7 +352,7 @@ class DurableRuntime:
             stored = exc
         except Exception:
             stored = DurableError(f"{type(exc).__name__}: {exc}")
-        state.update(status=FAILED, error=stored, stack=CallStack([]), wait=None)
+        state.update({"status": FAILED, "error": stored, "stack": CallStack([]), "wait": None})
         await self._checkpoint()
         raise exc
 

@@ -155,7 +155,7 @@ class FunctionCall:
         if found is None:
             listed = "; ".join(f"line {line}: {text}" for _, (line, text, _) in points) or "none"
             raise ValueError(f"no await matching {where!r} in {self.name}; its resume points are: {listed}")
-        self.pc, self.tmp = found, compiled.resume_points[found][2]
+        self.pc, self.tmp = found, dict(points)[found][2]
 
     def __reduce__(self):
         loc = self.locals

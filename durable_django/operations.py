@@ -104,6 +104,8 @@ def edit_local(instance_id: str, frame_index: int, name: str, value: Any, *, act
         raise ConcurrentChange(f"instance {instance_id!r} changed since you looked (version {version})")
     if lease_owner:
         raise ConcurrentChange(f"a worker holds instance {instance_id!r}; try again when it has paused")
+    if blob is None:
+        raise StateUnreadable(instance_id, status, "the instance has no saved state")
     context = blob_context(instance_id, program, STATE)
     try:
         state: SavedState = unsign(blob, context)

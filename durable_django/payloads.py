@@ -23,9 +23,16 @@ def instance_summary(inst: DurableInstance) -> dict[str, Any]:
         "lease_owner": inst.lease_owner, "lease_expires_at": _iso(inst.lease_expires_at),
         "created_at": _iso(inst.created_at), "updated_at": _iso(inst.updated_at),
         "finished_at": _iso(inst.finished_at),
-        "object": f"{inst.content_type.app_label}.{inst.content_type.model}:{inst.object_id}"
-        if inst.content_type_id else None,
+        "object": _linked(inst),
     }
+
+
+def _linked(inst: DurableInstance) -> str | None:
+    """``app_label.model:object_id`` of the linked object (no query when there is none)."""
+    if not inst.content_type_id:
+        return None
+    ct = inst.content_type
+    return f"{ct.app_label}.{ct.model}:{inst.object_id}" if ct is not None else None
 
 
 def instance_detail(inst: DurableInstance) -> dict[str, Any]:
