@@ -24,6 +24,7 @@ from .exceptions import (
     CompileError,
     DurableError,
     EventTimeout,
+    InstanceCancelled,
     PauseForEventException,
     TimerPause,
 )
@@ -106,7 +107,6 @@ class DurableRuntime:
         if status == FAILED:
             raise _stored_error(state)
         if status == CANCELLED:
-            from .exceptions import InstanceCancelled
             raise InstanceCancelled(f"instance {self.instance_id!r} was cancelled")
         for frame in state["stack"]:
             check_code(frame, self.migrate)
