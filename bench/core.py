@@ -34,7 +34,7 @@ from durable import (
     PauseForEventException,
     make_durable,
 )
-from durable import serialization as ser
+from durable import signing as ser
 
 from . import workloads
 

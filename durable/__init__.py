@@ -4,8 +4,14 @@ A durable function is a plain ``async def``. :func:`make_durable` compiles it
 into checkpointable code blocks; every ``await`` is a step boundary after which
 the call stack (program counter and locals of every frame) is saved through an
 :class:`OrchestrationBackend` into a :class:`StateStore`.
+
+Hosts (such as the Django app) use the names exported here and the public
+modules :mod:`durable.signing` (the signed blob format), :mod:`durable.state`
+(the keys of a saved state), :mod:`durable.backend`, :mod:`durable.store` and
+:mod:`durable.exceptions`; the other modules are internal.
 """
 
+from . import signing
 from .backend import DurableBackend, OrchestrationBackend
 from .compiler import Cell, CodeBlock, CompiledFunction, DurableAstTransformer
 from .exceptions import (
@@ -21,8 +27,9 @@ from .exceptions import (
     UnsignedStateWarning,
 )
 from .primitives import sleep, sleep_until, wait_for_event
-from .runtime import DurableProgram, DurableRuntime, make_durable
+from .runtime import DurableProgram, DurableRuntime, declared_program, make_durable
 from .stack import CallStack, FunctionCall
+from .state import SavedState, WaitInfo
 from .store import DiskStateStore, InMemoryStateStore, StateStore
 
 __version__ = "0.1.0"
@@ -31,6 +38,7 @@ __all__ = [
     "CallStack", "Cell", "CheckpointException", "CodeBlock", "CodeChangedError", "CompileError",
     "CompiledFunction", "DiskStateStore", "DurableAstTransformer", "DurableBackend", "DurableError",
     "DurableProgram", "DurableRuntime", "EventTimeout", "FunctionCall", "InMemoryStateStore",
-    "InstanceCancelled", "OrchestrationBackend", "PauseForEventException", "StateStore", "StateTamperedError",
-    "TimerPause", "UnsignedStateWarning", "make_durable", "sleep", "sleep_until", "wait_for_event",
+    "InstanceCancelled", "OrchestrationBackend", "PauseForEventException", "SavedState", "StateStore",
+    "StateTamperedError", "TimerPause", "UnsignedStateWarning", "WaitInfo", "declared_program", "make_durable",
+    "signing", "sleep", "sleep_until", "wait_for_event",
 ]

@@ -8,8 +8,9 @@ import warnings
 from abc import ABC, abstractmethod
 from typing import Any
 
-from . import serialization
+from . import signing
 from .exceptions import PauseForEventException, UnsignedStateWarning
+from .state import SavedState
 from .store import InMemoryStateStore, StateStore
 
 
@@ -22,11 +23,11 @@ class OrchestrationBackend(ABC):
     """
 
     @abstractmethod
-    async def load_state(self, instance_id: str) -> dict | None:
+    async def load_state(self, instance_id: str) -> SavedState | None:
         """The last saved state of the instance, or ``None`` if it never ran."""
 
     @abstractmethod
-    async def save_state(self, instance_id: str, state: dict) -> None:
+    async def save_state(self, instance_id: str, state: SavedState) -> None:
         """Persist ``state``; it replaces the previous checkpoint."""
 
     @abstractmethod
@@ -79,32 +80,32 @@ class DurableBackend(OrchestrationBackend):
 
     def __init__(self, store: StateStore | None = None, signing_key: bytes | str | None = None) -> None:
         self.store = store if store is not None else InMemoryStateStore()
-        self.signing_key = serialization.coerce_key(signing_key)
+        self.signing_key = signing.coerce_key(signing_key)
         self._consumed: dict[str, set[int]] = {}
         self._lock = threading.RLock()
 
     # -- state ------------------------------------------------------------
-    async def load_state(self, instance_id: str) -> dict | None:
+    async def load_state(self, instance_id: str) -> SavedState | None:
         return self.load_state_sync(instance_id)
 
-    def load_state_sync(self, instance_id: str) -> dict | None:
+    def load_state_sync(self, instance_id: str) -> SavedState | None:
         blob = self.store.load(_STATE + _check_id(instance_id))
         if blob is None:
             self._consumed.pop(instance_id, None)
             return None
         if self.signing_key is None:
             _warn_unsigned(self.store)
-        state = serialization.loads(blob, self.signing_key)
+        state: SavedState = signing.loads(blob, self.signing_key)
         done = set(state.get("consumed", ()))
         self._consumed[instance_id] = done
         if done:
             self._prune(instance_id, done)
         return state
 
-    async def save_state(self, instance_id: str, state: dict) -> None:
+    async def save_state(self, instance_id: str, state: SavedState) -> None:
         done = self._consumed.get(instance_id)
         state["consumed"] = sorted(done) if done else ()
-        blob = serialization.dumps(state, self.signing_key)
+        blob = signing.dumps(state, self.signing_key)
         self.store.save(_STATE + _check_id(instance_id), blob)
         if done:
             self._prune(instance_id, done)
@@ -122,7 +123,7 @@ class DurableBackend(OrchestrationBackend):
             return {"next": 1, "events": []}
         if self.signing_key is None:
             _warn_unsigned(self.store)
-        return serialization.loads(blob, self.signing_key)
+        return signing.loads(blob, self.signing_key)
 
     def publish_event(self, instance_id: str, event_name: str, payload: Any = None) -> None:
         """Put an event in the instance's inbox. Safe from sync and async code."""
@@ -138,7 +139,7 @@ class DurableBackend(OrchestrationBackend):
             box = self._inbox(blob)
             box["events"].append((box["next"], event_name, payload))
             box["next"] += 1
-            return serialization.dumps(box, self.signing_key)
+            return signing.dumps(box, self.signing_key)
 
         with self._lock:
             self.store.update(_INBOX + instance_id, add)
@@ -164,7 +165,7 @@ class DurableBackend(OrchestrationBackend):
                 return None
             box = self._inbox(blob)
             box["events"] = [e for e in box["events"] if e[0] not in done]
-            return serialization.dumps(box, self.signing_key)
+            return signing.dumps(box, self.signing_key)
 
         with self._lock:
             self.store.update(_INBOX + instance_id, drop)

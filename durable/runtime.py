@@ -6,6 +6,7 @@ import functools
 import inspect
 import logging
 import os
+import pickle
 import sysconfig
 import time
 import types
@@ -16,7 +17,6 @@ from typing import Any
 
 import cloudpickle
 
-from . import serialization
 from .backend import DurableBackend, OrchestrationBackend
 from .compiler import _THROW, AWAIT, CALL, NEXT, RETURN, origin
 from .exceptions import (
@@ -24,15 +24,16 @@ from .exceptions import (
     CompileError,
     DurableError,
     EventTimeout,
+    InstanceCancelled,
     PauseForEventException,
     TimerPause,
 )
 from .primitives import TimerRequest, WaitRequest, valid_due
+from .serialization import pickled
 from .stack import CallStack, FunctionCall, check_code, func_ref, resolve_func, transformer
+from .state import CANCELLED, COMPLETED, FAILED, PAUSED, RUNNING, SavedState, WaitInfo
 
 log = logging.getLogger("durable")
-
-RUNNING, PAUSED, COMPLETED, FAILED = "running", "paused", "completed", "failed"
 
 _NATIVE_PREFIXES = tuple(
     os.path.normcase(os.path.realpath(p)) + os.sep
@@ -87,7 +88,7 @@ class DurableRuntime:
         self.clock = clock
         self.on_checkpoint = on_checkpoint
         self.migrate = migrate
-        self.state: dict | None = None
+        self.state: SavedState | None = None
         self._deferred: tuple | None = None
 
     async def run(self, program, args: tuple = (), kwargs: dict | None = None) -> Any:
@@ -105,8 +106,7 @@ class DurableRuntime:
             return state["result"]
         if status == FAILED:
             raise _stored_error(state)
-        if status == "cancelled":
-            from .exceptions import InstanceCancelled
+        if status == CANCELLED:
             raise InstanceCancelled(f"instance {self.instance_id!r} was cancelled")
         for frame in state["stack"]:
             check_code(frame, self.migrate)
@@ -127,7 +127,7 @@ class DurableRuntime:
         return await self._drive(None)
 
     # -- waiting ----------------------------------------------------------
-    async def _check_wait(self, wait: dict) -> tuple[Any, BaseException | None]:
+    async def _check_wait(self, wait: WaitInfo) -> tuple[Any, BaseException | None]:
         """Return (value, exception-to-throw) if the wait is over; else raise the pause again."""
         due = wait.get("due")
         if wait["kind"] == "timer":
@@ -149,6 +149,7 @@ class DurableRuntime:
     async def _begin_wait(self, req) -> tuple[bool, Any, BaseException | None]:
         """Try to satisfy a new wait now; otherwise record it and pause."""
         now = self.clock()
+        wait: WaitInfo
         if isinstance(req, TimerRequest):
             due = req.due if req.due is not None else now + req.seconds
             wait = {"kind": "timer", "due": due}
@@ -329,7 +330,7 @@ class DurableRuntime:
     async def _finish(self, value: Any) -> Any:
         state = self.state
         stack = state["stack"]
-        state.update(status=COMPLETED, result=value, stack=CallStack([]), wait=None)
+        state.update({"status": COMPLETED, "result": value, "stack": CallStack([]), "wait": None})
         try:
             await self._checkpoint()
         except CheckpointException as exc:
@@ -339,7 +340,7 @@ class DurableRuntime:
                 fr.locals.clear()
                 fr.locals.update(saved)
                 stack.frames[:] = [fr]
-                state.update(status=RUNNING, result=None, stack=stack, steps=state["steps"] - 1)
+                state.update({"status": RUNNING, "result": None, "stack": stack, "steps": state["steps"] - 1})
                 await self._checkpoint()
             raise CheckpointException(f"the result of type {type(value).__name__} cannot be saved: {exc}") from exc
         return value
@@ -347,26 +348,26 @@ class DurableRuntime:
     async def _finish_failed(self, exc: BaseException) -> Any:
         state = self.state
         try:
-            serialization.loads(serialization.dumps(exc))
+            pickle.loads(pickled(exc))
             stored = exc
         except Exception:
             stored = DurableError(f"{type(exc).__name__}: {exc}")
-        state.update(status=FAILED, error=stored, stack=CallStack([]), wait=None)
+        state.update({"status": FAILED, "error": stored, "stack": CallStack([]), "wait": None})
         await self._checkpoint()
         raise exc
 
 
-def new_state(stack: CallStack, name: str) -> dict:
+def new_state(stack: CallStack, name: str) -> SavedState:
     return {"format": 1, "status": RUNNING, "program": name, "stack": stack, "wait": None,
             "result": None, "error": None, "steps": 0}
 
 
-def _stored_error(state: dict) -> BaseException:
+def _stored_error(state: SavedState) -> BaseException:
     err = state.get("error")
     return err if isinstance(err, BaseException) else DurableError(str(err))
 
 
-def _diagnose(state: dict, exc: CheckpointException) -> CheckpointException:
+def _diagnose(state: SavedState, exc: CheckpointException) -> CheckpointException:
     """Name the local that cannot be pickled (only on the failure path)."""
     for frame in reversed(state["stack"].frames):
         for name, value in frame.locals.items():

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import importlib
 import sys
+import types
 from typing import Any
 
-from .compiler import CodeBlock, CodeChunk, CompiledFunction, DurableAstTransformer, free_cells
+from .compiler import _PREFIX, Cell, CodeBlock, CodeChunk, CompiledFunction, DurableAstTransformer, free_cells
 from .exceptions import CodeChangedError
 
 transformer = DurableAstTransformer()
@@ -49,6 +50,45 @@ class FunctionCall:
     @property
     def name(self) -> str:
         return self.compiled.qualname if self.compiled is not None else "<script>"
+
+    @property
+    def layout_hash(self) -> str | None:
+        """The step layout this frame was saved under (kept across code fixes that keep it); None for scripts."""
+        return self.fingerprint[1] if self.fingerprint is not None else None
+
+    def user_locals(self) -> dict[str, Any]:
+        """The locals as the user's code sees them: for screens, reports and edits.
+
+        Variables shared with nested functions are kept in cells; their
+        contents are shown (a cell not assigned yet is left out, like any
+        unassigned local). The compiler's temporaries (names starting with
+        ``_dur__``: iterators, pending exceptions, hidden definitions) are
+        left out.
+        """
+        out = {}
+        for name, value in self.locals.items():
+            if name.startswith(_PREFIX):
+                continue
+            if value.__class__ is Cell or value.__class__ is types.CellType:
+                try:
+                    value = value.cell_contents
+                except (NameError, ValueError):  # an empty Cell raises NameError, an empty closure cell ValueError
+                    continue
+            out[name] = value
+        return out
+
+    def set_user_local(self, name: str, value: Any) -> None:
+        """Assign a local that :meth:`user_locals` shows (inside its cell when it has one).
+
+        Raises ``KeyError`` for a name :meth:`user_locals` does not show.
+        """
+        if name not in self.user_locals():
+            raise KeyError(name)
+        cell = self.locals[name]
+        if cell.__class__ is Cell:
+            cell.cell_contents = value
+        else:
+            self.locals[name] = value
 
     def append_code_block(self, block: CodeChunk | str) -> None:
         """Append code to run after the blocks already in this call.
@@ -115,7 +155,7 @@ class FunctionCall:
         if found is None:
             listed = "; ".join(f"line {line}: {text}" for _, (line, text, _) in points) or "none"
             raise ValueError(f"no await matching {where!r} in {self.name}; its resume points are: {listed}")
-        self.pc, self.tmp = found, compiled.resume_points[found][2]
+        self.pc, self.tmp = found, dict(points)[found][2]
 
     def __reduce__(self):
         loc = self.locals

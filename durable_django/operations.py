@@ -15,7 +15,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models, transaction
 from django.utils import timezone
 
-from durable import Cell
+from durable import SavedState
 
 from . import signals
 from .exceptions import InstanceFinished, StateUnreadable, UnknownInstance, state_error
@@ -68,17 +68,13 @@ def is_jsonable(value: Any) -> bool:
         return False
 
 
-def frames(state: dict) -> list[dict]:
+def frames(state: SavedState) -> list[dict]:
     """The call stack for people: per frame, its position and its locals (repr-truncated, never executed)."""
     out = []
     stack = state.get("stack")
     for index, frame in enumerate(list(stack) if stack is not None else []):
         local_rows = []
-        for name, value in frame.locals.items():
-            if name.startswith("_dur__"):
-                continue
-            if isinstance(value, Cell):
-                value = getattr(value, "cell_contents", None)
+        for name, value in frame.user_locals().items():
             local_rows.append({"name": name, "repr": _repr.repr(value), "type": type(value).__name__,
                                "json": json.dumps(value, cls=DjangoJSONEncoder) if is_jsonable(value) else None})
         out.append({"index": index, "function": frame.name, "position": frame.position(), "locals": local_rows})
@@ -108,24 +104,22 @@ def edit_local(instance_id: str, frame_index: int, name: str, value: Any, *, act
         raise ConcurrentChange(f"instance {instance_id!r} changed since you looked (version {version})")
     if lease_owner:
         raise ConcurrentChange(f"a worker holds instance {instance_id!r}; try again when it has paused")
+    if blob is None:
+        raise StateUnreadable(instance_id, status, "the instance has no saved state")
     context = blob_context(instance_id, program, STATE)
     try:
-        state = unsign(blob, context)
+        state: SavedState = unsign(blob, context)
     except Exception as exc:
         raise StateUnreadable(instance_id, status, state_error(exc)) from exc
     stack = list(state.get("stack") or [])
     if not 0 <= frame_index < len(stack):
         raise ValueError(f"no frame {frame_index}")
     frame = stack[frame_index]
-    if name.startswith("_dur__") or name not in frame.locals:
+    shown = frame.user_locals()
+    if name not in shown:
         raise ValueError(f"frame {frame_index} has no local {name!r}")
-    old = frame.locals[name]
-    if isinstance(old, Cell):
-        old_value = getattr(old, "cell_contents", None)
-        old.cell_contents = value
-    else:
-        old_value = old
-        frame.locals[name] = value
+    old_value = shown[name]
+    frame.set_user_local(name, value)
     new_blob = sign(state, context)
     with transaction.atomic():
         n = DurableInstance.objects.filter(pk=instance_id, version=version, lease_owner="",

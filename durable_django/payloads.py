@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from durable import StateTamperedError
+from durable import SavedState, StateTamperedError
 
 from .models import DurableInstance
 from .signing import STATE, blob_context, unsign
@@ -23,9 +23,16 @@ def instance_summary(inst: DurableInstance) -> dict[str, Any]:
         "lease_owner": inst.lease_owner, "lease_expires_at": _iso(inst.lease_expires_at),
         "created_at": _iso(inst.created_at), "updated_at": _iso(inst.updated_at),
         "finished_at": _iso(inst.finished_at),
-        "object": f"{inst.content_type.app_label}.{inst.content_type.model}:{inst.object_id}"
-        if inst.content_type_id else None,
+        "object": _linked(inst),
     }
+
+
+def _linked(inst: DurableInstance) -> str | None:
+    """``app_label.model:object_id`` of the linked object (no query when there is none)."""
+    if not inst.content_type_id:
+        return None
+    ct = inst.content_type
+    return f"{ct.app_label}.{ct.model}:{inst.object_id}" if ct is not None else None
 
 
 def instance_detail(inst: DurableInstance) -> dict[str, Any]:
@@ -44,7 +51,7 @@ def instance_detail(inst: DurableInstance) -> dict[str, Any]:
     data["stack"] = None
     if inst.state is not None:
         try:
-            state = unsign(inst.state, blob_context(inst.instance_id, inst.program, STATE))
+            state: SavedState = unsign(inst.state, blob_context(inst.instance_id, inst.program, STATE))
         except StateTamperedError as exc:
             data["stack"] = {"error": str(exc)}
         except Exception as exc:  # code gone or changed: cannot unpickle frames
@@ -53,7 +60,7 @@ def instance_detail(inst: DurableInstance) -> dict[str, Any]:
             stack = state.get("stack")
             data["stack"] = [
                 {"position": fr.position(),
-                 "locals": {k: _short(v) for k, v in fr.locals.items() if not k.startswith("_dur__")}}
+                 "locals": {k: _short(v) for k, v in fr.user_locals().items()}}
                 for fr in (stack or [])]
     return data
 

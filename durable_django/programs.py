@@ -19,8 +19,7 @@ from collections.abc import Callable
 
 from django.utils.module_loading import import_string
 
-from durable import DurableProgram, FunctionCall, make_durable
-from durable.runtime import declared_program
+from durable import DurableProgram, FunctionCall, declared_program, make_durable
 
 from .conf import durable_settings
 from .exceptions import UnknownProgram

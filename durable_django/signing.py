@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from durable import StateTamperedError
-from durable import serialization as _ser
+from durable import signing as core_signing
 
 from .conf import durable_settings
 
@@ -47,7 +47,7 @@ def blob_context(instance_id: str, program: str, field: str) -> bytes:
 
 def sign(obj: Any, context: bytes) -> bytes:
     """Serialize ``obj`` and sign it with the configured key, bound to ``context`` (see :func:`blob_context`)."""
-    return _ser.dumps(obj, durable_settings.signing_key, context)
+    return core_signing.dumps(obj, durable_settings.signing_key, context)
 
 
 def unsign(blob: bytes | memoryview, context: bytes) -> Any:
@@ -65,11 +65,11 @@ def verified(blob: bytes | memoryview, context: bytes) -> bytes:
     """The pickle bytes of ``blob`` once its signature checks out for ``context`` (nothing is unpickled)."""
     blob = bytes(blob)
     try:
-        return _ser.verify(blob, durable_settings.signing_key, context)
+        return core_signing.verify(blob, durable_settings.signing_key, context)
     except StateTamperedError:
         for key in durable_settings.signing_key_fallbacks:
             try:
-                return _ser.verify(blob, key, context)
+                return core_signing.verify(blob, key, context)
             except StateTamperedError:
                 continue
         raise
@@ -81,7 +81,7 @@ def resign(blob: bytes | memoryview, context: bytes) -> bytes | None:
     blob = bytes(blob)
     key = durable_settings.signing_key
     try:
-        _ser.verify(blob, key, context)
+        core_signing.verify(blob, key, context)
         return None
     except StateTamperedError:
         pass
@@ -89,7 +89,7 @@ def resign(blob: bytes | memoryview, context: bytes) -> bytes | None:
         data = verified(blob, context)
     except StateTamperedError:
         return None
-    return _ser.sign_pickled(data, key, context)
+    return core_signing.sign_pickled(data, key, context)
 
 
 def convert_rows(model: Any, using: str, convert: Callable[[bytes, bytes], bytes | None], batch: int = 500) -> int:
@@ -121,10 +121,10 @@ def rebind(blob: bytes | memoryview, context: bytes) -> bytes | None:
     blob = bytes(blob)
     for key in (durable_settings.signing_key, *durable_settings.signing_key_fallbacks):
         try:
-            data = _ser.verify(blob, key, None)
+            data = core_signing.verify(blob, key, None)
         except StateTamperedError:
             continue
-        return _ser.sign_pickled(data, durable_settings.signing_key, context)
+        return core_signing.sign_pickled(data, durable_settings.signing_key, context)
     return None
 
 
@@ -136,4 +136,4 @@ def unbind(blob: bytes | memoryview, context: bytes) -> bytes | None:
         data = verified(blob, context)
     except StateTamperedError:
         return None
-    return _ser.sign_pickled(data, durable_settings.signing_key, None)
+    return core_signing.sign_pickled(data, durable_settings.signing_key, None)

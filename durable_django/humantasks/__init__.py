@@ -8,7 +8,7 @@ In a durable program::
         form="expenses.forms.DecisionForm",    # or schema={"type": "object", "properties": {...}}
         title="Approve expense #12")
 
-The keyword arguments are saved with the wait (``state["wait"]["meta"]``).
+The keyword arguments are saved with the wait (the ``meta`` of :class:`durable.WaitInfo`).
 While the instance waits there, a :class:`~durable_django.humantasks.models.HumanTask`
 row lists it for the users who may answer; the views and admin actions check
 :func:`~durable_django.humantasks.assignment.check_answer` before publishing,

@@ -17,6 +17,7 @@ wait existed is held to the same rules as an answer to it.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,8 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.utils.module_loading import import_string
+
+from durable import SavedState
 
 from ..backend import is_task_meta
 from ..exceptions import StateUnreadable, state_error
@@ -75,10 +78,10 @@ def wait_of(instance_id: str, program: str, blob: bytes | memoryview | None, ver
     if blob is None:
         return None
     try:
-        state = unsign(blob, blob_context(instance_id, program, STATE))
+        state: SavedState = unsign(blob, blob_context(instance_id, program, STATE))
     except Exception as exc:  # nobody can be checked against a wait that cannot be read: refuse, clearly
         raise StateUnreadable(instance_id, Status.PAUSED, state_error(exc)) from exc
-    wait = state.get("wait") or {}
+    wait: Mapping[str, Any] = state.get("wait") or {}
     if wait.get("kind") != "event":
         return None
     return Wait(instance_id, wait.get("event") or "", dict(wait.get("meta") or {}), wait.get("due"), version,
@@ -106,7 +109,7 @@ def may_answer(user, meta: dict) -> bool:
     return bool(meta.get("permission")) and user.has_perm(meta["permission"])
 
 
-def form_class(meta: dict) -> type[forms.Form] | None:
+def form_class(meta: dict) -> type[forms.BaseForm] | None:
     """The form a wait's payload must pass: ``form`` (dotted path) or one built from ``schema``."""
     if meta.get("form"):
         cls = import_string(meta["form"])

@@ -311,12 +311,12 @@ async def assigned():
 
 
 def test_wait_metadata_is_saved_with_the_wait():
-    from durable import serialization
+    from durable import signing
 
     b = DurableBackend()
     with pytest.raises(PauseForEventException):
         run(assigned(orchestration_backend=b, instance_id="m"))
-    state = serialization.loads(b.store.load("state:m"))
+    state = signing.loads(b.store.load("state:m"))
     assert state["wait"]["meta"] == {"assignee": "group:finance", "form": "myapp.forms.Decision"}
     b.publish_event("m", "approve", {"ok": True})
     assert run(assigned(orchestration_backend=b, instance_id="m")) == {"ok": True}

@@ -19,7 +19,7 @@ from durable import (
     PauseForEventException,
     StateTamperedError,
     make_durable,
-    serialization,
+    signing,
     wait_for_event,
 )
 
@@ -84,16 +84,16 @@ def test_disk_store_update_is_atomic_across_threads(tmp_path):
 
 def test_signed_blob_roundtrip_and_tamper_detection():
     key = b"k" * 32
-    blob = serialization.dumps({"a": 1}, key)
-    assert serialization.loads(blob, key) == {"a": 1}
+    blob = signing.dumps({"a": 1}, key)
+    assert signing.loads(blob, key) == {"a": 1}
     tampered = bytearray(blob)
     tampered[-1] ^= 1
     with pytest.raises(StateTamperedError):
-        serialization.loads(bytes(tampered), key)
+        signing.loads(bytes(tampered), key)
     with pytest.raises(StateTamperedError):
-        serialization.loads(blob, b"other-key")
+        signing.loads(blob, b"other-key")
     with pytest.raises(StateTamperedError):
-        serialization.loads(serialization.dumps({"a": 1}, None), key)
+        signing.loads(signing.dumps({"a": 1}, None), key)
 
 
 class Bomb:
@@ -144,7 +144,7 @@ def test_unpicklable_local_is_named_and_previous_checkpoint_kept():
         run(holds_unpicklable(orchestration_backend=b, instance_id="u"))
     msg = str(e.value)
     assert "'lock'" in msg and "lock" in msg.lower() and "holds_unpicklable" in msg
-    state = serialization.loads(store.load("state:u"))
+    state = signing.loads(store.load("state:u"))
     assert state["steps"] == 1 and state["status"] == "running"
     assert state["stack"].top.locals["ok"] == 1
 

@@ -17,7 +17,7 @@ from durable import (
     StateTamperedError,
     UnsignedStateWarning,
     make_durable,
-    serialization,
+    signing,
 )
 from durable.runtime import declared_program
 
@@ -38,43 +38,43 @@ def _trip():
 
 # -- the bound format ----------------------------------------------------------------
 def test_bound_blob_verifies_only_in_its_context():
-    blob = serialization.dumps({"a": 1}, KEY, b"row-1/state")
+    blob = signing.dumps({"a": 1}, KEY, b"row-1/state")
     assert blob[:3] == b"DS2"
-    assert serialization.loads(blob, KEY, b"row-1/state") == {"a": 1}
+    assert signing.loads(blob, KEY, b"row-1/state") == {"a": 1}
     for context in (b"row-2/state", b"row-1/arguments", b"", None):
         with pytest.raises(StateTamperedError):
-            serialization.loads(blob, KEY, context)
+            signing.loads(blob, KEY, context)
     with pytest.raises(StateTamperedError):
-        serialization.loads(blob, b"x" * 32, b"row-1/state")
+        signing.loads(blob, b"x" * 32, b"row-1/state")
 
 
 def test_a_reader_with_a_context_refuses_unbound_and_unsigned_blobs_without_unpickling():
     Tripwire.unpickled = 0
-    for blob in (serialization.dumps(Tripwire(), KEY), serialization.dumps(Tripwire())):
+    for blob in (signing.dumps(Tripwire(), KEY), signing.dumps(Tripwire())):
         with pytest.raises(StateTamperedError):
-            serialization.loads(blob, KEY, b"ctx")
-    tampered = bytearray(serialization.dumps(Tripwire(), KEY, b"ctx"))
+            signing.loads(blob, KEY, b"ctx")
+    tampered = bytearray(signing.dumps(Tripwire(), KEY, b"ctx"))
     tampered[-2] ^= 1
     with pytest.raises(StateTamperedError):
-        serialization.loads(bytes(tampered), KEY, b"ctx")
+        signing.loads(bytes(tampered), KEY, b"ctx")
     assert Tripwire.unpickled == 0
-    assert serialization.loads(serialization.dumps(Tripwire(), KEY, b"ctx"), KEY, b"ctx") == "tripped"
+    assert signing.loads(signing.dumps(Tripwire(), KEY, b"ctx"), KEY, b"ctx") == "tripped"
 
 
 def test_the_context_is_length_prefixed():
     """(context, pickle) pairs cannot be shifted into each other: moving bytes between them breaks the tag."""
     data = pickle.dumps(1, protocol=5)
-    blob = serialization.sign_pickled(data, KEY, b"ab")
+    blob = signing.sign_pickled(data, KEY, b"ab")
     shifted = b"DS2" + blob[3:35] + data  # same tag, claimed for context b"a" + one byte moved
     with pytest.raises(StateTamperedError):
-        serialization.loads(shifted, KEY, b"a")
-    assert serialization.verify(blob, KEY, b"ab") == data
+        signing.loads(shifted, KEY, b"a")
+    assert signing.verify(blob, KEY, b"ab") == data
 
 
 def test_unbound_format_still_reads_without_a_context():
-    assert serialization.loads(serialization.dumps([1], KEY), KEY) == [1]
+    assert signing.loads(signing.dumps([1], KEY), KEY) == [1]
     with pytest.raises(ValueError, match="needs a signing key"):
-        serialization.dumps(1, None, b"ctx")
+        signing.dumps(1, None, b"ctx")
 
 
 # -- the unsigned core's warning -------------------------------------------------------

@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from durable import CheckpointException, DurableBackend, InMemoryStateStore, make_durable, serialization
+from durable import CheckpointException, DurableBackend, InMemoryStateStore, make_durable, signing
 from durable.stack import transformer
 
 calls: list[str] = []
@@ -106,7 +106,7 @@ def test_refused_completion_keeps_the_step_that_ran():
     store = InMemoryStateStore()
     with pytest.raises(CheckpointException, match="cannot be saved"):
         run(one_step, Recorder(store, refuse="completed"), "r", 5)
-    state = serialization.loads(store.load("state:r"))
+    state = signing.loads(store.load("state:r"))
     assert state["status"] == "running" and state["steps"] == 1
     assert calls == ["work 5"]
     assert run(one_step, DurableBackend(store), "r", 5) == 6  # finishes without running the step again
@@ -130,7 +130,7 @@ def test_unpicklable_result_is_refused_and_previous_checkpoint_kept():
     store = InMemoryStateStore()
     with pytest.raises(CheckpointException, match="cannot be pickled"):
         run(returns_lock, DurableBackend(store), "l")
-    state = serialization.loads(store.load("state:l"))
+    state = signing.loads(store.load("state:l"))
     assert state["status"] == "running" and state["steps"] == 1
     assert state["stack"].top.pc == 1  # after work(0), before make_lock(): that step is not kept
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from io import StringIO
 from unittest import mock
 
 import pytest
 from django.contrib.auth.models import Permission, User
 from django.contrib.contenttypes.models import ContentType
+from django.core.management import call_command
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
@@ -29,6 +31,17 @@ async def with_locals(note: str):
     items = ["a", "b"]
     answer = await wait_for_event("go")
     return {"note": note, "count": count, "items": items, "answer": answer}
+
+
+@make_durable
+async def with_closure(start: int):
+    shared = [start, start + 1]
+
+    def total() -> int:
+        return sum(shared)
+
+    answer = await wait_for_event("go")
+    return total() + answer
 
 
 @make_durable
@@ -149,6 +162,16 @@ def test_detail_shows_stack_locals_history_events_escaped(admin_client_su, inlin
     assert "&#x27;count&#x27;" not in page and ">count<" in page and ">3<" in page
     assert "Event published" in page and "later" in page and "pending" in page
     assert f'data-ws-path="/ws/durable/instances/{uid}/"' in page
+
+
+def test_a_closure_variable_shows_the_same_in_the_admin_and_durable_status(admin_client_su, inline, uid):
+    dd.start(with_closure, 20, instance_id=uid)
+    page = admin_client_su.get(detail_url(uid)).content.decode()
+    assert '<td><code>shared</code></td><td>list</td><td class="local-value">[20, 21]</td>' in page
+    out = StringIO()
+    call_command("durable_status", uid, stdout=out, stderr=StringIO())
+    assert "      shared = [20, 21]\n" in out.getvalue()
+    assert "Cell" not in page and "Cell" not in out.getvalue()
 
 
 def test_detail_refuses_a_tampered_state(admin_client_su, inline, uid):

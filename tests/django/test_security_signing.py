@@ -21,7 +21,7 @@ from django.test import override_settings
 
 import durable_django as dd
 from durable import StateTamperedError
-from durable import serialization as ser
+from durable import signing as ser
 from durable_django import checks
 from durable_django.conf import durable_settings
 from durable_django.exceptions import UnknownProgram

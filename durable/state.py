@@ -1,0 +1,61 @@
+"""The saved state of an instance: the dict a backend persists at every checkpoint.
+
+The runtime builds it (:func:`durable.runtime.new_state`), an
+:class:`~durable.OrchestrationBackend` saves and loads it whole, and hosts
+(the Django app) read a few keys to fill their columns and screens. These
+types name the keys so that every reader agrees on them; at run time the
+state stays a plain ``dict`` (no conversion on the hot path).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Final, Literal, NotRequired, TypedDict
+
+if TYPE_CHECKING:
+    from .stack import CallStack
+
+#: The values of ``SavedState["status"]``. ``cancelled`` is never saved by
+#: the core: a host sets it on a loaded state to make the runtime refuse to continue.
+Status = Literal["running", "paused", "completed", "failed", "cancelled"]
+RUNNING: Final = "running"
+PAUSED: Final = "paused"
+COMPLETED: Final = "completed"
+FAILED: Final = "failed"
+CANCELLED: Final = "cancelled"
+
+
+class WaitInfo(TypedDict):
+    """What a paused instance waits for (``SavedState["wait"]``)."""
+
+    #: ``"timer"`` (``sleep``/``sleep_until``) or ``"event"`` (``wait_for_event``).
+    kind: Literal["timer", "event"]
+    #: POSIX seconds: when a timer fires, or when an event wait times out (None: no timeout).
+    due: float | None
+    #: The awaited event's name (event waits only).
+    event: NotRequired[str]
+    #: The keyword arguments of ``wait_for_event(name, **meta)``, when there were any (event waits only).
+    meta: NotRequired[dict[str, Any]]
+
+
+class SavedState(TypedDict):
+    """One checkpoint of an instance."""
+
+    #: Version of this layout (1).
+    format: int
+    #: Where the instance stands (see :data:`Status`).
+    status: Status
+    #: The program's name (``DurableProgram.name``; for the Django app, its dotted path).
+    program: str
+    #: The frames of the running call, innermost last; empty once the instance finished.
+    stack: CallStack
+    #: What the paused instance waits for, None when it is not paused.
+    wait: WaitInfo | None
+    #: The return value, once completed.
+    result: Any
+    #: The exception that ended a failed instance (a ``DurableError`` when the original cannot be pickled).
+    error: BaseException | None
+    #: How many checkpoints were saved (this one included).
+    steps: int
+    #: Sequence numbers of inbox events consumed by this step (:class:`~durable.DurableBackend` only).
+    consumed: NotRequired[Sequence[int]]
