@@ -30,7 +30,6 @@ import datetime
 import io
 import json
 import os
-import platform
 import random
 import sys
 import tempfile
@@ -39,7 +38,20 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from .common.environment import (
+    ROOT,
+    cpu_s,
+    drop_database,
+    git_revision,
+    machine_busy,
+    recreate_database,
+    rss_kb,
+    run_meta,
+    setup_django,
+)
+from .django_bench.setup import Workers, durable_queue
+from .redis_keys import purge_queue
+
 DEFAULT_OUT = ROOT / "bench" / "results" / "soak.json"
 DEFAULT_BROKER = "redis://127.0.0.1:6379/9"
 PG_URL = "postgres://postgres@127.0.0.1:5432/postgres"  # the server of bench.django_settings
@@ -52,30 +64,12 @@ def _log(msg: str) -> None:
     print(f"  [soak] {msg}", file=sys.stderr, flush=True)
 
 
-def _rss_kb(pid: int) -> int:
-    """Resident memory of ``pid`` in kB (``VmRSS`` of /proc/PID/status), 0 if it is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
 def _setup(db: str, broker: str, queue: str) -> None:
-    os.environ.update({"DJANGO_SETTINGS_MODULE": "bench.django_settings", "DURABLE_BENCH_DB": "pg",
-                       "DURABLE_BENCH_PG_NAME": db, "DURABLE_BENCH_BROKER": broker, "CELERY_BROKER_URL": broker,
-                       "DURABLE_BENCH_QUEUE": queue, "DURABLE_BENCH_RUN": queue})
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    import bench.django_celery  # noqa: F401  (the Celery app the wake-ups are sent with)
-
-    call_command("migrate", verbosity=0)
+    env = {"DJANGO_SETTINGS_MODULE": "bench.django_settings", "DURABLE_BENCH_DB": "pg", "DURABLE_BENCH_PG_NAME": db,
+           "DURABLE_BENCH_BROKER": broker, "CELERY_BROKER_URL": broker, "DURABLE_BENCH_QUEUE": queue,
+           "DURABLE_BENCH_RUN": queue,
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    setup_django(env, celery_app=True, migrate=True)
 
 
 def _unfinished() -> int:
@@ -128,7 +122,6 @@ def soak(count: int, chunk: int, window: int, purge_every: int, logdir: Path, ti
     import durable_django as dd
 
     from . import django_programs as progs
-    from .django_bench import Workers, _cpu_s, _durable_queue, _machine_busy
 
     marks = sorted({m for m in MARKS if m < count} | {count})
     workers = Workers(logdir)
@@ -138,12 +131,12 @@ def soak(count: int, chunk: int, window: int, purge_every: int, logdir: Path, ti
     checked = 0
     tag = uuid.uuid4().hex[:6]
     try:
-        workers.start(2, VARIANT)
+        workers.start_variant(2, VARIANT)
         pids = workers.pids(VARIANT)
-        rss0 = [_rss_kb(p) for p in pids]
+        rss0 = [rss_kb(p) for p in pids]
         _log(f"2 workers ready (pids {pids}, RSS {[r // 1024 for r in rss0]} MB); {count:,} processes")
         t0 = time.perf_counter()
-        last = {"t": t0, "done": 0, "cpu": sum(map(_cpu_s, pids)), "busy": _machine_busy(),
+        last = {"t": t0, "done": 0, "cpu": sum(map(cpu_s, pids)), "busy": machine_busy(),
                 "producer": sum(os.times()[:2])}
         produced = 0
         next_mark = 0
@@ -153,10 +146,10 @@ def soak(count: int, chunk: int, window: int, purge_every: int, logdir: Path, ti
         def record(done: int) -> None:
             nonlocal next_mark
             now = time.perf_counter()
-            cpu = sum(map(_cpu_s, pids))
+            cpu = sum(map(cpu_s, pids))
             producer = sum(os.times()[:2])
-            busy = _machine_busy()
-            rss = [_rss_kb(p) for p in pids]
+            busy = machine_busy()
+            rss = [rss_kb(p) for p in pids]
             if 0 in rss:
                 logs = "\n".join(p.read_text(errors="replace")[-2000:] for p in logdir.glob("*.log"))
                 raise RuntimeError(f"a worker died:\n{logs}")
@@ -199,7 +192,7 @@ def soak(count: int, chunk: int, window: int, purge_every: int, logdir: Path, ti
                 raise TimeoutError(f"{unfinished:,} of {count:,} processes not finished after {timeout:.0f} s")
             if produced < count and unfinished <= window - chunk:
                 n = min(chunk, count - produced)
-                with _durable_queue(VARIANT), transaction.atomic():  # wake-ups are sent, batched, at the commit
+                with durable_queue(VARIANT), transaction.atomic():  # wake-ups are sent, batched, at the commit
                     for i in range(produced, produced + n):
                         dd.start(progs.one_step, i, instance_id=f"soak-{tag}-{i}")
                 produced += n
@@ -228,8 +221,6 @@ def soak(count: int, chunk: int, window: int, purge_every: int, logdir: Path, ti
 
 def _cleanup_redis(broker: str, queue: str) -> None:
     """The run's queues, kombu's bindings, unacked entries and the workers' notes (all named after ``queue``)."""
-    from .redis_keys import purge_queue
-
     for q in (queue, f"{queue}-{VARIANT}"):
         purge_queue(broker, q)
 
@@ -260,9 +251,6 @@ def format_table(res: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the soak suite, print the table, write the JSON; exit 1 when an invariant broke."""
-    from .core import _git_revision
-    from .load import _drop_database, _reset_database
-
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(prog="python -m bench soak", description=__doc__.splitlines()[0])
     ap.add_argument("--count", type=int, default=1_000_000, help="processes (default 1,000,000)")
@@ -282,12 +270,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ap.error("--count, --chunk, --purge-every must be >= 1 and --window > --chunk")
     db = args.db or f"durable_soak_{uuid.uuid4().hex[:10]}"
     queue = f"durable-soak-{uuid.uuid4().hex[:10]}"
-    meta: dict[str, Any] = {"date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-                            "python": sys.version.split()[0], "platform": platform.platform(),
-                            "nproc": os.cpu_count(), "git": _git_revision(), "db": db,
+    meta: dict[str, Any] = {**run_meta(), "git": git_revision(), "db": db,
                             "config": {k: v for k, v in vars(args).items() if k not in ("out",)},
                             "loadavg_start": os.getloadavg()}
-    _reset_database(PG_URL, db)
+    recreate_database(PG_URL, db)
     try:
         _setup(db, args.broker, queue)
         from django.db import connection
@@ -315,7 +301,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 from django.db import connections
 
                 connections.close_all()
-            _drop_database(PG_URL, db)
+            drop_database(PG_URL, db)
     meta["loadavg_end"] = os.getloadavg()
     res["ok"] = res["soak"]["ok"]
     print(format_table(res))
