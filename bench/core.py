@@ -9,12 +9,10 @@ noisy machine shifts both sides alike. :func:`run` returns a JSON-ready dict;
 from __future__ import annotations
 
 import asyncio
-import datetime
 import gc
 import os
 import pickle
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -37,6 +35,8 @@ from durable import (
 from durable import signing as ser
 
 from . import workloads
+from .common.environment import git_revision, utc_now
+from .common.stats import median
 
 STATE_KEY = "state:x"
 INSTANCE = "x"
@@ -79,10 +79,6 @@ def _now() -> float:
     return time.perf_counter()
 
 
-def _median(xs: list[float]) -> float:
-    return statistics.median(xs)
-
-
 def _backend(store: Any = None) -> DurableBackend:
     return DurableBackend(store if store is not None else InMemoryStateStore())
 
@@ -103,7 +99,7 @@ def _loop_time(fn: Callable[[], Any], loops: int, repeats: int) -> float:
         for _ in range(loops):
             fn()
         per.append((_now() - t0) / loops * 1e6)
-    return _median(per)
+    return median(per)
 
 
 def sample_locals() -> dict[str, Any]:
@@ -174,8 +170,8 @@ async def bench_per_step(cfg: Config) -> dict[str, Any]:
             if r >= 1:
                 disk.append(dt / cfg.disk_steps * 1e6)
 
-    plain_us, mem_us, null_us = (_median(samples[k]) for k in ("plain", "memory", "null"))
-    disk_us = _median(disk)
+    plain_us, mem_us, null_us = (median(samples[k]) for k in ("plain", "memory", "null"))
+    disk_us = median(disk)
     shape, mid_blob = await _checkpoint_shape(program, n)
     return {
         "n_steps": n,
@@ -311,7 +307,7 @@ async def bench_resume(cfg: Config) -> dict[str, Any]:
     for k in cfg.k_values:
         p = points[k]
         total, pub, cont = p.pop("_total"), p.pop("_publish"), p.pop("_continue")
-        p.update(resume_us=_median(total), publish_us=_median(pub), continue_us=_median(cont))
+        p.update(resume_us=median(total), publish_us=median(pub), continue_us=median(cont))
         out.append(p)
     lo, hi = out[0], out[-1]
     ratio = hi["resume_us"] / lo["resume_us"]
@@ -345,7 +341,7 @@ def bench_compile(cfg: Config) -> dict[str, Any]:
         "source_lines": src_lines,
         "blocks": len(compiled.blocks),
         "repeats": cfg.compile_repeats,
-        "ms": _median(times),
+        "ms": median(times),
         "ms_min": min(times),
     }
 
@@ -396,11 +392,11 @@ async def bench_nested(cfg: Config) -> dict[str, Any]:
         out.append({
             "depth": depth,
             "frames": depth + 1,
-            "checkpoint_ms": _median(per_step),
+            "checkpoint_ms": median(per_step),
             "state_bytes": len(snap[STATE_KEY]),
             "load_ms": load_ms,
-            "resume_ms": _median(resumes),
-            "run_ms": _median(totals),
+            "resume_ms": median(resumes),
+            "run_ms": median(totals),
             "run_checkpoints": checkpoints,
             "seed_checkpoint_ms": SEED_CHECKPOINT_MS.get(depth),
         })
@@ -408,32 +404,17 @@ async def bench_nested(cfg: Config) -> dict[str, Any]:
 
 
 # -- all ------------------------------------------------------------------------
-def _git_revision() -> str | None:
-    """The commit of the checkout (``+dirty`` when durable/ has local changes), if git is there."""
-    import subprocess
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                              timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "durable"], cwd=root, capture_output=True,
-                               text=True, timeout=5, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return head + ("+dirty" if dirty else "")
-
-
 def machine() -> dict[str, Any]:
     """Where and when the figures were taken."""
     return {
-        "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "date_utc": utc_now(),
         "python": sys.version.split()[0],
         "implementation": platform.python_implementation(),
         "platform": platform.platform(),
         "nproc": os.cpu_count(),
         "durable_version": durable.__version__,
         "cloudpickle_version": cloudpickle.__version__,
-        "git": _git_revision(),
+        "git": git_revision(),
     }
 
 

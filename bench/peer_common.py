@@ -6,7 +6,8 @@ per process, and the seed package and this project both install a top-level
 ``durable``). A child is started as a *script* (``python bench/peer_x.py``),
 so ``sys.path[0]`` is ``bench/`` and it imports this file as
 ``peer_common``. Nothing here imports ``durable``: the seed's child must not
-load this project's package.
+load this project's package. The statistics come from :mod:`bench.common.stats` (standard library only);
+the checkout is appended to ``sys.path`` for it, after ``PYTHONPATH``, so the seed's ``durable`` still wins.
 
 Every child measures the same figures the same way (see ``bench/README.md``,
 "Peers"): medians over rounds that run the variants in rotating order after
@@ -20,12 +21,19 @@ import gc
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
+
+sys.path.append(str(Path(__file__).resolve().parent.parent))
+
+from bench.common.stats import median  # noqa: E402
+from bench.common.stats import percentile_by_index as pct  # noqa: E402
+
+__all__ = ["median", "pct"]  # the children use them as ``pc.median``, ``pc.pct``
 
 PG_HOST = "127.0.0.1"
 PG_PORT = 5432
@@ -65,16 +73,6 @@ def sizes(quick: bool) -> Sizes:
 
 def now() -> float:
     return time.perf_counter()
-
-
-def median(xs: list[float]) -> float:
-    return statistics.median(xs)
-
-
-def pct(xs: list[float], p: float) -> float:
-    """The ``p``-th percentile (nearest rank) of ``xs``."""
-    s = sorted(xs)
-    return s[min(len(s) - 1, max(0, round(p / 100 * (len(s) - 1))))]
 
 
 def rotate(names: list[str], r: int) -> list[str]:

@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .common.environment import git_revision, versions
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 DEFAULT_OUT = HERE / "results" / "peers.json"
@@ -123,15 +125,8 @@ def run_child(family: str, script: str, db: str, quick: bool, workdir: Path) -> 
 
 
 def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in ("durable-django", "dbos", "django-durable", "Django", "SQLAlchemy", "psycopg", "pysqlite3-binary",
-                "cloudpickle", "matplotlib"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "not installed"
+    out = versions(("durable-django", "dbos", "django-durable", "Django", "SQLAlchemy", "psycopg", "pysqlite3-binary",
+                    "cloudpickle", "matplotlib"), missing="not installed")
     meta = seed_path().glob("durable_python-*.dist-info")
     out["durable-python"] = next((p.name.removesuffix(".dist-info").split("-")[1] for p in meta), "not installed")
     return out
@@ -143,10 +138,8 @@ def _machine() -> dict[str, Any]:
         cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "")
     except OSError:
         pass
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
-    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
     return {"nproc": os.cpu_count(), "cpu": cpu, "platform": platform.platform(), "python": platform.python_version(),
-            "git": git.strip() + ("+dirty" if dirty.strip() else "")}
+            "git": git_revision(dirty_paths=()) or ""}
 
 
 # -- the table ----------------------------------------------------------------

@@ -32,22 +32,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .faults import FaultConfig, PrivateRedis, Suite, _log_count, _meta, _setup_django, _status_counts
-from .private_postgres import PrivatePostgres
-from .tcp_proxy import BLACKHOLE, RESET, TcpProxy
+from ..common.environment import setup_django
+from ..common.processes import wait_for
+from ..private_postgres import PrivatePostgres
+from ..tcp_proxy import BLACKHOLE, RESET, TcpProxy
+from .setup import SETTINGS, FaultConfig, PrivateRedis, run_meta_of
+from .suite import Suite
+from .verdict import log_count, status_counts
 
 LABELS = ("open", "long", "ship")
-
-
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def _completed(iid: str) -> bool:
@@ -69,7 +62,7 @@ class Partition:
         suite = self.suite
         victim = suite.start_worker({"DURABLE_FAULTS_PG_PORT": str(self.proxy.port)})
         suite.start_sweeper(interval=0.5)
-        _wait(lambda: victim in suite.ready_workers(), 90, "the victim worker to be ready")
+        wait_for(lambda: victim in suite.ready_workers(), 90, "the victim worker to be ready")
         self.victim = victim
         for r in range(self.cfg.cuts):
             try:
@@ -91,12 +84,12 @@ class Partition:
         info: dict[str, Any] = {"round": r, "mode": mode, "instance": key}
         self.rounds.append(info)
         dd.start(partition_process, key, self.cfg.long_step_seconds, instance_id=key)
-        marker = _wait(lambda: sorted(self.markers.glob(f"{key}.*")), 60, f"{key} to enter its long step")[0]
+        marker = wait_for(lambda: sorted(self.markers.glob(f"{key}.*")), 60, f"{key} to enter its long step")[0]
         info["long_step_pid_is_victim"] = int(marker.name.split(".")[1]) == victim.proc.pid
         self.proxy.cut(mode)
         t_cut = time.monotonic()
         rescuer = suite.start_worker()
-        _wait(lambda: _completed(key), 120, f"the rescuer to complete {key}")
+        wait_for(lambda: _completed(key), 120, f"the rescuer to complete {key}")
         info["completed_by_rescuer_after_cut_s"] = round(time.monotonic() - t_cut, 2)
         actors = list(DurableHistory.objects.filter(instance_id=key, kind="recovered").values_list("actor", flat=True))
         info["taken_over_by_rescuer"] = any(a.startswith(f"{rescuer.name}@") for a in actors)
@@ -104,7 +97,7 @@ class Partition:
         t_restore = time.monotonic()
         info["cut_s"] = round(t_restore - t_cut, 2)
         if mode == BLACKHOLE:
-            _wait(lambda: WakeUp.objects.filter(instance_id=key, worker__startswith=f"{victim.name}@",
+            wait_for(lambda: WakeUp.objects.filter(instance_id=key, worker__startswith=f"{victim.name}@",
                                                 outcome="lease-lost").exists(), 60,
                   "the victim's late checkpoint to be refused (LeaseLost)")
             info["late_checkpoint_refused_after_restore_s"] = round(time.monotonic() - t_restore, 2)
@@ -114,7 +107,7 @@ class Partition:
         self.retired.append(rescuer)
         t_after = time.monotonic()
         dd.start(partition_process, after, 0.0, instance_id=after)
-        _wait(lambda: _completed(after), 90, f"the victim to run {after} after the link came back")
+        wait_for(lambda: _completed(after), 90, f"the victim to run {after} after the link came back")
         info["victim_ran_next_instance_after_restore_s"] = round(time.monotonic() - t_restore, 2)
         info["next_instance_start_to_completion_s"] = round(time.monotonic() - t_after, 2)
         # The completion's history row is written by the completing checkpoint itself, under its worker id.
@@ -129,7 +122,7 @@ class Partition:
 
         problems = self.problems
         ids = [iid for r in self.rounds for iid in (r["instance"], f"{r['instance']}-after")]
-        statuses = _status_counts()
+        statuses = status_counts()
         if statuses.get(Status.COMPLETED, 0) != len(ids) or sum(statuses.values()) != len(ids):
             problems.append(f"{len(ids)} instances started, statuses {statuses}")
         rows = Effect.objects.values("key", "label").annotate(n=Count("pk"))
@@ -169,9 +162,9 @@ class Partition:
             "instances": {"started": len(ids), "completed": statuses.get(Status.COMPLETED, 0), "statuses": statuses},
             "rounds": self.rounds,
             "victim": {"late_checkpoints_refused_lease_lost": lease_lost,
-                       "runs_cut_mid_run": _log_count(victim_log, "connection was lost during a run"),
-                       "task_retries": _log_count(victim_log, "] retry: Retry in"),
-                       "heartbeats_failed": _log_count(victim_log, "lease heartbeat of")},
+                       "runs_cut_mid_run": log_count(victim_log, "connection was lost during a run"),
+                       "task_retries": log_count(victim_log, "] retry: Retry in"),
+                       "heartbeats_failed": log_count(victim_log, "lease heartbeat of")},
             "processes": restarts,
             "proxy": dict(self.proxy.counts),
             "side_effects": {"rows": sum(per_step.values()), "expected": len(ids) * len(LABELS),
@@ -196,7 +189,7 @@ def run_partition(cfg: FaultConfig) -> dict[str, Any]:
                           DURABLE_FAULTS_PG_PORT=str(pg.port), DURABLE_FAULTS_BROKER=redis.url,
                           DURABLE_FAULTS_LEASE=str(cfg.lease), DURABLE_FAULTS_VISIBILITY=str(cfg.visibility),
                           DURABLE_FAULTS_STEP_MS=str(cfg.step_ms), DURABLE_FAULTS_MARKERS=str(markers))
-        _setup_django()
+        setup_django(settings=SETTINGS)
         from django.core.management import call_command
 
         call_command("migrate", verbosity=0, interactive=False)
@@ -218,7 +211,7 @@ def run_partition(cfg: FaultConfig) -> dict[str, Any]:
         if proxy is not None:
             proxy.stop()
         pg.cleanup()
-    res["meta"] = _meta(cfg, redis, workdir)
+    res["meta"] = run_meta_of(cfg, redis, workdir)
     return res
 
 
