@@ -17,12 +17,12 @@ processes through 2 workers: memory, throughput, rows left after
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from . import core
+from .common.results import report
 
 #: ``python -m bench <name> ...`` runs ``bench.<module>.main(argv)``.
 SUITES = {"django": "django_bench", "peers": "peers", "faults": "faults", "load": "load", "soak": "soak"}
@@ -151,10 +151,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         profile_steps()
         return {}
     res = core.run(quick=args.quick)
-    print(format_table(res))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
+    report(res, format_table(res), args.out)
     return res
 
 

@@ -48,7 +48,7 @@ SEED_STATE_BYTES_AT_1000 = 2_100_000
 
 
 @dataclass(frozen=True)
-class Config:
+class CoreConfig:
     """Sizes and repeat counts of one run."""
 
     quick: bool
@@ -67,10 +67,10 @@ class Config:
     warmup: int
 
 
-FULL = Config(quick=False, n_steps=20_000, step_repeats=15, disk_steps=500, disk_repeats=7, floor_loops=50_000,
+FULL = CoreConfig(quick=False, n_steps=20_000, step_repeats=15, disk_steps=500, disk_repeats=7, floor_loops=50_000,
               floor_repeats=11, k_values=(10, 1_000, 100_000), resume_repeats=101, compile_repeats=51,
               depths=(10, 100, 1000), depth_steps=100, depth_repeats=5, warmup=2)
-QUICK = Config(quick=True, n_steps=2_000, step_repeats=5, disk_steps=30, disk_repeats=3, floor_loops=5_000,
+QUICK = CoreConfig(quick=True, n_steps=2_000, step_repeats=5, disk_steps=30, disk_repeats=3, floor_loops=5_000,
                floor_repeats=5, k_values=(10, 1_000, 10_000), resume_repeats=21, compile_repeats=11,
                depths=(10, 100), depth_steps=20, depth_repeats=2, warmup=1)
 
@@ -134,7 +134,7 @@ async def _run_until_pause(program: Any, backend: DurableBackend, *args: Any) ->
 
 
 # -- 1. per-step overhead ---------------------------------------------------
-async def bench_per_step(cfg: Config) -> dict[str, Any]:
+async def bench_per_step(cfg: CoreConfig) -> dict[str, Any]:
     """µs per awaited step: plain asyncio vs durable (memory), durable (disk), pickling floor."""
     program = make_durable(workloads.many_steps)
     n = cfg.n_steps
@@ -216,7 +216,7 @@ async def _checkpoint_shape(program: Any, n: int) -> tuple[dict[str, int], bytes
     return seen, blob[0]
 
 
-def bench_floor(cfg: Config, state_blob: bytes) -> dict[str, Any]:
+def bench_floor(cfg: CoreConfig, state_blob: bytes) -> dict[str, Any]:
     """What serialising a 20-value locals dict costs, and the checkpoint the runtime really writes."""
     loc = sample_locals()
     blob = pickle.dumps(loc, protocol=5)
@@ -264,7 +264,7 @@ def steps_then_wait_result(k: int, payload: int) -> int:
     return k * (k - 1) // 2 + payload + 45 + len("alphabetagammadeltaeps")
 
 
-async def bench_resume(cfg: Config) -> dict[str, Any]:
+async def bench_resume(cfg: CoreConfig) -> dict[str, Any]:
     """Size of the paused state and time to resume it, after K completed steps."""
     program = make_durable(workloads.steps_then_wait)
     snapshots: dict[int, dict[str, bytes]] = {}
@@ -323,7 +323,7 @@ async def bench_resume(cfg: Config) -> dict[str, Any]:
 
 
 # -- 3. compile time ----------------------------------------------------------
-def bench_compile(cfg: Config) -> dict[str, Any]:
+def bench_compile(cfg: CoreConfig) -> dict[str, Any]:
     """ms to compile :func:`workloads.medium` with a fresh transformer (no cache)."""
     import inspect
 
@@ -347,7 +347,7 @@ def bench_compile(cfg: Config) -> dict[str, Any]:
 
 
 # -- 4. nested calls -----------------------------------------------------------
-async def bench_nested(cfg: Config) -> dict[str, Any]:
+async def bench_nested(cfg: CoreConfig) -> dict[str, Any]:
     """Checkpoint cost, state size and resume time with ``depth`` durable frames on the stack."""
     program = make_durable(workloads.nested)
     waiting = make_durable(workloads.nested_wait)
@@ -418,7 +418,7 @@ def machine() -> dict[str, Any]:
     }
 
 
-async def _run_async(cfg: Config) -> dict[str, Any]:
+async def _run_async(cfg: CoreConfig) -> dict[str, Any]:
     t0 = _now()
     results: dict[str, Any] = {"meta": {**machine(), "quick": cfg.quick, "config": asdict(cfg)}}
     results["per_step"] = await bench_per_step(cfg)

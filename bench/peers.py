@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .common.environment import git_revision, versions
+from .common.results import report
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -288,10 +289,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "elapsed_s": time.perf_counter() - t0, "load_start": load_start, "load_end": _load(),
                     "machine": _machine(), "versions": _versions(), "postgresql": pg},
            "systems": systems}
-    print(format_table(out))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=1) + "\n")
-    print(f"\nwrote {args.out}")
+    report(out, format_table(out), args.out, indent=1)
     if not args.no_chart:
         from . import chart
 

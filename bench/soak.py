@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import io
-import json
 import os
 import random
 import sys
@@ -49,6 +48,7 @@ from .common.environment import (
     run_meta,
     setup_django,
 )
+from .common.results import report
 from .django_bench.setup import Workers, durable_queue
 from .redis_keys import purge_queue
 
@@ -304,10 +304,5 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             drop_database(PG_URL, db)
     meta["loadavg_end"] = os.getloadavg()
     res["ok"] = res["soak"]["ok"]
-    print(format_table(res))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=2, default=str) + "\n")
-    print(f"\nwrote {args.out}")
-    if not res["ok"]:
-        raise SystemExit(1)
+    report(res, format_table(res), args.out, check_ok=True)
     return res

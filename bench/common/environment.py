@@ -110,7 +110,8 @@ def versions(packages: tuple[str, ...], missing: str = "-", pg_dsn: str | None =
                 import psycopg
 
                 with psycopg.connect(pg_dsn) as conn:
-                    out["postgresql"] = conn.execute("SHOW server_version").fetchone()[0]
+                    row = conn.execute("SHOW server_version").fetchone()
+                    out["postgresql"] = row[0] if row else "?"
             if broker is not None:
                 import redis
 

@@ -17,7 +17,7 @@ from .setup import (
     PUBLISH_P50_TARGET_MS,
     PUBLISH_P99_TARGET_MS,
     VARIANTS,
-    Config,
+    DjangoConfig,
     Floor,
     Workers,
     durable_queue,
@@ -97,7 +97,7 @@ def _inprocess_rounds(k: int) -> dict[str, Any]:
             "statements_per_wakeup": kinds}
 
 
-def part_latency(cfg: Config, db: str, logdir: Path) -> dict[str, Any]:
+def part_latency(cfg: DjangoConfig, db: str, logdir: Path) -> dict[str, Any]:
     import gc
 
     import durable_django as dd

@@ -25,6 +25,7 @@ from ..common.environment import (
     setup_django,
     versions,
 )
+from ..common.results import report
 from ..redis_keys import purge_queue
 from .latency import part_latency
 from .report import format_table
@@ -135,10 +136,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     res = run(quick=args.quick, profile=args.profile)
     if args.profile:
         return res
-    print(format_table(res))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=2, default=str) + "\n")
-    print(f"\nwrote {args.out}")
+    report(res, format_table(res), args.out)
     return res
 
 

@@ -28,7 +28,7 @@ DBOS_MS_PER_STEP = (1.7, 2.2)
 
 
 @dataclass(frozen=True)
-class Config:
+class DjangoConfig:
     quick: bool
     pg_steps: int          # N of the long run on PostgreSQL (per-step = slope between N and 1 steps)
     sqlite_steps: int      # N of the long run on SQLite
@@ -40,9 +40,9 @@ class Config:
     warmup: int
 
 
-FULL = Config(quick=False, pg_steps=300, sqlite_steps=1000, step_repeats=9, floor_batch=300, latency_samples=200,
+FULL = DjangoConfig(quick=False, pg_steps=300, sqlite_steps=1000, step_repeats=9, floor_batch=300, latency_samples=200,
               tp_instances=1000, tp_rounds=3, warmup=2)
-QUICK = Config(quick=True, pg_steps=40, sqlite_steps=150, step_repeats=3, floor_batch=100, latency_samples=30,
+QUICK = DjangoConfig(quick=True, pg_steps=40, sqlite_steps=150, step_repeats=3, floor_batch=100, latency_samples=30,
                tp_instances=150, tp_rounds=1, warmup=1)
 
 

@@ -7,10 +7,10 @@ from typing import Any
 
 from ..common.stats import median
 from .measure import _hop_us, _run_inline, _statements_per_step, _time_split
-from .setup import PG_RATIO_TARGET, SQLITE_TARGET_US, Config, Floor, django_floor_us, truncate
+from .setup import PG_RATIO_TARGET, SQLITE_TARGET_US, DjangoConfig, Floor, django_floor_us, truncate
 
 
-def part_steps(cfg: Config, db: str) -> dict[str, Any]:
+def part_steps(cfg: DjangoConfig, db: str) -> dict[str, Any]:
     import gc
 
     from django.db import connection

@@ -14,7 +14,7 @@ from ..common.processes import wait_for
 from ..common.stats import median
 from ..django_programs import note_key
 from .measure import _counting_sql, _fixed_costs_us, _group, _profile_text
-from .setup import THROUGHPUT_TARGET, TP_VARIANTS, Config, Workers, durable_queue, notes_redis, queue_of, truncate
+from .setup import THROUGHPUT_TARGET, TP_VARIANTS, DjangoConfig, Workers, durable_queue, notes_redis, queue_of, truncate
 
 
 def _burst_ping(n: int, queue: str) -> dict[str, float]:
@@ -115,7 +115,7 @@ def _inprocess(n: int) -> dict[str, Any]:
             "top_cumulative": [f"{ct / n * 1e3:.3f} ms  {name}" for ct, name in sorted(funcs, reverse=True)[:25]]}
 
 
-def part_throughput(cfg: Config, db: str, logdir: Path, profile: bool = False) -> dict[str, Any]:
+def part_throughput(cfg: DjangoConfig, db: str, logdir: Path, profile: bool = False) -> dict[str, Any]:
     import gc
 
     truncate()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -12,7 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from ..common.environment import ROOT, drop_database, setup_django
+from ..common.results import report
 from ..private_postgres import PrivatePostgres
+from .partition import format_table as partition_table
+from .partition import run_partition
 from .report import format_table
 from .setup import DEFAULT_OUT, PG_ADMIN_DSN, SETTINGS, FaultConfig, PrivateRedis, create_database, run_meta_of
 from .suite import Suite
@@ -23,8 +25,6 @@ DESCRIPTION = "Fault injection: killed workers, a restarted broker, sweeps; then
 def run_suite(cfg: FaultConfig) -> dict[str, Any]:
     """Run the fault-injection suite once and return its counts and verdict (``ok``, ``problems``)."""
     if cfg.scenario == "partition":
-        from .partition import run_partition
-
         return run_partition(cfg)
     workdir = Path(cfg.workdir or tempfile.mkdtemp(prefix="durable-faults-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -127,16 +127,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                       cuts=(args.cuts if args.cuts is not None else 2 if args.quick else 4)
                       if args.scenario == "partition" else 0)
     res = run_suite(cfg)
-    if args.scenario == "partition":
-        from .partition import format_table as partition_table
-
-        print(partition_table(res))
-    else:
-        print(format_table(res))
+    table = partition_table(res) if args.scenario == "partition" else format_table(res)
     out = args.out or DEFAULT_OUT.with_name(f"{stem}-quick.json" if args.quick else f"{stem}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2, default=str) + "\n")
-    print(f"\nwrote {out}")
-    if not res["ok"]:
-        raise SystemExit(1)
+    report(res, table, out, check_ok=True)
     return res

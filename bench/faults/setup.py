@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..common.environment import ROOT, git_revision, recreate_database
+from ..common.processes import stop_process
 
 DEFAULT_OUT = ROOT / "bench" / "results" / "faults.json"
 SETTINGS = "bench.faults_settings"
@@ -96,12 +97,7 @@ class PrivateRedis:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+            stop_process(self.proc, timeout=10)
         self.proc = None
 
 

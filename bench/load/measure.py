@@ -16,7 +16,7 @@ from typing import Any
 from ..common.environment import ROOT
 from ..common.processes import CeleryWorkers, wait_for
 from .programs import EFFECT_TABLE, EVENT
-from .setup import Config, Roles
+from .setup import LoadConfig, Roles
 
 #: A scan (sequential, or of a whole index) reading at least this many rows is reported as a finding
 #: (sequential scans of smaller tables are the planner's right choice).
@@ -125,7 +125,7 @@ def _explain_selects(queries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def measure_admin(cfg: Config, roles: Roles) -> dict[str, Any]:
+def measure_admin(cfg: LoadConfig, roles: Roles) -> dict[str, Any]:
     """Time the changelist (plain, filtered, searched, page 2) and a detail page; queries per request."""
     from django.contrib.auth import get_user_model
     from django.db import connection
@@ -179,7 +179,7 @@ def measure_admin(cfg: Config, roles: Roles) -> dict[str, Any]:
     return res
 
 
-def measure_sweep(cfg: Config, roles: Roles, env: dict[str, str], workers: CeleryWorkers) -> dict[str, Any]:
+def measure_sweep(cfg: LoadConfig, roles: Roles, env: dict[str, str], workers: CeleryWorkers) -> dict[str, Any]:
     """``durable_resume`` over the whole table: dry runs timed, EXPLAIN of its queries, then real sweeps.
 
     The real sweep is split with timestamps: the due queries and the wake-ups
@@ -270,7 +270,7 @@ def measure_sweep(cfg: Config, roles: Roles, env: dict[str, str], workers: Celer
     return res
 
 
-def measure_wakeup(cfg: Config, ids: list[str]) -> dict[str, Any]:
+def measure_wakeup(cfg: LoadConfig, ids: list[str]) -> dict[str, Any]:
     """One wake-up run in this process (``executor.run_instance``) with and without the human-task receivers.
 
     Interleaved: the instances alternate between the two variants. Their

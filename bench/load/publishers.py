@@ -17,10 +17,10 @@ from ..common.environment import ROOT, cpu_s, machine_busy
 from ..common.processes import CeleryWorkers, wait_for
 from ..common.stats import summary_ms
 from .programs import EVENT
-from .setup import Config, Roles
+from .setup import LoadConfig, Roles
 
 
-def publish_plan(cfg: Config, targets: list[str], seed: int = 7) -> list[list[tuple[str, str, bool, float]]]:
+def publish_plan(cfg: LoadConfig, targets: list[str], seed: int = 7) -> list[list[tuple[str, str, bool, float]]]:
     """Per publisher, the (instance id, kind, rendezvous, send offset in s) it sends, in order.
 
     Kinds: ``first`` (each target once, spread over the publishers), ``repeat``
@@ -120,7 +120,8 @@ def publisher_main(plan_path: Path, out_path: Path, paced: bool) -> None:
     out_path.write_text(json.dumps({"records": records, "cpu_s": time.process_time() - cpu0, "waited_s": waited}))
 
 
-def run_publishers(cfg: Config, roles: Roles, env: dict[str, str], tmp: Path, workers: CeleryWorkers) -> dict[str, Any]:
+def run_publishers(cfg: LoadConfig, roles: Roles, env: dict[str, str], tmp: Path,
+                   workers: CeleryWorkers) -> dict[str, Any]:
     """Start the publishers, release them together, wait until every target completed; measure."""
     plans = publish_plan(cfg, roles.targets)
     procs = []
@@ -141,7 +142,7 @@ def run_publishers(cfg: Config, roles: Roles, env: dict[str, str], tmp: Path, wo
                 p.wait(timeout=10)
 
 
-def _drive_publishers(cfg: Config, roles: Roles, procs: list[tuple[subprocess.Popen, Path]],
+def _drive_publishers(cfg: LoadConfig, roles: Roles, procs: list[tuple[subprocess.Popen, Path]],
                       workers: CeleryWorkers) -> dict[str, Any]:
     from django.db import connection
 

@@ -4,7 +4,6 @@ the CLI."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
@@ -26,11 +25,12 @@ from ..common.environment import (
     versions,
 )
 from ..common.processes import CeleryWorkers
+from ..common.results import report
 from ..redis_keys import purge_queue
 from .measure import check_state, measure_admin, measure_sweep, measure_wakeup
 from .publishers import run_publishers
 from .report import format_table
-from .setup import Config, Timer, _log, _roles, make_config, populate
+from .setup import LoadConfig, Timer, _log, _roles, make_config, populate
 
 DEFAULT_OUT = ROOT / "bench" / "results" / "load.json"
 DEFAULT_DB = "durable_load"
@@ -46,7 +46,7 @@ def _cleanup_redis(broker: str, queue: str) -> None:
     purge_queue(broker, queue)
 
 
-def run(cfg: Config, db: str, broker: str, keep: bool, pg_url: str = DEFAULT_PG_URL) -> dict[str, Any]:
+def run(cfg: LoadConfig, db: str, broker: str, keep: bool, pg_url: str = DEFAULT_PG_URL) -> dict[str, Any]:
     t_run = Timer()
 
     def interrupted(signum: int, frame: Any) -> None:
@@ -147,11 +147,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
     cfg = make_config(args)
     res = run(cfg, args.db, args.broker, args.keep, args.pg_url)
-    print(format_table(res))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=2, default=str) + "\n")
-    print(f"\nwrote {args.out}")
-    if not res["ok"]:
-        raise SystemExit(1)
+    report(res, format_table(res), args.out, check_ok=True)
     return res
 

@@ -16,7 +16,7 @@ from .programs import EFFECT_TABLE, EVENT, _StopHere, prepare_then_record, sleep
 
 
 @dataclass(frozen=True)
-class Config:
+class LoadConfig:
     quick: bool
     instances: int        # rows in the database, all waiting
     targets: int          # instances the publishers send "go" to
@@ -34,7 +34,7 @@ class Config:
     late_share: float = 0.05        # targets sent again at the end (usually finished by then)
 
 
-def make_config(args: argparse.Namespace) -> Config:
+def make_config(args: argparse.Namespace) -> LoadConfig:
     quick = args.quick
     instances = args.instances or (5_000 if quick else 100_000)
     targets = args.targets or (200 if quick else 1_000)
@@ -43,7 +43,7 @@ def make_config(args: argparse.Namespace) -> Config:
     if targets + 3 * due + future > instances:
         raise SystemExit(f"--instances {instances} is too small for {targets} targets and {3 * due + future} "
                          "due/timer rows")
-    return Config(quick=quick, instances=instances, targets=targets, publishers=args.publishers,
+    return LoadConfig(quick=quick, instances=instances, targets=targets, publishers=args.publishers,
                   workers=args.workers, due_each=due, future_timers=future, admin_repeats=3 if quick else 7,
                   sweep_repeats=3 if quick else 5, timeout_s=args.timeout or (120.0 if quick else 900.0),
                   rate=args.rate, wakeup_samples=40 if quick else 200)
@@ -79,7 +79,7 @@ class Roles:
         return {*self.due_timers, *self.expired_leases, *self.lost_wakeups}
 
 
-def _roles(cfg: Config, seed: int = 5) -> Roles:
+def _roles(cfg: LoadConfig, seed: int = 5) -> Roles:
     width = max(6, len(str(cfg.instances - 1)))
     ids = [f"load-{i:0{width}d}" for i in range(cfg.instances)]
     order = ids[:]
@@ -145,7 +145,7 @@ def _create_effect_table() -> None:
                     "target text, at timestamptz NOT NULL)")
 
 
-def populate(cfg: Config, roles: Roles) -> dict[str, Any]:
+def populate(cfg: LoadConfig, roles: Roles) -> dict[str, Any]:
     """Create ``cfg.instances`` waiting instances by cloning the template rows with ``COPY``; timed."""
     from django.db import connection, transaction
     from django.utils import timezone
