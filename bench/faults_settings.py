@@ -1,4 +1,4 @@
-"""Django settings of the fault-injection suite (``python -m bench faults``, see bench/faults.py).
+"""Django settings of the fault-injection suite (``python -m bench faults``, see bench/faults/).
 
 Chosen by environment variables that :func:`bench.faults.run_suite` sets for
 itself and for every process it starts:

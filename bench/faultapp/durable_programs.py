@@ -2,7 +2,7 @@
 
 Four exactly-once db_step side effects, an event wait and a durable timer
 (``fault_process``); and ``partition_process``, whose middle step is long, for
-the partition scenario (bench/faults_partition.py). Each
+the partition scenario (bench/faults/partition.py). Each
 step writes an ``Effect`` row and adds to the instance's ``Account`` balance
 with an UPDATE, so a step that ran twice (or a write that survived a killed
 run) shows up as an extra row or a wrong balance. Each step also sleeps
