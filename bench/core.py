@@ -68,11 +68,11 @@ class CoreConfig:
 
 
 FULL = CoreConfig(quick=False, n_steps=20_000, step_repeats=15, disk_steps=500, disk_repeats=7, floor_loops=50_000,
-              floor_repeats=11, k_values=(10, 1_000, 100_000), resume_repeats=101, compile_repeats=51,
-              depths=(10, 100, 1000), depth_steps=100, depth_repeats=5, warmup=2)
+                    floor_repeats=11, k_values=(10, 1_000, 100_000), resume_repeats=101, compile_repeats=51,
+                    depths=(10, 100, 1000), depth_steps=100, depth_repeats=5, warmup=2)
 QUICK = CoreConfig(quick=True, n_steps=2_000, step_repeats=5, disk_steps=30, disk_repeats=3, floor_loops=5_000,
-               floor_repeats=5, k_values=(10, 1_000, 10_000), resume_repeats=21, compile_repeats=11,
-               depths=(10, 100), depth_steps=20, depth_repeats=2, warmup=1)
+                     floor_repeats=5, k_values=(10, 1_000, 10_000), resume_repeats=21, compile_repeats=11,
+                     depths=(10, 100), depth_steps=20, depth_repeats=2, warmup=1)
 
 
 def _now() -> float:

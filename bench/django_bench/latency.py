@@ -11,7 +11,7 @@ from typing import Any
 from ..common.processes import wait_for
 from ..common.stats import median, summary_ms
 from ..django_programs import note_key
-from .measure import _counting_sql
+from .measure import counting_sql
 from .setup import (
     BROKER,
     PUBLISH_P50_TARGET_MS,
@@ -80,7 +80,7 @@ def _inprocess_rounds(k: int) -> dict[str, Any]:
             dd.publish_event(iid, "go")
             t1 = time.perf_counter()
             if i == k + 2:
-                with _counting_sql(kinds):
+                with counting_sql(kinds):
                     status = executor.run_instance(iid)
             else:
                 status = executor.run_instance(iid)

@@ -15,7 +15,7 @@ from ..common.environment import ROOT
 _EXPECTED: dict[int, int] = {}
 
 
-def _expected(n: int) -> int:
+def expected_result(n: int) -> int:
     """What ``many_steps(n)`` returns, run natively."""
     if n not in _EXPECTED:
         import asyncio
@@ -26,7 +26,7 @@ def _expected(n: int) -> int:
     return _EXPECTED[n]
 
 
-def _run_inline(n: int) -> float:
+def run_inline(n: int) -> float:
     """Seconds for ``start(many_steps, n)`` run to completion in this process (RUN_INLINE), checked."""
     import durable_django as dd
     from durable_django.models import DurableInstance, Status
@@ -40,14 +40,14 @@ def _run_inline(n: int) -> float:
     row = DurableInstance.objects.filter(pk=iid).values_list("status", "steps").first()
     if row is None or row[0] != Status.COMPLETED:
         raise AssertionError(f"instance {iid} ({n} steps) ended as {row!r}, not completed")
-    got, expected = dd.result(iid), _expected(n)
+    got, expected = dd.result(iid), expected_result(n)
     if got != expected:
         raise AssertionError(f"instance {iid} returned {got!r}, expected {expected!r}")
     return dt
 
 
 @contextlib.contextmanager
-def _counting_sql(kinds: dict[str, int], spent: dict[str, float] | None = None,
+def counting_sql(kinds: dict[str, int], spent: dict[str, float] | None = None,
                   example: dict[str, str] | None = None):
     """Count the statements sent on the default connection by their first word, and the commits.
 
@@ -89,15 +89,15 @@ def _counting_sql(kinds: dict[str, int], spent: dict[str, float] | None = None,
         del connection.commit
 
 
-def _statements_per_step(n: int) -> dict[str, Any]:
+def statements_per_step(n: int) -> dict[str, Any]:
     """SQL statements per step (slope between runs of ``n`` and 1 steps), by kind; not timed."""
 
     def count(steps: int) -> tuple[dict[str, int], dict[str, float], dict[str, str]]:
         kinds: dict[str, int] = {}
         spent: dict[str, float] = {}
         example: dict[str, str] = {}
-        with _counting_sql(kinds, spent, example):
-            _run_inline(steps)
+        with counting_sql(kinds, spent, example):
+            run_inline(steps)
         return kinds, spent, example
 
     (one, t_one, _), (big, t_big, example) = count(1), count(n)
@@ -109,7 +109,7 @@ def _statements_per_step(n: int) -> dict[str, Any]:
             "whole_run_1_step": one, "example_sql": {k: example[k] for k in words if per[k] and k in example}}
 
 
-def _time_split(n: int) -> dict[str, float]:
+def time_split(n: int) -> dict[str, float]:
     """Where a step's time goes (µs per step): the backend's save_state_sync, and sign() inside it; not timed."""
     from durable_django import backend as be
 
@@ -161,7 +161,7 @@ def _time_split(n: int) -> dict[str, float]:
             for k in list(spent):
                 spent[k] = 0.0
             with connection.execute_wrapper(sql):
-                whole[steps] = _run_inline(steps)
+                whole[steps] = run_inline(steps)
             parts[steps] = dict(spent)
     finally:
         be.DjangoOrchestrationBackend.save_state_sync, be.sign = orig_save, orig_sign
@@ -175,7 +175,7 @@ def _time_split(n: int) -> dict[str, float]:
             "outside_save_state_us": total - per["save_state_sync"], **by_kind}
 
 
-def _hop_us(n: int = 2000) -> float:
+def hop_us(n: int = 2000) -> float:
     """µs per ``await sync_to_async(noop, thread_sensitive=True)()`` inside ``async_to_sync``: the thread hop
     every backend call of the executor makes (the loop thread hands the call to the worker's thread and back)."""
     from asgiref.sync import async_to_sync, sync_to_async
@@ -194,8 +194,7 @@ def _hop_us(n: int = 2000) -> float:
     return async_to_sync(hops)(n)
 
 
-
-def _group(filename: str) -> str:
+def package_of(filename: str) -> str:
     """The package a profiled function belongs to."""
     if filename.startswith("~") or filename.startswith("<"):
         return "builtins (C: sockets, locks, pickle...)"
@@ -208,7 +207,7 @@ def _group(filename: str) -> str:
     return "stdlib (asyncio, threading...)"
 
 
-def _fixed_costs_us(k: int = 300) -> dict[str, float]:
+def fixed_costs_us(k: int = 300) -> dict[str, float]:
     """Wall µs of two things every ``run_instance`` does once: ``async_to_sync`` called from a sync thread
     (asgiref starts a thread and an event loop for it), and starting, stopping and joining a thread (the
     lease heartbeat)."""
@@ -236,8 +235,7 @@ def _fixed_costs_us(k: int = 300) -> dict[str, float]:
     return out
 
 
-
-def _profile_text(logdir: Path, variant: str) -> str:
+def profile_text(logdir: Path, variant: str) -> str:
     import io
     import pstats
 

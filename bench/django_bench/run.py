@@ -61,7 +61,6 @@ def child_main(argv: list[str]) -> None:
     a.json.write_text(json.dumps(res, indent=2, default=str) + "\n")
 
 
-
 # =============================================================================
 # Parent side (no Django here)
 # =============================================================================
@@ -123,7 +122,6 @@ def run(quick: bool = False, profile: bool = False) -> dict[str, Any]:
     meta["elapsed_s"] = time.perf_counter() - t0
     meta["loadavg_end"] = os.getloadavg()
     return res
-
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

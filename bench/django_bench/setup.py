@@ -40,14 +40,14 @@ class DjangoConfig:
     warmup: int
 
 
-FULL = DjangoConfig(quick=False, pg_steps=300, sqlite_steps=1000, step_repeats=9, floor_batch=300, latency_samples=200,
-              tp_instances=1000, tp_rounds=3, warmup=2)
+FULL = DjangoConfig(quick=False, pg_steps=300, sqlite_steps=1000, step_repeats=9, floor_batch=300,
+                    latency_samples=200, tp_instances=1000, tp_rounds=3, warmup=2)
 QUICK = DjangoConfig(quick=True, pg_steps=40, sqlite_steps=150, step_repeats=3, floor_batch=100, latency_samples=30,
-               tp_instances=150, tp_rounds=1, warmup=1)
-
+                     tp_instances=150, tp_rounds=1, warmup=1)
 
 
 def truncate() -> None:
+    """Empty the app's tables: each part starts without the previous part's rows."""
     from django.db import connection
 
     from durable_django.models import DurableEvent, DurableHistory, DurableInstance
@@ -62,6 +62,7 @@ def truncate() -> None:
 
 
 def notes_redis():
+    """The Redis client of the benchmark's notes (see :func:`bench.django_programs.note_key`)."""
     from ..django_programs import redis_client
 
     return redis_client()
@@ -144,6 +145,7 @@ VARIANT_DURABLE = {"unbatched": {"BATCH_SIZE": 1}}
 
 
 def queue_of(variant: str) -> str:
+    """The queue of ``variant``'s workers: the run's queue name plus the variant."""
     from django.conf import settings
 
     return f"{settings.DURABLE['QUEUE']}-{variant}"

@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from ..common.stats import median
-from .measure import _hop_us, _run_inline, _statements_per_step, _time_split
+from .measure import hop_us, run_inline, statements_per_step, time_split
 from .setup import PG_RATIO_TARGET, SQLITE_TARGET_US, DjangoConfig, Floor, django_floor_us, truncate
 
 
@@ -34,10 +34,10 @@ def part_steps(cfg: DjangoConfig, db: str) -> dict[str, Any]:
             for which in order:
                 if which == "split":
                     if r >= cfg.warmup:
-                        splits.append(_time_split(n))
+                        splits.append(time_split(n))
                     continue
                 if which == "hop":
-                    v = _hop_us(500 if cfg.quick else 2000)
+                    v = hop_us(500 if cfg.quick else 2000)
                 elif which == "floor":
                     v = floor.batch_us(cfg.floor_batch)
                 elif which == "floor_1":
@@ -45,11 +45,11 @@ def part_steps(cfg: DjangoConfig, db: str) -> dict[str, Any]:
                 elif which == "django_floor":
                     v = django_floor_us(cfg.floor_batch)
                 else:
-                    v = _run_inline(n if which == "long" else 1)
+                    v = run_inline(n if which == "long" else 1)
                 if r >= cfg.warmup:
                     samples[which].append(v)
         per_step = [(lg - sh) / (n - 1) * 1e6 for lg, sh in zip(samples["long"], samples["short"], strict=True)]
-        statements = _statements_per_step(min(n, 100))
+        statements = statements_per_step(min(n, 100))
         split = {k: median([sp.get(k, 0.0) for sp in splits]) for k in sorted({k for sp in splits for k in sp})}
     hot = None
     if vendor == "postgresql":  # are checkpoints HOT updates (no new index entries)? Stats lag up to ~1 s.

@@ -13,7 +13,7 @@ from ..common.environment import cpu_s, machine_busy, pids_named
 from ..common.processes import wait_for
 from ..common.stats import median
 from ..django_programs import note_key
-from .measure import _counting_sql, _fixed_costs_us, _group, _profile_text
+from .measure import counting_sql, fixed_costs_us, package_of, profile_text
 from .setup import THROUGHPUT_TARGET, TP_VARIANTS, DjangoConfig, Workers, durable_queue, notes_redis, queue_of, truncate
 
 
@@ -61,7 +61,6 @@ def _burst_durable(n: int, tag: str, variant: str) -> dict[str, float]:
             "create_s": t0 - c0, "send_s": t_sent - t0, "elapsed_s": last - t0}
 
 
-
 def _inprocess(n: int) -> dict[str, Any]:
     """One-step instances run by ``executor.run_instance`` in this process, no Celery: the app's own share.
 
@@ -93,7 +92,7 @@ def _inprocess(n: int) -> dict[str, Any]:
     cpu, wall = (time.process_time() - c0) / n * 1e3, (time.perf_counter() - w0) / n * 1e3
     kinds: dict[str, int] = {}
     ids = make(n + 1)
-    with _counting_sql(kinds):
+    with counting_sql(kinds):
         executor.run_instance(ids[0])
     prof = cProfile.Profile(time.process_time)
     prof.enable()
@@ -104,11 +103,11 @@ def _inprocess(n: int) -> dict[str, Any]:
     groups: dict[str, float] = {}
     funcs = []
     for (fname, line, func), (_cc, _nc, tt, ct, _callers) in st.stats.items():  # type: ignore[attr-defined]
-        g = _group(fname)
+        g = package_of(fname)
         groups[g] = groups.get(g, 0.0) + tt
         funcs.append((ct, f"{Path(fname).name}:{line}({func})"))
     total = sum(groups.values()) or 1.0
-    return {"instances": n, "cpu_ms_per_instance": cpu, "wall_ms_per_instance": wall, **_fixed_costs_us(),
+    return {"instances": n, "cpu_ms_per_instance": cpu, "wall_ms_per_instance": wall, **fixed_costs_us(),
             "statements_per_instance": kinds,
             "cpu_profile_share": {g: round(t / total, 3) for g, t in sorted(groups.items(), key=lambda x: -x[1])},
             "cpu_profile_ms_per_instance": total / n * 1e3,
@@ -159,6 +158,6 @@ def part_throughput(cfg: DjangoConfig, db: str, logdir: Path, profile: bool = Fa
         res[v] = {**med[v], "ratio_to_floor": med[v]["per_s"] / med["floor"]["per_s"],
                   "meets_target": med[v]["per_s"] >= THROUGHPUT_TARGET}
     if profile:
-        res["profile"] = {v: _profile_text(logdir, v) for v in TP_VARIANTS}
+        res["profile"] = {v: profile_text(logdir, v) for v in TP_VARIANTS}
     return res
 

@@ -72,7 +72,6 @@ def _run_suite(cfg: FaultConfig, workdir: Path, redis: PrivateRedis, pg: Private
             drop_database(PG_ADMIN_DSN, cfg.pg_name)
 
 
-
 #: ``--scenario``: (default instances, quick instances, output file stem)
 SCENARIOS = {"kills": (500, 60, "faults"), "db-restart": (200, 40, "faults-db-restart"),
              "partition": (0, 0, "faults-partition")}

@@ -251,7 +251,7 @@ def measure_sweep(cfg: LoadConfig, roles: Roles, env: dict[str, str], workers: C
         due_ids = sorted(expected)
         swept = DurableInstance.objects.filter(pk__in=due_ids)
         wait_for(lambda: swept.filter(status=Status.COMPLETED).count() == len(due_ids), cfg.timeout_s,
-                  f"the {len(due_ids)} swept instances to complete", check=workers.check)
+                  f"the {len(due_ids)} swept instances to complete", interval=0.1, check=workers.check)
         last = max(DurableInstance.objects.filter(pk__in=due_ids).values_list("finished_at", flat=True))
         res["swept_completed_s"] = last.timestamp() - t_send
         # 2. The next sweep of the same process (nothing due): what a `durable_resume --loop` pays per round.

@@ -46,7 +46,7 @@ async def prepare_then_record(key: str) -> str:
     return key
 
 
-class _StopHere(BaseException):
+class StopHere(BaseException):
     """Raised by :func:`stop_after_first_step`: the run ends as if its worker died (no exception handler of the
     executor runs, the lease stays taken), right after the checkpoint of the first step."""
 
@@ -54,5 +54,5 @@ class _StopHere(BaseException):
 def stop_after_first_step(instance_id: str, steps: int) -> None:
     """``DURABLE['ON_CHECKPOINT']`` while building the "running" template: the worker "dies" after step 1."""
     if instance_id == "load-template-running":
-        raise _StopHere(instance_id)
+        raise StopHere(instance_id)
 

@@ -30,7 +30,7 @@ from ..redis_keys import purge_queue
 from .measure import check_state, measure_admin, measure_sweep, measure_wakeup
 from .publishers import run_publishers
 from .report import format_table
-from .setup import LoadConfig, Timer, _log, _roles, make_config, populate
+from .setup import LoadConfig, Timer, assign_roles, log, make_config, populate
 
 DEFAULT_OUT = ROOT / "bench" / "results" / "load.json"
 DEFAULT_DB = "durable_load"
@@ -64,29 +64,29 @@ def run(cfg: LoadConfig, db: str, broker: str, keep: bool, pg_url: str = DEFAULT
             "database": db, "broker": broker,
             "versions": versions(VERSIONS, pg_dsn=admin_dsn(pg_url), broker=broker), "loadavg_start": os.getloadavg()}
     res: dict[str, Any] = {"meta": meta}
-    _log(f"database {db}: drop and create, migrate")
+    log(f"database {db}: drop and create, migrate")
     recreate_database(admin_dsn(pg_url), db)
     setup_django(env, celery_app=True, migrate=True)
-    roles = _roles(cfg)
+    roles = assign_roles(cfg)
     workers = None
     with tempfile.TemporaryDirectory(prefix="durable-load-") as tmpdir:
         tmp = Path(tmpdir)
         try:
-            _log(f"creating {cfg.instances:,} waiting instances")
+            log(f"creating {cfg.instances:,} waiting instances")
             res["populate"] = populate(cfg, roles)
-            _log(f"  {res['populate']['seconds']:.1f} s; starting {cfg.workers} worker(s)")
+            log(f"  {res['populate']['seconds']:.1f} s; starting {cfg.workers} worker(s)")
             res["check_initial"] = check_state(roles, set(), "after creation")
             workers = CeleryWorkers(tmp, env)
             workers.start([f"load-{uuid.uuid4().hex[:8]}" for _ in range(cfg.workers)], queue, ready_timeout=90)
-            _log(f"{cfg.publishers} publishers -> {cfg.targets:,} targets")
+            log(f"{cfg.publishers} publishers -> {cfg.targets:,} targets")
             res["publish"] = run_publishers(cfg, roles, env, tmp, workers)
             res["check_after_publish"] = check_state(roles, set(roles.targets), "after the publishers")
-            _log("admin pages")
+            log("admin pages")
             res["admin"] = measure_admin(cfg, roles)
-            _log("durable_resume sweep")
+            log("durable_resume sweep")
             res["sweep"] = measure_sweep(cfg, roles, env, workers)
             woken = roles.waiting[-cfg.wakeup_samples:]
-            _log("wake-ups in process, with and without the human-task receivers")
+            log("wake-ups in process, with and without the human-task receivers")
             res["wakeup_in_process"] = measure_wakeup(cfg, woken)
             res["check_after_sweep"] = check_state(roles, set(roles.targets) | roles.due | set(woken),
                                                    "at the end")
@@ -122,7 +122,6 @@ def run(cfg: LoadConfig, db: str, broker: str, keep: bool, pg_url: str = DEFAULT
     findings += [{"where": "sweep: next sweep", **x} for x in res["sweep"]["next_sweep"]["scans"] if x["big"]]
     res["scan_findings"] = findings
     return res
-
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from .programs import EFFECT_TABLE, EVENT, _StopHere, prepare_then_record, sleep_then_record, wait_then_record
+from .programs import EFFECT_TABLE, EVENT, StopHere, prepare_then_record, sleep_then_record, wait_then_record
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,7 @@ class LoadConfig:
 
 
 def make_config(args: argparse.Namespace) -> LoadConfig:
+    """The sizes of a run from its command line (``--quick`` picks smaller defaults)."""
     quick = args.quick
     instances = args.instances or (5_000 if quick else 100_000)
     targets = args.targets or (200 if quick else 1_000)
@@ -44,12 +45,14 @@ def make_config(args: argparse.Namespace) -> LoadConfig:
         raise SystemExit(f"--instances {instances} is too small for {targets} targets and {3 * due + future} "
                          "due/timer rows")
     return LoadConfig(quick=quick, instances=instances, targets=targets, publishers=args.publishers,
-                  workers=args.workers, due_each=due, future_timers=future, admin_repeats=3 if quick else 7,
-                  sweep_repeats=3 if quick else 5, timeout_s=args.timeout or (120.0 if quick else 900.0),
-                  rate=args.rate, wakeup_samples=40 if quick else 200)
+                      workers=args.workers, due_each=due, future_timers=future, admin_repeats=3 if quick else 7,
+                      sweep_repeats=3 if quick else 5, timeout_s=args.timeout or (120.0 if quick else 900.0),
+                      rate=args.rate, wakeup_samples=40 if quick else 200)
 
 
 class Timer:
+    """Seconds since it was made (:attr:`s`)."""
+
     def __init__(self) -> None:
         self.t0 = time.perf_counter()
 
@@ -58,9 +61,9 @@ class Timer:
         return time.perf_counter() - self.t0
 
 
-def _log(msg: str) -> None:
+def log(msg: str) -> None:
+    """A progress line on stderr (the table goes to stdout)."""
     print(f"  [load] {msg}", file=sys.stderr, flush=True)
-
 
 
 @dataclass
@@ -79,7 +82,7 @@ class Roles:
         return {*self.due_timers, *self.expired_leases, *self.lost_wakeups}
 
 
-def _roles(cfg: LoadConfig, seed: int = 5) -> Roles:
+def assign_roles(cfg: LoadConfig, seed: int = 5) -> Roles:
     width = max(6, len(str(cfg.instances - 1)))
     ids = [f"load-{i:0{width}d}" for i in range(cfg.instances)]
     order = ids[:]
@@ -117,7 +120,7 @@ def _templates() -> dict[str, dict[str, Any]]:
     with override_settings(DURABLE={**base, "RUN_INLINE": True, "ON_CHECKPOINT": stop}):
         try:
             dd.start(prepare_then_record, "load-template-running", instance_id="load-template-running")
-        except _StopHere:
+        except StopHere:
             pass
     out = {}
     for kind in ("event", "timer", "running"):
