@@ -136,8 +136,8 @@ def soak(count: int, chunk: int, window: int, purge_every: int, logdir: Path, ti
         rss0 = [rss_kb(p) for p in pids]
         _log(f"2 workers ready (pids {pids}, RSS {[r // 1024 for r in rss0]} MB); {count:,} processes")
         t0 = time.perf_counter()
-        last = {"t": t0, "done": 0, "cpu": sum(map(cpu_s, pids)), "busy": machine_busy(),
-                "producer": sum(os.times()[:2])}
+        last: dict[str, Any] = {"t": t0, "done": 0, "cpu": sum(map(cpu_s, pids)), "busy": machine_busy(),
+                                "producer": sum(os.times()[:2])}
         produced = 0
         next_mark = 0
         next_purge = purge_every

@@ -41,6 +41,7 @@ def part_steps(cfg: DjangoConfig, db: str) -> dict[str, Any]:
                 elif which == "floor":
                     v = floor.batch_us(cfg.floor_batch)
                 elif which == "floor_1":
+                    assert floor_1 is not None  # "floor_1" is in the order only on PostgreSQL
                     v = floor_1.batch_us(cfg.floor_batch)
                 elif which == "django_floor":
                     v = django_floor_us(cfg.floor_batch)

@@ -149,6 +149,7 @@ def _drive_publishers(cfg: LoadConfig, roles: Roles, procs: list[tuple[subproces
     from durable_django.models import DurableInstance, Status
 
     for p, _ in procs:
+        assert p.stdin is not None and p.stdout is not None  # started with both as pipes
         line = p.stdout.readline().strip()
         if line != "ready":
             raise RuntimeError(f"publisher did not start (said {line!r}, exit {p.poll()})")
@@ -158,6 +159,7 @@ def _drive_publishers(cfg: LoadConfig, roles: Roles, procs: list[tuple[subproces
     busy0 = machine_busy()
     t_go = time.time()
     for p, _ in procs:
+        assert p.stdin is not None
         p.stdin.write("go\n")
         p.stdin.flush()
 
@@ -177,6 +179,7 @@ def _drive_publishers(cfg: LoadConfig, roles: Roles, procs: list[tuple[subproces
     busy1 = machine_busy()
     records, pub_cpu, waited = [], 0.0, 0.0
     for p, out_path in procs:
+        assert p.stdin is not None
         p.stdin.close()
         if p.wait(timeout=120) != 0:
             raise RuntimeError(f"publisher exited with {p.returncode}")
