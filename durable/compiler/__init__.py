@@ -12,7 +12,7 @@ The passes, in order (:class:`DurableAstTransformer` runs them):
 
 1. ``validate``: refuse what cannot be checkpointed (:class:`~durable.CompileError` with file and line);
 2. ``scopes``: shared variables through cells, name mangling, ``super()``;
-3. ``awaits``: expressions containing an ``await`` taken apart in evaluation order (called by 4);
+3. ``awaits``: an expression containing an ``await`` as steps in evaluation order (4 asks for each);
 4. ``lower``: statements into blocks with typed exits (``builder``);
 5. ``assemble``: blocks into Python functions, the layout fingerprint, the argument binder.
 

@@ -1,36 +1,99 @@
 """Pass 3, await normalisation: expressions that contain an ``await``.
 
-Takes one expression of a statement being lowered. Produces an expression
-with no ``await`` left in it, valid in the block that is open afterwards,
-having emitted what must run first: every ``await`` ends the block (a
-:class:`~durable.compiler.builder.Suspend` exit returning ``(CALL, ...)`` or
-``(AWAIT, ...)``) and its value arrives in a temporary of the next block.
+Takes one expression of a statement being lowered (or the ``await`` /
+``raise PauseForEventException(...)`` that is the whole statement).
+Produces a list of :data:`Step`: straight-line code in which every
+``await`` stands alone (:class:`Suspension`), with the branches that
+short-circuiting needs (:class:`CondJump`, :class:`Begin`, :class:`Join`),
+and the expression that is left to use, with no ``await`` in it. It knows
+nothing of blocks: the lowering (``lower.py``) turns the steps into blocks,
+ending one at each :class:`Suspension`.
 
 Python's evaluation order is kept: what is evaluated before an ``await`` and
 used after it is saved in a temporary ("spilled"), unless reading it later
 gives the same value (see :func:`is_simple`). ``and``/``or``, chained
 comparisons and conditional expressions that contain an ``await`` become
-branches between blocks, so short-circuiting still skips the ``await``.
+branches, so short-circuiting still skips the ``await``.
 
-This pass runs inside the lowering (``lower.py`` asks it for each expression
-in turn) rather than before it: the lowering numbers temporaries in one
-sequence shared with loops and ``try``, and those names are saved with
-paused frames; and a ``while`` test must be evaluated again in the loop's
-own block on every iteration.
+The lowering asks for one expression at a time, when it reaches it, rather
+than normalising the whole body first: temporaries are numbered in one
+sequence shared with loops and ``try`` (those names are saved with paused
+frames), and a ``while`` test must be evaluated again in the loop's own
+block on every iteration.
 """
 
 from __future__ import annotations
 
 import ast
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from ..exceptions import CompileError
-from .builder import BlockBuilder, Branch, Label, Suspend, Temps
-from .syntax import helper, mk_const, mk_name, mk_return, mk_tuple
+from .builder import Label, Temps
+from .syntax import helper, mk_const, mk_name, mk_tuple
 from .validate import Analysis
 
 #: (get, put) of one child expression
 Slot = tuple[Callable[[], ast.expr], Callable[[ast.expr], None]]
+
+
+@dataclass(frozen=True)
+class Emit:
+    """Run a statement (no ``await`` in it)."""
+
+    stmt: ast.stmt
+
+
+@dataclass(frozen=True)
+class Suspension:
+    """Await: the block returns ``term`` (``(CALL, ...)`` or ``(AWAIT, ...)``); execution goes on at
+    ``resume``, the awaited value in ``tmp`` (None: not used)."""
+
+    node: ast.Await | ast.Raise
+    term: ast.Tuple
+    resume: Label
+    tmp: str | None
+    text: str
+
+
+@dataclass(frozen=True)
+class CondJump:
+    """Go on at ``if_true`` or ``if_false`` by ``test``."""
+
+    test: ast.expr
+    if_true: Label
+    if_false: Label
+
+
+@dataclass(frozen=True)
+class Begin:
+    """Code from here on is at ``label``."""
+
+    label: Label
+
+
+@dataclass(frozen=True)
+class Goto:
+    """Go on at ``label`` (which begins later) from here, if here is reachable."""
+
+    label: Label
+
+
+@dataclass(frozen=True)
+class Join:
+    """Go on at ``label`` from here, if reachable, and begin ``label``."""
+
+    label: Label
+
+
+@dataclass(frozen=True)
+class SetLine:
+    """Code from here on belongs to source line ``lineno``."""
+
+    lineno: int
+
+
+Step = Emit | Suspension | CondJump | Begin | Goto | Join | SetLine
 
 
 def is_simple(e: ast.expr) -> bool:
@@ -48,51 +111,48 @@ def is_simple(e: ast.expr) -> bool:
     return isinstance(e, (ast.Name, ast.Constant))
 
 
-class AwaitLowering(BlockBuilder):
-    """The expression half of the lowering (the statement half, :class:`~durable.compiler.lower.Lowerer`,
-    derives from it and provides :meth:`stmt`)."""
+class AwaitNormaliser:
+    """Normalises expressions; each method adds to the steps :meth:`take` hands over."""
 
-    def __init__(self, filename: str, temps: Temps, base: int = 0) -> None:
-        super().__init__(filename, temps, base)
-        self.an = Analysis()
-        self.resume_points: dict[Label, tuple[int, str, str | None]] = {}
-        self.resume_nodes: dict[Label, ast.Await | ast.Raise] = {}
+    def __init__(self, temps: Temps, an: Analysis) -> None:
+        self.temps = temps
+        self.an = an
+        self._steps: list[Step] = []
 
-    def stmt(self, s: ast.stmt) -> None:
-        raise NotImplementedError
+    def take(self) -> list[Step]:
+        """The steps produced since the last call."""
+        steps, self._steps = self._steps, []
+        return steps
+
+    def _emit(self, stmt: ast.stmt) -> None:
+        self._steps.append(Emit(stmt))
 
     def spill(self, e: ast.expr) -> ast.Name:
         """Save the value of ``e`` in a new temporary."""
         t = self.temps.new()
-        self.emit(ast.Assign([mk_name(t, ast.Store())], e))
+        self._emit(ast.Assign([mk_name(t, ast.Store())], e))
         return mk_name(t)
 
     def expr(self, e: ast.expr) -> ast.expr:
-        """Lower ``e``; returns an expression valid in the current block."""
+        """Normalise ``e``; returns what is left to evaluate after the steps."""
         if not self.an.suspends(e):
             return e
         if isinstance(e, ast.Await):
             return mk_name(self.suspend(e, keep=True) or "")
         if isinstance(e, ast.BoolOp):
-            return self.boolop(e)
+            return self._boolop(e)
         if isinstance(e, ast.IfExp):
-            t = self.temps.new()
-            self.stmt(ast.copy_location(ast.If(e.test, [ast.Assign([mk_name(t, ast.Store())], e.body)],
-                                               [ast.Assign([mk_name(t, ast.Store())], e.orelse)]), e))
-            return mk_name(t)
+            return self._ifexp(e)
         if isinstance(e, ast.Compare) and len(e.ops) > 1:
-            return self.chain(e)
+            return self._chain(e)
         if isinstance(e, ast.NamedExpr):
             v = self.expr(e.value)
-            self.emit(ast.Assign([mk_name(e.target.id, ast.Store())], v))
+            self._emit(ast.Assign([mk_name(e.target.id, ast.Store())], v))
             return mk_name(e.target.id)
         return self.children(e)
 
-    def opt_expr(self, e: ast.expr | None) -> ast.expr | None:
-        return None if e is None else self.expr(e)
-
     def children(self, e: ast.expr) -> ast.expr:
-        """Lower the children of ``e`` in evaluation order, up to the last that suspends; ``e`` is updated."""
+        """Normalise the children of ``e`` in evaluation order, up to the last that suspends; ``e`` is updated."""
         slots = ordered_slots(e)
         last = max((i for i, (get, _) in enumerate(slots) if self.an.suspends(get())), default=-1)
         for i, (get, put) in enumerate(slots):
@@ -108,21 +168,36 @@ class AwaitLowering(BlockBuilder):
                 break
         return e
 
-    def boolop(self, e: ast.BoolOp) -> ast.expr:
+    def _boolop(self, e: ast.BoolOp) -> ast.expr:
         t = self.temps.new()
         end = Label()
         first, rest = e.values[0], e.values[1:]
-        self.emit(ast.Assign([mk_name(t, ast.Store())], self.expr(first)))
+        self._emit(ast.Assign([mk_name(t, ast.Store())], self.expr(first)))
         for v in rest:
             nxt = Label()
             test = mk_name(t) if isinstance(e.op, ast.And) else ast.UnaryOp(ast.Not(), mk_name(t))
-            self.close(ast.If(test, [mk_return(mk_const(nxt))], [mk_return(mk_const(end))]), Branch((nxt, end)))
-            self.new_block(nxt)
-            self.emit(ast.Assign([mk_name(t, ast.Store())], self.expr(v)))
-        self.start(end)
+            self._steps += [CondJump(test, nxt, end), Begin(nxt)]
+            self._emit(ast.Assign([mk_name(t, ast.Store())], self.expr(v)))
+        self._steps.append(Join(end))
         return mk_name(t)
 
-    def chain(self, e: ast.Compare) -> ast.expr:
+    def _ifexp(self, e: ast.IfExp) -> ast.expr:
+        """As the statement ``if test: t = body`` / ``else: t = orelse`` on the line of ``e`` is lowered."""
+        t = self.temps.new()
+        self._steps.append(SetLine(e.lineno))
+        test = self.expr(e.test)
+        then, other, end = Label(), Label(), Label()
+        self._steps += [CondJump(test, then, other), Begin(then)]
+        self._assign(t, e.body)
+        self._steps += [Goto(end), Begin(other)]
+        self._assign(t, e.orelse)
+        self._steps.append(Join(end))
+        return mk_name(t)
+
+    def _assign(self, t: str, value: ast.expr) -> None:
+        self._emit(ast.Assign([mk_name(t, ast.Store())], self.expr(value)))
+
+    def _chain(self, e: ast.Compare) -> ast.expr:
         t = self.temps.new()
         end = Label()
         left = self.expr(e.left)
@@ -132,18 +207,16 @@ class AwaitLowering(BlockBuilder):
             right = self.expr(comp)
             if i < len(e.ops) - 1 and not isinstance(right, ast.Constant):
                 right = self.spill(right)
-            self.emit(ast.Assign([mk_name(t, ast.Store())], ast.Compare(left, [op], [right])))
+            self._emit(ast.Assign([mk_name(t, ast.Store())], ast.Compare(left, [op], [right])))
             if i < len(e.ops) - 1:
                 nxt = Label()
-                self.close(ast.If(mk_name(t), [mk_return(mk_const(nxt))], [mk_return(mk_const(end))]),
-                           Branch((nxt, end)))
-                self.new_block(nxt)
+                self._steps += [CondJump(mk_name(t), nxt, end), Begin(nxt)]
                 left = right
-        self.start(end)
+        self._steps.append(Join(end))
         return mk_name(t)
 
     def suspend(self, node: ast.Await | ast.Raise, keep: bool) -> str | None:
-        """End the block at an await; the next block starts with its result, in the temporary returned
+        """An await (or a pause) as a :class:`Suspension`; returns the temporary that receives its value
         when ``keep``."""
         value: ast.expr
         if isinstance(node, ast.Await):
@@ -163,10 +236,7 @@ class AwaitLowering(BlockBuilder):
         else:
             value = self.expr(value)
             term = mk_tuple(helper("AWAIT"), value, mk_const(resume), mk_const(tmp))
-        self.resume_points[resume] = (getattr(node, "lineno", self.lineno), text[:120], tmp)
-        self.resume_nodes[resume] = node
-        self.close(mk_return(term), Suspend(resume))
-        self.new_block(resume)
+        self._steps.append(Suspension(node, term, resume, tmp, text[:120]))
         return tmp
 
 

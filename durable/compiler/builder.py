@@ -1,4 +1,4 @@
-"""The blocks under construction, shared by the lowering passes (``awaits``, ``lower``).
+"""The blocks under construction, for the lowering (``lower.py``).
 
 A :class:`Block` is a list of statements plus how it ends: its :data:`Exit`
 values (typed: :class:`Jump`, :class:`Branch`, :class:`Suspend`,

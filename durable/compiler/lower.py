@@ -6,9 +6,10 @@ resume points, and the temporaries that live across blocks.
 
 A statement without a suspension point is kept as written (see
 :class:`Verbatim`), so it runs at native speed. One with a suspension point
-is taken apart: its expressions go through the await normalisation
-(``awaits.py``), and control flow that spans blocks becomes jumps between
-them. A ``while`` whose body (or test) awaits is lowered by
+is taken apart: each of its expressions goes through the await
+normalisation (``awaits.py``), whose steps :meth:`Lowerer.run` turns into
+blocks, and control flow that spans blocks becomes jumps between them. A
+``while`` whose body (or test) awaits is lowered by
 :meth:`Lowerer.s_While`: a test block that branches to the body or past the
 loop, a body that jumps back to the test; ``break``/``continue`` are jumps
 to the loop's labels. ``for`` keeps its iterator in the frame. ``try``
@@ -21,12 +22,28 @@ from __future__ import annotations
 
 import ast
 import operator
+from typing import TypeVar
 
 from ..blocks import EXCEPT, FINALLY, JUMPING, NORMAL, RETURNING, THROW
-from .awaits import AwaitLowering, is_simple
-from .builder import BlockHandler, Branch, Dispatch, Finally, FinallyExit, Jump, Label, Loop, Return, Temps
+from .awaits import AwaitNormaliser, Begin, CondJump, Emit, Goto, Join, SetLine, Step, Suspension, is_simple
+from .builder import (
+    BlockBuilder,
+    BlockHandler,
+    Branch,
+    Dispatch,
+    Finally,
+    FinallyExit,
+    Jump,
+    Label,
+    Loop,
+    Return,
+    Suspend,
+    Temps,
+)
 from .syntax import LOCALS, helper, is_pause_raise, mk_const, mk_name, mk_return, mk_tuple
-from .validate import compile_error
+from .validate import Analysis, compile_error
+
+T = TypeVar("T")
 
 _IOPS = {
     ast.Add: operator.iadd, ast.Sub: operator.isub, ast.Mult: operator.imul, ast.MatMult: operator.imatmul,
@@ -41,18 +58,66 @@ def drop_local(name: str) -> ast.Expr:
     return ast.Expr(ast.Call(ast.Attribute(mk_name(LOCALS), "pop", ast.Load()), [mk_const(name), mk_const(None)], []))
 
 
-class Lowerer(AwaitLowering):
+class Lowerer(BlockBuilder):
     """Turns a function body into a list of blocks (see the module docstring)."""
 
     def __init__(self, filename: str, temps: Temps, chunk: bool = False, base: int = 0,
                  cells: frozenset[str] = frozenset()) -> None:
         super().__init__(filename, temps, base)
+        self.an = Analysis()
+        self.norm = AwaitNormaliser(temps, self.an)
+        self.resume_points: dict[Label, tuple[int, str, str | None]] = {}
+        self.resume_nodes: dict[Label, ast.Await | ast.Raise] = {}
         self.cells = cells
         self.chunk = chunk
         self.loops: list[Loop] = []
         self.finallies: list[Finally] = []
         #: temporaries that stay in the frame across blocks (loop iterators, caught exceptions)
         self.persistent_temps: set[str] = set()
+
+    # -- expressions: the await normalisation's steps, turned into blocks ---
+    def run(self, steps: list[Step]) -> None:
+        for step in steps:
+            if isinstance(step, Emit):
+                self.emit(step.stmt)
+            elif isinstance(step, Suspension):
+                self.resume_points[step.resume] = (getattr(step.node, "lineno", self.lineno), step.text, step.tmp)
+                self.resume_nodes[step.resume] = step.node
+                self.close(mk_return(step.term), Suspend(step.resume))
+                self.new_block(step.resume)
+            elif isinstance(step, CondJump):
+                self.close(ast.If(step.test, [mk_return(mk_const(step.if_true))], [mk_return(mk_const(step.if_false))]),
+                           Branch((step.if_true, step.if_false)))
+            elif isinstance(step, Begin):
+                self.new_block(step.label)
+            elif isinstance(step, Goto):
+                self.start_jump(step.label)
+            elif isinstance(step, Join):
+                self.start(step.label)
+            elif isinstance(step, SetLine):
+                self.lineno = step.lineno
+
+    def _done(self, value: T) -> T:
+        """``value``, after running the steps the normaliser produced for it."""
+        self.run(self.norm.take())
+        return value
+
+    def expr(self, e: ast.expr) -> ast.expr:
+        """Lower ``e``; returns an expression valid in the current block."""
+        return self._done(self.norm.expr(e))
+
+    def opt_expr(self, e: ast.expr | None) -> ast.expr | None:
+        return None if e is None else self.expr(e)
+
+    def children(self, e: ast.expr) -> ast.expr:
+        return self._done(self.norm.children(e))
+
+    def spill(self, e: ast.expr) -> ast.Name:
+        return self._done(self.norm.spill(e))
+
+    def suspend(self, node: ast.Await | ast.Raise) -> None:
+        """An await (or a pause) whose value is not used."""
+        self._done(self.norm.suspend(node, keep=False))
 
     # -- routing of return/break/continue through lowered ``finally`` -----
     def route_return(self, value: ast.expr | None) -> list[ast.stmt]:
@@ -95,7 +160,7 @@ class Lowerer(AwaitLowering):
 
     def s_Expr(self, s: ast.Expr) -> None:
         if isinstance(s.value, ast.Await):
-            self.suspend(s.value, keep=False)
+            self.suspend(s.value)
         else:
             self.emit(ast.Expr(self.expr(s.value)))
 
@@ -140,7 +205,7 @@ class Lowerer(AwaitLowering):
 
     def s_Raise(self, s: ast.Raise) -> None:
         if is_pause_raise(s):
-            self.suspend(s, keep=False)
+            self.suspend(s)
             return
         exc = self.opt_expr(s.exc)
         if s.cause is not None and self.an.suspends(s.cause) and exc is not None and not is_simple(exc):
