@@ -138,7 +138,9 @@ class AwaitNormaliser:
         if not self.an.suspends(e):
             return e
         if isinstance(e, ast.Await):
-            return mk_name(self.suspend(e, keep=True) or "")
+            tmp = self.suspend(e, keep=True)
+            assert tmp is not None
+            return mk_name(tmp)
         if isinstance(e, ast.BoolOp):
             return self._boolop(e)
         if isinstance(e, ast.IfExp):

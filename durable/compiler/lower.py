@@ -61,15 +61,13 @@ def drop_local(name: str) -> ast.Expr:
 class Lowerer(BlockBuilder):
     """Turns a function body into a list of blocks (see the module docstring)."""
 
-    def __init__(self, filename: str, temps: Temps, chunk: bool = False, base: int = 0,
-                 cells: frozenset[str] = frozenset()) -> None:
+    def __init__(self, filename: str, temps: Temps, base: int = 0, cells: frozenset[str] = frozenset()) -> None:
         super().__init__(filename, temps, base)
         self.an = Analysis()
         self.norm = AwaitNormaliser(temps, self.an)
         self.resume_points: dict[Label, tuple[int, str, str | None]] = {}
         self.resume_nodes: dict[Label, ast.Await | ast.Raise] = {}
         self.cells = cells
-        self.chunk = chunk
         self.loops: list[Loop] = []
         self.finallies: list[Finally] = []
         #: temporaries that stay in the frame across blocks (loop iterators, caught exceptions)
@@ -175,7 +173,8 @@ class Lowerer(BlockBuilder):
             self.emit(ast.Assign(s.targets, v))
 
     def s_AnnAssign(self, s: ast.AnnAssign) -> None:
-        assert s.value is not None  # an annotation alone does not suspend
+        if s.value is None:  # ``a[await k()]: int``
+            raise compile_error("an annotation without a value containing await is not supported", s, self.filename)
         self.s_Assign(ast.copy_location(ast.Assign([s.target], s.value), s))
 
     def s_AugAssign(self, s: ast.AugAssign) -> None:

@@ -105,7 +105,7 @@ class DurableAstTransformer:
         node = tree.body[0]
         assert isinstance(node, ast.AsyncFunctionDef)
         validate(node, chunk.filename)
-        lw = Lowerer(chunk.filename, Temps(), chunk=True, base=base)
+        lw = Lowerer(chunk.filename, Temps(), base=base)
         lw.temps.n = base * 1000
         lw.new_block()
         lw.body(node.body)
