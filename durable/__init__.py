@@ -13,7 +13,8 @@ modules :mod:`durable.signing` (the signed blob format), :mod:`durable.state`
 
 from . import signing
 from .backend import DurableBackend, OrchestrationBackend
-from .compiler import Cell, CodeBlock, CompiledFunction, DurableAstTransformer
+from .blocks import Cell, CodeBlock, CompiledFunction
+from .compiler import DurableAstTransformer
 from .exceptions import (
     CheckpointException,
     CodeChangedError,

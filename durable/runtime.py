@@ -18,7 +18,7 @@ from typing import Any
 import cloudpickle
 
 from .backend import DurableBackend, OrchestrationBackend
-from .compiler import _THROW, AWAIT, CALL, NEXT, RETURN, origin
+from .blocks import AWAIT, CALL, EXCEPT, NEXT, RETURN, THROW, origin
 from .exceptions import (
     CheckpointException,
     CompileError,
@@ -288,7 +288,7 @@ class DurableRuntime:
     def _defer(self, fr: FunctionCall, frames: list) -> bool:
         """Leave the checkpoint after a step to the completion when only a bare return follows?
 
-        When the outermost frame's next block is a :attr:`~durable.compiler.CodeBlock.tail` (it copies
+        When the outermost frame's next block is a :attr:`~durable.blocks.CodeBlock.tail` (it copies
         names and returns one: ``return await step()``), nothing with effects runs between this step
         and the completion, so the completion's checkpoint records both: one write instead of two. The
         frame is kept aside in case the completion cannot be saved (see :meth:`_finish`).
@@ -306,12 +306,12 @@ class DurableRuntime:
             blk = fr.blocks[fr.pc]
             if blk.pending is not None and exc.__context__ is None:
                 c = fr.locals.get(blk.pending)
-                if c is not None and c[0] == _THROW and c[1] is not exc:
+                if c is not None and c[0] == THROW and c[1] is not exc:
                     exc.__context__ = c[1]
             h = blk.handler
             if h is not None:
                 kind, pc, var = h
-                fr.locals[var] = exc if kind == "except" else (_THROW, exc)
+                fr.locals[var] = exc if kind == EXCEPT else (THROW, exc)
                 fr.pc = pc
                 return fr, fr.blocks, fr.locals, False
             frames.pop()

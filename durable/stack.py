@@ -13,7 +13,8 @@ import sys
 import types
 from typing import Any
 
-from .compiler import _PREFIX, Cell, CodeBlock, CodeChunk, CompiledFunction, DurableAstTransformer, free_cells
+from .blocks import LOCAL_PREFIX, Cell, CodeBlock, CodeChunk, CompiledFunction, free_cells
+from .compiler import DurableAstTransformer
 from .exceptions import CodeChangedError
 
 transformer = DurableAstTransformer()
@@ -67,7 +68,7 @@ class FunctionCall:
         """
         out = {}
         for name, value in self.locals.items():
-            if name.startswith(_PREFIX):
+            if name.startswith(LOCAL_PREFIX):
                 continue
             if value.__class__ is Cell or value.__class__ is types.CellType:
                 try:
