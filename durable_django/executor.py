@@ -77,7 +77,7 @@ def run_claimed(row: _Claimed, worker_id: str) -> tuple[str, dict | None]:
     runtime = program.runtime(backend, instance_id, migrate=migrate, clock=clock.time,
                               on_checkpoint=import_string(hook) if hook else None)
     outcome: str
-    error: BaseException | None = None
+    error: Exception | None = None
     run = wakeups.begin_run(instance_id, worker_id)
     heartbeat = leases.heartbeat()
     if manage:

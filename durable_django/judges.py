@@ -27,7 +27,9 @@ _judge: Judge | None = None
 
 def is_task_meta(meta: dict | None) -> bool:
     """Does a wait with this metadata wait for a person (an assignee, or a form its payload must fit)?"""
-    return bool(meta) and any(meta.get(k) for k in TASK_KEYS)  # type: ignore[union-attr]
+    if not meta:
+        return False
+    return any(meta.get(k) for k in TASK_KEYS)
 
 
 def register_judge(judge: Judge) -> None:

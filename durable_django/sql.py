@@ -11,7 +11,7 @@ history insert that the public functions and the backend both write
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import connection
 from django.utils import timezone
@@ -22,8 +22,13 @@ from .models import DurableHistory
 #: (vendor, *key) -> statement: the one cache of the app's hand-written SQL.
 _SQL_CACHE: dict[tuple, str] = {}
 
+if TYPE_CHECKING:  # the mixin is only ever combined with psycopg's cursor (see _prepared_cursor_class)
+    from psycopg import Cursor as _CursorBase
+else:
+    _CursorBase = object
 
-class _PreparedCursorMixin:
+
+class _PreparedCursorMixin(_CursorBase):
     """psycopg 3 cursor (server-side binding) that sends each statement as a prepared statement.
 
     Django's connection binds parameters on the client (a 2 KB state blob is

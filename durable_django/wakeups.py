@@ -99,7 +99,7 @@ def after_commit(func) -> None:
             run.after_commit.append(func)
             return
     if isinstance(func, functools.partial):  # Django names a failed robust callback by its __qualname__
-        func.__qualname__ = getattr(func.func, "__qualname__", repr(func.func))
+        func.__qualname__ = getattr(func.func, "__qualname__", repr(func.func))  # type: ignore[attr-defined]
     transaction.on_commit(func, robust=True)
 
 
@@ -143,14 +143,14 @@ class _Outbox:
             return False  # Django's internals are not what this relies on: one message per wake-up
         box = getattr(connection, "_durable_outbox", None)
         if box is None:
-            box = connection._durable_outbox = cls()
+            box = connection._durable_outbox = cls()  # type: ignore[attr-defined]  # one per connection
         for k in range(len(hooks) - 1, max(-1, len(hooks) - 4), -1):  # our flush is among the last few
             if hooks[k][1] == box.flush:
                 del hooks[k]
                 break
         transaction.on_commit(functools.partial(box.collect, instance_id), robust=True)
         # After every collect; no savepoint ids, so a rolled-back savepoint never drops it.
-        hooks.append((set(), box.flush, True))
+        hooks.append((set(), box.flush, True))  # type: ignore[arg-type]  # Django 4.2+: (sids, func, robust)
         return True
 
 

@@ -75,7 +75,7 @@ def _run_instance(instance_id: str, worker_id: str, claimed: _Claimed | None = N
     return outcome
 
 
-def _event_pending(instance_id: str, name: str) -> bool:
+def _event_pending(instance_id: str, name: str | None) -> bool:
     """Is an unconsumed event ``name`` in the inbox? (One cached SELECT: it follows every pause.)"""
     conn = real_connection()
     sql = cached_sql(conn, ("pending",), lambda qn: (
