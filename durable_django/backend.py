@@ -3,7 +3,7 @@
 The core runtime calls it unchanged: ``load_state`` before running,
 ``save_state`` after every step (the checkpoint), ``wait_for_event`` at every
 wait. All database work runs in the worker thread that holds the connection
-(see :mod:`durable_django.executor`): directly when the executor runs the
+(see :mod:`durable_django.eventloop`): directly when the executor runs the
 event loop in that thread (``inline``), else through thread-sensitive
 ``sync_to_async``. Either way it shares that thread's connection and its open
 transaction: the ORM writes a step made and the checkpoint after it commit
