@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 _API = {
     "start": "api", "publish_event": "api", "cancel": "api", "resume": "api", "result": "api",
     "get_instance": "api", "register_migration": "programs", "register": "programs", "bind": "bindings",
-    "db_step": "steps", "sweep": "executor", "run_instance": "executor",
+    "db_step": "steps", "sweep": "worker", "run_instance": "worker",
 }
 __all__ = sorted(_API)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .events import publish_event
 from .models import DurableEvent
 
 #: Reserved prefix of the keys this module derives.
@@ -41,8 +42,6 @@ def publish_answer(instance_id: str, event: str, payload: Any, *, actor: Any = N
 
     Raises what :func:`durable_django.publish_event` raises.
     """
-    from .api import publish_event
-
     existing = pending_answer(instance_id, event)
     if existing is not None:
         return existing

@@ -3,7 +3,7 @@
 The core runtime calls it unchanged: ``load_state`` before running,
 ``save_state`` after every step (the checkpoint), ``wait_for_event`` at every
 wait. All database work runs in the worker thread that holds the connection
-(see :mod:`durable_django.executor`): directly when the executor runs the
+(see :mod:`durable_django.eventloop`): directly when the executor runs the
 event loop in that thread (``inline``), else through thread-sensitive
 ``sync_to_async``. Either way it shares that thread's connection and its open
 transaction: the ORM writes a step made and the checkpoint after it commit
@@ -13,12 +13,11 @@ building, no savepoint when the executor owns the transaction).
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import traceback
 from contextlib import nullcontext
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -30,89 +29,25 @@ from django.utils import timezone
 from durable import OrchestrationBackend, PauseForEventException
 
 from . import clock
-from .conf import durable_settings
+from .eventloop import hidden_loop_call
+from .events import publish_event
 from .exceptions import LeaseLost
+from .judges import is_task_meta, judge_answer
+from .leases import extension_due, lease_expiry
 from .models import DurableEvent, DurableHistory, DurableInstance, HistoryKind, Status
 from .signing import ARGUMENTS, SIGNED_FIELDS, STATE, blob_context, sign, unsign, verified  # noqa: F401
+from .sql import _SQL_CACHE, add_history, cached_sql, hot_cursor
 
 #: Statuses in which a checkpoint must not write (checked by every checkpoint's UPDATE).
 _FINAL = (Status.CANCELLED, Status.SUSPENDED, Status.COMPLETED, Status.FAILED)
 #: Columns a running checkpoint usually leaves as they are (left out of its UPDATE when unchanged).
 _STICKY = ("status", "wait_kind", "waiting_for", "wake_at", "attempts", "layout_hash", "lease_owner")
-#: (vendor, column names) -> UPDATE statement of _update_sql.
-_SQL_CACHE: dict[tuple, str] = {}
 
 _PAYLOAD = DurableEvent._meta.get_field("payload")
 _RESULT = DurableInstance._meta.get_field("result")
 
 _STATUS = {"running": Status.RUNNING, "paused": Status.PAUSED, "completed": Status.COMPLETED,
            "failed": Status.FAILED, "cancelled": Status.CANCELLED}
-
-
-def _hidden_loop_call(call, *args):
-    """``call(*args)`` with this thread's running event loop hidden from Django's async-safety check.
-
-    Only for the executor's inline mode, where the loop runs in the thread that owns the connection and is
-    blocked for the duration of the call anyway.
-    """
-    loop = asyncio._get_running_loop()
-    asyncio._set_running_loop(None)
-    try:
-        return call(*args)
-    finally:
-        asyncio._set_running_loop(loop)
-
-
-class _PreparedCursorMixin:
-    """psycopg 3 cursor (server-side binding) that sends each statement as a prepared statement.
-
-    Django's connection binds parameters on the client (a 2 KB state blob is
-    escaped into the SQL text, which the server parses again) and disables
-    psycopg's prepared statements. The app's few hot statements (the
-    checkpoint, the claim, the event lookup) are fixed strings, so they are
-    prepared once per connection and then only executed: measured on the
-    benchmark machine, ~0.1-0.3 ms less per checkpoint. The connection's
-    ``prepare_threshold`` (None under Django) is lifted only for the duration
-    of this cursor's call, so Django's own queries are unaffected.
-    """
-
-    def execute(self, query, params=None, **kwargs):
-        conn = self._conn
-        threshold = conn.prepare_threshold
-        if threshold is None:
-            conn.prepare_threshold = 1 << 30  # only prepare=True statements are prepared
-        try:
-            return super().execute(query, params, prepare=True)
-        finally:
-            if threshold is None:
-                conn.prepare_threshold = None
-
-
-_PreparedCursor: Any = None
-
-
-def _prepared_cursor_class() -> Any:
-    global _PreparedCursor
-    if _PreparedCursor is None:
-        import psycopg
-
-        _PreparedCursor = type("_PreparedCursor", (_PreparedCursorMixin, psycopg.Cursor), {})
-    return _PreparedCursor
-
-
-def real_connection(conn: Any = None) -> Any:
-    """The connection object itself, not ``django.db.connection``'s proxy.
-
-    Every attribute read through the proxy looks the connection up again in a
-    context-local mapping (asgiref's ``Local``): a few µs each, paid many
-    times per checkpoint on the hot path.
-    """
-    from django.db import DEFAULT_DB_ALIAS, connections
-
-    if conn is None:
-        return connections[DEFAULT_DB_ALIAS]
-    alias = conn.__dict__.get("_alias") if "_connections" in conn.__dict__ else None
-    return connections[alias] if alias is not None else conn
 
 
 def _checkpoint_sql(qn, names: tuple, consumed: int, kinds: int) -> str:
@@ -150,15 +85,6 @@ def _one_statement_checkpoints(using: str | None) -> bool:
     return is_psycopg3
 
 
-def cached_sql(conn: Any, key: tuple, build: Any) -> str:
-    """The app's hot-path SQL, built once per database vendor and ``key`` by ``build(quote_name)``."""
-    full = (conn.vendor, *key)
-    sql = _SQL_CACHE.get(full)
-    if sql is None:
-        sql = _SQL_CACHE[full] = build(conn.ops.quote_name)
-    return sql
-
-
 def _idle_raw_connection(using: str | None) -> Any:
     """The psycopg 3 connection of ``using`` if it has no transaction open, else None."""
     from django.db import connections
@@ -174,38 +100,6 @@ def _idle_raw_connection(using: str | None) -> Any:
     from psycopg import pq
 
     return raw if raw.info.transaction_status == pq.TransactionStatus.IDLE and not raw.closed else None
-
-
-def hot_cursor(conn) -> Any:
-    """A Django cursor for the app's cached hot-path SQL: prepared statements on PostgreSQL with psycopg 3.
-
-    Still a Django ``CursorWrapper``: database errors become Django's, and
-    ``connection.execute_wrapper`` hooks and query logging see the statement.
-    Elsewhere (SQLite, psycopg2, ``PREPARED_STATEMENTS`` off) it is the
-    connection's ordinary cursor.
-    """
-    conn = real_connection(conn)
-    if conn.vendor != "postgresql" or not durable_settings.PREPARED_STATEMENTS:
-        return conn.cursor()
-    from django.db.backends.postgresql.psycopg_any import is_psycopg3
-
-    if not is_psycopg3:
-        return conn.cursor()
-    conn.close_if_health_check_failed()
-    conn.ensure_connection()
-    with conn.wrap_database_errors:
-        raw = _prepared_cursor_class()(conn.connection)
-    conn.validate_thread_sharing()
-    return conn.make_debug_cursor(raw) if conn.queries_logged else conn.make_cursor(raw)
-
-
-#: Keys of a wait's metadata that make it a human task (see :mod:`durable_django.humantasks.assignment`).
-TASK_KEYS = ("user", "group", "permission", "form", "schema")
-
-
-def is_task_meta(meta: dict | None) -> bool:
-    """Does a wait with this metadata wait for a person (an assignee, or a form its payload must fit)?"""
-    return bool(meta) and any(meta.get(k) for k in TASK_KEYS)
 
 
 def to_datetime(due: float | None) -> datetime | None:
@@ -278,7 +172,7 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
     # -- state ------------------------------------------------------------
     async def load_state(self, instance_id: str) -> dict | None:
         if self.inline:
-            return _hidden_loop_call(self.load_state_sync, instance_id)
+            return hidden_loop_call(self.load_state_sync, instance_id)
         return await sync_to_async(self.load_state_sync, thread_sensitive=True)(instance_id)
 
     def load_state_sync(self, instance_id: str) -> dict | None:
@@ -306,7 +200,7 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
 
     async def save_state(self, instance_id: str, state: dict) -> None:
         if self.inline:
-            return _hidden_loop_call(self.save_state_sync, instance_id, state)
+            return hidden_loop_call(self.save_state_sync, instance_id, state)
         await sync_to_async(self.save_state_sync, thread_sensitive=True)(instance_id, state)
 
     def _state_context(self, instance_id: str, program: str | None = None) -> bytes:
@@ -346,7 +240,7 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
             columns["layout_hash"] = self._loaded_frame.fingerprint[1]
         if status == Status.RUNNING:
             if self.worker_id and self._lease_due(now):
-                columns["lease_expires_at"] = now + timedelta(seconds=durable_settings.LEASE_SECONDS)
+                columns["lease_expires_at"] = lease_expiry(now)
         else:
             columns.update(lease_owner="", lease_expires_at=None)
         if status == Status.COMPLETED:
@@ -433,9 +327,7 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
     def _lease_due(self, now: datetime) -> bool:
         """Extend the lease at this checkpoint? Only once half of it has elapsed (the heartbeat covers
         long steps), so that most checkpoints change no indexed column (HOT updates on PostgreSQL)."""
-        if self.lease_expires_at is None or not durable_settings.HEARTBEAT:
-            return True
-        return (self.lease_expires_at - now).total_seconds() < durable_settings.LEASE_SECONDS / 2
+        return extension_due(self.lease_expires_at, now)
 
     def _update_orm(self, instance_id: str, columns: dict) -> int:
         rows = DurableInstance.objects.filter(pk=instance_id).exclude(status__in=_FINAL)
@@ -496,7 +388,7 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
     # -- events -----------------------------------------------------------
     async def wait_for_event(self, instance_id: str, event_name: str) -> Any:
         if self.inline:
-            return _hidden_loop_call(self.wait_for_event_sync, instance_id, event_name)
+            return hidden_loop_call(self.wait_for_event_sync, instance_id, event_name)
         return await sync_to_async(self.wait_for_event_sync, thread_sensitive=True)(instance_id, event_name)
 
     def wait_for_event_sync(self, instance_id: str, event_name: str) -> Any:
@@ -532,7 +424,7 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
         if not is_task_meta(meta):
             return await self.wait_for_event(instance_id, event_name)
         if self.inline:
-            return _hidden_loop_call(self.wait_for_answer_sync, instance_id, event_name, meta)
+            return hidden_loop_call(self.wait_for_answer_sync, instance_id, event_name, meta)
         return await sync_to_async(self.wait_for_answer_sync, thread_sensitive=True)(instance_id, event_name, meta)
 
     def wait_for_answer_sync(self, instance_id: str, event_name: str, meta: dict) -> Any:
@@ -541,8 +433,6 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
         published); return the cleaned payload. Every older event that does not fit is rejected on the way:
         it leaves the inbox unused, with the reason on the event and in the history. A human-task wait is
         rarely reached, so this costs a query or two more than :meth:`wait_for_event` only there."""
-        from .humantasks.assignment import judge_answer
-
         self.prefetched_event = None
         events = DurableEvent.objects.using(self.using or "default")
         while True:
@@ -583,27 +473,7 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
 
     def publish_event(self, instance_id: str, event_name: str, payload: Any = None) -> None:
         """Deliver an event (see :func:`durable_django.publish_event`)."""
-        from .api import publish_event
-
         publish_event(instance_id, event_name, payload)
-
-
-def add_history(instance_id: str, kind: str, status: str, detail: str = "", actor: str = "",
-                now: datetime | None = None, using: str | None = None) -> None:
-    """Insert a history row with one cached INSERT (what ``DurableHistory.objects.create`` does, minus the ORM)."""
-    from django.db import connections
-
-    conn = connections[using or "default"]
-    key = (conn.vendor, "history")
-    sql = _SQL_CACHE.get(key)
-    if sql is None:
-        qn = conn.ops.quote_name
-        cols = ("instance_id", "kind", "status", "detail", "actor", "at")
-        sql = _SQL_CACHE[key] = (f"INSERT INTO {qn(DurableHistory._meta.db_table)} ({', '.join(map(qn, cols))}) "
-                                 f"VALUES ({', '.join(['%s'] * len(cols))})")
-    at = conn.ops.adapt_datetimefield_value(now or timezone.now())
-    with hot_cursor(conn) as cur:
-        cur.execute(sql, [instance_id, str(kind), str(status), detail or "", (actor or "")[:255], at])
 
 
 def _wait_text(wait: dict) -> str:

@@ -26,6 +26,7 @@ from django.contrib.contenttypes.models import ContentType
 from django.db import models
 from django.db.models.signals import post_save
 
+from .events import publish_event
 from .limits import EVENT_NAME_COLUMN, IDEMPOTENCY_KEY_COLUMN, bad_character, check_text
 from .models import FINISHED, DurableInstance
 
@@ -68,8 +69,6 @@ class Binding:
                     .exclude(status__in=FINISHED).values_list("pk", flat=True))
 
     def handle(self, sender, instance: models.Model, **kwargs: Any) -> None:
-        from .api import publish_event
-
         if self.when is not None and not self.when(instance, **kwargs):
             return
         payload = self.payload(instance, **kwargs) if self.payload is not None else None

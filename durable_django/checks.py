@@ -7,6 +7,7 @@ from django.core.checks import Error, Tags, Warning, register
 from django.utils.module_loading import import_string
 
 from .conf import DEFAULTS
+from .limits import EVENT_NAME_COLUMN, INSTANCE_ID_COLUMN
 
 
 @register(Tags.compatibility)
@@ -112,8 +113,6 @@ def _describe(value) -> str:
 
 def _check_limits(user: dict) -> list:
     """The input limits (durable_django.limits): positive integers, ids and names no longer than their columns."""
-    from .limits import EVENT_NAME_COLUMN, INSTANCE_ID_COLUMN
-
     errors = []
     bounds = {"MAX_PAYLOAD_BYTES": (4, None), "MAX_ARGUMENT_BYTES": (64, None), "MAX_JSON_DEPTH": (1, 10_000),
               "MAX_INSTANCE_ID_LENGTH": (1, INSTANCE_ID_COLUMN), "MAX_EVENT_NAME_LENGTH": (1, EVENT_NAME_COLUMN)}

@@ -31,6 +31,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from . import live
 from .conf import durable_settings
 from .limits import bad_character
+from .models import DurableInstance
 
 log = logging.getLogger("durable_django")
 
@@ -161,8 +162,6 @@ class InstanceListConsumer(_StatusConsumer):
         return [live.ALL_GROUP]
 
     def _latest(self, since=None) -> list[dict]:
-        from .models import DurableInstance
-
         qs = DurableInstance.objects.values(*live.STATUS_FIELDS)
         if since is not None:
             qs = qs.filter(updated_at__gte=since)

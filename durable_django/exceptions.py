@@ -6,7 +6,7 @@ checkpoint and its inbox are left as they were.
 
 from __future__ import annotations
 
-from durable import DurableError, InstanceCancelled
+from durable import DurableError, InstanceCancelled, StateTamperedError
 
 
 class DurableDjangoError(DurableError):
@@ -63,8 +63,6 @@ class StateUnreadable(DurableDjangoError):
 
 def state_error(exc: BaseException) -> str:
     """Why a state blob could not be read, for people."""
-    from durable import StateTamperedError
-
     if isinstance(exc, StateTamperedError):
         return f"it failed its signature check and was not decoded ({exc})"
     return f"{type(exc).__name__}: {exc}"

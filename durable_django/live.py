@@ -18,6 +18,10 @@ from typing import Any
 
 from asgiref.sync import async_to_sync
 
+from .conf import durable_settings
+from .models import DurableInstance
+from .signals import instance_transition
+
 log = logging.getLogger("durable_django")
 
 #: Group that receives every instance's transitions.
@@ -52,8 +56,6 @@ def status_payload(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_status(instance_id: str) -> dict[str, Any] | None:
-    from .models import DurableInstance
-
     row = DurableInstance.objects.filter(pk=instance_id).values(*STATUS_FIELDS).first()
     return None if row is None else status_payload(row)
 
@@ -69,8 +71,6 @@ def layer_is_cross_process(layer) -> bool:
 
 def get_layer():
     """The layer named by ``DURABLE["CHANNEL_LAYER"]``; None without channels, without that alias, or for None."""
-    from .conf import durable_settings
-
     alias = durable_settings.CHANNEL_LAYER
     if alias is None:
         return None
@@ -122,8 +122,6 @@ def connect() -> None:
     push goes out after the receivers connected before that call (e.g. the
     human-task rows, which pages re-read when the push arrives).
     """
-    from .signals import instance_transition
-
     instance_transition.disconnect(dispatch_uid=DISPATCH_UID)
     instance_transition.connect(on_transition, dispatch_uid=DISPATCH_UID, weak=False)
 

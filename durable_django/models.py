@@ -33,9 +33,6 @@ RUNNABLE = (Status.PENDING, Status.RUNNING, Status.PAUSED)
 
 
 class DurableInstanceQuerySet(models.QuerySet):
-    def finished(self):
-        return self.filter(status__in=FINISHED)
-
     def due(self, now):
         """Paused on a timer (or an event wait with a timeout) that has expired."""
         return self.filter(status=Status.PAUSED, wake_at__lte=now)

@@ -22,6 +22,7 @@ from .exceptions import InstanceFinished, StateUnreadable, UnknownInstance, stat
 from .limits import check_instance_id
 from .models import DurableHistory, DurableInstance, HistoryKind, Status
 from .signing import STATE, blob_context, sign, unsign
+from .wakeups import schedule, signal_after_commit
 
 #: Statuses in which a frame's locals may be edited: nothing runs them now.
 EDITABLE = (Status.PAUSED, Status.SUSPENDED)
@@ -39,8 +40,6 @@ def retry(instance_id: str, *, actor: str = "") -> DurableInstance:
     The core keeps no checkpoint of a failed run (its stack is cleared), so a
     retry starts over: steps that completed before the failure run again.
     """
-    from .api import _signal_after_commit, schedule
-
     check_instance_id(instance_id)
     with transaction.atomic():
         inst = DurableInstance.objects.select_for_update().defer("state").filter(pk=instance_id).first()
@@ -54,7 +53,7 @@ def retry(instance_id: str, *, actor: str = "") -> DurableInstance:
             updated_at=timezone.now(), version=models.F("version") + 1)
         DurableHistory.objects.create(instance=inst, kind=HistoryKind.OPERATOR, status=Status.PENDING,
                                       detail="retried from the start", actor=actor)
-    _signal_after_commit("started", instance_id, Status.PENDING, inst.program)
+    signal_after_commit("started", instance_id, Status.PENDING, inst.program)
     schedule(instance_id)
     inst.refresh_from_db()
     return inst

@@ -7,6 +7,9 @@ of them with ``kind`` (the specific signal's name without ``instance_``) and
 for), ``instance_failed`` and ``instance_suspended`` get ``detail`` (the error),
 ``event_published`` gets ``event`` (the :class:`DurableEvent`).
 
+This module loads no models (the sender is looked up when a signal is sent),
+so that a project can import it from any module, before the app registry is ready.
+
 Receivers run in the process that made the transition (a web process or a
 worker), after the commit, and a failing receiver is logged, never allowed to
 break the instance.
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import logging
 
+from django.apps import apps
 from django.dispatch import Signal
 
 log = logging.getLogger("durable_django")
@@ -49,13 +53,12 @@ _BY_KIND = {
 
 def send_transition(kind: str, instance_id: str, status: str, program: str = "", **extra) -> None:
     """Send the specific signal for ``kind`` and ``instance_transition`` (robustly)."""
-    from .models import DurableInstance
-
+    sender = apps.get_model("durable_django", "DurableInstance")  # looked up, not imported: see the docstring
     sig = _BY_KIND.get(kind)
     for signal, kwargs in ((sig, extra), (instance_transition, {"kind": kind, "status": status, **extra})):
         if signal is None:
             continue
-        for receiver, result in signal.send_robust(DurableInstance, instance_id=instance_id, program=program,
+        for receiver, result in signal.send_robust(sender, instance_id=instance_id, program=program,
                                                    **kwargs):
             if isinstance(result, Exception):
                 log.error("durable signal receiver %r failed for %s %s", receiver, kind, instance_id,

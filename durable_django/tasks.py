@@ -1,4 +1,4 @@
-"""Celery tasks: thin wrappers around :mod:`durable_django.executor`.
+"""Celery tasks: thin wrappers around :mod:`durable_django.worker`.
 
 Only instance ids travel over the broker; the row is the truth and the task
 re-reads it. ``acks_late`` + ``reject_on_worker_lost`` re-queue a message whose
@@ -14,8 +14,8 @@ from celery import shared_task
 from celery.worker.request import Request
 from django.db import InterfaceError, OperationalError, connections
 
-from . import clock, executor
-from .api import DB_ETA_HEADER
+from . import clock, worker
+from .wakeups import DB_ETA_HEADER, RUN_INSTANCE, RUN_INSTANCES
 
 
 class ClockRequest(Request):
@@ -41,33 +41,33 @@ class ClockRequest(Request):
         return eta - timedelta(seconds=clock.offset())
 
 
-@shared_task(name="durable_django.run_instance", bind=True, Request=ClockRequest, acks_late=True,
+@shared_task(name=RUN_INSTANCE, bind=True, Request=ClockRequest, acks_late=True,
              reject_on_worker_lost=True, ignore_result=True, autoretry_for=(OperationalError, InterfaceError),
              retry_backoff=True, retry_backoff_max=60, max_retries=8)
 def run_instance(self, instance_id: str) -> str:
     """Run one instance until it pauses or finishes (a no-op when another worker holds it)."""
     _drop_broken_connections()
-    return executor.run_instance(instance_id, worker_id=f"{self.request.hostname}:{executor.new_worker_id()}")
+    return worker.run_instance(instance_id, worker_id=f"{self.request.hostname}:{worker.new_worker_id()}")
 
 
-@shared_task(name="durable_django.run_instances", bind=True, acks_late=True, reject_on_worker_lost=True,
+@shared_task(name=RUN_INSTANCES, bind=True, acks_late=True, reject_on_worker_lost=True,
              ignore_result=True, autoretry_for=(OperationalError, InterfaceError), retry_backoff=True,
              retry_backoff_max=60, max_retries=8)
 def run_instances(self, instance_ids: list[str]) -> dict[str, str]:
     """Run a batch of instances (a burst of starts or events in one transaction, or the sweep's wake-ups).
 
     Celery's per-message cost and the claim are paid once per batch; see
-    :func:`durable_django.executor.run_batch`.
+    :func:`durable_django.worker.run_batch`.
     """
     _drop_broken_connections()
-    return executor.run_batch(instance_ids, worker_id=f"{self.request.hostname}:{executor.new_worker_id()}")
+    return worker.run_batch(instance_ids, worker_id=f"{self.request.hostname}:{worker.new_worker_id()}")
 
 
 @shared_task(name="durable_django.sweep", ignore_result=True)
 def sweep() -> int:
     """Periodic: wake due timers, abandoned runs and instances with a pending event."""
     _drop_broken_connections()  # else, with CELERY_DB_REUSE_MAX, every sweep after a database restart fails
-    return len(executor.sweep())
+    return len(worker.sweep())
 
 
 def _drop_broken_connections() -> None:

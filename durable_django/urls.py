@@ -1,6 +1,8 @@
 """URLs of the human-task pages and the publish endpoint; include them under any prefix::
 
     path("durable/", include("durable_django.urls")),   # namespace "durable"
+
+The task pages are there only when ``durable_django.humantasks`` is installed.
 """
 
 from django.urls import path
@@ -10,7 +12,10 @@ from . import views
 app_name = "durable"
 
 urlpatterns = [
-    path("tasks/", views.task_list, name="tasks"),
-    path("tasks/answer/<path:instance_id>", views.task_answer, name="task-answer"),
     path("publish/<path:instance_id>", views.publish_event_view, name="publish"),
 ]
+if views.HUMAN_TASKS:
+    urlpatterns += [
+        path("tasks/", views.task_list, name="tasks"),
+        path("tasks/answer/<path:instance_id>", views.task_answer, name="task-answer"),
+    ]

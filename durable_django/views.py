@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.apps import apps
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import BadRequest, PermissionDenied, RequestDataTooBig, TooManyFieldsSent, ValidationError
@@ -40,15 +41,30 @@ from django.views import View
 from django.views.decorators.csrf import csrf_protect
 
 from . import limits
+from .answers import publish_answer
 from .exceptions import InstanceFinished, InvalidInput, InvalidPayload, StateUnreadable, UnknownInstance
 from .forms import PublishEventForm
-from .humantasks import assignment
-from .humantasks.models import HumanTask
-from .humantasks.sync import answer
+
+#: The task pages (and the assignment checks of the publish view) need the optional human-task app.
+HUMAN_TASKS = apps.is_installed("durable_django.humantasks")
+if HUMAN_TASKS:
+    from .humantasks import assignment
+    from .humantasks.models import HumanTask
+    from .humantasks.sync import answer
 
 
 def _error(status: int, message: Any) -> JsonResponse:
     return JsonResponse({"error": message}, status=status)
+
+
+def _publish(user, instance_id: str, event: str, payload: Any, idempotency_key: str | None):
+    """Publish as ``user``: with the human-task app, through its checks (:func:`answer`); without it no wait is
+    assigned to anyone, and publishing needs ``durable_django.publish_durableevent``."""
+    if HUMAN_TASKS:
+        return answer(user, instance_id, event, payload, idempotency_key=idempotency_key)
+    if not (user.is_active and user.has_perm("durable_django.publish_durableevent")):
+        raise PermissionDenied("you may not publish events to this instance")
+    return publish_answer(instance_id, event, payload, actor=user)
 
 
 def publish_for_user(user, instance_id: str, event: str, payload: Any = None,
@@ -67,7 +83,7 @@ def publish_for_user(user, instance_id: str, event: str, payload: Any = None,
     except (InvalidInput, InvalidPayload) as exc:
         return 400, {"error": str(exc)}
     try:
-        ev = answer(user, instance_id, event, payload, idempotency_key=idempotency_key)
+        ev = _publish(user, instance_id, event, payload, idempotency_key)
     except PermissionDenied as exc:
         return 403, {"error": str(exc) or "permission denied"}
     except ValidationError as exc:

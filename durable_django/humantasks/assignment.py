@@ -29,8 +29,8 @@ from django.utils.module_loading import import_string
 
 from durable import SavedState
 
-from ..backend import is_task_meta
 from ..exceptions import StateUnreadable, state_error
+from ..judges import is_task_meta
 from ..models import DurableInstance, Status
 from ..signing import STATE, blob_context, unsign
 

@@ -23,7 +23,10 @@ from django.utils import timezone
 
 from durable import StateTamperedError
 
+from ..answers import publish_answer
+from ..limits import check_event_name, check_idempotency_key, check_instance_id
 from ..models import DurableInstance, Status
+from ..signals import instance_transition, sweep_finished
 from .assignment import Wait, check_wait, current_wait
 from .models import HumanTask, RepairCursor
 
@@ -143,8 +146,6 @@ def on_transition(sender, instance_id: str, kind: str = "", status: str = "", **
 
 def connect() -> None:
     """Connect the receivers (idempotent): after every transition, and after every sweep."""
-    from ..signals import instance_transition, sweep_finished
-
     instance_transition.connect(on_transition, dispatch_uid="durable_django.humantasks.sync", weak=False)
     sweep_finished.connect(on_sweep_finished, dispatch_uid="durable_django.humantasks.repair", weak=False)
 
@@ -160,9 +161,6 @@ def answer(user, instance_id: str, event: str, payload: Any, *, idempotency_key:
     ``PermissionDenied``, ``ValidationError`` and the errors of
     :func:`durable_django.publish_event`.
     """
-    from ..answers import publish_answer
-    from ..limits import check_event_name, check_idempotency_key, check_instance_id
-
     check_instance_id(instance_id)
     check_event_name(event)
     check_idempotency_key(idempotency_key)

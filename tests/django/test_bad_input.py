@@ -117,7 +117,7 @@ def cmd(*args) -> str:
 def no_wake_ups(settings):
     """Instances run only when the test calls the executor (a wait stays current across several posts)."""
     settings.DURABLE = {**settings.DURABLE, "RUN_INLINE": False, "QUEUE": None}
-    return mock.patch("durable_django.api.send_task")
+    return mock.patch("durable_django.wakeups.send_task")
 
 
 # -- security 4: one answer per wait ------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 from django.db import connection, transaction
 
 import durable_django as dd
-from durable_django import executor
+from durable_django import leases, worker
 from durable_django.models import DurableHistory, DurableInstance, Status
 from durable_django.tasks import run_instance, run_instances
 from tests.django.conftest import wait_until
@@ -97,7 +97,7 @@ def test_run_batch_claims_the_batch_with_one_statement_and_runs_each(sent, uid):
     sent.clear()
     kinds: list[str] = []
     with _statements(kinds):
-        outcomes = executor.run_batch(ids, worker_id="batcher")
+        outcomes = worker.run_batch(ids, worker_id="batcher")
     assert outcomes == {iid: Status.COMPLETED for iid in ids}
     claims = [sql for sql in kinds if "UPDATE" in sql and '"attempts" = "attempts" + 1' in sql]
     assert len(claims) == 1 and all(f"'{iid}'" not in claims[0] for iid in ids)  # one parameterized claim
@@ -114,12 +114,12 @@ def test_two_workers_racing_for_one_batch_split_it(sent, uid):
     with transaction.atomic():
         for iid in ids:
             dd.start(progs.effect_then_finish, iid, instance_id=iid)
-    first = executor._claim_free(ids[:3], "worker-a")
+    first = leases._claim_free(ids[:3], "worker-a")
     assert sorted(r.instance_id for r in first) == ids[:3]
-    assert executor._claim_free(ids[:3], "worker-b") == []
+    assert leases._claim_free(ids[:3], "worker-b") == []
     # worker-b is handed the whole batch: the ones worker-a holds are skipped, not run twice.
-    out = executor.run_batch(ids, worker_id="worker-b")
-    assert out == {**{iid: executor.SKIPPED for iid in ids[:3]}, **{iid: Status.COMPLETED for iid in ids[3:]}}
+    out = worker.run_batch(ids, worker_id="worker-b")
+    assert out == {**{iid: worker.SKIPPED for iid in ids[:3]}, **{iid: Status.COMPLETED for iid in ids[3:]}}
     assert set(DurableInstance.objects.filter(pk__in=ids[:3]).values_list("lease_owner", flat=True)) == {"worker-a"}
 
 
@@ -138,7 +138,7 @@ def test_concurrent_claims_of_one_batch_never_overlap(uid):
     def claim(name: str) -> None:
         try:
             barrier.wait(timeout=10)
-            got[name] = [r.instance_id for r in executor._claim_free(ids, name)]
+            got[name] = [r.instance_id for r in leases._claim_free(ids, name)]
         finally:
             connections.close_all()
 
@@ -159,7 +159,7 @@ def test_batch_hands_back_what_it_did_not_start_in_time(sent, settings, uid):
         for iid in ids:
             dd.start(progs.effect_then_finish, iid, instance_id=iid)
     sent.clear()
-    out = executor.run_batch(ids, worker_id="slowpoke")
+    out = worker.run_batch(ids, worker_id="slowpoke")
     assert out == {ids[0]: Status.COMPLETED}
     assert sent == [("batch", ids[1:])]  # another worker may take them now
     rest = DurableInstance.objects.filter(pk__in=ids[1:])
@@ -173,7 +173,7 @@ def test_sweep_sends_its_wake_ups_in_batches(sent, settings, uid):
         for iid in ids:
             dd.start(progs.effect_then_finish, iid, instance_id=iid)
     sent.clear()  # as if these wake-ups were lost
-    assert sorted(executor.sweep()) == sorted(ids)
+    assert sorted(worker.sweep()) == sorted(ids)
     assert sorted(len(batch) for _, batch in sent) == [2, 3]
     assert sorted(iid for _, batch in sent for iid in batch) == sorted(ids)
 
@@ -210,7 +210,7 @@ def test_two_workers_handed_the_same_batch_run_each_step_once(worker_factory, ui
     with transaction.atomic():
         for iid in ids:
             dd.start(progs.slow_then_finish, iid, 0.3, str(tmp_path), instance_id=iid)
-    from durable_django.api import send_tasks
+    from durable_django.wakeups import send_tasks
 
     send_tasks(ids)  # the same batch handed out once more
     wait_until(lambda: DurableInstance.objects.filter(pk__in=ids, status=Status.COMPLETED).count() == 4,

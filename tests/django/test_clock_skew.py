@@ -22,8 +22,8 @@ from django.db import connection
 
 import durable_django as dd
 from durable_django import clock
-from durable_django.api import send_task
 from durable_django.models import DurableHistory, DurableInstance, Status
+from durable_django.wakeups import send_task
 from tests.django.conftest import wait_until
 from tests.django.testapp import durable_programs as progs
 from tests.django.testapp.models import SideEffect
@@ -184,7 +184,7 @@ def _request(eta: datetime, **headers):
 
 def test_only_timer_wake_ups_have_database_etas(monkeypatch):
     """A timer's wake-up (the header) is shifted into this worker's clock; other ETAs, retries included, are not."""
-    from durable_django.api import DB_ETA_HEADER, _options
+    from durable_django.wakeups import DB_ETA_HEADER, _options
 
     monkeypatch.setattr(clock, "sync", lambda *a, **k: None)
     monkeypatch.setattr(clock, "offset", lambda: -SKEW)  # this worker's clock is 2 minutes ahead of the database

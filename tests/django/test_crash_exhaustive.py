@@ -37,7 +37,7 @@ from django.db.models import Count
 from django.utils import timezone
 
 import durable_django as dd
-from durable_django import executor
+from durable_django import worker
 from durable_django.models import FINISHED, DurableEvent, DurableInstance, Status
 from tests.django.conftest import ROOT
 from tests.django.testapp import durable_programs as progs
@@ -142,7 +142,7 @@ def reference_run(uid: str) -> tuple[str, dict]:
 
     def run(todo: list[str]) -> int:
         for i in todo:
-            if executor.run_instance(i) == Status.PAUSED:
+            if worker.run_instance(i) == Status.PAUSED:
                 r = rows([i])[i]
                 pauses[r["steps"]] = r["wait_kind"] if r["wait_kind"] == "timer" else r["waiting_for"]
         return 0

@@ -243,26 +243,26 @@ def test_changed_code_suspends_then_a_registered_migration_resumes(inline, uid):
 
 
 def test_timer_and_sweep(inline, uid):
-    from durable_django import executor
+    from durable_django import worker
 
     dd.start(progs.sleeper, 0.3, instance_id=uid)
     row = reload(uid)
     assert row.status == Status.PAUSED and row.wait_kind == "timer" and row.wake_at > timezone.now()
-    assert uid not in executor.sweep(dry_run=True)
+    assert uid not in worker.sweep(dry_run=True)
     from tests.django.conftest import wait_until
 
-    wait_until(lambda: uid in executor.sweep(dry_run=True), timeout=10, message="timer due")
-    executor.sweep(inline=True)
+    wait_until(lambda: uid in worker.sweep(dry_run=True), timeout=10, message="timer due")
+    worker.sweep(inline=True)
     assert reload(uid).status == Status.COMPLETED and dd.result(uid) >= 0.3
 
 
 def test_wait_with_timeout(inline, uid):
-    from durable_django import executor
+    from durable_django import worker
     from tests.django.conftest import wait_until
 
     dd.start(progs.wait_with_timeout, 0.2, instance_id=uid)
     assert reload(uid).wake_at is not None
-    wait_until(lambda: uid in executor.sweep(inline=True), timeout=10, message="timeout sweep")
+    wait_until(lambda: uid in worker.sweep(inline=True), timeout=10, message="timeout sweep")
     assert dd.result(uid) == "timed out"
 
 
@@ -282,21 +282,21 @@ def test_binding_publishes_on_model_save(inline, uid):
 
 
 def test_lease_held_by_another_worker_skips(inline, uid, settings):
-    from durable_django import executor
+    from durable_django import worker
 
     settings.DURABLE = {**settings.DURABLE, "RUN_INLINE": False}
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("durable_django.api.send_task", lambda *a, **k: None)
+        mp.setattr("durable_django.wakeups.send_task", lambda *a, **k: None)
         dd.start(progs.effect_then_finish, uid, instance_id=uid)
     later = timezone.now() + timezone.timedelta(seconds=60)
     DurableInstance.objects.filter(pk=uid).update(lease_owner="other", lease_expires_at=later, status=Status.RUNNING)
-    assert executor.run_instance(uid) == executor.SKIPPED
-    assert uid not in executor.sweep(dry_run=True)
+    assert worker.run_instance(uid) == worker.SKIPPED
+    assert uid not in worker.sweep(dry_run=True)
     # Expired a second ago: SQLite's clock (what the sweep compares with) has only millisecond resolution.
     expired = timezone.now() - timezone.timedelta(seconds=1)
     DurableInstance.objects.filter(pk=uid).update(lease_expires_at=expired)
-    assert uid in executor.sweep(dry_run=True)
-    assert executor.run_instance(uid) == Status.COMPLETED
+    assert uid in worker.sweep(dry_run=True)
+    assert worker.run_instance(uid) == Status.COMPLETED
     assert "recovered" in kinds(uid) and SideEffect.objects.filter(key=uid).count() == 1
 
 
@@ -304,13 +304,13 @@ def test_lease_held_by_another_worker_skips(inline, uid, settings):
 def test_lease_taken_over_during_a_step_keeps_nothing_of_the_step(inline, uid, settings, write):
     from django.db import connection
 
-    from durable_django import executor
+    from durable_django import worker
 
     if write and connection.vendor == "sqlite":
         pytest.skip("SQLite: the other worker would wait for the step's write lock (one writer at a time)")
     settings.DURABLE = {**settings.DURABLE, "RUN_INLINE": False}
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("durable_django.api.send_task", lambda *a, **k: None)
+        mp.setattr("durable_django.wakeups.send_task", lambda *a, **k: None)
         dd.start(progs.lease_lost_mid_step, uid, write, instance_id=uid)
     before = reload(uid)
     from durable_django import backend
@@ -318,7 +318,7 @@ def test_lease_taken_over_during_a_step_keeps_nothing_of_the_step(inline, uid, s
     idle, paths = backend._idle_raw_connection, []
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(backend, "_idle_raw_connection", lambda using: paths.append(idle(using)) or paths[-1])
-        assert executor.run_instance(uid) == executor.LOST
+        assert worker.run_instance(uid) == worker.LOST
     # on PostgreSQL the checkpoint after a step without database work is one autocommit statement
     assert [p is not None for p in paths] == ([not write] if connection.vendor == "postgresql" else [])
     row = reload(uid)
@@ -329,17 +329,17 @@ def test_lease_taken_over_during_a_step_keeps_nothing_of_the_step(inline, uid, s
 
 
 def test_lease_lost_at_a_completion_writes_no_history_and_consumes_no_event(inline, uid, settings):
-    from durable_django import executor
+    from durable_django import worker
 
     settings.DURABLE = {**settings.DURABLE, "RUN_INLINE": False}
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("durable_django.api.send_task", lambda *a, **k: None)
+        mp.setattr("durable_django.wakeups.send_task", lambda *a, **k: None)
         dd.start(progs.lease_lost_at_completion, uid, instance_id=uid)
-        assert executor.run_instance(uid) == Status.PAUSED
+        assert worker.run_instance(uid) == Status.PAUSED
         dd.publish_event(uid, "go", 1)
     before, history = reload(uid), kinds(uid)
     assert history == ["started", "paused", "event_published"]
-    assert executor.run_instance(uid) == executor.LOST
+    assert worker.run_instance(uid) == worker.LOST
     row = reload(uid)
     assert row.lease_owner == "thief" and (row.status, row.steps, row.state) == (Status.PAUSED, before.steps,
                                                                                  before.state)
@@ -348,14 +348,14 @@ def test_lease_lost_at_a_completion_writes_no_history_and_consumes_no_event(inli
 
 
 def test_poison_instance_is_suspended_after_max_attempts(inline, uid, settings):
-    from durable_django import executor
+    from durable_django import worker
 
     settings.DURABLE = {**settings.DURABLE, "RUN_INLINE": False, "MAX_ATTEMPTS": 2}
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("durable_django.api.send_task", lambda *a, **k: None)
+        mp.setattr("durable_django.wakeups.send_task", lambda *a, **k: None)
         dd.start(progs.effect_then_finish, uid, instance_id=uid)
     DurableInstance.objects.filter(pk=uid).update(attempts=2)
-    assert executor.run_instance(uid) == executor.SKIPPED
+    assert worker.run_instance(uid) == worker.SKIPPED
     row = reload(uid)
     assert row.status == Status.SUSPENDED and "MAX_ATTEMPTS" in row.error
     dd.resume(uid, inline=True)
@@ -422,30 +422,30 @@ def test_autocommit_steps_mode(inline, uid, settings):
 
 def test_sweep_recovers_lost_wake_ups(uid):
     """A wake-up message that never arrived (broker down, worker died holding it) is re-sent by the sweep."""
-    from durable_django import executor
+    from durable_django import worker
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("durable_django.api.send_task", lambda *a, **k: None)  # every message is lost
+        mp.setattr("durable_django.wakeups.send_task", lambda *a, **k: None)  # every message is lost
         dd.start(progs.approval, 14, instance_id=uid)
-        assert executor.due_instances() == [uid]  # pending, nobody took it
-        assert executor.sweep(inline=True) == [uid]
-        assert reload(uid).status == Status.PAUSED and executor.due_instances() == []
+        assert worker.due_instances() == [uid]  # pending, nobody took it
+        assert worker.sweep(inline=True) == [uid]
+        assert reload(uid).status == Status.PAUSED and worker.due_instances() == []
         dd.publish_event(uid, "approved", "late")
         dd.publish_event(uid, "unrelated", 1)
-        assert executor.due_instances() == [uid]  # the pending event is found, once
-    executor.sweep(inline=True)
-    assert dd.result(uid)["decision"] == "late" and executor.due_instances() == []
+        assert worker.due_instances() == [uid]  # the pending event is found, once
+    worker.sweep(inline=True)
+    assert dd.result(uid)["decision"] == "late" and worker.due_instances() == []
 
 
 def test_heartbeat_keeps_the_lease_of_a_step_longer_than_the_lease(uid, settings):
     import threading
     import time
 
-    from durable_django import executor
+    from durable_django import worker
 
     lease = settings.DURABLE["LEASE_SECONDS"]
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("durable_django.api.send_task", lambda *a, **k: None)
+        mp.setattr("durable_django.wakeups.send_task", lambda *a, **k: None)
         dd.start(progs.long_step, uid, lease * 1.7, instance_id=uid)
     outcome = []
 
@@ -453,7 +453,7 @@ def test_heartbeat_keeps_the_lease_of_a_step_longer_than_the_lease(uid, settings
         from django.db import connection
 
         try:
-            outcome.append(executor.run_instance(uid))
+            outcome.append(worker.run_instance(uid))
         finally:
             connection.close()
 
@@ -465,7 +465,7 @@ def test_heartbeat_keeps_the_lease_of_a_step_longer_than_the_lease(uid, settings
         wait_until(lambda: reload(uid).lease_owner, timeout=10, message="the claim")
         deadline = time.monotonic() + lease * 1.3
         while time.monotonic() < deadline:  # past the original lease: still owned, never handed out
-            assert uid not in executor.due_instances()
+            assert uid not in worker.due_instances()
             time.sleep(0.1)
         assert reload(uid).lease_expires_at > timezone.now()
     finally:

@@ -66,7 +66,7 @@ def test_publish_and_cancel_commands(inline, uid):
 def test_resume_command_modes(uid, settings):
     sent = []
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("durable_django.api.send_task", lambda iid, **kw: sent.append(iid))
+        mp.setattr("durable_django.wakeups.send_task", lambda iid, **kw: sent.append(iid))
         dd.start(progs.sleeper, 0.0, instance_id=uid)  # scheduled through Celery (captured)
         assert sent == [uid]
         # Nobody ran it; once its wake-up is overdue the sweep finds it.
@@ -86,7 +86,7 @@ def test_resume_command_modes(uid, settings):
 
 def test_resume_one_instance_synchronously(uid):
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("durable_django.api.send_task", lambda iid, **kw: None)
+        mp.setattr("durable_django.wakeups.send_task", lambda iid, **kw: None)
         dd.start(progs.approval, 12, instance_id=uid)
         assert "dry" not in cmd("durable_resume", uid, "--dry-run")
         assert cmd("durable_resume", uid, "--sync").strip() == f"{uid}: paused"

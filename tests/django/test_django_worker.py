@@ -114,7 +114,7 @@ def test_two_workers_handed_the_same_instance(worker_factory, uid, tmp_path):
     worker_factory("a")
     worker_factory("b")
     dd.start(progs.slow_then_finish, uid, 1.5, str(tmp_path), instance_id=uid)
-    from durable_django.api import send_task
+    from durable_django.wakeups import send_task
 
     send_task(uid)  # the same instance handed out twice more
     send_task(uid)

@@ -139,21 +139,21 @@ def test_a_run_whose_connection_dies_gives_back_its_lease_and_connection(uid):
     Now the dead connection is dropped, the lease released, and the next run completes the instance."""
     from django.db import OperationalError
 
-    from durable_django import executor
+    from durable_django import leases, worker
     from tests.django.testapp.models import SideEffect
 
     if connection.vendor != "postgresql":
         pytest.skip("PostgreSQL only: the step has the server terminate its own session")
     dd.start(progs.connection_lost_mid_step, uid, instance_id=uid)
     with pytest.raises(OperationalError):
-        executor.run_instance(uid)
-    hb = executor._Heartbeat._instance
+        worker.run_instance(uid)
+    hb = leases._Heartbeat._instance
     assert hb is None or not [key for key in hb.leases if key[0] == uid]
     row = DurableInstance.objects.get(pk=uid)  # a new connection, in autocommit
     assert connection.get_autocommit()
     assert row.lease_owner == "" and row.lease_expires_at is None and row.status == Status.RUNNING
     assert SideEffect.objects.filter(key=uid, note="connection").count() == 0  # rolled back with the session
-    assert executor.run_instance(uid) == Status.COMPLETED
+    assert worker.run_instance(uid) == Status.COMPLETED
     assert DurableInstance.objects.get(pk=uid).result == [1, 2]
     assert SideEffect.objects.filter(key=uid).count() == 2
 

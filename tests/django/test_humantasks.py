@@ -123,7 +123,7 @@ def test_double_answer_publishes_one_event(inline, uid, people, settings):
     settings.DURABLE = {**settings.DURABLE, "RUN_INLINE": False, "QUEUE": None}
     from unittest import mock
 
-    with mock.patch("durable_django.api.send_task"):
+    with mock.patch("durable_django.wakeups.send_task"):
         dd.start(by_group, instance_id=uid)
         dd.run_instance(uid)
         sync_all()

@@ -25,9 +25,9 @@ from durable import signing as ser
 from durable_django import checks
 from durable_django.conf import durable_settings
 from durable_django.exceptions import UnknownProgram
-from durable_django.executor import run_instance
 from durable_django.models import DurableEvent, DurableInstance, Status
 from durable_django.signing import ARGUMENTS, STATE, blob_context, sign, unsign
+from durable_django.worker import run_instance
 from tests.django.conftest import wait_until
 from tests.django.testapp import durable_programs as progs
 

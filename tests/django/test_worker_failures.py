@@ -21,7 +21,8 @@ from django.test import Client
 from django.urls import reverse
 
 import durable_django as dd
-from durable_django import executor, programs
+from durable_django import programs
+from durable_django import worker as durable_worker
 from durable_django.models import DurableEvent, DurableHistory, DurableInstance, Status
 from tests.django.conftest import wait_until
 from tests.django.testapp import durable_programs as progs
@@ -68,8 +69,8 @@ def test_bad_sleeps_and_timeouts_end_failed_on_a_worker_and_the_sweep_leaves_the
         assert [k for k, _ in history(iid)][-1] == "failed"
         with pytest.raises(ValueError, match=why):  # the program's own error, raised again
             dd.result(iid)
-    assert not set(cases) & set(executor.due_instances())
-    assert not set(cases) & set(executor.sweep(dry_run=True))
+    assert not set(cases) & set(durable_worker.due_instances())
+    assert not set(cases) & set(durable_worker.sweep(dry_run=True))
     assert "raised unexpected" not in worker.output()
 
 
@@ -88,13 +89,13 @@ def test_arguments_the_worker_cannot_load_or_bind_suspend_the_instance(worker_fa
     sig = wait_final(f"{uid}-sig")
     assert sig.status == Status.SUSPENDED and "outside the program's code" in sig.error
     assert "TypeError" in sig.error and "required" in sig.error
-    assert f"{uid}-sig" not in executor.due_instances()
+    assert f"{uid}-sig" not in durable_worker.due_instances()
     row = wait_final(uid)
     assert row.status == Status.SUSPENDED
     assert "outside the program's code" in row.error and "ModuleNotFoundError" in row.error and name in row.error
     kind, detail = history(uid)[-1]
     assert kind == "suspended" and "ModuleNotFoundError" in detail
-    assert uid not in executor.due_instances() and uid not in executor.sweep(dry_run=True)
+    assert uid not in durable_worker.due_instances() and uid not in durable_worker.sweep(dry_run=True)
     wait_until(lambda: worker.output().count("succeeded") >= 2, message="both tasks to end normally")
     assert "raised unexpected" not in worker.output()
     assert row.attempts == 1 and not row.lease_owner
@@ -131,20 +132,20 @@ def _heal() -> None:
 
 def test_database_errors_propagate_for_retries_and_count_to_max_attempts(uid, settings, monkeypatch):
     settings.DURABLE = {**settings.DURABLE, "RUN_INLINE": False, "MAX_ATTEMPTS": 3, "HEARTBEAT": False}
-    monkeypatch.setattr("durable_django.api.send_task", lambda *a, **k: None)
+    monkeypatch.setattr("durable_django.wakeups.send_task", lambda *a, **k: None)
     dd.start(progs.steps_then_wait, uid, instance_id=uid)
     _fail_checkpoints(uid)
     try:
         for attempt in range(1, 4):
             with pytest.raises(OperationalError, match="simulated|user-defined function"):  # Celery retries it
-                executor.run_instance(uid)
+                durable_worker.run_instance(uid)
             row = reload(uid)
             assert (row.status, row.attempts, row.lease_owner, row.steps) == (Status.RUNNING, attempt, "", 0)
-            assert uid in executor.due_instances()  # still to be retried
-        assert executor.run_instance(uid) == executor.SKIPPED  # the claim after MAX_ATTEMPTS suspends it
+            assert uid in durable_worker.due_instances()  # still to be retried
+        assert durable_worker.run_instance(uid) == durable_worker.SKIPPED  # the claim after MAX_ATTEMPTS suspends it
         row = reload(uid)
         assert row.status == Status.SUSPENDED and "MAX_ATTEMPTS" in row.error and "database error" in row.error
-        assert uid not in executor.due_instances()
+        assert uid not in durable_worker.due_instances()
     finally:
         _heal()
     assert not progs.SideEffect.objects.filter(key=uid).exists()  # each try's write was rolled back
@@ -234,7 +235,7 @@ def test_an_instance_reads_running_while_its_first_step_runs(worker_factory, uid
     page = admin.get(reverse("admin:durable_django_durableinstance_changelist")).content.decode()
     assert uid in page and ">running<" in page.replace("Running", "running")
     assert json.loads(cmd("durable_status", "--json", "--status", "running"))[0]["instance_id"] == uid
-    assert uid not in executor.due_instances()  # a live lease: the sweep leaves it alone
+    assert uid not in durable_worker.due_instances()  # a live lease: the sweep leaves it alone
     first = async_to_sync(_first_messages)(f"/ws/durable/instances/{uid}/", User.objects.get(username="root"), 1)
     assert first[0]["type"] == "status" and first[0]["instance"]["status"] == Status.RUNNING
     worker.kill()

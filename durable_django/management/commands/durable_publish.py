@@ -7,6 +7,7 @@ task's checks (an event published without a user is rejected by such a wait).
 
 from __future__ import annotations
 
+from django.apps import apps
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.management.base import BaseCommand, CommandError
@@ -14,6 +15,11 @@ from django.core.management.base import BaseCommand, CommandError
 from durable_django.api import publish_event
 from durable_django.exceptions import DurableDjangoError
 from durable_django.limits import parse_json
+
+HUMAN_TASKS = apps.is_installed("durable_django.humantasks")
+if HUMAN_TASKS:  # --as answers with the task's checks: the optional human-task app
+    from durable_django.humantasks.assignment import error_text
+    from durable_django.humantasks.sync import answer
 
 
 class Command(BaseCommand):
@@ -38,9 +44,9 @@ class Command(BaseCommand):
             if opts["username"] is None:
                 ev = publish_event(opts["instance_id"], opts["event"], payload,
                                    idempotency_key=opts["idempotency_key"])
+            elif not HUMAN_TASKS:
+                raise CommandError("--as needs 'durable_django.humantasks' in INSTALLED_APPS")
             else:
-                from durable_django.humantasks.sync import answer
-
                 User = get_user_model()
                 user = User._default_manager.filter(**{User.USERNAME_FIELD: opts["username"]}).first()
                 if user is None:
@@ -50,8 +56,6 @@ class Command(BaseCommand):
         except PermissionDenied as exc:
             raise CommandError(f"{opts['username']!r} may not publish this: {exc}")
         except ValidationError as exc:
-            from durable_django.humantasks.assignment import error_text
-
             raise CommandError(f"invalid payload: {error_text(exc)}")
         except (DurableDjangoError, ValueError) as exc:
             raise CommandError(str(exc))

@@ -9,11 +9,12 @@ import time
 from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError, InterfaceError, OperationalError, connections
 
-from durable_django import executor
-from durable_django.api import resume, send_task
+from durable_django import worker
+from durable_django.api import get_instance, resume
 from durable_django.conf import durable_settings
 from durable_django.exceptions import DurableDjangoError
 from durable_django.models import DurableInstance, Status
+from durable_django.wakeups import send_task
 
 
 class Command(BaseCommand):
@@ -40,7 +41,7 @@ class Command(BaseCommand):
         done = 0
         while True:
             try:
-                ids = executor.sweep(dry_run=opts["dry_run"], inline=opts["sync"], limit=opts["limit"])
+                ids = worker.sweep(dry_run=opts["dry_run"], inline=opts["sync"], limit=opts["limit"])
             except (OperationalError, InterfaceError) as exc:
                 if not opts["loop"]:
                     raise
@@ -71,8 +72,6 @@ class Command(BaseCommand):
         for iid in opts["instance_ids"]:
             try:
                 if opts["dry_run"]:
-                    from durable_django.api import get_instance
-
                     inst = get_instance(iid)
                     self.stdout.write(f"{iid}: {inst.status} (would resume)")
                     continue
