@@ -4,7 +4,7 @@
 (started by :mod:`bench.peers`). ``memory`` and ``disk`` run the core with
 ``InMemoryStateStore`` / ``DiskStateStore``; ``sqlite`` and ``pg`` run
 durable_django in this process (``DURABLE["RUN_INLINE"]``: ``start()`` and
-``publish_event()`` run the instance through ``executor.run_instance``, the
+``publish_event()`` run the instance through ``worker.run_instance``, the
 code a Celery worker's task runs, without Celery).
 
 Resume after K steps: the instance has done K steps and is paused on
@@ -254,7 +254,7 @@ def run_django(db: str, sz: pc.Sizes, workdir: str) -> dict[str, Any]:
         "n": n, "us": pc.median(per), "plain_us": pc.median(s["plain"]) * 1e6, "floor_us": pc.median(s["floor"]) * 1e6,
         "floor_kind": "UPDATE 2 KB + COMMIT, bare driver", "run1_ms": pc.median(s["short"]) * 1e3,
         "samples_us": per}}
-    res["settings"] = {"floor": floor.settings, "durable": "RUN_INLINE (executor.run_instance in this process)"}
+    res["settings"] = {"floor": floor.settings, "durable": "RUN_INLINE (worker.run_instance in this process)"}
     floor.close()
 
     def start_batch() -> float:

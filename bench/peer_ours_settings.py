@@ -3,7 +3,7 @@
 The Django benchmark's settings (``bench/django_settings.py``: database by
 ``DURABLE_BENCH_DB``, ``DURABLE_BENCH_PG_NAME``, ``DURABLE_BENCH_SQLITE``) with
 ``RUN_INLINE``: ``start()`` and ``publish_event()`` run the instance in this
-process through ``executor.run_instance``, so no broker or worker is involved.
+process through ``worker.run_instance``, so no broker or worker is involved.
 """
 
 from __future__ import annotations

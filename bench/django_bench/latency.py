@@ -56,22 +56,22 @@ def _ping_sample(ping_key: str, queue: str) -> float:
 
 
 def _inprocess_rounds(k: int) -> dict[str, Any]:
-    """publish_event + ``executor.run_instance`` of the latency program in this process, no Celery.
+    """publish_event + ``worker.run_instance`` of the latency program in this process, no Celery.
 
     The app's own share of the latency: ms per publish_event call and per wake-up run (claim, load, the
     checkpoint that consumes the event, the step, the pause), and the SQL statements of one round.
     """
 
     import durable_django as dd
-    from durable_django import api, executor
+    from durable_django import wakeups, worker
 
     from .. import django_programs as progs
 
-    orig, api.send_task = api.send_task, lambda *a, **kw: None  # rows only: nothing goes to the broker
+    orig, wakeups.send_task = wakeups.send_task, lambda *a, **kw: None  # rows only: nothing goes to the broker
     try:
         iid, key = f"ipl-{uuid.uuid4().hex[:8]}", note_key("mark", uuid.uuid4().hex[:8])
         dd.start(progs.event_loop, key, k + 10, instance_id=iid)
-        executor.run_instance(iid)
+        worker.run_instance(iid)
         pub, run = [], []
         kinds: dict[str, int] = {}
 
@@ -81,9 +81,9 @@ def _inprocess_rounds(k: int) -> dict[str, Any]:
             t1 = time.perf_counter()
             if i == k + 2:
                 with counting_sql(kinds):
-                    status = executor.run_instance(iid)
+                    status = worker.run_instance(iid)
             else:
-                status = executor.run_instance(iid)
+                status = worker.run_instance(iid)
             t2 = time.perf_counter()
             if status != "paused":
                 raise AssertionError(f"round ended {status}")
@@ -92,7 +92,7 @@ def _inprocess_rounds(k: int) -> dict[str, Any]:
                 run.append(t2 - t1)
         notes_redis().delete(key)
     finally:
-        api.send_task = orig
+        wakeups.send_task = orig
     return {"rounds": k, "publish_call_ms": median(pub) * 1e3, "run_instance_ms": median(run) * 1e3,
             "statements_per_wakeup": kinds}
 

@@ -62,7 +62,7 @@ def _burst_durable(n: int, tag: str, variant: str) -> dict[str, float]:
 
 
 def _inprocess(n: int) -> dict[str, Any]:
-    """One-step instances run by ``executor.run_instance`` in this process, no Celery: the app's own share.
+    """One-step instances run by ``worker.run_instance`` in this process, no Celery: the app's own share.
 
     CPU and wall ms per instance, SQL statements per instance, and a CPU-time cProfile grouped by package.
     """
@@ -70,34 +70,34 @@ def _inprocess(n: int) -> dict[str, Any]:
     import pstats
 
     import durable_django as dd
-    from durable_django import api, executor
+    from durable_django import wakeups, worker
 
     from .. import django_programs as progs
 
     def make(k: int) -> list[str]:
-        orig, api.send_task = api.send_task, lambda *a, **kw: None  # rows only: nothing goes to the broker
+        orig, wakeups.send_task = wakeups.send_task, lambda *a, **kw: None  # rows only: nothing goes to the broker
         try:
             tag = uuid.uuid4().hex[:8]
             return [dd.start(progs.one_step, i, instance_id=f"ip-{tag}-{i}").instance_id for i in range(k)]
         finally:
-            api.send_task = orig
+            wakeups.send_task = orig
 
     for iid in make(10):
-        executor.run_instance(iid)
+        worker.run_instance(iid)
     ids = make(n)
     c0, w0 = time.process_time(), time.perf_counter()
     for iid in ids:
-        if executor.run_instance(iid) != "completed":
+        if worker.run_instance(iid) != "completed":
             raise AssertionError(f"{iid} did not complete")
     cpu, wall = (time.process_time() - c0) / n * 1e3, (time.perf_counter() - w0) / n * 1e3
     kinds: dict[str, int] = {}
     ids = make(n + 1)
     with counting_sql(kinds):
-        executor.run_instance(ids[0])
+        worker.run_instance(ids[0])
     prof = cProfile.Profile(time.process_time)
     prof.enable()
     for iid in ids[1:]:
-        executor.run_instance(iid)
+        worker.run_instance(iid)
     prof.disable()
     st = pstats.Stats(prof)
     groups: dict[str, float] = {}

@@ -190,7 +190,7 @@ def measure_sweep(cfg: LoadConfig, roles: Roles, env: dict[str, str], workers: C
     from celery.signals import after_task_publish
     from django.core.management import call_command
 
-    from durable_django import executor
+    from durable_django import worker
     from durable_django.models import DurableInstance, Status
     from durable_django.signals import sweep_finished
 
@@ -198,7 +198,7 @@ def measure_sweep(cfg: LoadConfig, roles: Roles, env: dict[str, str], workers: C
     res: dict[str, Any] = {"due_planted": {"due timers": len(roles.due_timers),
                                            "expired leases": len(roles.expired_leases),
                                            "events without wake-up": len(roles.lost_wakeups)}}
-    ids, queries = _capture(executor.due_instances)
+    ids, queries = _capture(worker.due_instances)
     found = set(ids)
     res["dry_run_found"] = len(found)
     res["dry_run_exact"] = found == expected
@@ -212,7 +212,7 @@ def measure_sweep(cfg: LoadConfig, roles: Roles, env: dict[str, str], workers: C
     direct, command = [], []
     for _ in range(cfg.sweep_repeats):
         t0 = time.perf_counter()
-        executor.sweep(dry_run=True)
+        worker.sweep(dry_run=True)
         direct.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         call_command("durable_resume", "--dry-run", stdout=io.StringIO())
@@ -266,18 +266,18 @@ def measure_sweep(cfg: LoadConfig, roles: Roles, env: dict[str, str], workers: C
     finally:
         after_task_publish.disconnect(published)
         sweep_finished.disconnect(dispatch_uid="bench.load.sweep_finished")
-    res["after_sweep_due"] = len(executor.due_instances())
+    res["after_sweep_due"] = len(worker.due_instances())
     return res
 
 
 def measure_wakeup(cfg: LoadConfig, ids: list[str]) -> dict[str, Any]:
-    """One wake-up run in this process (``executor.run_instance``) with and without the human-task receivers.
+    """One wake-up run in this process (``worker.run_instance``) with and without the human-task receivers.
 
     Interleaved: the instances alternate between the two variants. Their
     events are rows inserted beforehand (no Celery). CPU is this process's
     (the ORM, durable, signals); the database's is not in it.
     """
-    from durable_django import executor
+    from durable_django import worker
     from durable_django.humantasks import sync
     from durable_django.models import DurableEvent
     from durable_django.signals import instance_transition
@@ -291,7 +291,7 @@ def measure_wakeup(cfg: LoadConfig, ids: list[str]) -> dict[str, Any]:
             instance_transition.disconnect(dispatch_uid="durable_django.humantasks.sync")
         try:
             c0, t0 = time.process_time(), time.perf_counter()
-            outcome = executor.run_instance(iid)
+            outcome = worker.run_instance(iid)
             c1, t1 = time.process_time(), time.perf_counter()
         finally:
             sync.connect()

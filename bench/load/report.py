@@ -74,7 +74,7 @@ def format_table(res: dict[str, Any]) -> str:
     fs, ns = s["first_sweep"], s["next_sweep"]
     rows += [
         ("dry run finds exactly the due rows", f"{'yes' if s['dry_run_exact'] else 'NO'} ({s['dry_run_found']})"),
-        ("executor.sweep(dry_run=True)", f"{s['executor_sweep_dry_run_ms']['median']:.1f} ms "
+        ("worker.sweep(dry_run=True)", f"{s['executor_sweep_dry_run_ms']['median']:.1f} ms "
                                           f"({s['queries']} queries)"),
         ("call_command durable_resume --dry-run", f"{s['command_dry_run_ms']['median']:.1f} ms"),
         ("manage.py durable_resume --dry-run", f"{s['command_process_dry_run_s']:.2f} s (new process)"),
@@ -95,7 +95,7 @@ def format_table(res: dict[str, Any]) -> str:
         how = f["node"] + (f" ({f['index']})" if f["index"] else "")
         rows.append((f"  {f['where']}", f"{how}, {f['rows_read']:,} rows, {f['ms']:.1f} ms: {f['sql'][:110]}"))
     w = res["wakeup_in_process"]
-    section("one wake-up run in process (executor.run_instance, median)")
+    section("one wake-up run in process (worker.run_instance, median)")
     rows += [("with the human-task receivers", f"{w['with']['wall_ms']:.2f} ms wall, {w['with']['cpu_ms']:.2f} ms CPU"),
              ("without them", f"{w['without']['wall_ms']:.2f} ms wall, {w['without']['cpu_ms']:.2f} ms CPU")]
     c = res["check_after_sweep"]
