@@ -27,6 +27,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from durable import OrchestrationBackend, PauseForEventException
+from durable.state import CANCELLED
 
 from . import clock
 from .eventloop import hidden_loop_call
@@ -192,10 +193,10 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
         state = unsign(blob, context)
         stack = state.get("stack")
         frames = list(stack) if stack is not None else []
-        self._loaded_layout = frames[0].fingerprint[1] if frames and frames[0].fingerprint else None
+        self._loaded_layout = frames[0].layout_hash if frames else None
         self._loaded_frame = frames[0] if self._loaded_layout else None  # a migration updates its fingerprint
         if status == Status.CANCELLED:
-            state["status"] = "cancelled"
+            state["status"] = CANCELLED
         return state
 
     async def save_state(self, instance_id: str, state: dict) -> None:
@@ -234,10 +235,11 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
             "wake_at": to_datetime(wait.get("due")), "attempts": 0, "updated_at": now,
             "position": frames[-1].position()[:500] if frames else "",
         }
-        if frames and frames[0].fingerprint:
-            columns["layout_hash"] = frames[0].fingerprint[1]
+        layout = frames[0].layout_hash if frames else None
+        if layout:
+            columns["layout_hash"] = layout
         elif self._loaded_layout and self._loaded_frame is not None:  # finished in the run that migrated it
-            columns["layout_hash"] = self._loaded_frame.fingerprint[1]
+            columns["layout_hash"] = self._loaded_frame.layout_hash
         if status == Status.RUNNING:
             if self.worker_id and self._lease_due(now):
                 columns["lease_expires_at"] = lease_expiry(now)
