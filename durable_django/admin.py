@@ -25,7 +25,6 @@ from django.contrib import admin, messages
 from django.contrib.admin.utils import quote, unquote
 from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import BadRequest, PermissionDenied, ValidationError
-from django.db import connection
 from django.db.models import Q
 from django.http import (
     HttpRequest,
@@ -43,6 +42,7 @@ from durable import StateTamperedError
 
 from . import api, clock, operations
 from .answers import publish_answer
+from .db import ops
 from .exceptions import DurableDjangoError, InstanceFinished, InvalidInput, UnknownInstance
 from .forms import EditLocalForm, PublishEventForm
 from .limits import bad_character, check_instance_id
@@ -76,17 +76,8 @@ class ProgramFilter(admin.SimpleListFilter):
 
 
 def _distinct_programs(limit: int) -> list[str]:
-    """The distinct program paths in one query. On PostgreSQL a loose index scan (a recursive query that
-    jumps from one program to the next in the index), since ``SELECT DISTINCT`` reads every row there."""
-    if connection.vendor != "postgresql":
-        return list(DurableInstance.objects.order_by("program").values_list("program", flat=True).distinct()[:limit])
-    table = connection.ops.quote_name(DurableInstance._meta.db_table)
-    sql = (f"WITH RECURSIVE p(program) AS ((SELECT program FROM {table} ORDER BY program LIMIT 1) UNION ALL "
-           f"SELECT (SELECT t.program FROM {table} t WHERE t.program > p.program ORDER BY t.program LIMIT 1) "
-           f"FROM p WHERE p.program IS NOT NULL) SELECT program FROM p WHERE program IS NOT NULL LIMIT %s")
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [limit])
-        return [row[0] for row in cursor.fetchall()]
+    """The distinct program paths in one query (on PostgreSQL a loose index scan, see the db package)."""
+    return ops().distinct_programs(limit)
 
 
 class LinkedTypeFilter(admin.SimpleListFilter):

@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from django.conf import settings
 
 from .conf import durable_settings
+from .db import connection, ops
 
 log = logging.getLogger("durable_django")
 
@@ -41,19 +42,8 @@ _sample: tuple[float, float, int] | None = None
 
 
 def _query(conn) -> float:
-    """The database's current time in POSIX seconds (one SELECT)."""
-    vendor = conn.vendor
-    if vendor == "postgresql":
-        sql = "SELECT extract(epoch from clock_timestamp())"
-    elif vendor == "sqlite":
-        sql = "SELECT (julianday('now') - 2440587.5) * 86400.0"
-    elif vendor == "mysql":
-        sql = "SELECT UNIX_TIMESTAMP(NOW(6))"
-    else:
-        return _time.time()
-    with conn.cursor() as cur:
-        cur.execute(sql)
-        return float(cur.fetchone()[0])
+    """The database's current time in POSIX seconds (one SELECT; see ``Operations.database_time``)."""
+    return ops(conn.alias).database_time()
 
 
 def sync(conn=None, force: bool = False) -> None:
@@ -72,9 +62,7 @@ def sync(conn=None, force: bool = False) -> None:
     if not force and s is not None and s[2] == pid and _time.monotonic() - s[1] < interval:
         return
     if conn is None:
-        from django.db import DEFAULT_DB_ALIAS, connections
-
-        conn = connections[DEFAULT_DB_ALIAS]
+        conn = connection()
     t0 = _time.monotonic()
     try:
         db = _query(conn)

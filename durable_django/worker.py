@@ -26,10 +26,10 @@ from django.db.models import F, Q
 from . import clock, leases, signals
 from .backend import to_datetime
 from .conf import durable_settings
+from .db import ops
 from .executor import LOST, SKIPPED, run_claimed
 from .leases import _Claimed
 from .models import DurableEvent, DurableInstance, Status
-from .sql import cached_sql, hot_cursor, real_connection
 from .wakeups import schedule_timer, send_tasks
 
 log = logging.getLogger("durable_django")
@@ -77,13 +77,7 @@ def _run_instance(instance_id: str, worker_id: str, claimed: _Claimed | None = N
 
 def _event_pending(instance_id: str, name: str | None) -> bool:
     """Is an unconsumed event ``name`` in the inbox? (One cached SELECT: it follows every pause.)"""
-    conn = real_connection()
-    sql = cached_sql(conn, ("pending",), lambda qn: (
-        f"SELECT 1 FROM {qn(DurableEvent._meta.db_table)} WHERE {qn('instance_id')} = %s "
-        f"AND {qn('name')} = %s AND {qn('consumed_at')} IS NULL LIMIT 1"))
-    with hot_cursor(conn) as cur:
-        cur.execute(sql, [instance_id, name])
-        return cur.fetchone() is not None
+    return ops().event_pending(instance_id, name)
 
 
 def run_batch(instance_ids: list[str], worker_id: str | None = None) -> dict[str, str]:

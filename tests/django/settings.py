@@ -34,6 +34,15 @@ if not os.environ.get("DURABLE_TEST_DB_NAME"):
         DATABASES["default"]["TEST"] = {"NAME": os.path.join(os.environ["DURABLE_TEST_RUN_DIR"], "test.sqlite3")}
     else:
         DATABASES["default"]["TEST"] = {"NAME": f"test_durable_{os.environ['DURABLE_TEST_SESSION']}"}
+# A second database ("other") for the tests of ``using`` and the routers (tests/django/test_db.py): created only
+# when a test asks for it. Same engine and server as "default", its own test database.
+_other = {**DATABASES["default"]}
+if "sqlite" in _other["ENGINE"]:
+    _other["NAME"] = os.path.join(os.environ["DURABLE_TEST_RUN_DIR"], "other.sqlite3")
+    _other["TEST"] = {"NAME": os.path.join(os.environ["DURABLE_TEST_RUN_DIR"], "test-other.sqlite3")}
+else:
+    _other["TEST"] = {"NAME": f"test_durable_{os.environ['DURABLE_TEST_SESSION']}_other"}
+DATABASES["other"] = _other
 # The crash tests give their worker subprocesses a checkpoint hook (tests/django/test_crash_exhaustive.py).
 DURABLE = {**DURABLE, "QUEUE": os.environ["DURABLE_TEST_QUEUE"], "ETA_MAX_SECONDS": 60,
            "ON_CHECKPOINT": os.environ.get("DURABLE_TEST_ON_CHECKPOINT") or None}

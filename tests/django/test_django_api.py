@@ -313,14 +313,24 @@ def test_lease_taken_over_during_a_step_keeps_nothing_of_the_step(inline, uid, s
         mp.setattr("durable_django.wakeups.send_task", lambda *a, **k: None)
         dd.start(progs.lease_lost_mid_step, uid, write, instance_id=uid)
     before = reload(uid)
-    from durable_django import backend
+    from contextlib import contextmanager
 
-    idle, paths = backend._idle_raw_connection, []
+    from durable_django.db import ops
+
+    cls = type(ops())
+    standalone, paths = cls.standalone, []
+
+    @contextmanager
+    def spy(self):
+        with standalone(self) as committed:
+            paths.append(committed)
+            yield committed
+
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(backend, "_idle_raw_connection", lambda using: paths.append(idle(using)) or paths[-1])
+        mp.setattr(cls, "standalone", spy)
         assert worker.run_instance(uid) == worker.LOST
     # on PostgreSQL the checkpoint after a step without database work is one autocommit statement
-    assert [p is not None for p in paths] == ([not write] if connection.vendor == "postgresql" else [])
+    assert paths == ([not write] if connection.vendor == "postgresql" else [])
     row = reload(uid)
     assert row.lease_owner == "thief" and row.steps == before.steps and row.state == before.state
     assert not SideEffect.objects.filter(key=uid).exists()
