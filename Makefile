@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo demo-core test lint bench bench-django bench-peers clean test-pythons
+.PHONY: demo demo-core test test-mariadb lint bench bench-django bench-peers clean test-pythons
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,12 +22,18 @@ demo-core: $(VENV)/.installed
 # The Django app's tests run a second time on the production parts (PostgreSQL + Redis).
 DURABLE_PG_URL ?= postgres://postgres@127.0.0.1:5432/test
 DURABLE_REDIS_URL ?= redis://127.0.0.1:6379/0
+# MariaDB/MySQL (through PyMySQL): each run creates its own test database (test_durable_<session>) and drops it.
+DURABLE_MARIADB_URL ?= mysql://root@127.0.0.1:3306/durable
 
 test: $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -rs
 	DATABASE_URL=$(DURABLE_PG_URL) CELERY_BROKER_URL=$(DURABLE_REDIS_URL) $(PY) -m pytest -q -rs tests/django
+
+# The Django app's tests on MariaDB/MySQL (the generic SQL path; see docs/databases.md).
+test-mariadb: $(VENV)/.installed
+	DATABASE_URL=$(DURABLE_MARIADB_URL) CELERY_BROKER_URL=$(DURABLE_REDIS_URL) $(PY) -m pytest -q -rs tests/django
 
 # Style, types and the architecture. `make test` runs ruff and lint-imports; mypy joins it once it is clean (issue 11).
 lint: $(VENV)/.installed

@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from durable import CheckpointException, DurableError, DurableProgram, InstanceCancelled
 
-from . import limits, programs, worker
+from . import db, limits, programs, worker
 from .events import actor_name, publish_event, publisher_of
 from .exceptions import InstanceExists, InstanceFinished, InvalidPayload, UnknownInstance, UnknownProgram
 from .models import FINISHED, DurableHistory, DurableInstance, HistoryKind, Status
@@ -74,7 +74,7 @@ def start(program: DurableProgram | str, *args: Any, instance_id: str | None = N
         fields["object_id"] = limits.check_text(str(link.pk), "the linked object's primary key",
                                                 limits.OBJECT_ID_COLUMN)
     try:
-        with transaction.atomic():
+        with transaction.atomic(using=db.alias()):
             inst = DurableInstance.objects.create(instance_id=instance_id, **fields)
             DurableHistory.objects.create(instance=inst, kind=HistoryKind.STARTED, status=Status.PENDING)
     except IntegrityError:
@@ -101,7 +101,7 @@ def cancel(instance_id: str, reason: str = "", *, actor: str = "") -> DurableIns
     :class:`InstanceFinished` if it already completed, failed or was cancelled.
     """
     limits.check_instance_id(instance_id)
-    with transaction.atomic():
+    with transaction.atomic(using=db.alias()):
         inst = DurableInstance.objects.select_for_update().defer("state").filter(pk=instance_id).first()
         if inst is None:
             raise UnknownInstance(instance_id)
@@ -128,7 +128,7 @@ def resume(instance_id: str, *, inline: bool = False, actor: str = "") -> Durabl
     failed or was cancelled.
     """
     limits.check_instance_id(instance_id)
-    with transaction.atomic():
+    with transaction.atomic(using=db.alias()):
         inst = DurableInstance.objects.select_for_update().defer("state").filter(pk=instance_id).first()
         if inst is None:
             raise UnknownInstance(instance_id)

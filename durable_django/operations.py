@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from durable import SavedState
 
-from . import signals
+from . import db, signals
 from .exceptions import InstanceFinished, StateUnreadable, UnknownInstance, state_error
 from .limits import check_instance_id
 from .models import DurableHistory, DurableInstance, HistoryKind, Status
@@ -41,7 +41,7 @@ def retry(instance_id: str, *, actor: str = "") -> DurableInstance:
     retry starts over: steps that completed before the failure run again.
     """
     check_instance_id(instance_id)
-    with transaction.atomic():
+    with transaction.atomic(using=db.alias()):
         inst = DurableInstance.objects.select_for_update().defer("state").filter(pk=instance_id).first()
         if inst is None:
             raise UnknownInstance(instance_id)
@@ -120,7 +120,7 @@ def edit_local(instance_id: str, frame_index: int, name: str, value: Any, *, act
     old_value = shown[name]
     frame.set_user_local(name, value)
     new_blob = sign(state, context)
-    with transaction.atomic():
+    with transaction.atomic(using=db.alias()):
         n = DurableInstance.objects.filter(pk=instance_id, version=version, lease_owner="",
                                            status__in=EDITABLE).update(
             state=new_blob, version=models.F("version") + 1, updated_at=timezone.now())
@@ -130,5 +130,6 @@ def edit_local(instance_id: str, frame_index: int, name: str, value: Any, *, act
             instance_id=instance_id, kind=HistoryKind.OPERATOR, status=status, actor=actor,
             detail=f"set local {name!r} of frame {frame_index} ({frame.name}) from {_repr.repr(old_value)} "
                    f"to {_repr.repr(value)}")
-    transaction.on_commit(lambda: signals.send_transition("operator", instance_id, status, program))
+    transaction.on_commit(lambda: signals.send_transition("operator", instance_id, status, program),
+                          using=db.alias())
     return DurableInstance.objects.defer("state").get(pk=instance_id)

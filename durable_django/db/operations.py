@@ -245,11 +245,11 @@ class Operations:
         with self.cursor(conn) as cur:
             cur.execute(sql, [instance_id, name, *skip])
             row = cur.fetchone()
-        return None if row is None else (row[0], _PAYLOAD.from_db_value(row[1], None, conn))
+        return None if row is None else (row[0], _PAYLOAD.from_db_value(row[1], None, conn))  # type: ignore[arg-type]
 
     def event_payload(self, value: Any) -> Any:
         """A payload read by a raw statement (e.g. the claim's), as the ORM would return it."""
-        return _PAYLOAD.from_db_value(value, None, self.connection)
+        return _PAYLOAD.from_db_value(value, None, self.connection)  # type: ignore[arg-type]  # no expression
 
     def event_pending(self, instance_id: str, name: str | None) -> bool:
         """Is an unconsumed event ``name`` in the instance's inbox?"""

@@ -22,6 +22,12 @@ os.environ.setdefault("DURABLE_BROKER_POLL", "0.1")
 # One queue per test session: a shared Redis never hands us another run's messages.
 os.environ.setdefault("DURABLE_TEST_QUEUE", f"durable-test-{uuid.uuid4().hex[:10]}")
 
+if os.environ.get("DATABASE_URL", "").startswith("mysql"):
+    # MySQL/MariaDB through PyMySQL (pure Python: mysqlclient needs a C toolchain and the client headers).
+    import pymysql
+
+    pymysql.install_as_MySQLdb()
+
 from example_project.settings import *  # noqa: E402,F403
 from example_project.settings import DATABASES, DURABLE, INSTALLED_APPS  # noqa: E402
 
