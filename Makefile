@@ -26,10 +26,11 @@ DURABLE_REDIS_URL ?= redis://127.0.0.1:6379/0
 test: $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(VENV)/bin/lint-imports
+	$(PY) -m mypy
 	$(PY) -m pytest -q -rs
 	DATABASE_URL=$(DURABLE_PG_URL) CELERY_BROKER_URL=$(DURABLE_REDIS_URL) $(PY) -m pytest -q -rs tests/django
 
-# Style, types and the architecture. `make test` runs ruff and lint-imports; mypy joins it once it is clean (issue 11).
+# Style, types and the architecture, without the tests (`make test` runs these checks too).
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m mypy

@@ -131,6 +131,8 @@ class DurableRuntime:
         """Return (value, exception-to-throw) if the wait is over; else raise the pause again."""
         due = wait.get("due")
         if wait["kind"] == "timer":
+            if due is None:
+                raise DurableError(f"instance {self.instance_id!r}: a timer wait without a due time")
             if self.clock() >= due:
                 return None, None
             raise TimerPause(None, due=due, instance_id=self.instance_id)
@@ -146,12 +148,13 @@ class DurableRuntime:
                 return None, EventTimeout(f"event {wait['event']!r} did not arrive in time")
             raise PauseForEventException(wait["event"], due=due, instance_id=self.instance_id) from None
 
-    async def _begin_wait(self, req) -> tuple[bool, Any, BaseException | None]:
+    async def _begin_wait(self, req: WaitRequest | TimerRequest) -> tuple[bool, Any, BaseException | None]:
         """Try to satisfy a new wait now; otherwise record it and pause."""
         now = self.clock()
         wait: WaitInfo
+        due: float | None
         if isinstance(req, TimerRequest):
-            due = req.due if req.due is not None else now + req.seconds
+            due = req.due if req.due is not None else now + (req.seconds or 0.0)
             wait = {"kind": "timer", "due": due}
         else:
             due = None if req.timeout is None else now + req.timeout
@@ -164,15 +167,22 @@ class DurableRuntime:
             value, throw = await self._check_wait(wait)
             return True, value, throw
         except PauseForEventException as pause:
-            state = self.state
+            state = self._live()
             state["wait"] = wait
             state["status"] = PAUSED
             await self._checkpoint()
             raise pause
 
     # -- the step loop ----------------------------------------------------
-    async def _drive(self, throw: BaseException | None) -> Any:
+    def _live(self) -> SavedState:
+        """The state of the instance being run (set by :meth:`run` before any step)."""
         state = self.state
+        if state is None:  # pragma: no cover - only a call out of order gets here
+            raise DurableError("the runtime has no state: call run() first")
+        return state
+
+    async def _drive(self, throw: BaseException | None) -> Any:
+        state = self._live()
         stack: CallStack = state["stack"]
         frames = stack.frames
         fr = frames[-1]
@@ -300,7 +310,7 @@ class DurableRuntime:
 
     def _throw(self, exc: BaseException):
         """Route ``exc`` to the innermost handler; unwind frames that have none."""
-        frames = self.state["stack"].frames
+        frames = self._live()["stack"].frames
         while frames:
             fr = frames[-1]
             blk = fr.blocks[fr.pc]
@@ -318,7 +328,7 @@ class DurableRuntime:
         return None, None, None, True
 
     async def _checkpoint(self) -> None:
-        state = self.state
+        state = self._live()
         state["steps"] += 1
         try:
             await self.backend.save_state(self.instance_id, state)
@@ -328,7 +338,7 @@ class DurableRuntime:
             self.on_checkpoint(self.instance_id, state["steps"])
 
     async def _finish(self, value: Any) -> Any:
-        state = self.state
+        state = self._live()
         stack = state["stack"]
         state.update({"status": COMPLETED, "result": value, "stack": CallStack([]), "wait": None})
         try:
@@ -346,7 +356,7 @@ class DurableRuntime:
         return value
 
     async def _finish_failed(self, exc: BaseException) -> Any:
-        state = self.state
+        state = self._live()
         try:
             pickle.loads(pickled(exc))
             stored = exc
@@ -426,6 +436,8 @@ class DurableProgram:
     :func:`declared_program`): for hosts that wrap a function only because
     their configuration allows it.
     """
+
+    fn: Callable[..., Any]
 
     def __init__(self, fn, *, name: str | None = None, version: str | None = None,
                  migrate: Callable[[FunctionCall], bool] | None = None, declare: bool = True) -> None:

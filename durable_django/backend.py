@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import traceback
+from collections.abc import Mapping
 from contextlib import nullcontext
 from datetime import UTC, datetime
 from typing import Any
@@ -27,7 +28,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from durable import OrchestrationBackend, PauseForEventException
-from durable.state import CANCELLED
+from durable.state import CANCELLED, SavedState
 
 from . import clock
 from .eventloop import hidden_loop_call
@@ -161,7 +162,7 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
         #: the lease's expiry as last written by the executor or this backend (None: unknown).
         self.lease_expires_at: datetime | None = None
         #: the wait of the last checkpoint when it paused (for the executor's wake-up scheduling).
-        self.last_wait: dict | None = None
+        self.last_wait: Mapping[str, Any] | None = None
         #: values of the rarely changing columns written by the last checkpoint (see _update_sql).
         self._written: dict[str, Any] = {}
         #: the row's (state, status, program) read by the executor's claim, used once instead of a SELECT.
@@ -171,12 +172,13 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
         self.prefetched_event: tuple | None = None
 
     # -- state ------------------------------------------------------------
-    async def load_state(self, instance_id: str) -> dict | None:
+    async def load_state(self, instance_id: str) -> SavedState | None:
         if self.inline:
             return hidden_loop_call(self.load_state_sync, instance_id)
         return await sync_to_async(self.load_state_sync, thread_sensitive=True)(instance_id)
 
-    def load_state_sync(self, instance_id: str) -> dict | None:
+    def load_state_sync(self, instance_id: str) -> SavedState | None:
+        row: tuple[Any, ...] | None
         if self.prefetched is not None:
             row, self.prefetched = self.prefetched, None
         else:
@@ -199,7 +201,7 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
             state["status"] = CANCELLED
         return state
 
-    async def save_state(self, instance_id: str, state: dict) -> None:
+    async def save_state(self, instance_id: str, state: SavedState) -> None:
         if self.inline:
             return hidden_loop_call(self.save_state_sync, instance_id, state)
         await sync_to_async(self.save_state_sync, thread_sensitive=True)(instance_id, state)
@@ -218,7 +220,7 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
             ctx = self._context = (instance_id, program, blob_context(instance_id, program, STATE))
         return ctx[2]
 
-    def save_state_sync(self, instance_id: str, state: dict) -> None:
+    def save_state_sync(self, instance_id: str, state: SavedState) -> None:
         if self.program is None and (self._context is None or self._context[0] != instance_id):
             # nothing loaded: a new row, which _write creates with the state's program
             self._state_context(instance_id, state.get("program", ""))
@@ -226,7 +228,7 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
         blob = sign(state, self._state_context(instance_id))
         now = clock.now()  # the database's clock, as the lease and the core's due times (see clock.py)
         status = _STATUS.get(state.get("status"), Status.RUNNING)
-        wait = state.get("wait") or {}
+        wait: Mapping[str, Any] = state.get("wait") or {}
         stack = state.get("stack")
         frames = list(stack) if stack is not None else []
         columns: dict[str, Any] = {
@@ -297,7 +299,7 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
         if raw is None:
             transaction.commit(using=self.using)
 
-    def _write(self, instance_id: str, state: dict, columns: dict, kinds: list, now: datetime) -> None:
+    def _write(self, instance_id: str, state: SavedState, columns: dict, kinds: list, now: datetime) -> None:
         """A checkpoint's writes (row, consumed events, history) and, when the executor owns it, the commit."""
         # The executor owns the transaction (commit=True): no savepoint, its rollback undoes everything
         # after a failed checkpoint. Otherwise the writes below are one unit in the caller's transaction.
@@ -309,6 +311,7 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
             if n != 1:
                 if self.worker_id or DurableInstance.objects.filter(pk=instance_id).exists():
                     raise self._lease_lost(instance_id)
+                assert self._context is not None  # save_state_sync() set it for this instance
                 try:
                     with transaction.atomic(using=self.using):
                         DurableInstance.objects.create(instance_id=instance_id, program=self._context[1],
@@ -402,7 +405,7 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
         early, self.prefetched_event = self.prefetched_event, None
         if early is not None and early[0] == event_name and not n:
             self._consumed.append(early[1])
-            return _PAYLOAD.from_db_value(early[2], None, conn)
+            return _PAYLOAD.from_db_value(early[2], None, conn)  # type: ignore[arg-type]  # see below
         key = (conn.vendor, "event", n)
         sql = _SQL_CACHE.get(key)
         if sql is None:
@@ -418,7 +421,8 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
         if ev is None:
             raise PauseForEventException(event_name, instance_id=instance_id)
         self._consumed.append(ev[0])
-        return _PAYLOAD.from_db_value(ev[1], None, conn)
+        # django-stubs require an Expression; Django only tests it with isinstance (None: a raw column)
+        return _PAYLOAD.from_db_value(ev[1], None, conn)  # type: ignore[arg-type]
 
     async def wait_for_answer(self, instance_id: str, event_name: str, meta: dict) -> Any:
         """A wait with metadata: a human task (assignee or form, see :mod:`durable_django.humantasks`) takes
@@ -478,10 +482,10 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
         publish_event(instance_id, event_name, payload)
 
 
-def _wait_text(wait: dict) -> str:
+def _wait_text(wait: Mapping[str, Any]) -> str:
     if not wait:
         return ""
     due = to_datetime(wait.get("due"))
     if wait.get("kind") == "timer":
-        return f"timer until {due.isoformat()}"
+        return f"timer until {due.isoformat() if due else 'an unknown time'}"
     return f"event {wait.get('event')!r}" + (f" until {due.isoformat()}" if due else "")
