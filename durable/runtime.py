@@ -13,7 +13,7 @@ import types
 import uuid
 import weakref
 from collections.abc import Callable, Coroutine
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
 
 import cloudpickle
 
@@ -416,7 +416,7 @@ def default_backend() -> DurableBackend:
 _declared: weakref.WeakKeyDictionary[Any, weakref.ref[DurableProgram[..., Any]]] = weakref.WeakKeyDictionary()
 
 
-def declared_program(fn: Any) -> DurableProgram[..., Any] | None:
+def declared_program(fn: Callable[P, Coroutine[Any, Any, R]]) -> DurableProgram[P, R] | None:
     """The :class:`DurableProgram` that :func:`make_durable` made of ``fn`` in this process, or None.
 
     Lets a host that stores programs by dotted path tell a function its
@@ -427,7 +427,8 @@ def declared_program(fn: Any) -> DurableProgram[..., Any] | None:
         ref = _declared.get(fn)
     except TypeError:  # not weak-referenceable: never declared
         return None
-    return ref() if ref is not None else None
+    # the registry holds programs of any signature; the one made of ``fn`` has ``fn``'s
+    return cast("DurableProgram[P, R] | None", ref() if ref is not None else None)
 
 
 class DurableProgram(Generic[P, R]):
