@@ -6,12 +6,19 @@ import pickle
 import threading
 import warnings
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, TypedDict
 
 from . import signing
 from .exceptions import PauseForEventException, UnsignedStateWarning
 from .state import SavedState
 from .store import InMemoryStateStore, StateStore
+
+
+class _Inbox(TypedDict):
+    """An instance's events, signed under one key: (sequence number, name, payload), and the next number."""
+
+    next: int
+    events: list[tuple[int, str, Any]]
 
 
 class OrchestrationBackend(ABC):
@@ -34,7 +41,7 @@ class OrchestrationBackend(ABC):
     async def wait_for_event(self, instance_id: str, event_name: str) -> Any:
         """Consume ``event_name`` and return its payload, or raise a pause."""
 
-    async def wait_for_answer(self, instance_id: str, event_name: str, meta: dict) -> Any:
+    async def wait_for_answer(self, instance_id: str, event_name: str, meta: dict[str, Any]) -> Any:
         """``wait_for_event`` for a wait that carries metadata (``wait_for_event(name, **meta)``).
 
         The runtime calls this instead of ``wait_for_event`` when the wait has
@@ -118,12 +125,13 @@ class DurableBackend(OrchestrationBackend):
         self._consumed.pop(instance_id, None)
 
     # -- events -----------------------------------------------------------
-    def _inbox(self, blob: bytes | None) -> dict:
+    def _inbox(self, blob: bytes | None) -> _Inbox:
         if blob is None:
             return {"next": 1, "events": []}
         if self.signing_key is None:
             _warn_unsigned(self.store)
-        return signing.loads(blob, self.signing_key)
+        box: _Inbox = signing.loads(blob, self.signing_key)
+        return box
 
     def publish_event(self, instance_id: str, event_name: str, payload: Any = None) -> None:
         """Put an event in the instance's inbox. Safe from sync and async code."""
@@ -135,7 +143,7 @@ class DurableBackend(OrchestrationBackend):
         except Exception as exc:
             raise TypeError(f"event payload of type {type(payload).__name__} cannot be pickled: {exc}") from exc
 
-        def add(blob):
+        def add(blob: bytes | None) -> bytes:
             box = self._inbox(blob)
             box["events"].append((box["next"], event_name, payload))
             box["next"] += 1
@@ -160,7 +168,7 @@ class DurableBackend(OrchestrationBackend):
         raise PauseForEventException(event_name, instance_id=instance_id)
 
     def _prune(self, instance_id: str, done: set[int]) -> None:
-        def drop(blob):
+        def drop(blob: bytes | None) -> bytes | None:
             if blob is None:
                 return None
             box = self._inbox(blob)

@@ -66,7 +66,7 @@ class InMemoryStateStore(StateStore):
     def keys(self) -> Iterator[str]:
         return iter(list(self._data))
 
-    def update(self, key, fn):
+    def update(self, key: str, fn: Callable[[bytes | None], bytes | None]) -> bytes | None:
         with self._lock:
             return super().update(key, fn)
 
@@ -136,7 +136,7 @@ class DiskStateStore(StateStore):
         raise NotImplementedError("DiskStateStore stores hashed file names; keys cannot be listed")
 
     @contextmanager
-    def _locked(self, key: str):
+    def _locked(self, key: str) -> Iterator[None]:
         lock_path = self._file(key).with_suffix(".lock")
         with self._lock, open(lock_path, "a+b") as fh:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
@@ -145,6 +145,6 @@ class DiskStateStore(StateStore):
             finally:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
-    def update(self, key, fn):
+    def update(self, key: str, fn: Callable[[bytes | None], bytes | None]) -> bytes | None:
         with self._locked(key):
             return super().update(key, fn)

@@ -197,8 +197,9 @@ class DurableInstanceAdmin(SafeInputAdmin):
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, obj: DurableInstance) -> str:
-        colours = {Status.COMPLETED: "#2a7", Status.FAILED: "#c33", Status.SUSPENDED: "#c70", Status.CANCELLED: "#888",
-                   Status.PAUSED: "#37a", Status.RUNNING: "#a5c", Status.PENDING: "#999"}
+        colours: dict[str, str] = {
+            Status.COMPLETED: "#2a7", Status.FAILED: "#c33", Status.SUSPENDED: "#c70", Status.CANCELLED: "#888",
+            Status.PAUSED: "#37a", Status.RUNNING: "#a5c", Status.PENDING: "#999"}
         return format_html('<b style="color:{}">{}</b>', colours.get(obj.status, "#000"), obj.get_status_display())
 
     @admin.display(description="waits for")
@@ -365,7 +366,7 @@ class DurableInstanceAdmin(SafeInputAdmin):
         form = EditLocalForm(request.POST)
         if not form.is_valid():
             for field, errs in form.errors.items():
-                self.message_user(request, f"{field}: {'; '.join(errs)}", messages.ERROR)
+                self.message_user(request, f"{field}: {'; '.join(map(str, errs))}", messages.ERROR)
             return self._back(inst.instance_id)
         data = form.cleaned_data
         expected = int(data["expected"]) if (data.get("expected") or "").isdigit() else None

@@ -11,7 +11,8 @@ re-sends lost wake-ups. :func:`publish_event` is defined in
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, Generic, ParamSpec, overload
 
 from django.contrib.contenttypes.models import ContentType
 from django.db import IntegrityError, models, transaction
@@ -26,13 +27,40 @@ from .models import FINISHED, DurableHistory, DurableInstance, HistoryKind, Stat
 from .signing import ARGUMENTS, STATE, blob_context, sign, unsign
 from .wakeups import schedule, schedule_and_signal, signal_after_commit
 
-__all__ = ["actor_name", "cancel", "check_payload", "get_instance", "publish_event", "publisher_of", "result",
-           "resume", "start"]
+__all__ = ["Starter", "actor_name", "cancel", "check_payload", "get_instance", "publish_event", "publisher_of",
+           "result", "resume", "start", "starter"]
+
+P = ParamSpec("P")
+#: What start() takes as a program: a make_durable() program, an ``async def`` or a dotted path.
+AnyProgram = DurableProgram[..., Any] | Callable[..., Coroutine[Any, Any, Any]] | str
 
 
 # -- start --------------------------------------------------------------------
-def start(program: DurableProgram | str, *args: Any, instance_id: str | None = None,
-          link: models.Model | None = None, **kwargs: Any) -> DurableInstance:
+# The arguments are checked against the program's signature in the first two forms. With instance_id= or
+# link= they are not (a ParamSpec cannot take extra keywords): starter(program, ...)(*args) checks them too.
+@overload
+def start(program: DurableProgram[P, Any], /, *args: P.args, **kwargs: P.kwargs) -> DurableInstance: ...
+
+
+@overload
+def start(program: Callable[P, Coroutine[Any, Any, Any]], /, *args: P.args, **kwargs: P.kwargs) -> DurableInstance: ...
+
+
+@overload
+def start(program: AnyProgram, /, *args: Any, instance_id: str, link: models.Model | None = None,
+          **kwargs: Any) -> DurableInstance: ...
+
+
+@overload
+def start(program: AnyProgram, /, *args: Any, link: models.Model, instance_id: str | None = None,
+          **kwargs: Any) -> DurableInstance: ...
+
+
+@overload
+def start(program: str, /, *args: Any, **kwargs: Any) -> DurableInstance: ...
+
+
+def start(program: AnyProgram, /, *args: Any, **kwargs: Any) -> DurableInstance:
     """Create an instance of ``program`` and schedule it after commit; idempotent by ``instance_id``.
 
     ``program`` is a :func:`durable.make_durable` program (or an ``async def``)
@@ -50,6 +78,30 @@ def start(program: DurableProgram | str, *args: Any, instance_id: str | None = N
     :class:`InvalidInput` (a ``ValueError``) for a bad ``instance_id``.
     Nothing is stored in any of these cases.
     """
+    instance_id: str | None = kwargs.pop("instance_id", None)
+    link: models.Model | None = kwargs.pop("link", None)
+    return _start(program, args, kwargs, instance_id, link)
+
+
+class Starter(Generic[P]):
+    """:func:`start` for one program with its options fixed; see :func:`starter`."""
+
+    def __init__(self, program: DurableProgram[P, Any], instance_id: str | None, link: models.Model | None) -> None:
+        self.program, self.instance_id, self.link = program, instance_id, link
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> DurableInstance:
+        return _start(self.program, args, kwargs, self.instance_id, self.link)
+
+
+def starter(program: DurableProgram[P, Any], /, *, instance_id: str | None = None,
+            link: models.Model | None = None) -> Starter[P]:
+    """``starter(program, instance_id=i, link=obj)(*args, **kwargs)`` is ``start(program, *args, instance_id=i,
+    link=obj, **kwargs)`` in a form whose arguments a type checker checks against the program's signature."""
+    return Starter(program, instance_id, link)
+
+
+def _start(program: AnyProgram, args: tuple[Any, ...], kwargs: dict[str, Any], instance_id: str | None,
+           link: models.Model | None) -> DurableInstance:
     path = limits.check_text(programs.path_of(program), "program path", limits.PROGRAM_COLUMN)
     resolved = programs.resolve(path)
     if not isinstance(program, str):

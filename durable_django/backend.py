@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import traceback
+from collections.abc import Mapping
 from contextlib import nullcontext
 from datetime import UTC, datetime
 from typing import Any
@@ -26,7 +27,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from durable import OrchestrationBackend, PauseForEventException
-from durable.state import CANCELLED
+from durable.state import CANCELLED, SavedState
 
 from . import clock
 from .db import Operations, ops
@@ -106,7 +107,7 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
         #: the lease's expiry as last written by the executor or this backend (None: unknown).
         self.lease_expires_at: datetime | None = None
         #: the wait of the last checkpoint when it paused (for the executor's wake-up scheduling).
-        self.last_wait: dict | None = None
+        self.last_wait: Mapping[str, Any] | None = None
         #: values of the rarely changing columns written by the last checkpoint (see _update_sql).
         self._written: dict[str, Any] = {}
         #: the row's (state, status, program) read by the executor's claim, used once instead of a SELECT.
@@ -116,12 +117,13 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
         self.prefetched_event: tuple | None = None
 
     # -- state ------------------------------------------------------------
-    async def load_state(self, instance_id: str) -> dict | None:
+    async def load_state(self, instance_id: str) -> SavedState | None:
         if self.inline:
             return hidden_loop_call(self.load_state_sync, instance_id)
         return await sync_to_async(self.load_state_sync, thread_sensitive=True)(instance_id)
 
-    def load_state_sync(self, instance_id: str) -> dict | None:
+    def load_state_sync(self, instance_id: str) -> SavedState | None:
+        row: tuple[Any, ...] | None
         if self.prefetched is not None:
             row, self.prefetched = self.prefetched, None
         else:
@@ -144,7 +146,7 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
             state["status"] = CANCELLED
         return state
 
-    async def save_state(self, instance_id: str, state: dict) -> None:
+    async def save_state(self, instance_id: str, state: SavedState) -> None:
         if self.inline:
             return hidden_loop_call(self.save_state_sync, instance_id, state)
         await sync_to_async(self.save_state_sync, thread_sensitive=True)(instance_id, state)
@@ -163,7 +165,7 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
             ctx = self._context = (instance_id, program, blob_context(instance_id, program, STATE))
         return ctx[2]
 
-    def save_state_sync(self, instance_id: str, state: dict) -> None:
+    def save_state_sync(self, instance_id: str, state: SavedState) -> None:
         if self.program is None and (self._context is None or self._context[0] != instance_id):
             # nothing loaded: a new row, which _write creates with the state's program
             self._state_context(instance_id, state.get("program", ""))
@@ -171,7 +173,7 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
         blob = sign(state, self._state_context(instance_id))
         now = clock.now()  # the database's clock, as the lease and the core's due times (see clock.py)
         status = _STATUS.get(state.get("status"), Status.RUNNING)
-        wait = state.get("wait") or {}
+        wait: Mapping[str, Any] = state.get("wait") or {}
         stack = state.get("stack")
         frames = list(stack) if stack is not None else []
         columns: dict[str, Any] = {
@@ -236,7 +238,7 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
         if not committed:
             transaction.commit(using=self.using)
 
-    def _write(self, instance_id: str, state: dict, columns: dict, kinds: list, now: datetime) -> None:
+    def _write(self, instance_id: str, state: SavedState, columns: dict, kinds: list, now: datetime) -> None:
         """A checkpoint's writes (row, consumed events, history) and, when the executor owns it, the commit."""
         # The executor owns the transaction (commit=True): no savepoint, its rollback undoes everything
         # after a failed checkpoint. Otherwise the writes below are one unit in the caller's transaction.
@@ -248,6 +250,7 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
             if n != 1:
                 if self.worker_id or DurableInstance.objects.using(self.using).filter(pk=instance_id).exists():
                     raise self._lease_lost(instance_id)
+                assert self._context is not None  # save_state_sync() set it for this instance
                 try:
                     with transaction.atomic(using=self.using):
                         DurableInstance.objects.using(self.using).create(
@@ -366,10 +369,10 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
         publish_event(instance_id, event_name, payload, using=self.using)
 
 
-def _wait_text(wait: dict) -> str:
+def _wait_text(wait: Mapping[str, Any]) -> str:
     if not wait:
         return ""
     due = to_datetime(wait.get("due"))
     if wait.get("kind") == "timer":
-        return f"timer until {due.isoformat()}"
+        return f"timer until {due.isoformat() if due else 'an unknown time'}"
     return f"event {wait.get('event')!r}" + (f" until {due.isoformat()}" if due else "")

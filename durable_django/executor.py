@@ -20,6 +20,8 @@ checkpoint: exactly-once database side effects. Callbacks registered with
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import InterfaceError, OperationalError, transaction
@@ -41,7 +43,7 @@ log = logging.getLogger("durable_django")
 SKIPPED, LOST = "skipped", "lease-lost"
 
 
-def run_claimed(row: _Claimed, worker_id: str) -> tuple[str, dict | None]:
+def run_claimed(row: _Claimed, worker_id: str) -> tuple[str, Mapping[str, Any] | None]:
     """Run a claimed instance; returns its outcome and, when our own checkpoint paused it, the wait."""
     instance_id = row.instance_id
     try:

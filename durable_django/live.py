@@ -12,6 +12,7 @@ update arrive sooner.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 from typing import Any
@@ -106,8 +107,13 @@ def notify(instance_id: str, *, kind: str = "", status: str = "") -> None:
         return
     # Called from a thread that runs an event loop (async code): do not block it.
     task = asyncio.ensure_future(send())
-    task.add_done_callback(lambda t: t.cancelled() or t.exception() and log.warning(
-        "live status push for %s failed", instance_id, exc_info=t.exception()))
+    task.add_done_callback(functools.partial(_report_failure, instance_id))
+
+
+def _report_failure(instance_id: str, task: asyncio.Task[None]) -> None:
+    """Log a failed background push (a cancelled one is not a failure)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("live status push for %s failed", instance_id, exc_info=task.exception())
 
 
 def on_transition(sender, instance_id: str, kind: str = "", status: str = "", **kwargs: Any) -> None:

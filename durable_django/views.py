@@ -207,8 +207,8 @@ def task_form(task: HumanTask, data=None):
 def task_list(request: HttpRequest) -> HttpResponse:
     """The waits this user may answer, each with its form."""
     tasks = HumanTask.objects.for_user(request.user).select_related("instance", "assignee_group", "assignee_user")
-    tasks = (signed_task(request.user, t) for t in tasks.defer("instance__arguments").order_by("created_at")[:200])
-    rows = [{"task": t, "form": task_form(t)} for t in tasks if t is not None]
+    signed = (signed_task(request.user, t) for t in tasks.defer("instance__arguments").order_by("created_at")[:200])
+    rows = [{"task": t, "form": task_form(t)} for t in signed if t is not None]
     return render(request, "durable_django/task_list.html", {"rows": rows})
 
 

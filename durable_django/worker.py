@@ -19,6 +19,7 @@ import os
 import socket
 import time
 import uuid
+from datetime import datetime
 
 from django.db import DatabaseError
 from django.db.models import F, Q
@@ -139,7 +140,7 @@ def _send_back(instance_ids: list[str]) -> None:
         send_tasks(instance_ids)
 
 
-def due_instances(now=None, limit: int | None = None) -> list[str]:
+def due_instances(now: datetime | None = None, limit: int | None = None) -> list[str]:
     """Ids the sweep would wake: due timers, stuck or abandoned runs, pending events.
 
     Three queries, each served by an index (status+wake_at, status+lease,
@@ -171,7 +172,8 @@ def due_instances(now=None, limit: int | None = None) -> list[str]:
     return list(ids)
 
 
-def sweep(*, now=None, dry_run: bool = False, inline: bool = False, limit: int | None = None) -> list[str]:
+def sweep(*, now: datetime | None = None, dry_run: bool = False, inline: bool = False,
+          limit: int | None = None) -> list[str]:
     """Wake every instance that should run and does not (the guarantee behind ETAs and lost messages).
 
     With ``inline`` the instances are run here, one after the other, instead of

@@ -106,8 +106,8 @@ def _missing(since: datetime | None, limit: int | None, after: tuple[datetime, s
         rows = rows.filter(updated_at__gte=since)
     if after is not None:
         rows = rows.filter(Q(updated_at__gt=after[0]) | Q(updated_at=after[0], pk__gt=after[1]))
-    rows = rows.order_by("updated_at", "pk").values_list("pk", "updated_at")
-    return list(rows if limit is None else rows[:limit])
+    keys = rows.order_by("updated_at", "pk").values_list("pk", "updated_at")
+    return list(keys if limit is None else keys[:limit])
 
 
 #: How many instances without a task row one sweep's repair re-reads at most (each is unpickled).
