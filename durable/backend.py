@@ -214,11 +214,14 @@ class DurableBackend(OrchestrationBackend):
 
     async def save_state(self, instance_id: str, state: SavedState) -> None:
         done = self._consumed.get(instance_id)
-        kept: dict[str, Any] = {**state, "consumed": sorted(done)} if done else state  # type: ignore[assignment]
+        # the events this step consumed go into the stored copy only: the caller's dict stays as it is
         if self._fast:
+            kept: dict[str, Any] = {**state, "consumed": sorted(done)} if done else state  # type: ignore[assignment]
             blob = signing.dumps(kept, self.signing_key)
             self.store.save_blob(_STATE + _check_id(instance_id), blob)  # type: ignore[attr-defined]
         else:
+            # an inbox in this process's memory dies with it: the record is needed only beside a stored inbox
+            kept = {**state, "consumed": sorted(done)} if done and self._blobs is self.store else state
             saved = self.store.save(_check_id(instance_id), kept)  # type: ignore[func-returns-value]
             if saved is not None and inspect.isawaitable(saved):
                 await saved
