@@ -171,7 +171,8 @@ class DurableBackend(OrchestrationBackend):
     async def load_state(self, instance_id: str) -> SavedState | None:
         if self._fast:
             return self.load_state_sync(instance_id)
-        loaded = self.store.load(_check_id(instance_id))  # type: ignore[func-returns-value]
+        store: Any = self.store  # any object with load/save, async or not
+        loaded = store.load(_check_id(instance_id))
         if inspect.isawaitable(loaded):
             loaded = await loaded
         return self._restored(instance_id, loaded, copy=True)
@@ -179,19 +180,20 @@ class DurableBackend(OrchestrationBackend):
     def load_state_sync(self, instance_id: str) -> SavedState | None:
         """:meth:`load_state` without an event loop (a store whose ``load`` is async cannot)."""
         if not self._fast:
-            loaded = self.store.load(_check_id(instance_id))  # type: ignore[func-returns-value]
+            store: Any = self.store
+            loaded = store.load(_check_id(instance_id))
             if inspect.isawaitable(loaded):
                 getattr(loaded, "close", lambda: None)()
                 raise TypeError(f"{type(self.store).__name__}.load is async: use `await backend.load_state(...)`")
             return self._restored(instance_id, loaded, copy=True)
-        blob = self.store.load_blob(_STATE + _check_id(instance_id))  # type: ignore[attr-defined]
+        blob = self._blobs.load_blob(_STATE + _check_id(instance_id))
         if blob is None:
             return self._restored(instance_id, None, copy=False)
         if self.signing_key is None:
             _warn_unsigned(self._blobs)
         return self._restored(instance_id, signing.loads(blob, self.signing_key), copy=False)
 
-    def _restored(self, instance_id: str, state: Any, copy: bool) -> SavedState | None:
+    def _restored(self, instance_id: str, state: Any, copy: bool) -> Any:
         """The loaded state without the backend's record of consumed events (which it takes)."""
         if state is None:
             self._consumed.pop(instance_id, None)
@@ -210,19 +212,19 @@ class DurableBackend(OrchestrationBackend):
         self._consumed[instance_id] = done
         if done:
             self._prune(instance_id, done)
-        return state  # type: ignore[return-value]
+        return state
 
     async def save_state(self, instance_id: str, state: SavedState) -> None:
         done = self._consumed.get(instance_id)
         # the events this step consumed go into the stored copy only: the caller's dict stays as it is
         if self._fast:
-            kept: dict[str, Any] = {**state, "consumed": sorted(done)} if done else state  # type: ignore[assignment]
-            blob = signing.dumps(kept, self.signing_key)
-            self.store.save_blob(_STATE + _check_id(instance_id), blob)  # type: ignore[attr-defined]
+            blob = signing.dumps({**state, "consumed": sorted(done)} if done else state, self.signing_key)
+            self._blobs.save_blob(_STATE + _check_id(instance_id), blob)
         else:
             # an inbox in this process's memory dies with it: the record is needed only beside a stored inbox
             kept = {**state, "consumed": sorted(done)} if done and self._blobs is self.store else state
-            saved = self.store.save(_check_id(instance_id), kept)  # type: ignore[func-returns-value]
+            store: Any = self.store
+            saved = store.save(_check_id(instance_id), kept)
             if saved is not None and inspect.isawaitable(saved):
                 await saved
         if done:

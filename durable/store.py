@@ -113,9 +113,10 @@ def blob_fast_path(store: object) -> bool:
     ``async def save`` that logs, then awaits ``super().save(...)``) is called
     through them.
     """
+    if not isinstance(store, BlobStore):
+        return False
     cls = type(store)
-    return (isinstance(store, BlobStore) and cls.load is BlobStore.load and cls.save is BlobStore.save
-            and cls.state_key is BlobStore.state_key)
+    return cls.load is BlobStore.load and cls.save is BlobStore.save and cls.state_key is BlobStore.state_key
 
 
 def check_store(store: object) -> None:
