@@ -17,7 +17,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
 
 import cloudpickle
 
-from .backend import DurableBackend, OrchestrationBackend
+from .backend import DurableBackend, OrchestrationBackend, as_async_backend
 from .blocks import AWAIT, CALL, EXCEPT, NEXT, RETURN, THROW, origin
 from .exceptions import (
     CheckpointException,
@@ -87,6 +87,8 @@ class DurableRuntime:
                  on_checkpoint: Callable[[str, int], None] | None = None,
                  migrate: Callable[[FunctionCall], bool] | None = None) -> None:
         self.backend = backend
+        #: What the runtime calls: ``backend``, or an adapter of its plain ``def`` methods.
+        self._io = as_async_backend(backend)
         self.instance_id = instance_id
         self.clock = clock
         self.on_checkpoint = on_checkpoint
@@ -97,13 +99,16 @@ class DurableRuntime:
     async def run(self, program: DurableProgram[..., Any] | Callable[..., Any], args: tuple[Any, ...] = (),
                   kwargs: dict[str, Any] | None = None) -> Any:
         """Start, continue or report the instance; see :class:`DurableProgram`."""
-        state = await self.backend.load_state(self.instance_id)
+        state = await self._io.load_state(self.instance_id)
         if state is None:
             func = program.fn if isinstance(program, DurableProgram) else program
             frame = FunctionCall.start(func, args, kwargs)
             state = new_state(CallStack([frame]), getattr(program, "name", func.__qualname__))
             self.state = state
             return await self._drive(None)
+        if not isinstance(state, dict):
+            raise TypeError(f"{type(self.backend).__name__}.load_state returned {type(state).__name__}: it returns "
+                            "the dict save_state was given, or None")
         self.state = state
         status = state["status"]
         if status == COMPLETED:
@@ -143,10 +148,10 @@ class DurableRuntime:
         try:
             meta = wait.get("meta")
             if meta:  # a backend that enforces the wait's metadata (who may answer, payload form) sees it
-                answer = getattr(self.backend, "wait_for_answer", None)
+                answer = getattr(self._io, "wait_for_answer", None)
                 if answer is not None:
                     return await answer(self.instance_id, wait["event"], meta), None
-            return await self.backend.wait_for_event(self.instance_id, wait["event"]), None
+            return await self._io.wait_for_event(self.instance_id, wait["event"]), None
         except PauseForEventException:
             if due is not None and self.clock() >= due:
                 return None, EventTimeout(f"event {wait['event']!r} did not arrive in time")
@@ -338,7 +343,7 @@ class DurableRuntime:
         state = self._live()
         state["steps"] += 1
         try:
-            await self.backend.save_state(self.instance_id, state)
+            await self._io.save_state(self.instance_id, state)
         except CheckpointException as exc:
             raise _diagnose(state, exc) from exc
         if self.on_checkpoint is not None:

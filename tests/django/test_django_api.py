@@ -383,18 +383,26 @@ def test_backend_and_store_work_with_the_core_directly(uid):
     assert async_to_sync(progs.two_events)(uid, orchestration_backend=DjangoOrchestrationBackend(),
                                            instance_id=uid) == ["x", "y"]
     store = DjangoStateStore()
-    assert store.load(uid) == bytes(reload(uid).state)
-    assert store.load("nope") is None
-    blob = store.load(uid)
-    store.save(uid, b"abc")
-    assert store.update(uid, lambda old: old + b"d") == b"abcd" and store.load(uid) == b"abcd"
+    assert store.load_blob(uid) == bytes(reload(uid).state)
+    assert store.load_blob("nope") is None
+    blob = store.load_blob(uid)
+    state = async_to_sync(store.load)(uid)  # the seed's dict contract: the state, verified for its row
+    assert state["status"] == "completed" and state["result"] == ["x", "y"]
+    assert async_to_sync(store.load)("nope") is None
+    store.save_blob(uid, b"abc")
+    assert store.update_blob(uid, lambda old: old + b"d") == b"abcd" and store.load_blob(uid) == b"abcd"
     assert uid in set(store.keys())
-    store.update(uid, lambda old: blob)
+    store.update_blob(uid, lambda old: blob)
     assert dd.result(uid) == ["x", "y"]  # the restored blob verifies again
-    store.delete(uid)
-    assert store.load(uid) is None and uid not in set(store.keys())
+    async_to_sync(store.save)(uid, {**state, "result": ["saved", "again"]})  # signed for the row: it verifies
+    assert dd.result(uid) == ["saved", "again"]
+    store.delete_blob(uid)
+    assert store.load_blob(uid) is None and uid not in set(store.keys())
+    assert async_to_sync(store.load)(uid) is None
     with pytest.raises(UnknownInstance):
-        store.save("nope", b"x")  # rows come from start(), never from the store
+        store.save_blob("nope", b"x")  # rows come from start(), never from the store
+    with pytest.raises(UnknownInstance):
+        async_to_sync(store.save)("nope", state)
 
 
 def test_signing_key_rotation(inline, uid, settings):
