@@ -106,7 +106,7 @@ class _AwaitingBackend:
     async def wait_for_event(self, instance_id: str, event_name: str) -> Any:
         return await _result(self.inner.wait_for_event(instance_id, event_name))
 
-    async def wait_for_answer(self, instance_id: str, event_name: str, meta: dict) -> Any:
+    async def wait_for_answer(self, instance_id: str, event_name: str, meta: dict[str, Any]) -> Any:
         answer = getattr(self.inner, "wait_for_answer", None)
         if answer is None:
             return await self.wait_for_event(instance_id, event_name)
@@ -200,7 +200,7 @@ class DurableBackend(OrchestrationBackend):
             _warn_unsigned(self._blobs)
         return self._restored(instance_id, signing.loads(blob, self.signing_key), copy=False)
 
-    def _restored(self, instance_id: str, state: Any, copy: bool) -> Any:
+    def _restored(self, instance_id: str, state: Any, copy: bool) -> SavedState | None:
         """The loaded state without the backend's record of consumed events (which it takes)."""
         if state is None:
             self._consumed.pop(instance_id, None)
@@ -219,7 +219,8 @@ class DurableBackend(OrchestrationBackend):
         self._consumed[instance_id] = done
         if done:
             self._prune(instance_id, done)
-        return state
+        restored: SavedState = state
+        return restored
 
     async def save_state(self, instance_id: str, state: SavedState) -> None:
         done = self._consumed.get(instance_id)

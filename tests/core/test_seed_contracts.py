@@ -17,6 +17,7 @@ import types
 
 import pytest
 
+import durable.backend
 from durable import (
     BlobStore,
     CompileError,
@@ -167,7 +168,8 @@ def test_async_subclass_of_in_memory_store_calling_super_runs_and_saves():
     assert run(store.load("greet-1"))["result"] == "hello Ada"
 
 
-def test_async_subclass_of_disk_store_resumes_from_disk(tmp_path):
+def test_async_subclass_of_disk_store_resumes_from_disk(tmp_path, monkeypatch):
+    monkeypatch.setattr(durable.backend, "_warned_unsigned", False)  # the warning is once per process
     class CountingDisk(DiskStateStore):
         saves = 0
 
