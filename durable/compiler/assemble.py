@@ -2,7 +2,8 @@
 
 Takes the lowered blocks (:class:`~durable.compiler.lower.Lowerer`) and the
 names a frame keeps. Produces the :class:`~durable.blocks.CodeBlock` tuple:
-one Python function ``_dur__b<n>(L)`` per block, compiled together in one
+one Python function ``_dur__b<n>(L)`` per block (its code renamed after the
+user's function, so tracebacks and debuggers read naturally), compiled together in one
 module whose outer function receives the run-time helpers
 (``runtime_support.HELPERS``). Each block loads the frame's variables it uses
 from ``L`` into fast locals on entry and writes back those it assigns on exit;
@@ -27,7 +28,17 @@ from ..exceptions import CompileError
 from .builder import Block, Label
 from .lower import Lowerer
 from .runtime_support import HELPERS
-from .syntax import LOCALS, assigned, loaded, mk_const, mk_function, mk_function_from, mk_name, set_lines
+from .syntax import (
+    LOCALS,
+    assigned,
+    drop_raise_entry,
+    loaded,
+    mk_const,
+    mk_function,
+    mk_function_from,
+    mk_name,
+    set_lines,
+)
 
 _TEMP = re.compile(LOCAL_PREFIX + r"(?:t|e|c|x|it)\d+$")
 
@@ -74,8 +85,9 @@ def build(lw: Lowerer, persisted: set[str], globals_names: list[str], filename: 
                            | {t for t in written if consumed.get(t, set()) - {i}})
         if b.handling is not None:
             stmts = [ast.Try(body=[ast.Raise(mk_name(b.handling), None)],
-                             handlers=[ast.ExceptHandler(mk_name("BaseException"), None, stmts)], orelse=[],
-                             finalbody=[])]
+                             handlers=[ast.ExceptHandler(mk_name("BaseException"), None,
+                                                         [drop_raise_entry(mk_name(b.handling)), *stmts])],
+                             orelse=[], finalbody=[])]
             if b.handling not in referenced:
                 prologue.append(ast.Assign([mk_name(b.handling, ast.Store())],
                                            ast.Subscript(mk_name(LOCALS), mk_const(b.handling), ast.Load())))
@@ -96,6 +108,9 @@ def build(lw: Lowerer, persisted: set[str], globals_names: list[str], filename: 
         raise CompileError(f"{qualname}: internal compile failure: {exc}", filename, exc.lineno) from exc
     make_code = next(c for c in code.co_consts if isinstance(c, types.CodeType))
     fns = types.FunctionType(make_code, fn_globals)(*[v for _, v in HELPERS])
+    name = qualname.rpartition(".")[2]
+    for fn in fns:  # a traceback or a debugger shows the user's function, not ``_dur__b<n>``
+        fn.__code__ = fn.__code__.replace(co_name=name, co_qualname=qualname)
     return tuple(CodeBlock(fn, _handler(b), b.lineno, b.index, b.pending, _tail(b, stmts))
                  for fn, b, stmts in zip(fns, lw.blocks, resolved))
 

@@ -6,6 +6,7 @@ Not a pass: no state, no decisions about blocks.
 from __future__ import annotations
 
 import ast
+import copy
 from collections.abc import Iterator
 from typing import Any
 
@@ -47,6 +48,25 @@ def mk_function_from(name: str, args: ast.arguments, body: list[ast.stmt]) -> as
     """``def name(args): body`` (no decorators, no annotations; ``type_params`` for Python 3.12+)."""
     extra: dict[str, Any] = {"type_params": []}
     return ast.FunctionDef(name=name, args=args, body=body, decorator_list=[], returns=None, **extra)
+
+
+def drop_raise_entry(exc: ast.expr) -> ast.Assign:
+    """``exc.__traceback__ = exc.__traceback__.tb_next``: forget the entry the block's own ``raise exc`` just
+    added, in a handler of that raise (a lowered re-raise adds no entry, as in plain Python)."""
+    def tb(ctx: ast.expr_context) -> ast.Attribute:
+        return ast.Attribute(copy.deepcopy(exc), "__traceback__", ctx)
+    return ast.Assign([tb(ast.Store())], ast.Attribute(tb(ast.Load()), "tb_next", ast.Load()))
+
+
+def mk_reraise(exc: ast.expr) -> ast.Try:
+    """Re-raise ``exc`` (caught earlier, kept in the frame) like a bare ``raise``: its traceback is left as it is.
+
+    ``raise exc`` would add an entry for the block, which plain Python does not show for a re-raise.
+    """
+    return ast.Try(body=[ast.Raise(exc, None)],
+                   handlers=[ast.ExceptHandler(mk_name("BaseException"), None, [drop_raise_entry(exc),
+                                                                                 ast.Raise(None, None)])],
+                   orelse=[], finalbody=[])
 
 
 def helper(name: str) -> ast.Name:
