@@ -37,6 +37,7 @@ from .syntax import (
     mk_function,
     mk_function_from,
     mk_name,
+    place,
     set_lines,
 )
 
@@ -83,18 +84,24 @@ def build(lw: Lowerer, persisted: set[str], globals_names: list[str], filename: 
                                        ast.Call(ast.Attribute(mk_name(LOCALS), take, ast.Load()), [mk_const(t)], [])))
         out_names = sorted((written & persisted) | (written & lw.persistent_temps)
                            | {t for t in written if consumed.get(t, set()) - {i}})
+        # the code around the user's statements takes the lines of the first and the last of them, so that
+        # stepping through a block in a debugger never shows the line the block started at in between
+        first = getattr(stmts[0], "lineno", b.lineno) if stmts else b.lineno
+        last = getattr(stmts[-1], "lineno", b.lineno) if stmts else b.lineno
         if b.handling is not None:
             stmts = [ast.Try(body=[ast.Raise(mk_name(b.handling), None)],
                              handlers=[ast.ExceptHandler(mk_name("BaseException"), None,
                                                          [drop_raise_entry(mk_name(b.handling)), *stmts])],
                              orelse=[], finalbody=[])]
+            place(stmts, first)
             if b.handling not in referenced:
                 prologue.append(ast.Assign([mk_name(b.handling, ast.Store())],
                                            ast.Subscript(mk_name(LOCALS), mk_const(b.handling), ast.Load())))
         body = stmts
         if out_names:
-            body = [ast.Try(body=stmts, handlers=[], orelse=[], finalbody=[_write_back(var) for var in out_names])]
-        fdef = mk_function(f"{LOCAL_PREFIX}b{b.index}", [LOCALS], prologue + body)
+            body = place([ast.Try(body=stmts, handlers=[], orelse=[],
+                                  finalbody=place([_write_back(var) for var in out_names], last))], first)
+        fdef = mk_function(f"{LOCAL_PREFIX}b{b.index}", [LOCALS], place(prologue, first) + body)
         set_lines(fdef, b.lineno)
         defs.append(fdef)
     helper_names = [f"{LOCAL_PREFIX}{n}" for n, _ in HELPERS]

@@ -173,13 +173,27 @@ def loaded(stmts: list[ast.stmt]) -> set[str]:
 
 
 def set_lines(node: ast.AST, lineno: int) -> None:
-    """Give generated nodes without a position the line ``lineno`` (and sane end positions)."""
-    for n in ast.walk(node):
+    """Give generated nodes without a position the line of the nearest enclosing node that has one (``lineno``
+    at the top), and sane end positions: a debugger stepping through a block sees the user's lines only."""
+    def fill(n: ast.AST, line: int) -> None:
         if "lineno" in n._attributes:
             if getattr(n, "lineno", None) is None:
-                n.lineno = lineno  # type: ignore[attr-defined]
+                n.lineno = line  # type: ignore[attr-defined]
                 n.col_offset = 0  # type: ignore[attr-defined]
             if getattr(n, "end_lineno", None) is None or n.end_lineno < n.lineno:  # type: ignore[attr-defined]
                 n.end_lineno = n.lineno  # type: ignore[attr-defined]
                 n.end_col_offset = 0  # type: ignore[attr-defined]
+            line = n.lineno  # type: ignore[attr-defined]
+        for child in ast.iter_child_nodes(n):
+            fill(child, line)
+
+    fill(node, lineno)
     ast.fix_missing_locations(node)
+
+
+def place(stmts: list[ast.stmt], lineno: int) -> list[ast.stmt]:
+    """Put generated statements without a position on ``lineno`` (see :func:`set_lines`)."""
+    for s in stmts:
+        if getattr(s, "lineno", None) is None:
+            s.lineno = lineno
+    return stmts
