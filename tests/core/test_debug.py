@@ -79,6 +79,8 @@ asyncio.run(main(sys.argv[1]))
 def debug(tmp_path: Path, which: str, commands: list[str], breakpoint_hook: str = "durable.debug.set_trace") -> str:
     (tmp_path / "prog.py").write_text(textwrap.dedent(PROGRAM))
     env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "PYTHONBREAKPOINT": breakpoint_hook}
+    if sys.version_info >= (3, 13) and which != "post":  # pdb stops at the breakpoint() line itself first
+        commands = ["n", *commands]
     done = subprocess.run([sys.executable, "prog.py", which], cwd=tmp_path, env=env, input="\n".join(commands) + "\n",
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -86,9 +88,11 @@ def debug(tmp_path: Path, which: str, commands: list[str], breakpoint_hook: str 
 
 
 def stops(out: str) -> list[tuple[str, int, str]]:
-    """(file name, line, function) of every place pdb stopped, in order."""
-    return [(Path(m[1]).name, int(m[2]), m[3]) for m in re.finditer(r"^(?:\(Pdb\) )*> (.+?)\((\d+)\)(\w+)\(\)",
-                                                                      out, re.M)]
+    """(file name, line, function) of every place pdb stopped, in order (not at the ``breakpoint()`` line)."""
+    found = [(Path(m[1]).name, int(m[2]), m[3]) for m in re.finditer(r"^(?:\(Pdb\) )*> (.+?)\((\d+)\)(\w+)\(\)",
+                                                                       out, re.M)]
+    calls = {i for i, line in enumerate(textwrap.dedent(PROGRAM).splitlines(), 1) if line.strip() == "breakpoint()"}
+    return [f for f in found if f[0] != "prog.py" or f[1] not in calls]
 
 
 def line_of(text: str) -> int:
