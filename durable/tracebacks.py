@@ -51,19 +51,15 @@ def runtime_file(filename: str) -> None:
 
 
 @functools.lru_cache(maxsize=4096)
-def _code(name: str, qualname: str, filename: str, lineno: int, cols: tuple[int, int]) -> types.CodeType:
+def _code(name: str, qualname: str, filename: str, lineno: int) -> types.CodeType:
     """``1/0`` placed at ``filename:lineno``, spanning the line's text (so no carets are drawn under it)."""
+    text = linecache.getline(filename, lineno).rstrip().encode()
     node = ast.Expression(ast.BinOp(ast.Constant(1), ast.Div(), ast.Constant(0)))
     for n in ast.walk(node):
         if "lineno" in n._attributes:
             n.lineno = n.end_lineno = lineno  # type: ignore[attr-defined]
-            n.col_offset, n.end_col_offset = cols  # type: ignore[attr-defined]
+            n.col_offset, n.end_col_offset = len(text) - len(text.lstrip()), len(text)  # type: ignore[attr-defined]
     return compile(node, filename, "eval").replace(co_name=name, co_qualname=qualname)
-
-
-def _columns(filename: str, lineno: int) -> tuple[int, int]:
-    text = linecache.getline(filename, lineno).rstrip().encode()
-    return len(text) - len(text.lstrip()), len(text)
 
 
 def make_frame(name: str, filename: str, lineno: int, globals_: dict[str, Any] | None = None,
@@ -74,7 +70,7 @@ def make_frame(name: str, filename: str, lineno: int, globals_: dict[str, Any] |
     sees it run.
     """
     lineno = max(lineno, 1)
-    code = _code(name, qualname or name, filename, lineno, _columns(filename, lineno))
+    code = _code(name, qualname or name, filename, lineno)
     g = globals_ if globals_ is not None else {"__name__": "__durable__", "__builtins__": __builtins__}
     tracer = sys.gettrace()
     if tracer is not None:
