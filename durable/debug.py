@@ -100,17 +100,18 @@ class _Target:
 class DurablePdb(pdb.Pdb):
     """pdb that treats an ``await`` in durable code as a step of the user's code (see the module docstring)."""
 
-    def __init__(self, *args: Any, skip: list[str] | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, skip=[*_SKIP, *(skip or [])], **kwargs)
+    def __init__(self, completekey: str = "tab", stdin: Any = None, stdout: Any = None,
+                 skip: list[str] | None = None, **kwargs: Any) -> None:
+        super().__init__(completekey, stdin, stdout, skip=[*_SKIP, *(skip or [])], **kwargs)
         self._target: _Target | None = None
 
     # -- the commands that follow an await --------------------------------
     def _durable_move(self, which: str) -> bool:
         """Set up a durable ``next``/``step``/``return`` from the current frame; False if not in durable code."""
         frame = self.curframe
-        if not is_block(frame):
+        if frame is None or not is_block(frame):
             return False
-        here = frame.f_locals.get(_LOCALS)
+        here: dict = frame.f_locals[_LOCALS]
         calls = durable_calls(frame)
         index = next((i for i, c in enumerate(calls) if c.locals is here), None)
         callers = calls[:index] if index is not None else []
@@ -127,20 +128,20 @@ class DurablePdb(pdb.Pdb):
         self.set_step()
         return True
 
-    def do_next(self, arg: str) -> int | None:
+    def do_next(self, arg: str) -> bool | None:
         if arg or not self._durable_move("next"):
             return super().do_next(arg)
-        return 1
+        return True
 
-    def do_step(self, arg: str) -> int | None:
+    def do_step(self, arg: str) -> bool | None:
         if arg or not self._durable_move("step"):
             return super().do_step(arg)
-        return 1
+        return True
 
-    def do_return(self, arg: str) -> int | None:
+    def do_return(self, arg: str) -> bool | None:
         if arg or not self._durable_move("return"):
             return super().do_return(arg)
-        return 1
+        return True
 
     do_n = do_next
     do_s = do_step
@@ -149,7 +150,7 @@ class DurablePdb(pdb.Pdb):
     def do_where(self, arg: str) -> None:
         super().do_where(arg)
         frame = self.curframe
-        if is_block(frame):
+        if frame is not None and is_block(frame):
             calls = durable_calls(frame)
             if calls:
                 self.message("Durable calls (outermost first; the last one runs the frame above):")
