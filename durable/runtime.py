@@ -32,8 +32,10 @@ from .primitives import TimerRequest, WaitRequest, valid_due
 from .serialization import pickled
 from .stack import CallStack, FunctionCall, check_code, func_ref, resolve_func, transformer
 from .state import CANCELLED, COMPLETED, FAILED, PAUSED, RUNNING, SavedState, WaitInfo
+from .tracebacks import enter, remember, restore, runtime_file, unwind
 
 log = logging.getLogger("durable")
+runtime_file(__file__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -208,8 +210,8 @@ class DurableRuntime:
                     exc = DurableError(
                         "PauseForEventException raised outside a pause point; write "
                         "`raise PauseForEventException(name)` directly in durable code, or "
-                        "`await wait_for_event(name)`")
-                fr, blocks, L, done = self._throw(exc)
+                        "`await wait_for_event(name)`").with_traceback(exc.__traceback__)
+                fr, blocks, L, done = self._throw(exc, True)
                 if done:
                     return await self._finish_failed(exc)
                 continue
@@ -317,12 +319,16 @@ class DurableRuntime:
             return True
         return False
 
-    def _throw(self, exc: BaseException) -> tuple[Any, Any, Any, bool]:
+    def _throw(self, exc: BaseException, from_block: bool = False) -> tuple[Any, Any, Any, bool]:
         """Route ``exc`` to the innermost handler; unwind frames that have none.
 
         Returns the handling frame, its blocks and its locals, and False; or (None, None, None, True)
-        when no frame handles it (the instance fails)."""
+        when no frame handles it (the instance fails). ``from_block``: a block raised it (else the
+        runtime did, at the top frame's await). Its traceback gets an entry for each durable call it
+        leaves (see :mod:`durable.tracebacks`).
+        """
         frames = self._live()["stack"].frames
+        enter(exc, frames[-1] if frames else None, from_block)
         while frames:
             fr = frames[-1]
             blk = fr.blocks[fr.pc]
@@ -337,6 +343,8 @@ class DurableRuntime:
                 fr.pc = pc
                 return fr, fr.blocks, fr.locals, False
             frames.pop()
+            if frames:
+                unwind(exc, frames[-1])
         return None, None, None, True
 
     async def _checkpoint(self) -> None:
@@ -373,7 +381,8 @@ class DurableRuntime:
             pickle.loads(pickled(exc))
             stored = exc
         except Exception:
-            stored = DurableError(f"{type(exc).__name__}: {exc}")
+            stored = DurableError(f"{type(exc).__name__}: {exc}").with_traceback(exc.__traceback__)
+        remember(stored)
         state.update({"status": FAILED, "error": stored, "stack": CallStack([]), "wait": None})
         await self._checkpoint()
         raise exc
@@ -386,7 +395,7 @@ def new_state(stack: CallStack, name: str) -> SavedState:
 
 def _stored_error(state: SavedState) -> BaseException:
     err = state.get("error")
-    return err if isinstance(err, BaseException) else DurableError(str(err))
+    return restore(err) if isinstance(err, BaseException) else DurableError(str(err))
 
 
 def _diagnose(state: SavedState, exc: CheckpointException) -> CheckpointException:

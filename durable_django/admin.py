@@ -289,6 +289,8 @@ class DurableInstanceAdmin(SafeInputAdmin):
         return {
             **self.admin_site.each_context(request), "opts": self.opts, "title": f"Durable instance {iid}",
             "instance": inst, "original": inst, "frames": frames, "stack_error": stack_error, "history": history,
+            "failure_chain": operations.failure_chain(inst.error) if inst.error else [],
+            "error_shown": operations.error_shown(inst.error),
             "events": events, "task": task, "linked": _linked_label(inst), "finished": inst.status in FINISHED,
             "ws_path": f"/ws/durable/instances/{urlquote(iid, safe='')}/",
             "can": {"publish": self.has_publish_permission(request) and inst.status not in FINISHED,

@@ -8,6 +8,7 @@ operator's name.
 from __future__ import annotations
 
 import json
+import re
 import reprlib
 from typing import Any
 
@@ -78,6 +79,35 @@ def frames(state: SavedState) -> list[dict]:
                                "json": json.dumps(value, cls=DjangoJSONEncoder) if is_jsonable(value) else None})
         out.append({"index": index, "function": frame.name, "position": frame.position(), "locals": local_rows})
     return out
+
+
+_ENTRY = re.compile(r'^  File "(?P<file>.*)", line (?P<line>\d+), in (?P<function>.*)$')
+#: Characters of a long error the admin shows (the end: the failing call and the exception).
+ERROR_SHOWN = 8000
+
+
+def failure_chain(error: str) -> list[dict]:
+    """The call chain of a failed instance, outermost first, read from its ``error`` text.
+
+    The text is Python's traceback of the error (see ``durable_django.backend.describe_error``), in which
+    the core shows every durable call the error left (``durable.tracebacks``). Only the last traceback
+    counts (the error that ended the instance, after any it was raised from). Each entry: ``function``,
+    ``file``, ``line`` and the ``source`` line when the traceback had it.
+    """
+    text = error.rpartition("Traceback (most recent call last):\n")[2] if "Traceback (most" in error else ""
+    chain: list[dict] = []
+    for row in text.splitlines():
+        m = _ENTRY.match(row)
+        if m:
+            chain.append({"function": m["function"], "file": m["file"], "line": int(m["line"]), "source": ""})
+        elif chain and row.startswith("    ") and not chain[-1]["source"] and row.strip(" ^~"):
+            chain[-1]["source"] = row.strip()
+    return chain
+
+
+def error_shown(error: str) -> str:
+    """``error`` cut for a page: its end (where it failed, and the exception) when it is long."""
+    return error if len(error) <= ERROR_SHOWN else "\N{HORIZONTAL ELLIPSIS}" + error[-ERROR_SHOWN:]
 
 
 def edit_local(instance_id: str, frame_index: int, name: str, value: Any, *, actor: str,
