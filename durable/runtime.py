@@ -147,17 +147,18 @@ class DurableRuntime:
             if self.clock() >= due:
                 return None, None
             raise TimerPause(None, due=due, instance_id=self.instance_id)
+        event = wait.get("event", "")  # every event wait names its event
         try:
             meta = wait.get("meta")
             if meta:  # a backend that enforces the wait's metadata (who may answer, payload form) sees it
                 answer = getattr(self._io, "wait_for_answer", None)
                 if answer is not None:
-                    return await answer(self.instance_id, wait["event"], meta), None
-            return await self._io.wait_for_event(self.instance_id, wait["event"]), None
+                    return await answer(self.instance_id, event, meta), None
+            return await self._io.wait_for_event(self.instance_id, event), None
         except PauseForEventException:
             if due is not None and self.clock() >= due:
-                return None, EventTimeout(f"event {wait['event']!r} did not arrive in time")
-            raise PauseForEventException(wait["event"], due=due, instance_id=self.instance_id) from None
+                return None, EventTimeout(f"event {event!r} did not arrive in time")
+            raise PauseForEventException(event, due=due, instance_id=self.instance_id) from None
 
     async def _begin_wait(self, req: WaitRequest | TimerRequest) -> tuple[bool, Any, BaseException | None]:
         """Try to satisfy a new wait now; otherwise record it and pause."""
@@ -283,7 +284,7 @@ class DurableRuntime:
             else:  # pragma: no cover - the compiler emits nothing else
                 raise DurableError(f"bad block result {r!r}")
             # a leaf await: a wait request, or any awaitable run as one step
-            throw = None
+            throw = value = None
             if aw.__class__ is WaitRequest or aw.__class__ is TimerRequest:
                 ok, value, throw = await self._begin_wait(aw)
             else:

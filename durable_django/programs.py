@@ -162,7 +162,7 @@ def register_migration(program: DurableProgram[..., Any] | str, func: M | None =
 def migrator_for(path: str, version: str, program: DurableProgram[..., Any]) -> Migration | None:
     """The ``migrate`` hook for an instance of ``path`` started under ``version``, or None."""
     funcs = [*_migrations.get((path, version or None), ()), *_migrations.get((path, None), ())]
-    if getattr(program, "migrate", None) is not None:
+    if program.migrate is not None:
         funcs.append(program.migrate)
     if not funcs:
         return None
