@@ -3,6 +3,10 @@
 Public functions (imported lazily, so importing this package loads no models)::
 
     from durable_django import start, publish_event, cancel, resume, result, db_step
+
+and their async twins for async views and other async code (same arguments, same errors)::
+
+    from durable_django import astart, apublish_event, acancel, aresume, aresult, aget_instance
 """
 
 from __future__ import annotations
@@ -13,7 +17,10 @@ __version__ = "0.1.0"
 
 _API = {
     "start": "api", "publish_event": "api", "cancel": "api", "resume": "api", "result": "api",
-    "get_instance": "api", "register_migration": "programs", "register": "programs", "bind": "bindings",
+    "get_instance": "api",
+    "astart": "api", "apublish_event": "api", "acancel": "api", "aresume": "api", "aresult": "api",
+    "aget_instance": "api",
+    "register_migration": "programs", "register": "programs", "bind": "bindings",
     "db_step": "steps", "sweep": "worker", "run_instance": "worker",
 }
 __all__ = sorted(_API)

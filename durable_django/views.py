@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.apps import apps
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -98,6 +99,17 @@ def publish_for_user(user, instance_id: str, event: str, payload: Any = None,
     except (InvalidPayload, ValueError) as exc:
         return 400, {"error": str(exc)}
     return 202, {"instance_id": instance_id, "event": event, "event_id": ev.pk}
+
+
+async def apublish_for_user(user, instance_id: str, event: str, payload: Any = None,
+                            idempotency_key: str | None = None) -> tuple[int, dict]:
+    """:func:`publish_for_user` for an async view; the same checks and answers.
+
+    Read ``request.auser()`` first: ``request.user`` is lazy, and loading it
+    is a sync query that async code may not run.
+    """
+    return await sync_to_async(publish_for_user, thread_sensitive=True)(user, instance_id, event, payload,
+                                                                        idempotency_key)
 
 
 @method_decorator(csrf_protect, name="dispatch")
