@@ -7,6 +7,9 @@ from durable_django.live import read_status
 
 from .models import Expense
 
+#: How an expense reads once the framework ended its process (what the receivers write, see receivers.py).
+SHOWN_AS = {"cancelled": Expense.State.CANCELLED, "failed": Expense.State.FAILED}
+
 
 class ExpenseStatusConsumer(InstanceStatusConsumer):
     """``ws/expenses/<pk>/``: the approval instance of one expense, plus the expense's own state."""
@@ -23,6 +26,11 @@ class ExpenseStatusConsumer(InstanceStatusConsumer):
     def read(self, instance_id: str):
         data = read_status(instance_id)
         if data is not None:
-            expense = Expense.objects.filter(pk=self.scope["url_route"]["kwargs"]["pk"]).values("state").first()
-            data["expense_state"] = Expense.State(expense["state"]).label if expense else None
+            expense = Expense.objects.filter(pk=self.scope["url_route"]["kwargs"]["pk"]).only("state").first()
+            if expense is not None:
+                ended = SHOWN_AS.get(data["status"])  # the receivers may not have run yet: never show a stale wait
+                if ended is not None and expense.state not in (Expense.State.PAID, Expense.State.REJECTED):
+                    expense.state = ended
+            data["expense_state"] = expense.get_state_display() if expense else None
+            data["tone"] = expense.tone if expense else ""
         return data
