@@ -44,7 +44,7 @@ from django.views.decorators.csrf import csrf_protect
 from . import limits
 from .answers import publish_answer
 from .exceptions import InstanceFinished, InvalidInput, InvalidPayload, StateUnreadable, UnknownInstance
-from .forms import PublishEventForm
+from .forms import PublishEventForm, error_text
 
 #: The task pages (and the assignment checks of the publish view) need the optional human-task app.
 HUMAN_TASKS = apps.is_installed("durable_django.humantasks")
@@ -153,7 +153,7 @@ class PublishEventView(View):
             raise _Refused(413, str(exc)) from None
         form = PublishEventForm({**fields, **({"event": event} if event else {})})
         if not form.is_valid():
-            raise _Refused(400, form.errors.get_json_data())
+            raise _Refused(400, error_text(form.errors))
         return form.cleaned_data["event"], form.cleaned_data["payload"]
 
     @staticmethod
@@ -256,7 +256,7 @@ class TaskAnswerView(View):
         except PermissionDenied:
             raise
         except ValidationError as exc:
-            messages.error(request, "; ".join(exc.messages))
+            messages.error(request, error_text(exc, form))
             return render(request, self.template_name, {"task": task, "form": form}, status=400)
         except (InvalidPayload, InvalidInput) as exc:
             messages.error(request, str(exc))

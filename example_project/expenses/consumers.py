@@ -7,9 +7,6 @@ from durable_django.live import read_status
 
 from .models import Expense
 
-#: How an expense reads once the framework ended its process (what the receivers write, see receivers.py).
-SHOWN_AS = {"cancelled": Expense.State.CANCELLED, "failed": Expense.State.FAILED}
-
 
 class ExpenseStatusConsumer(InstanceStatusConsumer):
     """``ws/expenses/<pk>/``: the approval instance of one expense, plus the expense's own state."""
@@ -27,10 +24,8 @@ class ExpenseStatusConsumer(InstanceStatusConsumer):
         data = read_status(instance_id)
         if data is not None:
             expense = Expense.objects.filter(pk=self.scope["url_route"]["kwargs"]["pk"]).only("state").first()
-            if expense is not None:
-                ended = SHOWN_AS.get(data["status"])  # the receivers may not have run yet: never show a stale wait
-                if ended is not None and expense.state not in (Expense.State.PAID, Expense.State.REJECTED):
-                    expense.state = ended
+            if expense is not None:  # the receivers may not have run yet: never show a stale wait
+                expense.state = expense.shown_state(data["status"])
             data["expense_state"] = expense.get_state_display() if expense else None
             data["tone"] = expense.tone if expense else ""
         return data

@@ -54,12 +54,19 @@ def set_state(expense_id: int, state: str, decision: dict | None = None, by: str
 
 
 def answered_by(expense_id: int, event: str):
-    """The user whose answer the wait for ``event`` just took: the publisher of the last event of that name
-    the process consumed (a rejected answer is consumed too, with its reason, and is skipped)."""
-    ev = (DurableEvent.objects.filter(instance_id=f"expense-{expense_id}", name=event, consumed_at__isnull=False,
-                                      rejected__isnull=True).order_by("-consumed_at", "-id")
-          .values_list("publisher_id", flat=True).first())
-    return get_user_model()._default_manager.filter(pk=ev).first() if ev is not None else None
+    """The user whose answer the wait for ``event`` just took.
+
+    The wait takes the oldest event of that name left in the inbox (older ones that may not answer it are
+    rejected, with their reason) and the checkpoint after it marks it consumed: the oldest unconsumed answer
+    that was not rejected, or once marked, the last consumed one.
+    """
+    answers = DurableEvent.objects.filter(instance_id=f"expense-{expense_id}", name=event, rejected__isnull=True)
+    publisher = (answers.filter(consumed_at__isnull=True).order_by("id").values_list("publisher_id", flat=True)
+                 .first())
+    if publisher is None:
+        publisher = (answers.filter(consumed_at__isnull=False).order_by("-consumed_at", "-id")
+                     .values_list("publisher_id", flat=True).first())
+    return get_user_model()._default_manager.filter(pk=publisher).first() if publisher is not None else None
 
 
 @db_step

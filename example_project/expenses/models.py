@@ -51,6 +51,12 @@ class Expense(models.Model):
         prefix, _, pk = instance_id.partition("-")
         return int(pk) if prefix == "expense" and pk.isdigit() else None
 
+    def shown_state(self, process_status: str) -> str:
+        """The state to show next to the process's ``process_status``: a cancelled or failed process ends an
+        open expense even before the receivers (receivers.py) have written that."""
+        ended = {"cancelled": self.State.CANCELLED, "failed": self.State.FAILED}.get(process_status)
+        return ended if ended is not None and self.state not in (self.State.PAID, self.State.REJECTED) else self.state
+
     @property
     def tone(self) -> str:
         return self.TONES.get(self.state, "")
