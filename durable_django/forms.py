@@ -11,6 +11,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from .exceptions import InvalidInput
 from .limits import EVENT_NAME_COLUMN, check_event_name, parse_json
 
+
 def error_text(errors: Any, form: forms.BaseForm | None = None) -> str:
     """Form errors as one line a person reads: "Decision: Select a valid choice. ...; Comment: ...".
 
