@@ -155,11 +155,19 @@ def _linked_label(inst: DurableInstance) -> str:
     return f"{ct.app_label}.{ct.model}:{inst.object_id}"
 
 
+def _short_time(at) -> str:
+    """A time in a narrow column: the time of day if it is today, else the date and time, in local time."""
+    local = timezone.localtime(at)
+    if local.date() == timezone.localdate():
+        return local.strftime("%H:%M:%S")
+    return f"{date_format(local, 'SHORT_DATE_FORMAT')} {local:%H:%M}"
+
+
 @admin.register(DurableInstance)
 class DurableInstanceAdmin(SafeInputAdmin):
-    # Six columns, so that the list fits a 1280 px screen beside the filters: the wake time is in "waits for",
-    # failed attempts are in the status.
-    list_display = ("instance_id", "program_name", "status_badge", "waits_for", "updated_at", "linked_object")
+    # Five short columns, so that the list fits a 1280 px screen beside the admin's sidebar and the filters: the
+    # wake time is in "waits for", failed attempts in the status, the linked object under the program.
+    list_display = ("instance_id", "program_name", "status_badge", "waits_for", "updated")
     list_filter = ("status", ProgramFilter, WaitFilter, LinkedTypeFilter)
     # Case-sensitive lookups, so that the primary key's and object_id's indexes serve them (UPPER() would scan).
     search_fields = ("instance_id__startswith", "object_id__exact")
@@ -203,9 +211,11 @@ class DurableInstanceAdmin(SafeInputAdmin):
             return queryset.filter(Q(content_type=ct, object_id=match["pk"])), False
         return super().get_search_results(request, queryset, search_term)
 
-    @admin.display(description="program", ordering="program")
+    @admin.display(description="program / linked object", ordering="program")
     def program_name(self, obj: DurableInstance) -> str:
-        return format_html('<span title="{}">{}</span>', obj.program, obj.program.rsplit(".", 1)[-1])
+        name = format_html('<span title="{}">{}</span>', obj.program, obj.program.rsplit(".", 1)[-1])
+        linked = _linked_label(obj)
+        return format_html("{}<br><small>{}</small>", name, linked) if linked else name
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, obj: DurableInstance) -> str:
@@ -217,18 +227,18 @@ class DurableInstanceAdmin(SafeInputAdmin):
                                 "" if obj.attempts == 1 else "s")
         return badge
 
+    @admin.display(description="updated", ordering="updated_at")
+    def updated(self, obj: DurableInstance) -> str:
+        return format_html('<span title="{}">{}</span>', obj.updated_at.isoformat(), _short_time(obj.updated_at))
+
     @admin.display(description="waits for", ordering="wake_at")
     def waits_for(self, obj: DurableInstance) -> str:
         if obj.status != Status.PAUSED:
             return ""
-        when = f" until {date_format(timezone.localtime(obj.wake_at), 'SHORT_DATETIME_FORMAT')}" if obj.wake_at else ""
+        when = f" until {_short_time(obj.wake_at)}" if obj.wake_at else ""
         if obj.wait_kind == "event":
             return f"event {obj.waiting_for}{when}"
         return f"timer{when}" if obj.wait_kind else ""
-
-    @admin.display(description="linked object")
-    def linked_object(self, obj: DurableInstance) -> str:
-        return _linked_label(obj)
 
     # -- bulk actions -------------------------------------------------------------
     def _each(self, request, queryset, func, verb: str) -> None:
@@ -408,18 +418,39 @@ class _ReadOnly(SafeInputAdmin):
 
 @admin.register(DurableEvent)
 class DurableEventAdmin(_ReadOnly):
-    list_display = ("id", "instance_id", "name", "idempotency_key", "created_at", "consumed_at")
+    # Narrow enough for 1280 px: short times; the idempotency key and the payload are on the event's page.
+    list_display = ("instance_id", "name", "published", "consumed")
     list_filter = ("name",)
     search_fields = ("=instance__instance_id", "name", "=idempotency_key")
     show_full_result_count = False
 
+    @admin.display(description="published", ordering="created_at")
+    def published(self, obj: DurableEvent) -> str:
+        return _short_time(obj.created_at)
+
+    @admin.display(description="consumed", ordering="consumed_at")
+    def consumed(self, obj: DurableEvent) -> str:
+        if obj.consumed_at is None:
+            return "-"
+        return f"rejected {_short_time(obj.consumed_at)}" if obj.rejected else _short_time(obj.consumed_at)
+
 
 @admin.register(DurableHistory)
 class DurableHistoryAdmin(_ReadOnly):
-    list_display = ("id", "instance_id", "kind", "status", "actor", "at")
+    list_display = ("instance_id", "kind", "status", "short_actor", "when")
     list_filter = ("kind",)
     search_fields = ("=instance__instance_id", "actor")
     show_full_result_count = False
+
+    @admin.display(description="actor", ordering="actor")
+    def short_actor(self, obj: DurableHistory) -> str:
+        """A worker id is long (``celery@host:host:pid:...``): its start, the whole in the tooltip."""
+        shown = obj.actor if len(obj.actor) <= 24 else obj.actor[:22] + "…"
+        return format_html('<span title="{}">{}</span>', obj.actor, shown)
+
+    @admin.display(description="at", ordering="at")
+    def when(self, obj: DurableHistory) -> str:
+        return _short_time(obj.at)
 
 
 if HUMAN_TASKS:

@@ -25,8 +25,8 @@ def error_text(errors: Any, form: forms.BaseForm | None = None) -> str:
         errors = errors.message_dict
     parts = []
     for name, messages in errors.items():
-        field = form.fields.get(name) if form is not None else None
-        label = "" if name == "__all__" else str(field.label if field and field.label else name)
+        label = "" if name == "__all__" else str(form[name].label if form is not None and name in form.fields
+                                                 else name)
         text = " ".join(str(m) for m in messages)
         parts.append(f"{label}: {text}" if label else text)
     return "; ".join(parts)
