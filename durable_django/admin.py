@@ -36,6 +36,8 @@ from django.http import (
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.formats import date_format
 from django.utils.html import format_html
 
 from durable import StateTamperedError
@@ -144,10 +146,19 @@ def _linked_label(inst: DurableInstance) -> str:
     return f"{ct.app_label}.{ct.model}:{inst.object_id}"
 
 
+def _short_time(at) -> str:
+    """A time in a narrow column: the time of day if it is today, else the date and time, in local time."""
+    local = timezone.localtime(at)
+    if local.date() == timezone.localdate():
+        return local.strftime("%H:%M:%S")
+    return f"{date_format(local, 'SHORT_DATE_FORMAT')} {local:%H:%M}"
+
+
 @admin.register(DurableInstance)
 class DurableInstanceAdmin(SafeInputAdmin):
-    list_display = ("instance_id", "program_name", "status_badge", "waits_for", "wake_at", "updated_at", "attempts",
-                    "linked_object")
+    # Five short columns, so that the list fits a 1280 px screen beside the admin's sidebar and the filters: the
+    # wake time is in "waits for", failed attempts in the status, the linked object under the program.
+    list_display = ("instance_id", "program_name", "status_badge", "waits_for", "updated")
     list_filter = ("status", ProgramFilter, WaitFilter, LinkedTypeFilter)
     # Case-sensitive lookups, so that the primary key's and object_id's indexes serve them (UPPER() would scan).
     search_fields = ("instance_id__startswith", "object_id__exact")
@@ -191,26 +202,34 @@ class DurableInstanceAdmin(SafeInputAdmin):
             return queryset.filter(Q(content_type=ct, object_id=match["pk"])), False
         return super().get_search_results(request, queryset, search_term)
 
-    @admin.display(description="program", ordering="program")
+    @admin.display(description="program / linked object", ordering="program")
     def program_name(self, obj: DurableInstance) -> str:
-        return format_html('<span title="{}">{}</span>', obj.program, obj.program.rsplit(".", 1)[-1])
+        name = format_html('<span title="{}">{}</span>', obj.program, obj.program.rsplit(".", 1)[-1])
+        linked = _linked_label(obj)
+        return format_html("{}<br><small>{}</small>", name, linked) if linked else name
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, obj: DurableInstance) -> str:
-        colours: dict[str, str] = {
-            Status.COMPLETED: "#2a7", Status.FAILED: "#c33", Status.SUSPENDED: "#c70", Status.CANCELLED: "#888",
-            Status.PAUSED: "#37a", Status.RUNNING: "#a5c", Status.PENDING: "#999"}
-        return format_html('<b style="color:{}">{}</b>', colours.get(obj.status, "#000"), obj.get_status_display())
+        colours: dict[str, str] = {Status.COMPLETED: "#2a7", Status.FAILED: "#c33", Status.SUSPENDED: "#c70", Status.CANCELLED: "#888",
+                   Status.PAUSED: "#37a", Status.RUNNING: "#a5c", Status.PENDING: "#999"}
+        badge = format_html('<b style="color:{}">{}</b>', colours.get(obj.status, "#000"), obj.get_status_display())
+        if obj.attempts:
+            badge = format_html('{} <small title="failed attempts">({} attempt{})</small>', badge, obj.attempts,
+                                "" if obj.attempts == 1 else "s")
+        return badge
 
-    @admin.display(description="waits for")
+    @admin.display(description="updated", ordering="updated_at")
+    def updated(self, obj: DurableInstance) -> str:
+        return format_html('<span title="{}">{}</span>', obj.updated_at.isoformat(), _short_time(obj.updated_at))
+
+    @admin.display(description="waits for", ordering="wake_at")
     def waits_for(self, obj: DurableInstance) -> str:
         if obj.status != Status.PAUSED:
             return ""
-        return f"event {obj.waiting_for}" if obj.wait_kind == "event" else ("timer" if obj.wait_kind else "")
-
-    @admin.display(description="linked object")
-    def linked_object(self, obj: DurableInstance) -> str:
-        return _linked_label(obj)
+        when = f" until {_short_time(obj.wake_at)}" if obj.wake_at else ""
+        if obj.wait_kind == "event":
+            return f"event {obj.waiting_for}{when}"
+        return f"timer{when}" if obj.wait_kind else ""
 
     # -- bulk actions -------------------------------------------------------------
     def _each(self, request, queryset, func, verb: str) -> None:
@@ -392,24 +411,52 @@ class _ReadOnly(SafeInputAdmin):
 
 @admin.register(DurableEvent)
 class DurableEventAdmin(_ReadOnly):
-    list_display = ("id", "instance_id", "name", "idempotency_key", "created_at", "consumed_at")
+    # Narrow enough for 1280 px: short times; the idempotency key and the payload are on the event's page.
+    list_display = ("instance_id", "name", "published", "consumed")
     list_filter = ("name",)
     search_fields = ("=instance__instance_id", "name", "=idempotency_key")
     show_full_result_count = False
 
+    @admin.display(description="published", ordering="created_at")
+    def published(self, obj: DurableEvent) -> str:
+        return _short_time(obj.created_at)
+
+    @admin.display(description="consumed", ordering="consumed_at")
+    def consumed(self, obj: DurableEvent) -> str:
+        if obj.consumed_at is None:
+            return "-"
+        return f"rejected {_short_time(obj.consumed_at)}" if obj.rejected else _short_time(obj.consumed_at)
+
 
 @admin.register(DurableHistory)
 class DurableHistoryAdmin(_ReadOnly):
-    list_display = ("id", "instance_id", "kind", "status", "actor", "at")
+    list_display = ("instance_id", "kind", "status", "short_actor", "when")
     list_filter = ("kind",)
     search_fields = ("=instance__instance_id", "actor")
     show_full_result_count = False
+
+    @admin.display(description="actor", ordering="actor")
+    def short_actor(self, obj: DurableHistory) -> str:
+        """A worker id is long (``celery@host:host:pid:...``): its start, the whole in the tooltip."""
+        shown = obj.actor if len(obj.actor) <= 24 else obj.actor[:22] + "…"
+        return format_html('<span title="{}">{}</span>', obj.actor, shown)
+
+    @admin.display(description="at", ordering="at")
+    def when(self, obj: DurableHistory) -> str:
+        return _short_time(obj.at)
 
 
 if HUMAN_TASKS:
     @admin.register(HumanTask)
     class HumanTaskAdmin(_ReadOnly):
-        list_display = ("instance_id", "title", "event", "assignee_user", "assignee_group", "permission", "due_at",
-                        "created_at")
+        # Five columns (fits 1280 px): user, group and permission in one "assigned to".
+        list_display = ("instance_id", "title", "event", "assigned_to", "due_at")
         list_select_related = ("assignee_user", "assignee_group")
         search_fields = ("=instance__instance_id", "title")
+
+        @admin.display(description="assigned to")
+        def assigned_to(self, obj: HumanTask) -> str:
+            parts = [f"user {obj.assignee_user}" if obj.assignee_user_id else "",
+                     f"group {obj.assignee_group}" if obj.assignee_group_id else "",
+                     f"permission {obj.permission}" if obj.permission else ""]
+            return " or ".join(p for p in parts if p)

@@ -1,4 +1,4 @@
-"""The public functions: start, publish_event, cancel, resume (and result).
+"""The public functions: start, publish_event, cancel, resume (and result), each with an async twin (astart...).
 
 Each writes rows in the caller's transaction and schedules work with
 ``transaction.on_commit`` (:mod:`durable_django.wakeups`), so a worker never
@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any, Generic, ParamSpec, overload
 
+from asgiref.sync import sync_to_async
 from django.contrib.contenttypes.models import ContentType
 from django.db import IntegrityError, models, transaction
 from django.utils import timezone
@@ -21,14 +22,15 @@ from django.utils import timezone
 from durable import CheckpointException, DurableError, DurableProgram, InstanceCancelled
 
 from . import db, limits, programs, worker
-from .events import actor_name, publish_event, publisher_of
+from .events import actor_name, apublish_event, publish_event, publisher_of
 from .exceptions import InstanceExists, InstanceFinished, InvalidPayload, UnknownInstance, UnknownProgram
 from .models import FINISHED, DurableHistory, DurableInstance, HistoryKind, Status
 from .signing import ARGUMENTS, STATE, blob_context, sign, unsign
 from .wakeups import schedule, schedule_and_signal, signal_after_commit
 
-__all__ = ["Starter", "actor_name", "cancel", "check_payload", "get_instance", "publish_event", "publisher_of",
-           "result", "resume", "start", "starter"]
+__all__ = ["Starter", "acancel", "actor_name", "aget_instance", "apublish_event", "aresult", "aresume", "astart",
+           "cancel", "check_payload", "get_instance", "publish_event", "publisher_of", "result", "resume", "start",
+           "starter"]
 
 P = ParamSpec("P")
 #: What start() takes as a program: a make_durable() program, an ``async def`` or a dotted path.
@@ -224,3 +226,35 @@ def result(instance_id: str) -> Any:
         err = state.get("error")
         raise err if isinstance(err, BaseException) else DurableError(str(err))
     return state.get("result")
+
+
+# -- async counterparts (for async views and other async code) ---------------------------------------
+# Each runs its sync function in asgiref's thread-sensitive executor: the same thread and connection as the
+# request's other sync ORM calls, so rows, ``transaction.on_commit`` and errors are exactly the sync ones.
+async def astart(program: DurableProgram | str, *args: Any, instance_id: str | None = None,
+                 link: models.Model | None = None, **kwargs: Any) -> DurableInstance:
+    """:func:`start` for async code (an async view, a consumer); same arguments, outcomes and errors."""
+    return await sync_to_async(start, thread_sensitive=True)(program, *args, instance_id=instance_id, link=link,
+                                                             **kwargs)
+
+
+async def acancel(instance_id: str, reason: str = "", *, actor: str = "") -> DurableInstance:
+    """:func:`cancel` for async code; same arguments, outcomes and errors."""
+    return await sync_to_async(cancel, thread_sensitive=True)(instance_id, reason, actor=actor)
+
+
+async def aresume(instance_id: str, *, inline: bool = False, actor: str = "") -> DurableInstance | str:
+    """:func:`resume` for async code; same arguments, outcomes and errors (``inline`` runs it in the executor's
+    thread, and the awaiting coroutine waits for the run)."""
+    return await sync_to_async(resume, thread_sensitive=True)(instance_id, inline=inline, actor=actor)
+
+
+async def aget_instance(instance_id: str) -> DurableInstance:
+    """:func:`get_instance` for async code; raises :class:`UnknownInstance` likewise."""
+    return await sync_to_async(get_instance, thread_sensitive=True)(instance_id)
+
+
+async def aresult(instance_id: str) -> Any:
+    """:func:`result` for async code; same outcomes and errors (the stored error, ``InstanceCancelled``,
+    ``LookupError``)."""
+    return await sync_to_async(result, thread_sensitive=True)(instance_id)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.db import IntegrityError
 
 from . import limits
@@ -100,3 +101,15 @@ def publish_event(instance_id: str, name: str, payload: Any = None, idempotency_
         db.add_history(instance_id, HistoryKind.EVENT_PUBLISHED, status, name, actor)
     schedule_and_signal(instance_id, "event_published", status, program, event=event)
     return event
+
+
+async def apublish_event(instance_id: str, name: str, payload: Any = None, idempotency_key: str | None = None,
+                         *, actor: Any = None) -> DurableEvent:
+    """:func:`publish_event` for async code (an async view, a consumer); same arguments, outcomes and errors.
+
+    Runs in asgiref's thread-sensitive executor, so the rows and the wake-up
+    after commit are those of the sync call.
+    """
+    return await sync_to_async(publish_event, thread_sensitive=True)(instance_id, name, payload, idempotency_key,
+                                                                     actor=actor)
+

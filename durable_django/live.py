@@ -20,7 +20,7 @@ from typing import Any
 from asgiref.sync import async_to_sync
 
 from .conf import durable_settings
-from .models import DurableInstance
+from .models import FINISHED, DurableInstance
 from .signals import instance_transition
 
 log = logging.getLogger("durable_django")
@@ -45,9 +45,11 @@ def _iso(value) -> str | None:
 def status_payload(row: dict[str, Any]) -> dict[str, Any]:
     """The JSON sent to browsers for one instance, from a ``.values(*STATUS_FIELDS)`` row."""
     error = row.get("error") or ""
+    over = row["status"] in FINISHED  # a finished instance waits for nothing (its row keeps its last wait)
     return {
         "instance_id": row["instance_id"], "program": row["program"], "status": row["status"],
-        "wait_kind": row["wait_kind"], "waiting_for": row["waiting_for"], "wake_at": _iso(row["wake_at"]),
+        "wait_kind": "" if over else row["wait_kind"], "waiting_for": "" if over else row["waiting_for"],
+        "wake_at": None if over else _iso(row["wake_at"]),
         "position": row["position"], "steps": row["steps"], "attempts": row["attempts"], "version": row["version"],
         "error": error.strip().splitlines()[-1][:300] if error.strip() else "",
         "created_at": _iso(row["created_at"]), "updated_at": _iso(row["updated_at"]),

@@ -55,3 +55,5 @@ DURABLE = {**DURABLE, "QUEUE": os.environ["DURABLE_TEST_QUEUE"], "ETA_MAX_SECOND
 # No remote control: workers then leave no pidbox bindings in a shared Redis (nothing in the tests uses it).
 CELERY_WORKER_ENABLE_REMOTE_CONTROL = False
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+# The example project's pages plus the async views of tests/django/test_async_api.py (also under daphne).
+ROOT_URLCONF = "tests.django.urls"
