@@ -18,19 +18,16 @@ import pytest
 if TYPE_CHECKING:
     from .testing import DurableTestEnv
 
-#: Fixtures that already give the test database access (transactional ones included).
-_DB_FIXTURES = ("db", "transactional_db", "django_db_reset_sequences", "django_db_serialized_rollback", "live_server")
-
 
 @pytest.fixture
-def durable_env(request: pytest.FixtureRequest) -> Iterator[DurableTestEnv]:
+def durable_env(db: None) -> Iterator[DurableTestEnv]:
     """An active :class:`durable_django.testing.DurableTestEnv`: instances run inline, time is a fake clock.
 
-    Gives the test database access (``db``) unless the test already asked for
-    it, e.g. with ``@pytest.mark.django_db(transaction=True)``.
+    Gives the test database access (pytest-django's ``db``, named statically
+    so that pytest-django sets the test database up). A transactional test
+    (``@pytest.mark.django_db(transaction=True)`` or ``transactional_db``)
+    stays transactional: pytest-django gives that precedence over ``db``.
     """
-    if not any(name in request.fixturenames for name in _DB_FIXTURES):
-        request.getfixturevalue("db")
     from .testing import DurableTestEnv
 
     with DurableTestEnv() as env:
