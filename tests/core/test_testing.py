@@ -120,7 +120,8 @@ def test_history_records_each_transition():
     env = DurableTestEnv(start=0)
     env.start(ticker, 1, instance_id="t")
     env.advance(60)
-    assert env.history("t") == [HistoryEntry("started"), HistoryEntry("paused", "timer until 1970-01-01T00:01:00+00:00"),
+    assert env.history("t") == [HistoryEntry("started"),
+                                HistoryEntry("paused", "timer until 1970-01-01T00:01:00+00:00"),
                                 HistoryEntry("resumed"), HistoryEntry("completed")]
     env.assert_history("t", ["started", ("paused", "timer until 1970-01-01T00:01"), "resumed", "completed"])
 
