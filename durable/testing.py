@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, TypeVar
@@ -126,7 +126,7 @@ class Snapshot:
         return self.status == FAILED
 
 
-def describe_wait(wait: dict | None) -> str:
+def describe_wait(wait: Mapping[str, Any] | None) -> str:
     """A wait in words, as the history records it: ``event 'approve'``, ``timer until <iso time>``."""
     if not wait:
         return ""

@@ -19,7 +19,7 @@ test client, ``answer()``) in :meth:`DurableTestEnv.eagerly`.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, NamedTuple
@@ -112,7 +112,7 @@ class DurableTestEnv:
                                "DurableTestMixin, or through the durable_env pytest fixture")
 
     # -- running ---------------------------------------------------------------------------
-    def start(self, program: DurableProgram | Callable[..., Any] | str, *args: Any, instance_id: str | None = None,
+    def start(self, program: DurableProgram | str, *args: Any, instance_id: str | None = None,
               link: models.Model | None = None, **kwargs: Any) -> DurableInstance:
         """``durable_django.start(...)``, then run the instance to its first pause; returns its fresh row."""
         with self.eagerly():
@@ -166,7 +166,7 @@ class DurableTestEnv:
     def _steps(ids: list[str]) -> dict[str, tuple]:
         """What a run that did something changes (a run that found its wait not over changes none of it)."""
         rows = DurableInstance.objects.filter(pk__in=ids).values_list("pk", "steps", "status", "wake_at")
-        return {pk: rest for pk, *rest in rows}
+        return {pk: (steps, status, wake_at) for pk, steps, status, wake_at in rows}
 
     def advance(self, seconds: float | timedelta) -> list[str]:
         """Move the fake clock forward by ``seconds`` and run every timer and event timeout due on the way.
