@@ -19,6 +19,7 @@ test client, ``answer()``) in :meth:`DurableTestEnv.eagerly`.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -26,7 +27,7 @@ from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections, models
-from django.test import TestCase, override_settings
+from django.test import override_settings
 
 from durable import DurableProgram
 from durable.testing import FakeClock, HistoryEntry, history_mismatch
@@ -39,6 +40,7 @@ from .signals import instance_transition
 __all__ = ["DurableTestEnv", "DurableTestMixin", "FakeClock", "HistoryEntry", "Transition"]
 
 _MISSING: Any = object()
+log = logging.getLogger("durable_django")
 
 
 class Transition(NamedTuple):
@@ -95,16 +97,29 @@ class DurableTestEnv:
 
         Outside a transaction, Django runs commit-time callbacks at once and
         this changes nothing. Inside one (a ``TestCase``), the callbacks
-        registered in the block (wake-ups, signals) run at its end, as
-        ``captureOnCommitCallbacks(execute=True)`` does, including those
-        that they register in turn.
+        registered in the block (wake-ups, signals) run at its end, with those
+        they register in turn, and leave the list of callbacks kept for the
+        commit: an enclosing block does not run them a second time. A block
+        left by an exception runs nothing.
         """
         self._check_active()
-        if not connections[self.using].in_atomic_block:
+        conn = connections[self.using]
+        if not conn.in_atomic_block:
             yield
             return
-        with TestCase.captureOnCommitCallbacks(using=self.using, execute=True):
-            yield
+        start = len(conn.run_on_commit)
+        yield
+        while len(conn.run_on_commit) > start:
+            batch = conn.run_on_commit[start:]
+            del conn.run_on_commit[start:]
+            for _savepoints, func, robust in batch:
+                if not robust:
+                    func()
+                    continue
+                try:
+                    func()
+                except Exception:  # as at a real commit: a robust callback's error is logged, the others run
+                    log.exception("commit-time callback %r failed", func)
 
     def _check_active(self) -> None:
         if self._stack is None:

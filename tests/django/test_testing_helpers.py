@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 import pytest
 from django.db import connection
-from django.test import TestCase
+from django.test import TestCase, TransactionTestCase
 from django.test.utils import CaptureQueriesContext
 
 import durable_django as dd
@@ -212,8 +212,25 @@ class MixinTests(DurableTestMixin, TestCase):
             dd.publish_event("v", "review", "yes")
         self.assertEqual(self.durable.result("v"), "too early")  # the first event in the inbox is consumed
 
+    def test_nested_eagerly_runs_each_wake_up_once(self):
+        with self.durable.eagerly():
+            self.durable.start(review, "n", instance_id="n")
+            self.durable.assert_waiting("n", "review")  # start() ran it at once, inside the outer block too
+            self.durable.publish("n", "review", "ok")
+        self.durable.assert_completed("n", "ok")
+        started = [t for t in self.durable.transitions if t.kind == "started"]
+        self.assertEqual(len(started), 1)
+
     def test_settle_runs_what_is_runnable(self):
         self.durable.start(review, "v", instance_id="v")
         dd.publish_event("v", "review", "later")
         self.assertEqual(self.durable.settle(), ["v"])
         self.durable.assert_completed("v", "later")
+
+
+class MixinTransactionTests(DurableTestMixin, TransactionTestCase):
+    def test_commits_run_instances_at_once(self):
+        self.durable.start(review, "t", instance_id="t")
+        dd.publish_event("t", "review", "done")  # autocommit: the wake-up runs it right away
+        self.durable.assert_completed("t", "done")
+        self.assertEqual(notes("t"), ["verdict done"])
