@@ -110,7 +110,7 @@ class DurableTestEnv:
         start = len(conn.run_on_commit)
         yield
         while len(conn.run_on_commit) > start:
-            batch = conn.run_on_commit[start:]
+            batch: list[Any] = conn.run_on_commit[start:]  # Django 4.2+: (savepoint ids, func, robust)
             del conn.run_on_commit[start:]
             for _savepoints, func, robust in batch:
                 if not robust:
