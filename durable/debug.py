@@ -79,7 +79,7 @@ class _Target:
     finishes, the debugger stops there.
     """
 
-    def __init__(self, calls: list[dict] | None, passed: dict[int, int], origin: types.FrameType,
+    def __init__(self, calls: list[dict[str, Any]] | None, passed: dict[int, int], origin: types.FrameType,
                  outer: types.FrameType | None) -> None:
         self.calls = calls
         self.passed = passed
@@ -111,13 +111,13 @@ class DurablePdb(pdb.Pdb):
         frame = self.curframe
         if frame is None or not is_block(frame):
             return False
-        here: dict = frame.f_locals[_LOCALS]
+        here: dict[str, Any] = frame.f_locals[_LOCALS]
         calls = durable_calls(frame)
         index = next((i for i, c in enumerate(calls) if c.locals is here), None)
         callers = calls[:index] if index is not None else []
         passed = {id(c.locals): where(c)[3] for c in callers}
         if which == "return":
-            targets: list[dict] | None = [c.locals for c in callers]
+            targets: list[dict[str, Any]] | None = [c.locals for c in callers]
         else:
             passed[id(here)] = frame.f_lineno
             targets = None if which == "step" else [here, *(c.locals for c in callers)]

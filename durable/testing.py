@@ -191,12 +191,12 @@ class DurableTestEnv:
         self.backend = backend if backend is not None else DurableBackend()
         self.clock = clock if clock is not None else FakeClock(start)
         self.max_rounds = max_rounds
-        self._programs: dict[str, DurableProgram] = {}
+        self._programs: dict[str, DurableProgram[..., Any]] = {}
         self._history: dict[str, list[HistoryEntry]] = {}
         self._last: dict[str, Snapshot] = {}
 
     # -- running ------------------------------------------------------------------------
-    async def astart(self, program: DurableProgram | Callable[..., Any], *args: Any,
+    async def astart(self, program: DurableProgram[..., Any] | Callable[..., Any], *args: Any,
                      instance_id: str | None = None, **kwargs: Any) -> Snapshot:
         """Start an instance of ``program`` (a ``make_durable`` program or an ``async def``) and run it to its
         first pause."""
@@ -255,7 +255,7 @@ class DurableTestEnv:
         snap = self._last[instance_id] = Snapshot(instance_id, CANCELLED)
         return snap
 
-    async def _run(self, iid: str, args: tuple, kwargs: dict) -> Snapshot:
+    async def _run(self, iid: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Snapshot:
         program = self._programs[iid]
         before = self._last.get(iid)
         saves = [0]
@@ -297,7 +297,7 @@ class DurableTestEnv:
             raise error
         return snap
 
-    def _program(self, instance_id: str) -> DurableProgram:
+    def _program(self, instance_id: str) -> DurableProgram[..., Any]:
         program = self._programs.get(instance_id)
         if program is None:
             known = ", ".join(sorted(self._programs)) or "none"
@@ -305,7 +305,7 @@ class DurableTestEnv:
         return program
 
     # -- sync twins ---------------------------------------------------------------------
-    def start(self, program: DurableProgram | Callable[..., Any], *args: Any, instance_id: str | None = None,
+    def start(self, program: DurableProgram[..., Any] | Callable[..., Any], *args: Any, instance_id: str | None = None,
               **kwargs: Any) -> Snapshot:
         """:meth:`astart` from sync code."""
         return run_sync(self.astart(program, *args, instance_id=instance_id, **kwargs))
@@ -358,7 +358,8 @@ class DurableTestEnv:
         pending = getattr(self.backend, "pending_events", None)
         if pending is None:
             raise TypeError(f"{type(self.backend).__name__} cannot list pending events")
-        return pending(instance_id)
+        events: list[tuple[str, Any]] = pending(instance_id)
+        return events
 
     # -- assertions ---------------------------------------------------------------------
     def assert_history(self, instance_id: str, expected: Iterable[str | tuple[str, str]]) -> None:
@@ -397,7 +398,7 @@ class DurableTestEnv:
         return snap.result
 
 
-def _wait_of(snap: Snapshot) -> dict | None:
+def _wait_of(snap: Snapshot) -> dict[str, Any] | None:
     if not snap.paused:
         return None
     wait: dict[str, Any] = {"kind": snap.wait_kind, "due": snap.due}

@@ -127,7 +127,7 @@ class DurableTestEnv:
                                "DurableTestMixin, or through the durable_env pytest fixture")
 
     # -- running ---------------------------------------------------------------------------
-    def start(self, program: DurableProgram | str, *args: Any, instance_id: str | None = None,
+    def start(self, program: DurableProgram[..., Any] | str, *args: Any, instance_id: str | None = None,
               link: models.Model | None = None, **kwargs: Any) -> DurableInstance:
         """``durable_django.start(...)``, then run the instance to its first pause; returns its fresh row."""
         with self.eagerly():
@@ -178,7 +178,7 @@ class DurableTestEnv:
                            "loop without end?")
 
     @staticmethod
-    def _steps(ids: list[str]) -> dict[str, tuple]:
+    def _steps(ids: list[str]) -> dict[str, tuple[Any, ...]]:
         """What a run that did something changes (a run that found its wait not over changes none of it)."""
         rows = DurableInstance.objects.filter(pk__in=ids).values_list("pk", "steps", "status", "wake_at")
         return {pk: (steps, status, wake_at) for pk, steps, status, wake_at in rows}
