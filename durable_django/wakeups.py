@@ -145,14 +145,14 @@ class _Outbox:
             return False  # Django's internals are not what this relies on: one message per wake-up
         box = getattr(connection, "_durable_outbox", None)
         if box is None:
-            box = connection._durable_outbox = cls()  # type: ignore[attr-defined]  # one per connection
+            box = connection._durable_outbox = cls()  # one per connection
         for k in range(len(hooks) - 1, max(-1, len(hooks) - 4), -1):  # our flush is among the last few
             if hooks[k][1] == box.flush:
                 del hooks[k]
                 break
         transaction.on_commit(functools.partial(box.collect, instance_id), robust=True, using=connection.alias)
         # After every collect; no savepoint ids, so a rolled-back savepoint never drops it.
-        hooks.append((set(), box.flush, True))  # type: ignore[arg-type]  # Django 4.2+: (sids, func, robust)
+        hooks.append((set(), box.flush, True))  # Django 4.2+: (sids, func, robust)
         return True
 
 
