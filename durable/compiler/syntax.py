@@ -175,7 +175,9 @@ def loaded(stmts: list[ast.stmt]) -> set[str]:
 def set_lines(node: ast.AST, lineno: int) -> None:
     """Give generated nodes without a position the line of the nearest enclosing node that has one (``lineno``
     at the top), and sane end positions: a debugger stepping through a block sees the user's lines only."""
-    def fill(n: ast.AST, line: int) -> None:
+    todo: list[tuple[ast.AST, int]] = [(node, lineno)]
+    while todo:  # iterative: a long chain like ``a + b + ...`` nests deeper than the recursion limit
+        n, line = todo.pop()
         if "lineno" in n._attributes:
             if getattr(n, "lineno", None) is None:
                 n.lineno = line  # type: ignore[attr-defined]
@@ -184,10 +186,7 @@ def set_lines(node: ast.AST, lineno: int) -> None:
                 n.end_lineno = n.lineno  # type: ignore[attr-defined]
                 n.end_col_offset = 0  # type: ignore[attr-defined]
             line = n.lineno  # type: ignore[attr-defined]
-        for child in ast.iter_child_nodes(n):
-            fill(child, line)
-
-    fill(node, lineno)
+        todo.extend((child, line) for child in ast.iter_child_nodes(n))
     ast.fix_missing_locations(node)
 
 
