@@ -3,12 +3,12 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo demo-core test lint bench bench-django bench-peers clean test-pythons
+.PHONY: demo demo-core test lint docs bench bench-django bench-peers clean test-pythons
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
-	$(PY) -m pip install -q -e ".[django,dev]"
+	$(PY) -m pip install -q -e ".[django,dev,docs]"
 	touch $@
 
 # The Django demo (expense approval: web server, worker, scheduler) until Ctrl-C; see README "Example project".
@@ -26,8 +26,14 @@ DURABLE_REDIS_URL ?= redis://127.0.0.1:6379/0
 test: $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(VENV)/bin/lint-imports
+	$(MAKE) --no-print-directory docs
 	$(PY) -m pytest -q -rs
 	DATABASE_URL=$(DURABLE_PG_URL) CELERY_BROKER_URL=$(DURABLE_REDIS_URL) $(PY) -m pytest -q -rs tests/django
+
+# The documentation site (mkdocs.yml, docs/), warnings as errors; reference pages are generated from the code.
+DOCS_SITE ?= build/site
+docs: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir $(DOCS_SITE)
 
 # Style, types and the architecture. `make test` runs ruff and lint-imports; mypy joins it once it is clean (issue 11).
 lint: $(VENV)/.installed

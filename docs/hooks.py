@@ -1,0 +1,183 @@
+"""MkDocs hooks: reference tables generated from the code, so they can never go stale.
+
+A page asks for a table with a marker comment on a line of its own, e.g.
+``<!-- generated: settings -->``. The generators read the code itself:
+``durable_django/conf.py``'s ``DEFAULTS`` (values and the comment above each
+key), ``durable_django/checks.py`` (every ``Error``/``Warning`` with its id),
+the management commands' argument parsers, and the checkpoint statement that
+``durable_django/backend.py`` builds.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import os
+import pkgutil
+import re
+import sys
+import tokenize
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MARKER = re.compile(r"^<!-- generated: ([a-z-]+) -->$", re.M)
+
+
+def _django() -> None:
+    """A minimal Django configuration: enough to import the app's models and commands (no database is opened)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    import django
+    from django.conf import settings
+
+    if not settings.configured:
+        settings.configure(
+            INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth", "durable_django"],
+            DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
+            USE_TZ=True,
+        )
+        django.setup()
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def _comments(source: str) -> dict[int, str]:
+    """Comment text by line number."""
+    out = {}
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            out[tok.start[0]] = tok.string.lstrip("#").strip()
+    return out
+
+
+def settings_table() -> str:
+    """The ``DURABLE`` settings: every key of ``DEFAULTS``, its default and the comment that documents it."""
+    _django()
+    from durable_django.conf import DEFAULTS
+
+    source = (ROOT / "durable_django" / "conf.py").read_text()
+    comments = _comments(source)
+    tree = ast.parse(source)
+    node = next(n for n in tree.body if isinstance(n, ast.AnnAssign | ast.Assign)
+                and "DEFAULTS" in ast.unparse(n.target if isinstance(n, ast.AnnAssign) else n.targets[0]))
+    assert isinstance(node.value, ast.Dict)
+    rows = ["| key | default | meaning |", "| --- | --- | --- |"]
+    previous = ""
+    for key, value in zip(node.value.keys, node.value.values, strict=True):
+        assert isinstance(key, ast.Constant)
+        lines = []
+        line = key.lineno - 1
+        while line in comments:
+            lines.insert(0, comments[line])
+            line -= 1
+        meaning = " ".join(lines) or previous
+        previous = meaning
+        default = f"`{_cell(repr(DEFAULTS[key.value]))}`"
+        if not isinstance(value, ast.Constant):
+            default += f" (`{ast.unparse(value)}`)"
+        rows.append(f"| `{key.value}` | {default} | {_cell(meaning)} |")
+    return "\n".join(rows)
+
+
+def _text(node: ast.expr | None) -> str:
+    """A message as written: f-string fields shown as ``{expression}``."""
+    if node is None:
+        return ""
+    if isinstance(node, ast.Constant):
+        return str(node.value)
+    if isinstance(node, ast.JoinedStr):
+        return "".join(v.value if isinstance(v, ast.Constant) else "{" + ast.unparse(v.value) + "}"
+                       for v in node.values if isinstance(v, ast.Constant | ast.FormattedValue))
+    if isinstance(node, ast.IfExp):
+        return _text(node.body)
+    return ast.unparse(node)
+
+
+def checks_table() -> str:
+    """Every system check the app registers: id, level, message and hint, read from ``checks.py``."""
+    tree = ast.parse((ROOT / "durable_django" / "checks.py").read_text())
+    found: dict[str, list[tuple[str, str, str]]] = {}
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name):
+            continue
+        if node.func.id not in ("Error", "Warning"):
+            continue
+        kw = {k.arg: k.value for k in node.keywords}
+        ident = _text(kw.get("id"))
+        entry = (node.func.id, _text(node.args[0] if node.args else None), _text(kw.get("hint")))
+        if entry not in found.setdefault(ident, []):
+            found[ident].append(entry)
+    rows = ["| id | level | message | hint |", "| --- | --- | --- | --- |"]
+    for ident in sorted(found, key=lambda i: (i.split(".")[1][0] != "E", i)):
+        for level, message, hint in found[ident]:
+            rows.append(f"| `{ident}` | {level} | {_cell(message)} | {_cell(hint)} |")
+    return "\n".join(rows)
+
+
+def commands_reference() -> str:
+    """Each management command's help text and arguments, from its own argument parser."""
+    _django()
+    from django.core.management import load_command_class
+
+    import durable_django.management.commands as commands
+
+    os.environ["COLUMNS"] = "100"
+    common = {"version", "verbosity", "settings", "pythonpath", "traceback", "no_color", "force_color",
+              "skip_checks"}
+    out = []
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        command = load_command_class("durable_django", info.name)
+        parser = command.create_parser("manage.py", info.name)
+        # Django's common options (--settings, --traceback, ...) are the same for every command: left out.
+        for action in [a for a in parser._actions if a.dest in common]:
+            parser._remove_action(action)
+            for group in parser._action_groups:
+                if action in group._group_actions:
+                    group._group_actions.remove(action)
+        parser.description = None
+        out.append(f"## `{info.name}`\n\n{command.help}\n\n```text\n{parser.format_help().rstrip()}\n```\n")
+    return "\n".join(out)
+
+
+def checkpoint_sql() -> str:
+    """The checkpoint statements ``durable_django/backend.py`` builds, for the common cases, on PostgreSQL."""
+    _django()
+    from durable_django.backend import _checkpoint_sql
+
+    def qn(name: str) -> str:
+        return f'"{name}"'
+
+    def pretty(sql: str) -> str:
+        for old, new in ((" SET ", "\n   SET "), (" WHERE ", "\n WHERE "), (" RETURNING ", "\n RETURNING "),
+                         (", c AS (", ",\nc AS ("), (", h AS (", ",\nh AS ("),
+                         (" SELECT count(*)", "\nSELECT count(*)"), (" SELECT x.", "\nSELECT x."),
+                         (" FROM u, ", "\n  FROM u, ")):
+            sql = sql.replace(old, new)
+        return sql
+
+    cases = [
+        ("A running checkpoint (the usual one: only non-indexed columns change)",
+         ("state", "steps", "position", "updated_at"), 0, 0),
+        ("A checkpoint that consumed one event and pauses again (status, wait and history change)",
+         ("state", "steps", "position", "status", "wait_kind", "waiting_for", "updated_at"), 1, 1),
+    ]
+    out = []
+    for title, names, consumed, kinds in cases:
+        out.append(f"**{title}**\n\n```sql\n{pretty(_checkpoint_sql(qn, names, consumed, kinds))}\n```\n")
+    return "\n".join(out)
+
+
+GENERATORS: dict[str, Callable[[], str]] = {
+    "settings": settings_table,
+    "checks": checks_table,
+    "commands": commands_reference,
+    "checkpoint-sql": checkpoint_sql,
+}
+
+
+def on_page_markdown(markdown: str, **kwargs) -> str:
+    """Replace each ``<!-- generated: NAME -->`` line with what its generator renders."""
+    return MARKER.sub(lambda m: GENERATORS[m.group(1)](), markdown)
