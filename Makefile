@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[django,dev,docs]"
 	touch $@
 
-# The Django demo (expense approval: web server, worker, scheduler) until Ctrl-C; see README "Example project".
+# The Django demo (expense approval: web server, worker, scheduler) until Ctrl-C; see docs/example.md.
 demo: $(VENV)/.installed
 	$(PY) manage.py demo
 
