@@ -181,3 +181,16 @@ GENERATORS: dict[str, Callable[[], str]] = {
 def on_page_markdown(markdown: str, **kwargs) -> str:
     """Replace each ``<!-- generated: NAME -->`` line with what its generator renders."""
     return MARKER.sub(lambda m: GENERATORS[m.group(1)](), markdown)
+
+
+ROLE = re.compile(r":(?:py:)?(?:class|func|meth|mod|data|attr|exc|obj|const):<code>(~?)([^<]*)</code>")
+
+
+def _role(match: re.Match) -> str:
+    name = match.group(2)
+    return f"<code>{name.rsplit('.', 1)[-1] if match.group(1) else name}</code>"
+
+
+def on_page_content(html: str, **kwargs) -> str:
+    """Docstrings use Sphinx roles (``:class:`X```); the rendered page shows just the name, as code."""
+    return ROLE.sub(_role, html)

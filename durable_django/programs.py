@@ -109,6 +109,7 @@ def resolve(path: str) -> DurableProgram:
 
 
 def program_version(program: DurableProgram) -> str:
+    """The version declared with ``make_durable(..., version=...)``, or "" (what migrations are keyed by)."""
     return str(program.version) if getattr(program, "version", None) is not None else ""
 
 
