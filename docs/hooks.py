@@ -40,10 +40,6 @@ def _django() -> None:
         django.setup()
 
 
-def _cell(text: str) -> str:
-    return " ".join(text.split()).replace("|", "\\|")
-
-
 def _comments(source: str) -> dict[int, str]:
     """Comment text by line number."""
     out = {}
@@ -54,7 +50,7 @@ def _comments(source: str) -> dict[int, str]:
 
 
 def settings_table() -> str:
-    """The ``DURABLE`` settings: every key of ``DEFAULTS``, its default and the comment that documents it."""
+    """The ``DURABLE`` settings: a section per key of ``DEFAULTS``, its default and the comment that documents it."""
     _django()
     from durable_django.conf import DEFAULTS
 
@@ -64,7 +60,7 @@ def settings_table() -> str:
     node = next(n for n in tree.body if isinstance(n, ast.AnnAssign | ast.Assign)
                 and "DEFAULTS" in ast.unparse(n.target if isinstance(n, ast.AnnAssign) else n.targets[0]))
     assert isinstance(node.value, ast.Dict)
-    rows = ["| key | default | meaning |", "| --- | --- | --- |"]
+    out = []
     previous = ""
     for key, value in zip(node.value.keys, node.value.values, strict=True):
         assert isinstance(key, ast.Constant)
@@ -75,11 +71,16 @@ def settings_table() -> str:
             line -= 1
         meaning = " ".join(lines) or previous
         previous = meaning
-        default = f"`{_cell(repr(DEFAULTS[key.value]))}`"
+        default = f"`{DEFAULTS[key.value]!r}`"
         if not isinstance(value, ast.Constant):
             default += f" (`{ast.unparse(value)}`)"
-        rows.append(f"| `{key.value}` | {default} | {_cell(meaning)} |")
-    return "\n".join(rows)
+        out.append(f"### `{key.value}`\n\nDefault: {default}\n\n{' '.join(meaning.split())}\n")
+    return "\n".join(out)
+
+
+def _field(value: ast.FormattedValue) -> str:
+    """An f-string field as the reader sees it: ``{name}`` for a variable, "..." for an expression."""
+    return f"`{{{value.value.id}}}`" if isinstance(value.value, ast.Name) else "..."
 
 
 def _text(node: ast.expr | None) -> str:
@@ -89,7 +90,7 @@ def _text(node: ast.expr | None) -> str:
     if isinstance(node, ast.Constant):
         return str(node.value)
     if isinstance(node, ast.JoinedStr):
-        return "".join(v.value if isinstance(v, ast.Constant) else "{" + ast.unparse(v.value) + "}"
+        return "".join(v.value if isinstance(v, ast.Constant) else _field(v)
                        for v in node.values if isinstance(v, ast.Constant | ast.FormattedValue))
     if isinstance(node, ast.IfExp):
         return _text(node.body)
@@ -97,7 +98,7 @@ def _text(node: ast.expr | None) -> str:
 
 
 def checks_table() -> str:
-    """Every system check the app registers: id, level, message and hint, read from ``checks.py``."""
+    """Every system check the app registers: a section per id with its level, messages and hints (``checks.py``)."""
     tree = ast.parse((ROOT / "durable_django" / "checks.py").read_text())
     found: dict[str, list[tuple[str, str, str]]] = {}
     for node in ast.walk(tree):
@@ -110,11 +111,13 @@ def checks_table() -> str:
         entry = (node.func.id, _text(node.args[0] if node.args else None), _text(kw.get("hint")))
         if entry not in found.setdefault(ident, []):
             found[ident].append(entry)
-    rows = ["| id | level | message | hint |", "| --- | --- | --- | --- |"]
+    out = []
     for ident in sorted(found, key=lambda i: (i.split(".")[1][0] != "E", i)):
-        for level, message, hint in found[ident]:
-            rows.append(f"| `{ident}` | {level} | {_cell(message)} | {_cell(hint)} |")
-    return "\n".join(rows)
+        out.append(f"### `{ident}`\n\n{found[ident][0][0]}.\n")
+        for _level, message, hint in found[ident]:
+            out.append(f"* {message}" + (f"<br>*Hint:* {hint}" if hint else ""))
+        out.append("")
+    return "\n".join(out)
 
 
 def commands_reference() -> str:
