@@ -33,7 +33,7 @@ test: $(VENV)/.installed
 # The documentation site (mkdocs.yml, docs/), warnings as errors; reference pages are generated from the code.
 DOCS_SITE ?= build/site
 docs: $(VENV)/.installed
-	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir $(DOCS_SITE)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir $(DOCS_SITE)
 
 # Style, types and the architecture. `make test` runs ruff and lint-imports; mypy joins it once it is clean (issue 11).
 lint: $(VENV)/.installed
