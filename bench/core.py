@@ -152,7 +152,7 @@ async def bench_per_step(cfg: CoreConfig) -> dict[str, Any]:
             elif which == "memory":
                 backend = _backend()
                 dt, got = await _timed(program(n, orchestration_backend=backend, instance_id=INSTANCE))
-                final = ser.loads(backend.store.load(STATE_KEY) or b"")
+                final = ser.loads(backend.store.load_blob(STATE_KEY) or b"")
                 checkpoints = final.get("steps", 0)
             else:
                 null = NullBackend()
@@ -208,7 +208,7 @@ async def _checkpoint_shape(program: Any, n: int) -> tuple[dict[str, int], bytes
                 seen["locals_in_frame"] = len(runtime.state["stack"].frames[-1].locals)
             except (AttributeError, KeyError, IndexError, TypeError):  # the state layout changed
                 seen["locals_in_frame"] = -1
-            blob.append(backend.store.load(STATE_KEY) or b"")
+            blob.append(backend.store.load_blob(STATE_KEY) or b"")
             seen["checkpoint_bytes"] = len(blob[0])
 
     runtime.on_checkpoint = hook

@@ -149,7 +149,7 @@ def run_core(db: str, sz: pc.Sizes, workdir: str) -> dict[str, Any]:
             except PauseForEventException:
                 pass
         build_s[k] = (pc.now() - t0) / len(ids[k])
-        state_b[k] = len(be.store.load(f"state:{ids[k][0]}"))
+        state_b[k] = len(be.store.load_blob(f"state:{ids[k][0]}"))
     samples: dict[int, list[float]] = {k: [] for k in sz.k_values}
     for r in range(sz.resume_repeats):
         for name in pc.rotate([str(k) for k in sz.k_values], r):

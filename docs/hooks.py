@@ -4,8 +4,8 @@ A page asks for a table with a marker comment on a line of its own, e.g.
 ``<!-- generated: settings -->``. The generators read the code itself:
 ``durable_django/conf.py``'s ``DEFAULTS`` (values and the comment above each
 key), ``durable_django/checks.py`` (every ``Error``/``Warning`` with its id),
-the management commands' argument parsers, and the checkpoint statement that
-``durable_django/backend.py`` builds.
+the management commands' argument parsers, and the hot statements that
+``durable_django/db/`` builds.
 """
 
 from __future__ import annotations
@@ -146,31 +146,34 @@ def commands_reference() -> str:
 
 
 def checkpoint_sql() -> str:
-    """The checkpoint statements ``durable_django/backend.py`` builds, for the common cases, on PostgreSQL."""
+    """The hot statements ``durable_django/db/`` builds, on PostgreSQL: the checkpoint (two cases), the claim
+    and ``publish_event``."""
     _django()
-    from durable_django.backend import _checkpoint_sql
+    from durable_django.db import operations, postgresql
 
     def qn(name: str) -> str:
         return f'"{name}"'
 
     def pretty(sql: str) -> str:
         for old, new in ((" SET ", "\n   SET "), (" WHERE ", "\n WHERE "), (" RETURNING ", "\n RETURNING "),
-                         (", c AS (", ",\nc AS ("), (", h AS (", ",\nh AS ("),
-                         (" SELECT count(*)", "\nSELECT count(*)"), (" SELECT x.", "\nSELECT x."),
-                         (" FROM u, ", "\n  FROM u, ")):
+                         (", c AS (", ",\nc AS ("), (", h AS (", ",\nh AS ("), (", e AS (", ",\ne AS ("),
+                         (", claimed AS (", ",\nclaimed AS ("), (" SELECT count(*)", "\nSELECT count(*)"),
+                         (" SELECT x.", "\nSELECT x."), (" FROM u, ", "\n  FROM u, "), (") SELECT ", ")\nSELECT ")):
             sql = sql.replace(old, new)
         return sql
 
     cases = [
-        ("A running checkpoint (the usual one: only non-indexed columns change)",
-         ("state", "steps", "position", "updated_at"), 0, 0),
-        ("A checkpoint that consumed one event and pauses again (status, wait and history change)",
-         ("state", "steps", "position", "status", "wait_kind", "waiting_for", "updated_at"), 1, 1),
+        ("The running checkpoint (the usual one: only non-indexed columns change; the same on every database)",
+         operations.checkpoint_update(qn, ("state", "steps", "position", "updated_at"))),
+        ("A checkpoint that consumed one event and pauses again (PostgreSQL: status, wait, consumed event and "
+         "history in one statement)",
+         postgresql._checkpoint_sql(qn, ("state", "steps", "position", "status", "wait_kind", "waiting_for",
+                                         "updated_at"), 1, 1)),
+        ("The claim of a batch of free instances, outside a transaction (PostgreSQL)",
+         postgresql._claim_batch_sql(qn, detached=True)),
+        ("`publish_event` without an idempotency key (PostgreSQL)", postgresql._publish_sql(qn, "integer")),
     ]
-    out = []
-    for title, names, consumed, kinds in cases:
-        out.append(f"**{title}**\n\n```sql\n{pretty(_checkpoint_sql(qn, names, consumed, kinds))}\n```\n")
-    return "\n".join(out)
+    return "\n".join(f"### {title}\n\n```sql\n{pretty(sql)}\n```\n" for title, sql in cases)
 
 
 GENERATORS: dict[str, Callable[[], str]] = {

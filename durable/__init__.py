@@ -31,12 +31,12 @@ from .primitives import sleep, sleep_until, wait_for_event
 from .runtime import DurableProgram, DurableRuntime, declared_program, make_durable
 from .stack import CallStack, FunctionCall
 from .state import SavedState, WaitInfo
-from .store import DiskStateStore, InMemoryStateStore, StateStore
+from .store import BlobStore, DiskStateStore, InMemoryStateStore, StateStore
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CallStack", "Cell", "CheckpointException", "CodeBlock", "CodeChangedError", "CompileError",
+    "BlobStore", "CallStack", "Cell", "CheckpointException", "CodeBlock", "CodeChangedError", "CompileError",
     "CompiledFunction", "DiskStateStore", "DurableAstTransformer", "DurableBackend", "DurableError",
     "DurableProgram", "DurableRuntime", "EventTimeout", "FunctionCall", "InMemoryStateStore",
     "InstanceCancelled", "OrchestrationBackend", "PauseForEventException", "SavedState", "StateStore",

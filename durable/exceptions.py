@@ -7,6 +7,7 @@ timer subclass), so a caller handles one exception type.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 
 class DurableError(Exception):
@@ -33,7 +34,7 @@ class PauseForEventException(Exception):
         """``due`` as an aware UTC datetime."""
         return None if self.due is None else datetime.fromtimestamp(self.due, tz=UTC)
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild_pause, (type(self), self.event, self.due, self.instance_id))
 
     def __str__(self) -> str:
@@ -45,7 +46,8 @@ class PauseForEventException(Exception):
         return f"waiting for event {self.event!r}"
 
 
-def _rebuild_pause(cls, event, due, instance_id):
+def _rebuild_pause(cls: type[PauseForEventException], event: str | None, due: float | None,
+                   instance_id: str | None) -> PauseForEventException:
     return cls(event, due=due, instance_id=instance_id)
 
 

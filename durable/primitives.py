@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Generator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from .exceptions import PauseForEventException
 
 #: The range of due times a wait may have (POSIX seconds): what a ``datetime`` (and a database
 #: timestamp column) can hold, years 1 to 9999, with a day's margin for time zones.
@@ -18,7 +23,7 @@ MIN_DUE = datetime(1, 1, 2, tzinfo=UTC).timestamp()
 MAX_DUE = datetime(9999, 12, 30, tzinfo=UTC).timestamp()
 
 
-def _seconds(what: str, value) -> float:
+def _seconds(what: str, value: object) -> float:
     """``value`` as a finite, non-negative number of seconds that ends before :data:`MAX_DUE`.
 
     Refused where the program gives it (a ``ValueError`` or ``TypeError`` at its await, which it
@@ -36,7 +41,7 @@ def _seconds(what: str, value) -> float:
     return seconds
 
 
-def _number(what: str, value, expected: str) -> float:
+def _number(what: str, value: Any, expected: str) -> float:
     """``float(value)`` for a real number (not a bool or a string); a ``TypeError`` naming ``what`` otherwise."""
     try:
         if isinstance(value, bool | str | bytes):
@@ -48,7 +53,7 @@ def _number(what: str, value, expected: str) -> float:
         raise TypeError(f"{what} must be {expected}, got {type(value).__name__} {value!r}") from None
 
 
-def valid_due(due) -> bool:
+def valid_due(due: float) -> bool:
     """Is ``due`` (POSIX seconds) a due time that can be stored? (False for NaN and infinities.)"""
     return MIN_DUE <= due <= MAX_DUE
 
@@ -63,9 +68,10 @@ class WaitRequest:
     event: str
     timeout: float | None = None
     kind: str = "event"
-    meta: dict | None = None
+    meta: dict[str, Any] | None = None
 
-    def __await__(self):
+    def __await__(self) -> Generator[Any, None, Any]:
+        """The runtime intercepts the await; the payload is whatever was published (``Any``)."""
         raise RuntimeError(
             f"wait_for_event({self.event!r}) must be awaited directly inside a durable function "
             "(one compiled by make_durable, or called from one)")
@@ -80,12 +86,12 @@ class TimerRequest:
     due: float | None = None
     kind: str = "timer"
 
-    def __await__(self):
+    def __await__(self) -> Generator[Any, None, None]:
         raise RuntimeError("durable.sleep() must be awaited directly inside a durable function")
         yield  # pragma: no cover
 
 
-def wait_for_event(event: str, timeout: float | None = None, **meta) -> WaitRequest:
+def wait_for_event(event: str, timeout: float | timedelta | None = None, **meta: Any) -> WaitRequest:
     """Pause until ``event`` is published for this instance; return its payload.
 
     With ``timeout`` (seconds), raise :class:`durable.EventTimeout` if it has
@@ -97,11 +103,11 @@ def wait_for_event(event: str, timeout: float | None = None, **meta) -> WaitRequ
     if not isinstance(event, str) or not event:
         raise ValueError(f"event name must be a non-empty string, got {event!r}")
     if timeout is not None:
-        timeout = _seconds("wait_for_event() timeout", timeout)
-    return WaitRequest(event, timeout, meta=meta or None)
+        return WaitRequest(event, _seconds("wait_for_event() timeout", timeout), meta=meta or None)
+    return WaitRequest(event, None, meta=meta or None)
 
 
-def sleep(seconds: float) -> TimerRequest:
+def sleep(seconds: float | timedelta) -> TimerRequest:
     """A durable timer: pause the instance for ``seconds`` (a number or a ``timedelta``; finite, >= 0, ending
     before the year 9999)."""
     return TimerRequest(seconds=_seconds("sleep()", seconds))
@@ -120,9 +126,10 @@ def sleep_until(when: datetime | float) -> TimerRequest:
     return TimerRequest(due=due)
 
 
-def pause_request(exc) -> WaitRequest:
+def pause_request(exc: PauseForEventException) -> WaitRequest:
     """``raise PauseForEventException(name)`` in durable code is this wait."""
-    return WaitRequest(exc.event, None, "raise")
+    # A nameless ``raise PauseForEventException()`` waits for the event named None, as it always has.
+    return WaitRequest(cast(str, exc.event), None, "raise")
 
 
 def now() -> float:

@@ -12,12 +12,12 @@ import time
 import types
 import uuid
 import weakref
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
 
 import cloudpickle
 
-from .backend import DurableBackend, OrchestrationBackend
+from .backend import DurableBackend, OrchestrationBackend, as_async_backend
 from .blocks import AWAIT, CALL, EXCEPT, NEXT, RETURN, THROW, origin
 from .exceptions import (
     CheckpointException,
@@ -32,8 +32,13 @@ from .primitives import TimerRequest, WaitRequest, valid_due
 from .serialization import pickled
 from .stack import CallStack, FunctionCall, check_code, func_ref, resolve_func, transformer
 from .state import CANCELLED, COMPLETED, FAILED, PAUSED, RUNNING, SavedState, WaitInfo
+from .tracebacks import enter, remember, restore, runtime_file, unwind
 
 log = logging.getLogger("durable")
+runtime_file(__file__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 _NATIVE_PREFIXES = tuple(
     os.path.normcase(os.path.realpath(p)) + os.sep
@@ -49,7 +54,7 @@ durable_packages: set[str] = set()
 _targets: dict[Any, Any] = {}
 
 
-def _durable_code(func) -> Any:
+def _durable_code(func: types.FunctionType) -> Any:
     """The compiled form of ``func`` if it runs as a nested durable call, else None."""
     code = func.__code__
     hit = _targets.get(id(code))
@@ -84,22 +89,28 @@ class DurableRuntime:
                  on_checkpoint: Callable[[str, int], None] | None = None,
                  migrate: Callable[[FunctionCall], bool] | None = None) -> None:
         self.backend = backend
+        #: What the runtime calls: ``backend``, or an adapter of its plain ``def`` methods.
+        self._io = as_async_backend(backend)
         self.instance_id = instance_id
         self.clock = clock
         self.on_checkpoint = on_checkpoint
         self.migrate = migrate
         self.state: SavedState | None = None
-        self._deferred: tuple | None = None
+        self._deferred: tuple[FunctionCall, int, dict[str, Any]] | None = None
 
-    async def run(self, program, args: tuple = (), kwargs: dict | None = None) -> Any:
+    async def run(self, program: DurableProgram[..., Any] | Callable[..., Any], args: tuple[Any, ...] = (),
+                  kwargs: dict[str, Any] | None = None) -> Any:
         """Start, continue or report the instance; see :class:`DurableProgram`."""
-        state = await self.backend.load_state(self.instance_id)
+        state = await self._io.load_state(self.instance_id)
         if state is None:
             func = program.fn if isinstance(program, DurableProgram) else program
             frame = FunctionCall.start(func, args, kwargs)
             state = new_state(CallStack([frame]), getattr(program, "name", func.__qualname__))
             self.state = state
             return await self._drive(None)
+        if not isinstance(state, dict):
+            raise TypeError(f"{type(self.backend).__name__}.load_state returned {type(state).__name__}: it returns "
+                            "the dict save_state was given, or None")
         self.state = state
         status = state["status"]
         if status == COMPLETED:
@@ -131,27 +142,31 @@ class DurableRuntime:
         """Return (value, exception-to-throw) if the wait is over; else raise the pause again."""
         due = wait.get("due")
         if wait["kind"] == "timer":
+            if due is None:
+                raise DurableError(f"instance {self.instance_id!r}: a timer wait without a due time")
             if self.clock() >= due:
                 return None, None
             raise TimerPause(None, due=due, instance_id=self.instance_id)
+        event = wait.get("event", "")  # every event wait names its event
         try:
             meta = wait.get("meta")
             if meta:  # a backend that enforces the wait's metadata (who may answer, payload form) sees it
-                answer = getattr(self.backend, "wait_for_answer", None)
+                answer = getattr(self._io, "wait_for_answer", None)
                 if answer is not None:
-                    return await answer(self.instance_id, wait["event"], meta), None
-            return await self.backend.wait_for_event(self.instance_id, wait["event"]), None
+                    return await answer(self.instance_id, event, meta), None
+            return await self._io.wait_for_event(self.instance_id, event), None
         except PauseForEventException:
             if due is not None and self.clock() >= due:
-                return None, EventTimeout(f"event {wait['event']!r} did not arrive in time")
-            raise PauseForEventException(wait["event"], due=due, instance_id=self.instance_id) from None
+                return None, EventTimeout(f"event {event!r} did not arrive in time")
+            raise PauseForEventException(event, due=due, instance_id=self.instance_id) from None
 
-    async def _begin_wait(self, req) -> tuple[bool, Any, BaseException | None]:
+    async def _begin_wait(self, req: WaitRequest | TimerRequest) -> tuple[bool, Any, BaseException | None]:
         """Try to satisfy a new wait now; otherwise record it and pause."""
         now = self.clock()
         wait: WaitInfo
+        due: float | None
         if isinstance(req, TimerRequest):
-            due = req.due if req.due is not None else now + req.seconds
+            due = req.due if req.due is not None else now + (req.seconds or 0.0)
             wait = {"kind": "timer", "due": due}
         else:
             due = None if req.timeout is None else now + req.timeout
@@ -164,15 +179,22 @@ class DurableRuntime:
             value, throw = await self._check_wait(wait)
             return True, value, throw
         except PauseForEventException as pause:
-            state = self.state
+            state = self._live()
             state["wait"] = wait
             state["status"] = PAUSED
             await self._checkpoint()
             raise pause
 
     # -- the step loop ----------------------------------------------------
-    async def _drive(self, throw: BaseException | None) -> Any:
+    def _live(self) -> SavedState:
+        """The state of the instance being run (set by :meth:`run` before any step)."""
         state = self.state
+        if state is None:  # pragma: no cover - only a call out of order gets here
+            raise DurableError("the runtime has no state: call run() first")
+        return state
+
+    async def _drive(self, throw: BaseException | None) -> Any:
+        state = self._live()
         stack: CallStack = state["stack"]
         frames = stack.frames
         fr = frames[-1]
@@ -189,8 +211,8 @@ class DurableRuntime:
                     exc = DurableError(
                         "PauseForEventException raised outside a pause point; write "
                         "`raise PauseForEventException(name)` directly in durable code, or "
-                        "`await wait_for_event(name)`")
-                fr, blocks, L, done = self._throw(exc)
+                        "`await wait_for_event(name)`").with_traceback(exc.__traceback__)
+                fr, blocks, L, done = self._throw(exc, True)
                 if done:
                     return await self._finish_failed(exc)
                 continue
@@ -262,7 +284,7 @@ class DurableRuntime:
             else:  # pragma: no cover - the compiler emits nothing else
                 raise DurableError(f"bad block result {r!r}")
             # a leaf await: a wait request, or any awaitable run as one step
-            throw = None
+            throw = value = None
             if aw.__class__ is WaitRequest or aw.__class__ is TimerRequest:
                 ok, value, throw = await self._begin_wait(aw)
             else:
@@ -285,7 +307,7 @@ class DurableRuntime:
             if not self._defer(fr, frames):
                 await self._checkpoint()
 
-    def _defer(self, fr: FunctionCall, frames: list) -> bool:
+    def _defer(self, fr: FunctionCall, frames: list[FunctionCall]) -> bool:
         """Leave the checkpoint after a step to the completion when only a bare return follows?
 
         When the outermost frame's next block is a :attr:`~durable.blocks.CodeBlock.tail` (it copies
@@ -298,9 +320,16 @@ class DurableRuntime:
             return True
         return False
 
-    def _throw(self, exc: BaseException):
-        """Route ``exc`` to the innermost handler; unwind frames that have none."""
-        frames = self.state["stack"].frames
+    def _throw(self, exc: BaseException, from_block: bool = False) -> tuple[Any, Any, Any, bool]:
+        """Route ``exc`` to the innermost handler; unwind frames that have none.
+
+        Returns the handling frame, its blocks and its locals, and False; or (None, None, None, True)
+        when no frame handles it (the instance fails). ``from_block``: a block raised it (else the
+        runtime did, at the top frame's await). Its traceback gets an entry for each durable call it
+        leaves (see :mod:`durable.tracebacks`).
+        """
+        frames = self._live()["stack"].frames
+        enter(exc, frames[-1] if frames else None, from_block)
         while frames:
             fr = frames[-1]
             blk = fr.blocks[fr.pc]
@@ -315,20 +344,22 @@ class DurableRuntime:
                 fr.pc = pc
                 return fr, fr.blocks, fr.locals, False
             frames.pop()
+            if frames:
+                unwind(exc, frames[-1])
         return None, None, None, True
 
     async def _checkpoint(self) -> None:
-        state = self.state
+        state = self._live()
         state["steps"] += 1
         try:
-            await self.backend.save_state(self.instance_id, state)
+            await self._io.save_state(self.instance_id, state)
         except CheckpointException as exc:
             raise _diagnose(state, exc) from exc
         if self.on_checkpoint is not None:
             self.on_checkpoint(self.instance_id, state["steps"])
 
     async def _finish(self, value: Any) -> Any:
-        state = self.state
+        state = self._live()
         stack = state["stack"]
         state.update({"status": COMPLETED, "result": value, "stack": CallStack([]), "wait": None})
         try:
@@ -346,12 +377,13 @@ class DurableRuntime:
         return value
 
     async def _finish_failed(self, exc: BaseException) -> Any:
-        state = self.state
+        state = self._live()
         try:
             pickle.loads(pickled(exc))
             stored = exc
         except Exception:
-            stored = DurableError(f"{type(exc).__name__}: {exc}")
+            stored = DurableError(f"{type(exc).__name__}: {exc}").with_traceback(exc.__traceback__)
+        remember(stored)
         state.update({"status": FAILED, "error": stored, "stack": CallStack([]), "wait": None})
         await self._checkpoint()
         raise exc
@@ -364,7 +396,7 @@ def new_state(stack: CallStack, name: str) -> SavedState:
 
 def _stored_error(state: SavedState) -> BaseException:
     err = state.get("error")
-    return err if isinstance(err, BaseException) else DurableError(str(err))
+    return restore(err) if isinstance(err, BaseException) else DurableError(str(err))
 
 
 def _diagnose(state: SavedState, exc: CheckpointException) -> CheckpointException:
@@ -396,10 +428,10 @@ def default_backend() -> DurableBackend:
 
 
 #: async def -> the program make_durable() made of it in this process (the first one still alive).
-_declared: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_declared: weakref.WeakKeyDictionary[Any, weakref.ref[DurableProgram[..., Any]]] = weakref.WeakKeyDictionary()
 
 
-def declared_program(fn: Any) -> DurableProgram | None:
+def declared_program(fn: Callable[P, Coroutine[Any, Any, R]]) -> DurableProgram[P, R] | None:
     """The :class:`DurableProgram` that :func:`make_durable` made of ``fn`` in this process, or None.
 
     Lets a host that stores programs by dotted path tell a function its
@@ -410,25 +442,31 @@ def declared_program(fn: Any) -> DurableProgram | None:
         ref = _declared.get(fn)
     except TypeError:  # not weak-referenceable: never declared
         return None
-    return ref() if ref is not None else None
+    # the registry holds programs of any signature; the one made of ``fn`` has ``fn``'s
+    return cast("DurableProgram[P, R] | None", ref() if ref is not None else None)
 
 
-class DurableProgram:
+class DurableProgram(Generic[P, R]):
     """A durable version of an ``async def``; call it like the function.
 
     ``await program(*args, orchestration_backend=b, instance_id=i, **kw)``
     starts the instance, continues it if what it waits for has happened,
     returns the stored result if it completed, or raises the stored error if
     it failed. A pause raises :class:`PauseForEventException` (or
-    :class:`TimerPause`).
+    :class:`TimerPause`). ``program.instance(i, orchestration_backend=b)(*args, **kw)``
+    is the same call with the function's own signature (what a type checker
+    can check in full; see docs/typing.md).
 
     ``declare=False`` does not record ``fn`` as declared durable (see
     :func:`declared_program`): for hosts that wrap a function only because
     their configuration allows it.
     """
 
-    def __init__(self, fn, *, name: str | None = None, version: str | None = None,
-                 migrate: Callable[[FunctionCall], bool] | None = None, declare: bool = True) -> None:
+    fn: Callable[P, Coroutine[Any, Any, R]]
+
+    def __init__(self, fn: Callable[P, Coroutine[Any, Any, R]] | DurableProgram[P, R], *, name: str | None = None,
+                 version: str | None = None, migrate: Callable[[FunctionCall], bool] | None = None,
+                 declare: bool = True) -> None:
         if isinstance(fn, DurableProgram):
             fn = fn.fn
         if inspect.isasyncgenfunction(fn):
@@ -447,37 +485,91 @@ class DurableProgram:
         if declare and declared_program(fn) is None:  # see declared_program()
             _declared[fn] = weakref.ref(self)
 
-    async def __call__(self, *args, orchestration_backend: OrchestrationBackend | None = None,
-                       instance_id: str | None = None, **kwargs) -> Any:
-        backend = orchestration_backend if orchestration_backend is not None else default_backend()
-        runtime = DurableRuntime(backend, instance_id or uuid.uuid4().hex, migrate=self.migrate)
-        return await runtime.run(self, args, kwargs)
+    # The documented call passes the runtime's keywords among the function's own arguments, which a
+    # ParamSpec cannot express: the first form is checked in full, the other two (with a keyword) are not.
+    @overload
+    async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R: ...
 
-    def runtime(self, backend: OrchestrationBackend, instance_id: str, **options) -> DurableRuntime:
+    @overload
+    async def __call__(self, *args: Any, instance_id: str, orchestration_backend: OrchestrationBackend | None = None,
+                       **kwargs: Any) -> R: ...
+
+    @overload
+    async def __call__(self, *args: Any, orchestration_backend: OrchestrationBackend, instance_id: str | None = None,
+                       **kwargs: Any) -> R: ...
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> R:
+        backend = kwargs.pop("orchestration_backend", None)
+        return await self._run(backend, kwargs.pop("instance_id", None), args, kwargs)
+
+    def instance(self, instance_id: str | None = None, *,
+                 orchestration_backend: OrchestrationBackend | None = None) -> Callable[P, Coroutine[Any, Any, R]]:
+        """This program bound to one instance (and backend): call the result with the function's arguments.
+
+        ``await program.instance("greet-1", orchestration_backend=b)("Ada")`` is
+        ``await program("Ada", instance_id="greet-1", orchestration_backend=b)``
+        in a form whose arguments a type checker checks against the function.
+        """
+        async def call(*args: P.args, **kwargs: P.kwargs) -> R:
+            return await self._run(orchestration_backend, instance_id, args, kwargs)
+
+        return call
+
+    async def _run(self, backend: OrchestrationBackend | None, instance_id: str | None, args: tuple[Any, ...],
+                   kwargs: dict[str, Any]) -> R:
+        runtime = DurableRuntime(backend if backend is not None else default_backend(),
+                                 instance_id or uuid.uuid4().hex, migrate=self.migrate)
+        result: R = await runtime.run(self, args, kwargs)
+        return result
+
+    def runtime(self, backend: OrchestrationBackend, instance_id: str, **options: Any) -> DurableRuntime:
         """A runtime for this program's instance, with options (clock, hooks)."""
         options.setdefault("migrate", self.migrate)
         return DurableRuntime(backend, instance_id, **options)
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return (_program_by_ref, (func_ref(self.fn),))
 
     def __repr__(self) -> str:
         return f"<DurableProgram {self.name}>"
 
 
-def _program_by_ref(ref):
+def _program_by_ref(ref: Any) -> DurableProgram[..., Any]:
     fn = resolve_func(ref)
     return DurableProgram(fn)
 
 
-def make_durable(fn=None, **options):
+class _Decorator:
+    """What ``make_durable(name=..., ...)`` returns: a decorator that keeps the function's types."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.options = options
+
+    def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> DurableProgram[P, R]:
+        return DurableProgram(fn, **self.options)
+
+
+@overload
+def make_durable(fn: Callable[P, Coroutine[Any, Any, R]], *, name: str | None = None, version: str | None = None,
+                 migrate: Callable[[FunctionCall], bool] | None = None,
+                 declare: bool = True) -> DurableProgram[P, R]: ...
+
+
+@overload
+def make_durable(fn: None = None, *, name: str | None = None, version: str | None = None,
+                 migrate: Callable[[FunctionCall], bool] | None = None, declare: bool = True) -> _Decorator: ...
+
+
+def make_durable(fn: Callable[P, Coroutine[Any, Any, R]] | None = None,
+                 **options: Any) -> DurableProgram[P, R] | _Decorator:
     """Wrap an ``async def`` into a :class:`DurableProgram` (also a decorator).
 
     The function is compiled now, so constructs that cannot be checkpointed
-    are reported with file and line before anything runs.
+    are reported with file and line before anything runs. The program keeps
+    the function's parameter and return types for type checkers.
     """
     if fn is None:
-        return lambda f: DurableProgram(f, **options)
+        return _Decorator(options)
     return DurableProgram(fn, **options)
 
 

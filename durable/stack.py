@@ -169,7 +169,7 @@ class FunctionCall:
         return f"<FunctionCall {self.position()}>"
 
 
-def func_ref(func):
+def func_ref(func: Any) -> Any:
     """How a frame names its function in a checkpoint: by import path when it
     has one (so restored frames run the code installed now), else by value."""
     if func is None or "<locals>" in func.__qualname__ or func.__module__ is None:
@@ -177,7 +177,7 @@ def func_ref(func):
     return (func.__module__, func.__qualname__)
 
 
-def resolve_func(ref):
+def resolve_func(ref: Any) -> Any:
     """The function a :func:`func_ref` names (unwrapping a DurableProgram)."""
     if not isinstance(ref, tuple):
         return ref

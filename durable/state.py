@@ -5,11 +5,15 @@ The runtime builds it (:func:`durable.runtime.new_state`), an
 (the Django app) read a few keys to fill their columns and screens. These
 types name the keys so that every reader agrees on them; at run time the
 state stays a plain ``dict`` (no conversion on the hot path).
+
+A backend keeps its own bookkeeping out of it: :class:`~durable.DurableBackend`
+stores the events a step consumed beside the state in its blob and hands back
+exactly the keys below.
+
+(No ``from __future__ import annotations`` here: ``TypedDict`` recognises
+``NotRequired`` only in evaluated annotations on Python 3.11.)
 """
 
-from __future__ import annotations
-
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final, Literal, NotRequired, TypedDict
 
 if TYPE_CHECKING:
@@ -48,7 +52,7 @@ class SavedState(TypedDict):
     #: The program's name (``DurableProgram.name``; for the Django app, its dotted path).
     program: str
     #: The frames of the running call, innermost last; empty once the instance finished.
-    stack: CallStack
+    stack: "CallStack"
     #: What the paused instance waits for, None when it is not paused.
     wait: WaitInfo | None
     #: The return value, once completed.
@@ -57,5 +61,3 @@ class SavedState(TypedDict):
     error: BaseException | None
     #: How many checkpoints were saved (this one included).
     steps: int
-    #: Sequence numbers of inbox events consumed by this step (:class:`~durable.DurableBackend` only).
-    consumed: NotRequired[Sequence[int]]

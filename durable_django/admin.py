@@ -25,7 +25,6 @@ from django.contrib import admin, messages
 from django.contrib.admin.utils import quote, unquote
 from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import BadRequest, PermissionDenied, ValidationError
-from django.db import connection
 from django.db.models import Q
 from django.http import (
     HttpRequest,
@@ -37,12 +36,15 @@ from django.http import (
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.formats import date_format
 from django.utils.html import format_html
 
 from durable import StateTamperedError
 
 from . import api, clock, operations
 from .answers import publish_answer
+from .db import ops
 from .exceptions import DurableDjangoError, InstanceFinished, InvalidInput, UnknownInstance
 from .forms import EditLocalForm, PublishEventForm
 from .limits import bad_character, check_instance_id
@@ -76,17 +78,8 @@ class ProgramFilter(admin.SimpleListFilter):
 
 
 def _distinct_programs(limit: int) -> list[str]:
-    """The distinct program paths in one query. On PostgreSQL a loose index scan (a recursive query that
-    jumps from one program to the next in the index), since ``SELECT DISTINCT`` reads every row there."""
-    if connection.vendor != "postgresql":
-        return list(DurableInstance.objects.order_by("program").values_list("program", flat=True).distinct()[:limit])
-    table = connection.ops.quote_name(DurableInstance._meta.db_table)
-    sql = (f"WITH RECURSIVE p(program) AS ((SELECT program FROM {table} ORDER BY program LIMIT 1) UNION ALL "
-           f"SELECT (SELECT t.program FROM {table} t WHERE t.program > p.program ORDER BY t.program LIMIT 1) "
-           f"FROM p WHERE p.program IS NOT NULL) SELECT program FROM p WHERE program IS NOT NULL LIMIT %s")
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [limit])
-        return [row[0] for row in cursor.fetchall()]
+    """The distinct program paths in one query (on PostgreSQL a loose index scan, see the db package)."""
+    return ops().distinct_programs(limit)
 
 
 class LinkedTypeFilter(admin.SimpleListFilter):
@@ -153,10 +146,19 @@ def _linked_label(inst: DurableInstance) -> str:
     return f"{ct.app_label}.{ct.model}:{inst.object_id}"
 
 
+def _short_time(at) -> str:
+    """A time in a narrow column: the time of day if it is today, else the date and time, in local time."""
+    local = timezone.localtime(at)
+    if local.date() == timezone.localdate():
+        return local.strftime("%H:%M:%S")
+    return f"{date_format(local, 'SHORT_DATE_FORMAT')} {local:%H:%M}"
+
+
 @admin.register(DurableInstance)
 class DurableInstanceAdmin(SafeInputAdmin):
-    list_display = ("instance_id", "program_name", "status_badge", "waits_for", "wake_at", "updated_at", "attempts",
-                    "linked_object")
+    # Five short columns, so that the list fits a 1280 px screen beside the admin's sidebar and the filters: the
+    # wake time is in "waits for", failed attempts in the status, the linked object under the program.
+    list_display = ("instance_id", "program_name", "status_badge", "waits_for", "updated")
     list_filter = ("status", ProgramFilter, WaitFilter, LinkedTypeFilter)
     # Case-sensitive lookups, so that the primary key's and object_id's indexes serve them (UPPER() would scan).
     search_fields = ("instance_id__startswith", "object_id__exact")
@@ -200,25 +202,34 @@ class DurableInstanceAdmin(SafeInputAdmin):
             return queryset.filter(Q(content_type=ct, object_id=match["pk"])), False
         return super().get_search_results(request, queryset, search_term)
 
-    @admin.display(description="program", ordering="program")
+    @admin.display(description="program / linked object", ordering="program")
     def program_name(self, obj: DurableInstance) -> str:
-        return format_html('<span title="{}">{}</span>', obj.program, obj.program.rsplit(".", 1)[-1])
+        name = format_html('<span title="{}">{}</span>', obj.program, obj.program.rsplit(".", 1)[-1])
+        linked = _linked_label(obj)
+        return format_html("{}<br><small>{}</small>", name, linked) if linked else name
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, obj: DurableInstance) -> str:
-        colours = {Status.COMPLETED: "#2a7", Status.FAILED: "#c33", Status.SUSPENDED: "#c70", Status.CANCELLED: "#888",
+        colours: dict[str, str] = {Status.COMPLETED: "#2a7", Status.FAILED: "#c33", Status.SUSPENDED: "#c70", Status.CANCELLED: "#888",
                    Status.PAUSED: "#37a", Status.RUNNING: "#a5c", Status.PENDING: "#999"}
-        return format_html('<b style="color:{}">{}</b>', colours.get(obj.status, "#000"), obj.get_status_display())
+        badge = format_html('<b style="color:{}">{}</b>', colours.get(obj.status, "#000"), obj.get_status_display())
+        if obj.attempts:
+            badge = format_html('{} <small title="failed attempts">({} attempt{})</small>', badge, obj.attempts,
+                                "" if obj.attempts == 1 else "s")
+        return badge
 
-    @admin.display(description="waits for")
+    @admin.display(description="updated", ordering="updated_at")
+    def updated(self, obj: DurableInstance) -> str:
+        return format_html('<span title="{}">{}</span>', obj.updated_at.isoformat(), _short_time(obj.updated_at))
+
+    @admin.display(description="waits for", ordering="wake_at")
     def waits_for(self, obj: DurableInstance) -> str:
         if obj.status != Status.PAUSED:
             return ""
-        return f"event {obj.waiting_for}" if obj.wait_kind == "event" else ("timer" if obj.wait_kind else "")
-
-    @admin.display(description="linked object")
-    def linked_object(self, obj: DurableInstance) -> str:
-        return _linked_label(obj)
+        when = f" until {_short_time(obj.wake_at)}" if obj.wake_at else ""
+        if obj.wait_kind == "event":
+            return f"event {obj.waiting_for}{when}"
+        return f"timer{when}" if obj.wait_kind else ""
 
     # -- bulk actions -------------------------------------------------------------
     def _each(self, request, queryset, func, verb: str) -> None:
@@ -297,6 +308,8 @@ class DurableInstanceAdmin(SafeInputAdmin):
         return {
             **self.admin_site.each_context(request), "opts": self.opts, "title": f"Durable instance {iid}",
             "instance": inst, "original": inst, "frames": frames, "stack_error": stack_error, "history": history,
+            "failure_chain": operations.failure_chain(inst.error) if inst.error else [],
+            "error_shown": operations.error_shown(inst.error),
             "events": events, "task": task, "linked": _linked_label(inst), "finished": inst.status in FINISHED,
             "ws_path": f"/ws/durable/instances/{urlquote(iid, safe='')}/",
             "can": {"publish": self.has_publish_permission(request) and inst.status not in FINISHED,
@@ -374,7 +387,7 @@ class DurableInstanceAdmin(SafeInputAdmin):
         form = EditLocalForm(request.POST)
         if not form.is_valid():
             for field, errs in form.errors.items():
-                self.message_user(request, f"{field}: {'; '.join(errs)}", messages.ERROR)
+                self.message_user(request, f"{field}: {'; '.join(map(str, errs))}", messages.ERROR)
             return self._back(inst.instance_id)
         data = form.cleaned_data
         expected = int(data["expected"]) if (data.get("expected") or "").isdigit() else None
@@ -398,24 +411,52 @@ class _ReadOnly(SafeInputAdmin):
 
 @admin.register(DurableEvent)
 class DurableEventAdmin(_ReadOnly):
-    list_display = ("id", "instance_id", "name", "idempotency_key", "created_at", "consumed_at")
+    # Narrow enough for 1280 px: short times; the idempotency key and the payload are on the event's page.
+    list_display = ("instance_id", "name", "published", "consumed")
     list_filter = ("name",)
     search_fields = ("=instance__instance_id", "name", "=idempotency_key")
     show_full_result_count = False
 
+    @admin.display(description="published", ordering="created_at")
+    def published(self, obj: DurableEvent) -> str:
+        return _short_time(obj.created_at)
+
+    @admin.display(description="consumed", ordering="consumed_at")
+    def consumed(self, obj: DurableEvent) -> str:
+        if obj.consumed_at is None:
+            return "-"
+        return f"rejected {_short_time(obj.consumed_at)}" if obj.rejected else _short_time(obj.consumed_at)
+
 
 @admin.register(DurableHistory)
 class DurableHistoryAdmin(_ReadOnly):
-    list_display = ("id", "instance_id", "kind", "status", "actor", "at")
+    list_display = ("instance_id", "kind", "status", "short_actor", "when")
     list_filter = ("kind",)
     search_fields = ("=instance__instance_id", "actor")
     show_full_result_count = False
+
+    @admin.display(description="actor", ordering="actor")
+    def short_actor(self, obj: DurableHistory) -> str:
+        """A worker id is long (``celery@host:host:pid:...``): its start, the whole in the tooltip."""
+        shown = obj.actor if len(obj.actor) <= 24 else obj.actor[:22] + "…"
+        return format_html('<span title="{}">{}</span>', obj.actor, shown)
+
+    @admin.display(description="at", ordering="at")
+    def when(self, obj: DurableHistory) -> str:
+        return _short_time(obj.at)
 
 
 if HUMAN_TASKS:
     @admin.register(HumanTask)
     class HumanTaskAdmin(_ReadOnly):
-        list_display = ("instance_id", "title", "event", "assignee_user", "assignee_group", "permission", "due_at",
-                        "created_at")
+        # Five columns (fits 1280 px): user, group and permission in one "assigned to".
+        list_display = ("instance_id", "title", "event", "assigned_to", "due_at")
         list_select_related = ("assignee_user", "assignee_group")
         search_fields = ("=instance__instance_id", "title")
+
+        @admin.display(description="assigned to")
+        def assigned_to(self, obj: HumanTask) -> str:
+            parts = [f"user {obj.assignee_user}" if obj.assignee_user_id else "",
+                     f"group {obj.assignee_group}" if obj.assignee_group_id else "",
+                     f"permission {obj.permission}" if obj.permission else ""]
+            return " or ".join(p for p in parts if p)

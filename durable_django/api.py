@@ -1,4 +1,4 @@
-"""The public functions: start, publish_event, cancel, resume (and result).
+"""The public functions: start, publish_event, cancel, resume (and result), each with an async twin (astart...).
 
 Each writes rows in the caller's transaction and schedules work with
 ``transaction.on_commit`` (:mod:`durable_django.wakeups`), so a worker never
@@ -11,28 +11,58 @@ re-sends lost wake-ups. :func:`publish_event` is defined in
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, Generic, ParamSpec, overload
 
+from asgiref.sync import sync_to_async
 from django.contrib.contenttypes.models import ContentType
 from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
 from durable import CheckpointException, DurableError, DurableProgram, InstanceCancelled
 
-from . import limits, programs, worker
-from .events import actor_name, publish_event, publisher_of
+from . import db, limits, programs, worker
+from .events import actor_name, apublish_event, publish_event, publisher_of
 from .exceptions import InstanceExists, InstanceFinished, InvalidPayload, UnknownInstance, UnknownProgram
 from .models import FINISHED, DurableHistory, DurableInstance, HistoryKind, Status
 from .signing import ARGUMENTS, STATE, blob_context, sign, unsign
 from .wakeups import schedule, schedule_and_signal, signal_after_commit
 
-__all__ = ["actor_name", "cancel", "check_payload", "get_instance", "publish_event", "publisher_of", "result",
-           "resume", "start"]
+__all__ = ["Starter", "acancel", "actor_name", "aget_instance", "apublish_event", "aresult", "aresume", "astart",
+           "cancel", "check_payload", "get_instance", "publish_event", "publisher_of", "result", "resume", "start",
+           "starter"]
+
+P = ParamSpec("P")
+#: What start() takes as a program: a make_durable() program, an ``async def`` or a dotted path.
+AnyProgram = DurableProgram[..., Any] | Callable[..., Coroutine[Any, Any, Any]] | str
 
 
 # -- start --------------------------------------------------------------------
-def start(program: DurableProgram | str, *args: Any, instance_id: str | None = None,
-          link: models.Model | None = None, **kwargs: Any) -> DurableInstance:
+# The arguments are checked against the program's signature in the first two forms. With instance_id= or
+# link= they are not (a ParamSpec cannot take extra keywords): starter(program, ...)(*args) checks them too.
+@overload
+def start(program: DurableProgram[P, Any], /, *args: P.args, **kwargs: P.kwargs) -> DurableInstance: ...
+
+
+@overload
+def start(program: Callable[P, Coroutine[Any, Any, Any]], /, *args: P.args, **kwargs: P.kwargs) -> DurableInstance: ...
+
+
+@overload
+def start(program: AnyProgram, /, *args: Any, instance_id: str, link: models.Model | None = None,
+          **kwargs: Any) -> DurableInstance: ...
+
+
+@overload
+def start(program: AnyProgram, /, *args: Any, link: models.Model, instance_id: str | None = None,
+          **kwargs: Any) -> DurableInstance: ...
+
+
+@overload
+def start(program: str, /, *args: Any, **kwargs: Any) -> DurableInstance: ...
+
+
+def start(program: AnyProgram, /, *args: Any, **kwargs: Any) -> DurableInstance:
     """Create an instance of ``program`` and schedule it after commit; idempotent by ``instance_id``.
 
     ``program`` is a :func:`durable.make_durable` program (or an ``async def``)
@@ -50,6 +80,30 @@ def start(program: DurableProgram | str, *args: Any, instance_id: str | None = N
     :class:`InvalidInput` (a ``ValueError``) for a bad ``instance_id``.
     Nothing is stored in any of these cases.
     """
+    instance_id: str | None = kwargs.pop("instance_id", None)
+    link: models.Model | None = kwargs.pop("link", None)
+    return _start(program, args, kwargs, instance_id, link)
+
+
+class Starter(Generic[P]):
+    """:func:`start` for one program with its options fixed; see :func:`starter`."""
+
+    def __init__(self, program: DurableProgram[P, Any], instance_id: str | None, link: models.Model | None) -> None:
+        self.program, self.instance_id, self.link = program, instance_id, link
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> DurableInstance:
+        return _start(self.program, args, kwargs, self.instance_id, self.link)
+
+
+def starter(program: DurableProgram[P, Any], /, *, instance_id: str | None = None,
+            link: models.Model | None = None) -> Starter[P]:
+    """``starter(program, instance_id=i, link=obj)(*args, **kwargs)`` is ``start(program, *args, instance_id=i,
+    link=obj, **kwargs)`` in a form whose arguments a type checker checks against the program's signature."""
+    return Starter(program, instance_id, link)
+
+
+def _start(program: AnyProgram, args: tuple[Any, ...], kwargs: dict[str, Any], instance_id: str | None,
+           link: models.Model | None) -> DurableInstance:
     path = limits.check_text(programs.path_of(program), "program path", limits.PROGRAM_COLUMN)
     resolved = programs.resolve(path)
     if not isinstance(program, str):
@@ -74,7 +128,7 @@ def start(program: DurableProgram | str, *args: Any, instance_id: str | None = N
         fields["object_id"] = limits.check_text(str(link.pk), "the linked object's primary key",
                                                 limits.OBJECT_ID_COLUMN)
     try:
-        with transaction.atomic():
+        with transaction.atomic(using=db.alias()):
             inst = DurableInstance.objects.create(instance_id=instance_id, **fields)
             DurableHistory.objects.create(instance=inst, kind=HistoryKind.STARTED, status=Status.PENDING)
     except IntegrityError:
@@ -101,7 +155,7 @@ def cancel(instance_id: str, reason: str = "", *, actor: str = "") -> DurableIns
     :class:`InstanceFinished` if it already completed, failed or was cancelled.
     """
     limits.check_instance_id(instance_id)
-    with transaction.atomic():
+    with transaction.atomic(using=db.alias()):
         inst = DurableInstance.objects.select_for_update().defer("state").filter(pk=instance_id).first()
         if inst is None:
             raise UnknownInstance(instance_id)
@@ -128,7 +182,7 @@ def resume(instance_id: str, *, inline: bool = False, actor: str = "") -> Durabl
     failed or was cancelled.
     """
     limits.check_instance_id(instance_id)
-    with transaction.atomic():
+    with transaction.atomic(using=db.alias()):
         inst = DurableInstance.objects.select_for_update().defer("state").filter(pk=instance_id).first()
         if inst is None:
             raise UnknownInstance(instance_id)
@@ -173,3 +227,35 @@ def result(instance_id: str) -> Any:
         err = state.get("error")
         raise err if isinstance(err, BaseException) else DurableError(str(err))
     return state.get("result")
+
+
+# -- async counterparts (for async views and other async code) ---------------------------------------
+# Each runs its sync function in asgiref's thread-sensitive executor: the same thread and connection as the
+# request's other sync ORM calls, so rows, ``transaction.on_commit`` and errors are exactly the sync ones.
+async def astart(program: DurableProgram | str, *args: Any, instance_id: str | None = None,
+                 link: models.Model | None = None, **kwargs: Any) -> DurableInstance:
+    """:func:`start` for async code (an async view, a consumer); same arguments, outcomes and errors."""
+    return await sync_to_async(start, thread_sensitive=True)(program, *args, instance_id=instance_id, link=link,
+                                                             **kwargs)
+
+
+async def acancel(instance_id: str, reason: str = "", *, actor: str = "") -> DurableInstance:
+    """:func:`cancel` for async code; same arguments, outcomes and errors."""
+    return await sync_to_async(cancel, thread_sensitive=True)(instance_id, reason, actor=actor)
+
+
+async def aresume(instance_id: str, *, inline: bool = False, actor: str = "") -> DurableInstance | str:
+    """:func:`resume` for async code; same arguments, outcomes and errors (``inline`` runs it in the executor's
+    thread, and the awaiting coroutine waits for the run)."""
+    return await sync_to_async(resume, thread_sensitive=True)(instance_id, inline=inline, actor=actor)
+
+
+async def aget_instance(instance_id: str) -> DurableInstance:
+    """:func:`get_instance` for async code; raises :class:`UnknownInstance` likewise."""
+    return await sync_to_async(get_instance, thread_sensitive=True)(instance_id)
+
+
+async def aresult(instance_id: str) -> Any:
+    """:func:`result` for async code; same outcomes and errors (the stored error, ``InstanceCancelled``,
+    ``LookupError``)."""
+    return await sync_to_async(result, thread_sensitive=True)(instance_id)

@@ -13,9 +13,9 @@ building, no savepoint when the executor owns the transaction).
 
 from __future__ import annotations
 
-import functools
 import json
 import traceback
+from collections.abc import Mapping
 from contextlib import nullcontext
 from datetime import UTC, datetime
 from typing import Any
@@ -27,80 +27,24 @@ from django.db.models import F
 from django.utils import timezone
 
 from durable import OrchestrationBackend, PauseForEventException
-from durable.state import CANCELLED
+from durable.state import CANCELLED, SavedState
 
 from . import clock
+from .db import Operations, ops
+from .db.operations import CHECKPOINT_REFUSED as _FINAL
 from .eventloop import hidden_loop_call
 from .events import publish_event
 from .exceptions import LeaseLost
 from .judges import is_task_meta, judge_answer
 from .leases import extension_due, lease_expiry
-from .models import DurableEvent, DurableHistory, DurableInstance, HistoryKind, Status
+from .models import DurableEvent, DurableInstance, HistoryKind, Status
 from .signing import ARGUMENTS, SIGNED_FIELDS, STATE, blob_context, sign, unsign, verified  # noqa: F401
-from .sql import _SQL_CACHE, add_history, cached_sql, hot_cursor
 
-#: Statuses in which a checkpoint must not write (checked by every checkpoint's UPDATE).
-_FINAL = (Status.CANCELLED, Status.SUSPENDED, Status.COMPLETED, Status.FAILED)
 #: Columns a running checkpoint usually leaves as they are (left out of its UPDATE when unchanged).
 _STICKY = ("status", "wait_kind", "waiting_for", "wake_at", "attempts", "layout_hash", "lease_owner")
 
-_PAYLOAD = DurableEvent._meta.get_field("payload")
-_RESULT = DurableInstance._meta.get_field("result")
-
 _STATUS = {"running": Status.RUNNING, "paused": Status.PAUSED, "completed": Status.COMPLETED,
            "failed": Status.FAILED, "cancelled": Status.CANCELLED}
-
-
-def _checkpoint_sql(qn, names: tuple, consumed: int, kinds: int) -> str:
-    """SQL of :meth:`DjangoOrchestrationBackend._update_sql`: the UPDATE, wrapped with the consumed
-    events' UPDATE and the history INSERT in data-modifying CTEs when there are any."""
-    final = ", ".join(f"'{s.value}'" for s in _FINAL)
-    sets = ", ".join(f"{qn(c)} = %s" for c in names)
-    update = (f"UPDATE {qn(DurableInstance._meta.db_table)} SET {sets}, {qn('version')} = {qn('version')} + 1 "
-              f"WHERE {qn('instance_id')} = %s AND {qn('lease_owner')} = %s AND {qn('status')} NOT IN ({final})")
-    if not (consumed or kinds):
-        return update
-    parts = [f"u AS ({update} RETURNING 1)"]
-    if consumed:
-        parts.append(f"c AS (UPDATE {qn(DurableEvent._meta.db_table)} SET {qn('consumed_at')} = %s "
-                     f"WHERE {qn('id')} IN ({', '.join(['%s'] * consumed)}) AND {qn('consumed_at')} IS NULL "
-                     "AND EXISTS (SELECT 1 FROM u))")
-    if kinds:
-        cols = ("instance_id", "kind", "status", "detail", "actor", "at")
-        rows = ", ".join(f"({i}, %s, %s, %s)" for i in range(kinds))
-        parts.append(f"h AS (INSERT INTO {qn(DurableHistory._meta.db_table)} ({', '.join(map(qn, cols))}) "
-                     f"SELECT x.i, v.kind, v.status, v.detail, x.actor, x.at "
-                     f"FROM u, (SELECT %s AS i, %s AS actor, %s::timestamptz AS at) x, "
-                     f"(VALUES {rows}) AS v(n, kind, status, detail) ORDER BY v.n)")
-    return f"WITH {', '.join(parts)} SELECT count(*) FROM u"
-
-
-def _one_statement_checkpoints(using: str | None) -> bool:
-    """PostgreSQL through psycopg 3: a checkpoint's writes go out as one statement."""
-    from django.db import connections
-
-    if connections[using or "default"].vendor != "postgresql":
-        return False
-    from django.db.backends.postgresql.psycopg_any import is_psycopg3
-
-    return is_psycopg3
-
-
-def _idle_raw_connection(using: str | None) -> Any:
-    """The psycopg 3 connection of ``using`` if it has no transaction open, else None."""
-    from django.db import connections
-
-    conn = connections[using or "default"]
-    raw = conn.connection
-    if conn.vendor != "postgresql" or raw is None or conn.in_atomic_block:
-        return None
-    from django.db.backends.postgresql.psycopg_any import is_psycopg3
-
-    if not is_psycopg3:
-        return None
-    from psycopg import pq
-
-    return raw if raw.info.transaction_status == pq.TransactionStatus.IDLE and not raw.closed else None
 
 
 def to_datetime(due: float | None) -> datetime | None:
@@ -143,7 +87,9 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
         self.program = program
         self._context: tuple[str, str, bytes] | None = None
         self.commit = commit
-        self.using = using
+        #: the database's operations (``using``, or the one the routers pick for the app's rows)
+        self.db: Operations = ops(using)
+        self.using = self.db.alias
         #: transitions made by this backend: (kind, status, detail), for signals after commit.
         self.transitions: list[tuple[str, str, str]] = []
         #: status of the row as last read or written by this backend.
@@ -161,7 +107,7 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
         #: the lease's expiry as last written by the executor or this backend (None: unknown).
         self.lease_expires_at: datetime | None = None
         #: the wait of the last checkpoint when it paused (for the executor's wake-up scheduling).
-        self.last_wait: dict | None = None
+        self.last_wait: Mapping[str, Any] | None = None
         #: values of the rarely changing columns written by the last checkpoint (see _update_sql).
         self._written: dict[str, Any] = {}
         #: the row's (state, status, program) read by the executor's claim, used once instead of a SELECT.
@@ -171,12 +117,13 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
         self.prefetched_event: tuple | None = None
 
     # -- state ------------------------------------------------------------
-    async def load_state(self, instance_id: str) -> dict | None:
+    async def load_state(self, instance_id: str) -> SavedState | None:
         if self.inline:
             return hidden_loop_call(self.load_state_sync, instance_id)
         return await sync_to_async(self.load_state_sync, thread_sensitive=True)(instance_id)
 
-    def load_state_sync(self, instance_id: str) -> dict | None:
+    def load_state_sync(self, instance_id: str) -> SavedState | None:
+        row: tuple[Any, ...] | None
         if self.prefetched is not None:
             row, self.prefetched = self.prefetched, None
         else:
@@ -199,7 +146,7 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
             state["status"] = CANCELLED
         return state
 
-    async def save_state(self, instance_id: str, state: dict) -> None:
+    async def save_state(self, instance_id: str, state: SavedState) -> None:
         if self.inline:
             return hidden_loop_call(self.save_state_sync, instance_id, state)
         await sync_to_async(self.save_state_sync, thread_sensitive=True)(instance_id, state)
@@ -218,7 +165,7 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
             ctx = self._context = (instance_id, program, blob_context(instance_id, program, STATE))
         return ctx[2]
 
-    def save_state_sync(self, instance_id: str, state: dict) -> None:
+    def save_state_sync(self, instance_id: str, state: SavedState) -> None:
         if self.program is None and (self._context is None or self._context[0] != instance_id):
             # nothing loaded: a new row, which _write creates with the state's program
             self._state_context(instance_id, state.get("program", ""))
@@ -226,7 +173,7 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
         blob = sign(state, self._state_context(instance_id))
         now = clock.now()  # the database's clock, as the lease and the core's due times (see clock.py)
         status = _STATUS.get(state.get("status"), Status.RUNNING)
-        wait = state.get("wait") or {}
+        wait: Mapping[str, Any] = state.get("wait") or {}
         stack = state.get("stack")
         frames = list(stack) if stack is not None else []
         columns: dict[str, Any] = {
@@ -262,7 +209,7 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
             detail = {Status.PAUSED: _wait_text(wait), Status.FAILED: columns.get("error", "")[-2000:]}.get(status, "")
             kinds.append((HistoryKind(status.value), status, detail))
 
-        if self.commit and self.worker_id and _one_statement_checkpoints(self.using):
+        if self.commit and self.worker_id and self.db.features.data_modifying_ctes:
             self._write_one_statement(instance_id, columns, kinds, now)
         else:
             self._write(instance_id, state, columns, kinds, now)
@@ -284,20 +231,14 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
         trip in all, instead of BEGIN, one per write and COMMIT. Otherwise it joins the step's
         transaction, which then commits. A lost lease updates nothing, and the executor rolls back.
         """
-        raw = _idle_raw_connection(self.using)
-        if raw is not None:
-            raw.autocommit = True
-        try:
+        with self.db.standalone() as committed:
             n = self._update_sql(instance_id, columns, self._consumed, kinds, now)
-        finally:
-            if raw is not None:
-                raw.autocommit = False
         if n != 1:
             raise self._lease_lost(instance_id)
-        if raw is None:
+        if not committed:
             transaction.commit(using=self.using)
 
-    def _write(self, instance_id: str, state: dict, columns: dict, kinds: list, now: datetime) -> None:
+    def _write(self, instance_id: str, state: SavedState, columns: dict, kinds: list, now: datetime) -> None:
         """A checkpoint's writes (row, consumed events, history) and, when the executor owns it, the commit."""
         # The executor owns the transaction (commit=True): no savepoint, its rollback undoes everything
         # after a failed checkpoint. Otherwise the writes below are one unit in the caller's transaction.
@@ -307,18 +248,19 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
             else:
                 n = self._update_orm(instance_id, columns)
             if n != 1:
-                if self.worker_id or DurableInstance.objects.filter(pk=instance_id).exists():
+                if self.worker_id or DurableInstance.objects.using(self.using).filter(pk=instance_id).exists():
                     raise self._lease_lost(instance_id)
+                assert self._context is not None  # save_state_sync() set it for this instance
                 try:
                     with transaction.atomic(using=self.using):
-                        DurableInstance.objects.create(instance_id=instance_id, program=self._context[1],
-                                                       **columns)
+                        DurableInstance.objects.using(self.using).create(
+                            instance_id=instance_id, program=self._context[1], **columns)
                 except IntegrityError:
                     raise LeaseLost(f"instance {instance_id!r} was created concurrently") from None
             if self._consumed:
-                self._mark_consumed(now)
+                self.db.consume_events(self._consumed, now)
             for kind, st, detail in kinds:
-                add_history(instance_id, kind, st, detail, self.worker_id, now, using=self.using)
+                self.db.add_history(instance_id, kind, st, detail, self.worker_id, now)
         if self.commit:
             transaction.commit(using=self.using)
 
@@ -332,7 +274,7 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
         return extension_due(self.lease_expires_at, now)
 
     def _update_orm(self, instance_id: str, columns: dict) -> int:
-        rows = DurableInstance.objects.filter(pk=instance_id).exclude(status__in=_FINAL)
+        rows = DurableInstance.objects.using(self.using).filter(pk=instance_id).exclude(status__in=_FINAL)
         if self.worker_id:
             rows = rows.filter(lease_owner=self.worker_id)
         return rows.update(version=F("version") + 1, **columns)
@@ -349,43 +291,7 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
         written = self._written
         if written:
             columns = {k: v for k, v in columns.items() if k not in written or written[k] != v}
-        from django.db import connections
-
-        conn = connections[self.using or "default"]
-        names = tuple(columns)
-        sql = cached_sql(conn, (names, len(consumed), len(kinds)), functools.partial(
-            _checkpoint_sql, names=names, consumed=len(consumed), kinds=len(kinds)))
-        adapt = conn.ops.adapt_datetimefield_value
-        params = [adapt(v) if isinstance(v, datetime) else (str(v) if isinstance(v, Status) else v)
-                  for v in columns.values()]
-        if "result" in columns:  # JSON column: the backend's JSON adapter
-            params[names.index("result")] = _RESULT.get_db_prep_save(columns["result"], conn)
-        params += [instance_id, self.worker_id]
-        if consumed or kinds:
-            at = adapt(now)
-            if consumed:
-                params += [at, *consumed]
-            if kinds:
-                params += [instance_id, (self.worker_id or "")[:255], at]
-                for kind, st, detail in kinds:
-                    params += [str(kind), str(st), detail or ""]
-        with hot_cursor(conn) as cur:
-            cur.execute(sql, params)
-            if consumed or kinds:
-                return cur.fetchone()[0]
-            return cur.rowcount
-
-    def _mark_consumed(self, now: datetime) -> None:
-        """The events this checkpoint consumed (usually one): one cached UPDATE."""
-        from django.db import connections
-
-        conn = connections[self.using or "default"]
-        n = len(self._consumed)
-        sql = cached_sql(conn, ("consume", n), lambda qn: (
-            f"UPDATE {qn(DurableEvent._meta.db_table)} SET {qn('consumed_at')} = %s "
-            f"WHERE {qn('id')} IN ({', '.join(['%s'] * n)}) AND {qn('consumed_at')} IS NULL"))
-        with hot_cursor(conn) as cur:
-            cur.execute(sql, [conn.ops.adapt_datetimefield_value(now), *self._consumed])
+        return self.db.checkpoint(instance_id, self.worker_id, columns, consumed, kinds, now)
 
     # -- events -----------------------------------------------------------
     async def wait_for_event(self, instance_id: str, event_name: str) -> Any:
@@ -395,30 +301,15 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
 
     def wait_for_event_sync(self, instance_id: str, event_name: str) -> Any:
         """Take the oldest unconsumed event of that name; it is marked consumed by the next checkpoint."""
-        from django.db import connections
-
-        conn = connections[self.using or "default"]
-        n = len(self._consumed)
         early, self.prefetched_event = self.prefetched_event, None
-        if early is not None and early[0] == event_name and not n:
+        if early is not None and early[0] == event_name and not self._consumed:
             self._consumed.append(early[1])
-            return _PAYLOAD.from_db_value(early[2], None, conn)
-        key = (conn.vendor, "event", n)
-        sql = _SQL_CACHE.get(key)
-        if sql is None:
-            qn = conn.ops.quote_name
-            skip = f" AND {qn('id')} NOT IN ({', '.join(['%s'] * n)})" if n else ""
-            sql = (f"SELECT {qn('id')}, {qn('payload')} FROM {qn(DurableEvent._meta.db_table)} "
-                   f"WHERE {qn('instance_id')} = %s AND {qn('name')} = %s AND {qn('consumed_at')} IS NULL{skip} "
-                   f"ORDER BY {qn('id')} LIMIT 1")
-            _SQL_CACHE[key] = sql
-        with hot_cursor(conn) as cur:
-            cur.execute(sql, [instance_id, event_name, *self._consumed])
-            ev = cur.fetchone()
+            return self.db.event_payload(early[2])
+        ev = self.db.next_event(instance_id, event_name, self._consumed)
         if ev is None:
             raise PauseForEventException(event_name, instance_id=instance_id)
         self._consumed.append(ev[0])
-        return _PAYLOAD.from_db_value(ev[1], None, conn)
+        return ev[1]
 
     async def wait_for_answer(self, instance_id: str, event_name: str, meta: dict) -> Any:
         """A wait with metadata: a human task (assignee or form, see :mod:`durable_django.humantasks`) takes
@@ -436,7 +327,7 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
         it leaves the inbox unused, with the reason on the event and in the history. A human-task wait is
         rarely reached, so this costs a query or two more than :meth:`wait_for_event` only there."""
         self.prefetched_event = None
-        events = DurableEvent.objects.using(self.using or "default")
+        events = DurableEvent.objects.using(self.using)
         while True:
             skip = [*self._consumed, *(r[0] for r in self._rejected)]
             ev = (events.filter(instance_id=instance_id, name=event_name, consumed_at__isnull=True)
@@ -455,11 +346,11 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
 
     def _write_rejection(self, event_id: int, instance_id: str, event_name: str, reason: str) -> None:
         now = timezone.now()
-        n = (DurableEvent.objects.using(self.using or "default").filter(pk=event_id, consumed_at__isnull=True)
+        n = (DurableEvent.objects.using(self.using).filter(pk=event_id, consumed_at__isnull=True)
              .update(consumed_at=now, rejected=reason))
         if n:
-            add_history(instance_id, HistoryKind.EVENT_REJECTED, self.last_status or Status.RUNNING,
-                        f"event {event_name!r} #{event_id} rejected: {reason}", self.worker_id, now, using=self.using)
+            self.db.add_history(instance_id, HistoryKind.EVENT_REJECTED, self.last_status or Status.RUNNING,
+                                f"event {event_name!r} #{event_id} rejected: {reason}", self.worker_id, now)
 
     @property
     def uncommitted_rejections(self) -> bool:
@@ -475,13 +366,13 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
 
     def publish_event(self, instance_id: str, event_name: str, payload: Any = None) -> None:
         """Deliver an event (see :func:`durable_django.publish_event`)."""
-        publish_event(instance_id, event_name, payload)
+        publish_event(instance_id, event_name, payload, using=self.using)
 
 
-def _wait_text(wait: dict) -> str:
+def _wait_text(wait: Mapping[str, Any]) -> str:
     if not wait:
         return ""
     due = to_datetime(wait.get("due"))
     if wait.get("kind") == "timer":
-        return f"timer until {due.isoformat()}"
+        return f"timer until {due.isoformat() if due else 'an unknown time'}"
     return f"event {wait.get('event')!r}" + (f" until {due.isoformat()}" if due else "")

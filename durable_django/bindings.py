@@ -25,6 +25,7 @@ from typing import Any
 from django.contrib.contenttypes.models import ContentType
 from django.db import models
 from django.db.models.signals import post_save
+from django.dispatch import Signal
 
 from .events import publish_event
 from .limits import EVENT_NAME_COLUMN, IDEMPOTENCY_KEY_COLUMN, bad_character, check_text
@@ -41,7 +42,7 @@ class Binding:
     def __init__(self, model: type[models.Model], event: str, *, when: Callable[..., bool] | None = None,
                  payload: Callable[..., Any] | None = None,
                  instance_id: Callable[..., str | Iterable[str] | None] | None = None,
-                 signal=post_save, once: bool = True, name: str | None = None) -> None:
+                 signal: Signal = post_save, once: bool = True, name: str | None = None) -> None:
         self.model = model
         self.event = check_text(event, "binding event name", EVENT_NAME_COLUMN)  # refused at import time
         self.when = when
@@ -68,7 +69,7 @@ class Binding:
         return list(DurableInstance.objects.filter(content_type=ct, object_id=str(obj.pk))
                     .exclude(status__in=FINISHED).values_list("pk", flat=True))
 
-    def handle(self, sender, instance: models.Model, **kwargs: Any) -> None:
+    def handle(self, sender: type[models.Model], instance: models.Model, **kwargs: Any) -> None:
         if self.when is not None and not self.when(instance, **kwargs):
             return
         payload = self.payload(instance, **kwargs) if self.payload is not None else None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.conf import settings
-from django.core.checks import Error, Tags, Warning, register
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.utils.module_loading import import_string
 
 from .conf import DEFAULTS
@@ -113,7 +113,7 @@ def _describe(value) -> str:
 
 def _check_limits(user: dict) -> list:
     """The input limits (durable_django.limits): positive integers, ids and names no longer than their columns."""
-    errors = []
+    errors: list[CheckMessage] = []
     bounds = {"MAX_PAYLOAD_BYTES": (4, None), "MAX_ARGUMENT_BYTES": (64, None), "MAX_JSON_DEPTH": (1, 10_000),
               "MAX_INSTANCE_ID_LENGTH": (1, INSTANCE_ID_COLUMN), "MAX_EVENT_NAME_LENGTH": (1, EVENT_NAME_COLUMN)}
     for name, (low, high) in bounds.items():

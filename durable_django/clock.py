@@ -27,33 +27,51 @@ import logging
 import os
 import threading
 import time as _time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from django.conf import settings
 
 from .conf import durable_settings
+from .db import connection, ops
 
 log = logging.getLogger("durable_django")
 
 _lock = threading.Lock()
 #: (database POSIX seconds, time.monotonic() at that moment, pid) of the last reading.
 _sample: tuple[float, float, int] | None = None
+#: A test's clock (:func:`override`): when set, :func:`time` returns what it returns and nothing is read.
+_override: Callable[[], float] | None = None
+
+
+@contextmanager
+def override(clock: Callable[[], float] | float | datetime) -> Iterator[None]:
+    """Within the block, the app's time is ``clock``: a callable returning POSIX seconds, or a fixed time.
+
+    For tests (:class:`durable_django.testing.DurableTestEnv` uses it): leases,
+    due times of timers and event timeouts, the sweep's "now" and the
+    instances' ``wake_at`` all follow it, so moving it makes timers due at
+    once. The database's clock is not read meanwhile. Blocks nest; the
+    previous clock comes back at the end. Process-wide, like the clock itself.
+    """
+    global _override
+    if isinstance(clock, datetime):
+        fixed = (clock if clock.tzinfo is not None else clock.replace(tzinfo=UTC)).timestamp()
+        clock = lambda: fixed  # noqa: E731
+    elif not callable(clock):
+        fixed = float(clock)
+        clock = lambda: fixed  # noqa: E731
+    previous, _override = _override, clock
+    try:
+        yield
+    finally:
+        _override = previous
 
 
 def _query(conn) -> float:
-    """The database's current time in POSIX seconds (one SELECT)."""
-    vendor = conn.vendor
-    if vendor == "postgresql":
-        sql = "SELECT extract(epoch from clock_timestamp())"
-    elif vendor == "sqlite":
-        sql = "SELECT (julianday('now') - 2440587.5) * 86400.0"
-    elif vendor == "mysql":
-        sql = "SELECT UNIX_TIMESTAMP(NOW(6))"
-    else:
-        return _time.time()
-    with conn.cursor() as cur:
-        cur.execute(sql)
-        return float(cur.fetchone()[0])
+    """The database's current time in POSIX seconds (one SELECT; see ``Operations.database_time``)."""
+    return ops(conn.alias).database_time()
 
 
 def sync(conn=None, force: bool = False) -> None:
@@ -65,16 +83,14 @@ def sync(conn=None, force: bool = False) -> None:
     """
     global _sample
     interval = durable_settings.CLOCK_SYNC_SECONDS
-    if not interval:
+    if not interval or _override is not None:
         return
     s = _sample
     pid = os.getpid()
     if not force and s is not None and s[2] == pid and _time.monotonic() - s[1] < interval:
         return
     if conn is None:
-        from django.db import DEFAULT_DB_ALIAS, connections
-
-        conn = connections[DEFAULT_DB_ALIAS]
+        conn = connection()
     t0 = _time.monotonic()
     try:
         db = _query(conn)
@@ -92,6 +108,8 @@ def time() -> float:
     Before the first reading in this process, or with ``CLOCK_SYNC_SECONDS``
     set to 0, this is the local clock.
     """
+    if _override is not None:
+        return _override()
     s = _sample
     if s is None or s[2] != os.getpid() or not durable_settings.CLOCK_SYNC_SECONDS:
         return _time.time()

@@ -85,8 +85,9 @@ class _StatusConsumer(AsyncJsonWebsocketConsumer):
         raise NotImplementedError
 
     async def disconnect(self, code: int) -> None:
-        if getattr(self, "_poller", None) is not None:
-            self._poller.cancel()
+        poller = getattr(self, "_poller", None)
+        if poller is not None:
+            poller.cancel()
         for group in getattr(self, "groups_joined", []):
             await self.channel_layer.group_discard(group, self.channel_name)
 

@@ -20,14 +20,16 @@ checkpoint: exactly-once database side effects. Callbacks registered with
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
-from django.db import InterfaceError, OperationalError, connection, transaction
+from django.db import InterfaceError, OperationalError, transaction
 from django.utils.module_loading import import_string
 
 from durable import CheckpointException, CodeChangedError, InstanceCancelled, PauseForEventException, StateTamperedError
 
-from . import clock, eventloop, leases, programs, signals, wakeups
+from . import clock, db, eventloop, leases, programs, signals, wakeups
 from .backend import DjangoOrchestrationBackend, describe_error
 from .conf import durable_settings
 from .exceptions import LeaseLost, UnknownProgram
@@ -41,7 +43,7 @@ log = logging.getLogger("durable_django")
 SKIPPED, LOST = "skipped", "lease-lost"
 
 
-def run_claimed(row: _Claimed, worker_id: str) -> tuple[str, dict | None]:
+def run_claimed(row: _Claimed, worker_id: str) -> tuple[str, Mapping[str, Any] | None]:
     """Run a claimed instance; returns its outcome and, when our own checkpoint paused it, the wait."""
     instance_id = row.instance_id
     try:
@@ -66,8 +68,9 @@ def run_claimed(row: _Claimed, worker_id: str) -> tuple[str, dict | None]:
     except BaseException:  # interrupted: nothing ran; hand the instance back
         _release(instance_id, worker_id)
         raise
-    manage = durable_settings.ATOMIC_STEPS and not connection.in_atomic_block
-    backend = DjangoOrchestrationBackend(worker_id=worker_id, commit=manage, program=row.program)
+    using = db.alias()  # the routers' database of the app's rows
+    manage = durable_settings.ATOMIC_STEPS and not db.connection(using).in_atomic_block
+    backend = DjangoOrchestrationBackend(worker_id=worker_id, commit=manage, program=row.program, using=using)
     backend.prefetched = (row.state, row.status, row.program)
     if row.event_id is not None:
         backend.prefetched_event = (row.waiting_for, row.event_id, row.event_payload)
@@ -81,7 +84,7 @@ def run_claimed(row: _Claimed, worker_id: str) -> tuple[str, dict | None]:
     run = wakeups.begin_run(instance_id, worker_id)
     heartbeat = leases.heartbeat()
     if manage:
-        transaction.set_autocommit(False)
+        transaction.set_autocommit(False, using=using)
     if heartbeat is not None:
         heartbeat.add(instance_id, worker_id)
     try:
@@ -104,7 +107,7 @@ def run_claimed(row: _Claimed, worker_id: str) -> tuple[str, dict | None]:
         if heartbeat is not None:  # first: nothing below may leave a lease that the heartbeat keeps alive
             heartbeat.remove(instance_id, worker_id)
         if manage:
-            _end_manual_transaction()
+            _end_manual_transaction(using)
 
     if outcome == Status.PAUSED and backend.uncommitted_rejections:
         # A human-task wait rejected events, then paused without a checkpoint (rolled back above): the
@@ -132,17 +135,18 @@ def run_claimed(row: _Claimed, worker_id: str) -> tuple[str, dict | None]:
     return outcome, (backend.last_wait if paused_here else None)
 
 
-def _end_manual_transaction() -> None:
+def _end_manual_transaction(using: str) -> None:
     """Roll back what the last checkpoint did not commit and give the connection back in autocommit.
 
     On a connection that died during the run (database restarted, network cut) neither works: it is closed
     instead, so that the worker's next statement (the lease release, the next task) opens a new one in
     autocommit rather than failing again on the dead one. The database rolled the transaction back.
     """
+    connection = db.connection(using)
     try:
         if connection.connection is not None:
             connection.rollback()  # anything after the last checkpoint: not committed, not kept
-        transaction.set_autocommit(True)
+        transaction.set_autocommit(True, using=using)
     except Exception:
         log.warning("the database connection was lost during a run; it is replaced", exc_info=True)
         try:

@@ -11,6 +11,27 @@ from django.core.serializers.json import DjangoJSONEncoder
 from .exceptions import InvalidInput
 from .limits import EVENT_NAME_COLUMN, check_event_name, parse_json
 
+
+def error_text(errors: Any, form: forms.BaseForm | None = None) -> str:
+    """Form errors as one line a person reads: "Decision: Select a valid choice. ...; Comment: ...".
+
+    ``errors`` is a ``ValidationError`` or a form's ``errors``; field names become the ``form``'s labels when
+    it is given (pages), and stay names without it (JSON answers). Messages only: never Django's error codes
+    (``invalid_choice``) or a dict's repr.
+    """
+    if isinstance(errors, forms.ValidationError):
+        if not hasattr(errors, "error_dict"):
+            return " ".join(errors.messages)
+        errors = errors.message_dict
+    parts = []
+    for name, messages in errors.items():
+        label = "" if name == "__all__" else str(form[name].label if form is not None and name in form.fields
+                                                 else name)
+        text = " ".join(str(m) for m in messages)
+        parts.append(f"{label}: {text}" if label else text)
+    return "; ".join(parts)
+
+
 #: Longest JSON text accepted for a payload or a local's value.
 MAX_JSON_CHARS = 100_000
 

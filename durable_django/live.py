@@ -12,6 +12,7 @@ update arrive sooner.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 from asgiref.sync import async_to_sync
 
 from .conf import durable_settings
-from .models import DurableInstance
+from .models import FINISHED, DurableInstance
 from .signals import instance_transition
 
 log = logging.getLogger("durable_django")
@@ -44,9 +45,11 @@ def _iso(value) -> str | None:
 def status_payload(row: dict[str, Any]) -> dict[str, Any]:
     """The JSON sent to browsers for one instance, from a ``.values(*STATUS_FIELDS)`` row."""
     error = row.get("error") or ""
+    over = row["status"] in FINISHED  # a finished instance waits for nothing (its row keeps its last wait)
     return {
         "instance_id": row["instance_id"], "program": row["program"], "status": row["status"],
-        "wait_kind": row["wait_kind"], "waiting_for": row["waiting_for"], "wake_at": _iso(row["wake_at"]),
+        "wait_kind": "" if over else row["wait_kind"], "waiting_for": "" if over else row["waiting_for"],
+        "wake_at": None if over else _iso(row["wake_at"]),
         "position": row["position"], "steps": row["steps"], "attempts": row["attempts"], "version": row["version"],
         "error": error.strip().splitlines()[-1][:300] if error.strip() else "",
         "created_at": _iso(row["created_at"]), "updated_at": _iso(row["updated_at"]),
@@ -106,8 +109,13 @@ def notify(instance_id: str, *, kind: str = "", status: str = "") -> None:
         return
     # Called from a thread that runs an event loop (async code): do not block it.
     task = asyncio.ensure_future(send())
-    task.add_done_callback(lambda t: t.cancelled() or t.exception() and log.warning(
-        "live status push for %s failed", instance_id, exc_info=t.exception()))
+    task.add_done_callback(functools.partial(_report_failure, instance_id))
+
+
+def _report_failure(instance_id: str, task: asyncio.Task[None]) -> None:
+    """Log a failed background push (a cancelled one is not a failure)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("live status push for %s failed", instance_id, exc_info=task.exception())
 
 
 def on_transition(sender, instance_id: str, kind: str = "", status: str = "", **kwargs: Any) -> None:

@@ -7,6 +7,8 @@ what waits for which event) and for people (admin, commands).
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from django.conf import settings
 from django.contrib.contenttypes.fields import GenericForeignKey
 from django.contrib.contenttypes.models import ContentType
@@ -34,25 +36,25 @@ FINISHED = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
 RUNNABLE = (Status.PENDING, Status.RUNNING, Status.PAUSED)
 
 
-class DurableInstanceQuerySet(models.QuerySet):
+class DurableInstanceQuerySet(models.QuerySet["DurableInstance"]):
     """The queries of the sweep: what is due, stuck, or has an event waiting."""
 
-    def due(self, now):
+    def due(self, now: datetime) -> DurableInstanceQuerySet:
         """Paused on a timer (or an event wait with a timeout) that has expired."""
         return self.filter(status=Status.PAUSED, wake_at__lte=now)
 
-    def stuck(self, now):
+    def stuck(self, now: datetime) -> DurableInstanceQuerySet:
         """Should be running but nobody holds a valid lease (never picked up, or the worker died)."""
         return self.filter(status__in=(Status.PENDING, Status.RUNNING)).filter(
             Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now))
 
-    def with_pending_event(self):
+    def with_pending_event(self) -> DurableInstanceQuerySet:
         """Paused waiting for an event that is already in its inbox."""
         pending = DurableEvent.objects.filter(
             instance=models.OuterRef("pk"), name=models.OuterRef("waiting_for"), consumed_at__isnull=True)
         return self.filter(status=Status.PAUSED, wait_kind="event").filter(models.Exists(pending))
 
-    def runnable_now(self, now):
+    def runnable_now(self, now: datetime) -> DurableInstanceQuerySet:
         """Everything the sweep schedules (lease not held by a live worker)."""
         free = Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now)
         pending = DurableEvent.objects.filter(

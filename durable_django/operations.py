@@ -8,6 +8,7 @@ operator's name.
 from __future__ import annotations
 
 import json
+import re
 import reprlib
 from typing import Any
 
@@ -17,7 +18,7 @@ from django.utils import timezone
 
 from durable import SavedState
 
-from . import signals
+from . import db, signals
 from .exceptions import InstanceFinished, StateUnreadable, UnknownInstance, state_error
 from .limits import check_instance_id
 from .models import DurableHistory, DurableInstance, HistoryKind, Status
@@ -41,7 +42,7 @@ def retry(instance_id: str, *, actor: str = "") -> DurableInstance:
     retry starts over: steps that completed before the failure run again.
     """
     check_instance_id(instance_id)
-    with transaction.atomic():
+    with transaction.atomic(using=db.alias()):
         inst = DurableInstance.objects.select_for_update().defer("state").filter(pk=instance_id).first()
         if inst is None:
             raise UnknownInstance(instance_id)
@@ -78,6 +79,35 @@ def frames(state: SavedState) -> list[dict]:
                                "json": json.dumps(value, cls=DjangoJSONEncoder) if is_jsonable(value) else None})
         out.append({"index": index, "function": frame.name, "position": frame.position(), "locals": local_rows})
     return out
+
+
+_ENTRY = re.compile(r'^  File "(?P<file>.*)", line (?P<line>\d+), in (?P<function>.*)$')
+#: Characters of a long error the admin shows (the end: the failing call and the exception).
+ERROR_SHOWN = 8000
+
+
+def failure_chain(error: str) -> list[dict]:
+    """The call chain of a failed instance, outermost first, read from its ``error`` text.
+
+    The text is Python's traceback of the error (see ``durable_django.backend.describe_error``), in which
+    the core shows every durable call the error left (``durable.tracebacks``). Only the last traceback
+    counts (the error that ended the instance, after any it was raised from). Each entry: ``function``,
+    ``file``, ``line`` and the ``source`` line when the traceback had it.
+    """
+    text = error.rpartition("Traceback (most recent call last):\n")[2] if "Traceback (most" in error else ""
+    chain: list[dict] = []
+    for row in text.splitlines():
+        m = _ENTRY.match(row)
+        if m:
+            chain.append({"function": m["function"], "file": m["file"], "line": int(m["line"]), "source": ""})
+        elif chain and row.startswith("    ") and not chain[-1]["source"] and row.strip(" ^~"):
+            chain[-1]["source"] = row.strip()
+    return chain
+
+
+def error_shown(error: str) -> str:
+    """``error`` cut for a page: its end (where it failed, and the exception) when it is long."""
+    return error if len(error) <= ERROR_SHOWN else "\N{HORIZONTAL ELLIPSIS}" + error[-ERROR_SHOWN:]
 
 
 def edit_local(instance_id: str, frame_index: int, name: str, value: Any, *, actor: str,
@@ -120,7 +150,7 @@ def edit_local(instance_id: str, frame_index: int, name: str, value: Any, *, act
     old_value = shown[name]
     frame.set_user_local(name, value)
     new_blob = sign(state, context)
-    with transaction.atomic():
+    with transaction.atomic(using=db.alias()):
         n = DurableInstance.objects.filter(pk=instance_id, version=version, lease_owner="",
                                            status__in=EDITABLE).update(
             state=new_blob, version=models.F("version") + 1, updated_at=timezone.now())
@@ -130,5 +160,6 @@ def edit_local(instance_id: str, frame_index: int, name: str, value: Any, *, act
             instance_id=instance_id, kind=HistoryKind.OPERATOR, status=status, actor=actor,
             detail=f"set local {name!r} of frame {frame_index} ({frame.name}) from {_repr.repr(old_value)} "
                    f"to {_repr.repr(value)}")
-    transaction.on_commit(lambda: signals.send_transition("operator", instance_id, status, program))
+    transaction.on_commit(lambda: signals.send_transition("operator", instance_id, status, program),
+                          using=db.alias())
     return DurableInstance.objects.defer("state").get(pk=instance_id)

@@ -15,7 +15,8 @@ a worker imports it again to resume. Which paths may run:
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar, overload
 
 from django.utils.module_loading import import_string
 
@@ -25,14 +26,20 @@ from .conf import durable_settings
 from .exceptions import UnknownProgram
 
 #: (path, whether PROGRAMS was set) -> resolved program (a listed plain async def is only valid while listed).
-_cache: dict[tuple[str, bool], DurableProgram] = {}
+_cache: dict[tuple[str, bool], DurableProgram[..., Any]] = {}
 #: dotted path -> program declared with register() (allowed with PROGRAMS=None).
-_registered: dict[str, DurableProgram] = {}
+_registered: dict[str, DurableProgram[..., Any]] = {}
+
+P = ParamSpec("P")
+R = TypeVar("R")
+#: A migration hook: adapts a paused frame whose step layout changed; True when it can resume.
+Migration = Callable[[FunctionCall], bool]
+M = TypeVar("M", bound=Migration)
 #: (program path, program version or None) -> migration functions, tried in order.
 _migrations: dict[tuple[str, str | None], list[Callable[[FunctionCall], bool]]] = {}
 
 
-def path_of(program: DurableProgram | Callable | str) -> str:
+def path_of(program: DurableProgram[..., Any] | Callable[..., Any] | str) -> str:
     """The dotted path under which ``program`` is stored and imported again."""
     if isinstance(program, str):
         return program
@@ -45,7 +52,15 @@ def path_of(program: DurableProgram | Callable | str) -> str:
     return f"{fn.__module__}.{qualname}"
 
 
-def register(program: DurableProgram | Callable) -> DurableProgram:
+@overload
+def register(program: DurableProgram[P, R]) -> DurableProgram[P, R]: ...
+
+
+@overload
+def register(program: Callable[P, Coroutine[Any, Any, R]]) -> DurableProgram[P, R]: ...
+
+
+def register(program: DurableProgram[P, R] | Callable[P, Coroutine[Any, Any, R]]) -> DurableProgram[P, R]:
     """Declare ``program`` (a :class:`DurableProgram` or an ``async def``) as startable; returns the program.
 
     For code that builds its programs without :func:`durable.make_durable` at
@@ -54,15 +69,19 @@ def register(program: DurableProgram | Callable) -> DurableProgram:
     (do it at import time of a module the app loads, e.g. its
     ``durable_programs.py``). Usable as a decorator.
     """
-    if not isinstance(program, DurableProgram):
+    prog: DurableProgram[P, R]
+    if isinstance(program, DurableProgram):
+        prog = program
+    else:
         if not inspect.iscoroutinefunction(program):
             raise TypeError(f"register() needs an async def or a make_durable() program, got {program!r}")
-        program = declared_program(program) or make_durable(program)
-    path = path_of(program)
-    _registered[path] = program
+        declared = declared_program(program)
+        prog = declared if declared is not None else make_durable(program)
+    path = path_of(prog)
+    _registered[path] = prog
     _cache.pop((path, False), None)
     _cache.pop((path, True), None)
-    return program
+    return prog
 
 
 def allowed(path: str) -> bool:
@@ -74,7 +93,7 @@ def allowed(path: str) -> bool:
     return any(path == a or (a.endswith(".") and path.startswith(a)) for a in allow)
 
 
-def resolve(path: str) -> DurableProgram:
+def resolve(path: str) -> DurableProgram[..., Any]:
     """Import the program stored under ``path``; raise :class:`UnknownProgram` with the reason."""
     if not isinstance(path, str) or not path:
         raise UnknownProgram(f"program path must be a non-empty dotted path, got {path!r}")
@@ -108,13 +127,22 @@ def resolve(path: str) -> DurableProgram:
     return program
 
 
-def program_version(program: DurableProgram) -> str:
+def program_version(program: DurableProgram[..., Any]) -> str:
     """The version declared with ``make_durable(..., version=...)``, or "" (what migrations are keyed by)."""
     return str(program.version) if getattr(program, "version", None) is not None else ""
 
 
-def register_migration(program: DurableProgram | str, func: Callable[[FunctionCall], bool] | None = None, *,
-                       from_version: str | None = None):
+@overload
+def register_migration(program: DurableProgram[..., Any] | str, func: M, *, from_version: str | None = None) -> M: ...
+
+
+@overload
+def register_migration(program: DurableProgram[..., Any] | str, func: None = None, *,
+                       from_version: str | None = None) -> Callable[[M], M]: ...
+
+
+def register_migration(program: DurableProgram[..., Any] | str, func: M | None = None, *,
+                       from_version: str | None = None) -> M | Callable[[M], M]:
     """Register ``func(frame) -> bool`` to adapt paused frames of ``program`` whose step layout changed.
 
     The core calls it for each frame that cannot resume as is (see
@@ -125,17 +153,17 @@ def register_migration(program: DurableProgram | str, func: Callable[[FunctionCa
     """
     key = (path_of(program), from_version)
 
-    def add(f):
+    def add(f: M) -> M:
         _migrations.setdefault(key, []).append(f)
         return f
 
     return add(func) if func is not None else add
 
 
-def migrator_for(path: str, version: str, program: DurableProgram) -> Callable[[FunctionCall], bool] | None:
+def migrator_for(path: str, version: str, program: DurableProgram[..., Any]) -> Migration | None:
     """The ``migrate`` hook for an instance of ``path`` started under ``version``, or None."""
     funcs = [*_migrations.get((path, version or None), ()), *_migrations.get((path, None), ())]
-    if getattr(program, "migrate", None) is not None:
+    if program.migrate is not None:
         funcs.append(program.migrate)
     if not funcs:
         return None

@@ -33,15 +33,16 @@ class ClockRequest(Request):
 
     @property
     def eta(self) -> datetime | None:
-        eta = self._eta
-        rd = self._request_dict
+        eta = super().eta
+        rd = self.request_dict
         if eta is None or not rd.get(DB_ETA_HEADER) or rd.get("retries"):  # Celery's retries: local ETAs
             return eta
         clock.sync()  # a SELECT at most once per CLOCK_SYNC_SECONDS in this process
         return eta - timedelta(seconds=clock.offset())
 
 
-@shared_task(name=RUN_INSTANCE, bind=True, Request=ClockRequest, acks_late=True,
+# celery-types' shared_task(bind=True) takes no Request=, which Celery accepts (any Task attribute is an option)
+@shared_task(name=RUN_INSTANCE, bind=True, Request=ClockRequest, acks_late=True,  # type: ignore[call-overload]
              reject_on_worker_lost=True, ignore_result=True, autoretry_for=(OperationalError, InterfaceError),
              retry_backoff=True, retry_backoff_max=60, max_retries=8)
 def run_instance(self, instance_id: str) -> str:
@@ -87,7 +88,7 @@ def _drop_broken_connections() -> None:
             conn.close()
         elif conn.connection is not None:
             conn.errors_occurred = False
-            conn.health_check_done = False
+            conn.health_check_done = False  # type: ignore[attr-defined]  # Django >= 5.1; not in django-stubs
 
 
 # Kept importable from settings modules (no models): see durable_django.conf.

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.apps import apps
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -43,7 +44,7 @@ from django.views.decorators.csrf import csrf_protect
 from . import limits
 from .answers import publish_answer
 from .exceptions import InstanceFinished, InvalidInput, InvalidPayload, StateUnreadable, UnknownInstance
-from .forms import PublishEventForm
+from .forms import PublishEventForm, error_text
 
 #: The task pages (and the assignment checks of the publish view) need the optional human-task app.
 HUMAN_TASKS = apps.is_installed("durable_django.humantasks")
@@ -100,6 +101,17 @@ def publish_for_user(user, instance_id: str, event: str, payload: Any = None,
     return 202, {"instance_id": instance_id, "event": event, "event_id": ev.pk}
 
 
+async def apublish_for_user(user, instance_id: str, event: str, payload: Any = None,
+                            idempotency_key: str | None = None) -> tuple[int, dict]:
+    """:func:`publish_for_user` for an async view; the same checks and answers.
+
+    Read ``request.auser()`` first: ``request.user`` is lazy, and loading it
+    is a sync query that async code may not run.
+    """
+    return await sync_to_async(publish_for_user, thread_sensitive=True)(user, instance_id, event, payload,
+                                                                        idempotency_key)
+
+
 @method_decorator(csrf_protect, name="dispatch")
 class PublishEventView(View):
     """POST an event to the instance named in the URL (``instance_id`` kwarg).
@@ -141,7 +153,7 @@ class PublishEventView(View):
             raise _Refused(413, str(exc)) from None
         form = PublishEventForm({**fields, **({"event": event} if event else {})})
         if not form.is_valid():
-            raise _Refused(400, form.errors.get_json_data())
+            raise _Refused(400, error_text(form.errors))
         return form.cleaned_data["event"], form.cleaned_data["payload"]
 
     @staticmethod
@@ -207,8 +219,8 @@ def task_form(task: HumanTask, data=None):
 def task_list(request: HttpRequest) -> HttpResponse:
     """The waits this user may answer, each with its form."""
     tasks = HumanTask.objects.for_user(request.user).select_related("instance", "assignee_group", "assignee_user")
-    tasks = (signed_task(request.user, t) for t in tasks.defer("instance__arguments").order_by("created_at")[:200])
-    rows = [{"task": t, "form": task_form(t)} for t in tasks if t is not None]
+    signed = (signed_task(request.user, t) for t in tasks.defer("instance__arguments").order_by("created_at")[:200])
+    rows = [{"task": t, "form": task_form(t)} for t in signed if t is not None]
     return render(request, "durable_django/task_list.html", {"rows": rows})
 
 
@@ -244,7 +256,7 @@ class TaskAnswerView(View):
         except PermissionDenied:
             raise
         except ValidationError as exc:
-            messages.error(request, "; ".join(exc.messages))
+            messages.error(request, error_text(exc, form))
             return render(request, self.template_name, {"task": task, "form": form}, status=400)
         except (InvalidPayload, InvalidInput) as exc:
             messages.error(request, str(exc))

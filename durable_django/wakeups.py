@@ -28,10 +28,10 @@ from typing import Any
 
 from celery import current_app
 from django.core.exceptions import ImproperlyConfigured
-from django.db import connection, transaction
+from django.db import transaction
 from kombu.exceptions import KombuError
 
-from . import clock, signals
+from . import clock, db, signals
 from .conf import durable_settings
 from .models import DurableInstance, Status
 
@@ -93,6 +93,7 @@ def after_commit(func) -> None:
     block), the callback waits until the executor's run ends, so it fires only
     after the checkpoint that holds the step's writes has committed.
     """
+    connection = db.connection()  # the database of the app's rows (``using`` or the routers' choice)
     if not connection.in_atomic_block and not connection.get_autocommit():
         run = current_run()
         if run is not None:
@@ -100,7 +101,7 @@ def after_commit(func) -> None:
             return
     if isinstance(func, functools.partial):  # Django names a failed robust callback by its __qualname__
         func.__qualname__ = getattr(func.func, "__qualname__", repr(func.func))  # type: ignore[attr-defined]
-    transaction.on_commit(func, robust=True)
+    transaction.on_commit(func, robust=True, using=connection.alias)
 
 
 def schedule(instance_id: str, *, eta: datetime | None = None) -> None:
@@ -109,7 +110,7 @@ def schedule(instance_id: str, *, eta: datetime | None = None) -> None:
         if eta is None:
             after_commit(functools.partial(_inline_runner(), instance_id))
         return
-    if eta is None and durable_settings.BATCH_SIZE > 1 and connection.in_atomic_block and _Outbox.add(instance_id):
+    if eta is None and durable_settings.BATCH_SIZE > 1 and db.connection().in_atomic_block and _Outbox.add(instance_id):
         return
     after_commit(functools.partial(send_task, instance_id, eta=eta))
 
@@ -138,19 +139,20 @@ class _Outbox:
     @classmethod
     def add(cls, instance_id: str) -> bool:
         """Queue a wake-up for the commit of the current transaction; False when it cannot be batched."""
+        connection = db.connection()
         hooks = connection.run_on_commit
         if not isinstance(hooks, list) or any(len(h) != 3 for h in hooks[-3:]):
             return False  # Django's internals are not what this relies on: one message per wake-up
         box = getattr(connection, "_durable_outbox", None)
         if box is None:
-            box = connection._durable_outbox = cls()  # type: ignore[attr-defined]  # one per connection
+            box = connection._durable_outbox = cls()  # one per connection
         for k in range(len(hooks) - 1, max(-1, len(hooks) - 4), -1):  # our flush is among the last few
             if hooks[k][1] == box.flush:
                 del hooks[k]
                 break
-        transaction.on_commit(functools.partial(box.collect, instance_id), robust=True)
+        transaction.on_commit(functools.partial(box.collect, instance_id), robust=True, using=connection.alias)
         # After every collect; no savepoint ids, so a rolled-back savepoint never drops it.
-        hooks.append((set(), box.flush, True))  # type: ignore[arg-type]  # Django 4.2+: (sids, func, robust)
+        hooks.append((set(), box.flush, True))  # Django 4.2+: (sids, func, robust)
         return True
 
 

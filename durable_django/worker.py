@@ -19,6 +19,7 @@ import os
 import socket
 import time
 import uuid
+from datetime import datetime
 
 from django.db import DatabaseError
 from django.db.models import F, Q
@@ -26,10 +27,10 @@ from django.db.models import F, Q
 from . import clock, leases, signals
 from .backend import to_datetime
 from .conf import durable_settings
+from .db import ops
 from .executor import LOST, SKIPPED, run_claimed
 from .leases import _Claimed
 from .models import DurableEvent, DurableInstance, Status
-from .sql import cached_sql, hot_cursor, real_connection
 from .wakeups import schedule_timer, send_tasks
 
 log = logging.getLogger("durable_django")
@@ -77,13 +78,7 @@ def _run_instance(instance_id: str, worker_id: str, claimed: _Claimed | None = N
 
 def _event_pending(instance_id: str, name: str | None) -> bool:
     """Is an unconsumed event ``name`` in the inbox? (One cached SELECT: it follows every pause.)"""
-    conn = real_connection()
-    sql = cached_sql(conn, ("pending",), lambda qn: (
-        f"SELECT 1 FROM {qn(DurableEvent._meta.db_table)} WHERE {qn('instance_id')} = %s "
-        f"AND {qn('name')} = %s AND {qn('consumed_at')} IS NULL LIMIT 1"))
-    with hot_cursor(conn) as cur:
-        cur.execute(sql, [instance_id, name])
-        return cur.fetchone() is not None
+    return ops().event_pending(instance_id, name)
 
 
 def run_batch(instance_ids: list[str], worker_id: str | None = None) -> dict[str, str]:
@@ -145,7 +140,7 @@ def _send_back(instance_ids: list[str]) -> None:
         send_tasks(instance_ids)
 
 
-def due_instances(now=None, limit: int | None = None) -> list[str]:
+def due_instances(now: datetime | None = None, limit: int | None = None) -> list[str]:
     """Ids the sweep would wake: due timers, stuck or abandoned runs, pending events.
 
     Three queries, each served by an index (status+wake_at, status+lease,
@@ -177,7 +172,8 @@ def due_instances(now=None, limit: int | None = None) -> list[str]:
     return list(ids)
 
 
-def sweep(*, now=None, dry_run: bool = False, inline: bool = False, limit: int | None = None) -> list[str]:
+def sweep(*, now: datetime | None = None, dry_run: bool = False, inline: bool = False,
+          limit: int | None = None) -> list[str]:
     """Wake every instance that should run and does not (the guarantee behind ETAs and lost messages).
 
     With ``inline`` the instances are run here, one after the other, instead of

@@ -115,7 +115,9 @@ ASGI_APPLICATION = "example_project.asgi.application"
 
 TEMPLATES = [{
     "BACKEND": "django.template.backends.django.DjangoTemplates",
-    "DIRS": [],
+    # Project templates first: example_project/templates/durable_django/layout.html puts the task pages in the
+    # expense pages' layout.
+    "DIRS": [BASE_DIR / "example_project" / "templates"],
     "APP_DIRS": True,
     "OPTIONS": {"context_processors": [
         "django.template.context_processors.request",

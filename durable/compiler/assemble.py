@@ -2,7 +2,8 @@
 
 Takes the lowered blocks (:class:`~durable.compiler.lower.Lowerer`) and the
 names a frame keeps. Produces the :class:`~durable.blocks.CodeBlock` tuple:
-one Python function ``_dur__b<n>(L)`` per block, compiled together in one
+one Python function ``_dur__b<n>(L)`` per block (its code renamed after the
+user's function, so tracebacks and debuggers read naturally), compiled together in one
 module whose outer function receives the run-time helpers
 (``runtime_support.HELPERS``). Each block loads the frame's variables it uses
 from ``L`` into fast locals on entry and writes back those it assigns on exit;
@@ -27,7 +28,18 @@ from ..exceptions import CompileError
 from .builder import Block, Label
 from .lower import Lowerer
 from .runtime_support import HELPERS
-from .syntax import LOCALS, assigned, loaded, mk_const, mk_function, mk_function_from, mk_name, set_lines
+from .syntax import (
+    LOCALS,
+    assigned,
+    drop_raise_entry,
+    loaded,
+    mk_const,
+    mk_function,
+    mk_function_from,
+    mk_name,
+    place,
+    set_lines,
+)
 
 _TEMP = re.compile(LOCAL_PREFIX + r"(?:t|e|c|x|it)\d+$")
 
@@ -72,17 +84,24 @@ def build(lw: Lowerer, persisted: set[str], globals_names: list[str], filename: 
                                        ast.Call(ast.Attribute(mk_name(LOCALS), take, ast.Load()), [mk_const(t)], [])))
         out_names = sorted((written & persisted) | (written & lw.persistent_temps)
                            | {t for t in written if consumed.get(t, set()) - {i}})
+        # the code around the user's statements takes the lines of the first and the last of them, so that
+        # stepping through a block in a debugger never shows the line the block started at in between
+        first = getattr(stmts[0], "lineno", b.lineno) if stmts else b.lineno
+        last = getattr(stmts[-1], "lineno", b.lineno) if stmts else b.lineno
         if b.handling is not None:
             stmts = [ast.Try(body=[ast.Raise(mk_name(b.handling), None)],
-                             handlers=[ast.ExceptHandler(mk_name("BaseException"), None, stmts)], orelse=[],
-                             finalbody=[])]
+                             handlers=[ast.ExceptHandler(mk_name("BaseException"), None,
+                                                         [drop_raise_entry(mk_name(b.handling)), *stmts])],
+                             orelse=[], finalbody=[])]
+            place(stmts, first)
             if b.handling not in referenced:
                 prologue.append(ast.Assign([mk_name(b.handling, ast.Store())],
                                            ast.Subscript(mk_name(LOCALS), mk_const(b.handling), ast.Load())))
         body = stmts
         if out_names:
-            body = [ast.Try(body=stmts, handlers=[], orelse=[], finalbody=[_write_back(var) for var in out_names])]
-        fdef = mk_function(f"{LOCAL_PREFIX}b{b.index}", [LOCALS], prologue + body)
+            body = place([ast.Try(body=stmts, handlers=[], orelse=[],
+                                  finalbody=place([_write_back(var) for var in out_names], last))], first)
+        fdef = mk_function(f"{LOCAL_PREFIX}b{b.index}", [LOCALS], place(prologue, first) + body)
         set_lines(fdef, b.lineno)
         defs.append(fdef)
     helper_names = [f"{LOCAL_PREFIX}{n}" for n, _ in HELPERS]
@@ -96,6 +115,9 @@ def build(lw: Lowerer, persisted: set[str], globals_names: list[str], filename: 
         raise CompileError(f"{qualname}: internal compile failure: {exc}", filename, exc.lineno) from exc
     make_code = next(c for c in code.co_consts if isinstance(c, types.CodeType))
     fns = types.FunctionType(make_code, fn_globals)(*[v for _, v in HELPERS])
+    name = qualname.rpartition(".")[2]
+    for fn in fns:  # a traceback or a debugger shows the user's function, not ``_dur__b<n>``
+        fn.__code__ = fn.__code__.replace(co_name=name, co_qualname=qualname)
     return tuple(CodeBlock(fn, _handler(b), b.lineno, b.index, b.pending, _tail(b, stmts))
                  for fn, b, stmts in zip(fns, lw.blocks, resolved))
 

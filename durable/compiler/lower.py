@@ -40,7 +40,7 @@ from .builder import (
     Suspend,
     Temps,
 )
-from .syntax import LOCALS, helper, is_pause_raise, mk_const, mk_name, mk_return, mk_tuple
+from .syntax import LOCALS, helper, is_pause_raise, mk_const, mk_name, mk_reraise, mk_return, mk_tuple
 from .validate import Analysis, compile_error
 
 T = TypeVar("T")
@@ -336,7 +336,7 @@ class Lowerer(BlockBuilder):
                 break
             self.emit(ast.If(ast.Call(mk_name("isinstance"), [mk_name(x), h.type], []), [mk_return(mk_const(lab))], []))
         else:
-            self.emit(ast.Raise(mk_name(x), None))
+            self.emit(mk_reraise(mk_name(x)))
         self.end_block(Dispatch(tuple(labels)))
         for h, lab in zip(handlers, labels):
             self.exc_vars.append(x)
@@ -380,7 +380,7 @@ class Lowerer(BlockBuilder):
         self.emit(
             ast.If(ast.Compare(k, [ast.Eq()], [mk_const(NORMAL)]), [mk_return(mk_const(end))], []),
             ast.If(ast.Compare(k, [ast.Eq()], [mk_const(THROW)]),
-                   [ast.Raise(ast.Subscript(c, mk_const(1), ast.Load()), None)], []),
+                   [mk_reraise(ast.Subscript(c, mk_const(1), ast.Load()))], []),
             ast.If(ast.Compare(k, [ast.Eq()], [mk_const(RETURNING)]), on_return, []),
             *on_jump,
         )
@@ -457,6 +457,9 @@ class Verbatim(ast.NodeTransformer):
 
     def visit_Raise(self, node: ast.Raise) -> ast.AST:
         if node.exc is None and not self.handler_depth and self.lw.exc_vars:
-            return ast.copy_location(ast.Raise(mk_name(self.lw.exc_vars[-1]), None), node)
+            out = mk_reraise(mk_name(self.lw.exc_vars[-1]))
+            for n in ast.walk(out):
+                ast.copy_location(n, node)
+            return out
         self.generic_visit(node)
         return node

@@ -6,6 +6,7 @@ Not a pass: no state, no decisions about blocks.
 from __future__ import annotations
 
 import ast
+import copy
 from collections.abc import Iterator
 from typing import Any
 
@@ -47,6 +48,25 @@ def mk_function_from(name: str, args: ast.arguments, body: list[ast.stmt]) -> as
     """``def name(args): body`` (no decorators, no annotations; ``type_params`` for Python 3.12+)."""
     extra: dict[str, Any] = {"type_params": []}
     return ast.FunctionDef(name=name, args=args, body=body, decorator_list=[], returns=None, **extra)
+
+
+def drop_raise_entry(exc: ast.expr) -> ast.Assign:
+    """``exc.__traceback__ = exc.__traceback__.tb_next``: forget the entry the block's own ``raise exc`` just
+    added, in a handler of that raise (a lowered re-raise adds no entry, as in plain Python)."""
+    def tb(ctx: ast.expr_context) -> ast.Attribute:
+        return ast.Attribute(copy.deepcopy(exc), "__traceback__", ctx)
+    return ast.Assign([tb(ast.Store())], ast.Attribute(tb(ast.Load()), "tb_next", ast.Load()))
+
+
+def mk_reraise(exc: ast.expr) -> ast.Try:
+    """Re-raise ``exc`` (caught earlier, kept in the frame) like a bare ``raise``: its traceback is left as it is.
+
+    ``raise exc`` would add an entry for the block, which plain Python does not show for a re-raise.
+    """
+    return ast.Try(body=[ast.Raise(exc, None)],
+                   handlers=[ast.ExceptHandler(mk_name("BaseException"), None, [drop_raise_entry(exc),
+                                                                                 ast.Raise(None, None)])],
+                   orelse=[], finalbody=[])
 
 
 def helper(name: str) -> ast.Name:
@@ -153,13 +173,27 @@ def loaded(stmts: list[ast.stmt]) -> set[str]:
 
 
 def set_lines(node: ast.AST, lineno: int) -> None:
-    """Give generated nodes without a position the line ``lineno`` (and sane end positions)."""
-    for n in ast.walk(node):
+    """Give generated nodes without a position the line of the nearest enclosing node that has one (``lineno``
+    at the top), and sane end positions: a debugger stepping through a block sees the user's lines only."""
+    def fill(n: ast.AST, line: int) -> None:
         if "lineno" in n._attributes:
             if getattr(n, "lineno", None) is None:
-                n.lineno = lineno  # type: ignore[attr-defined]
+                n.lineno = line  # type: ignore[attr-defined]
                 n.col_offset = 0  # type: ignore[attr-defined]
             if getattr(n, "end_lineno", None) is None or n.end_lineno < n.lineno:  # type: ignore[attr-defined]
                 n.end_lineno = n.lineno  # type: ignore[attr-defined]
                 n.end_col_offset = 0  # type: ignore[attr-defined]
+            line = n.lineno  # type: ignore[attr-defined]
+        for child in ast.iter_child_nodes(n):
+            fill(child, line)
+
+    fill(node, lineno)
     ast.fix_missing_locations(node)
+
+
+def place(stmts: list[ast.stmt], lineno: int) -> list[ast.stmt]:
+    """Put generated statements without a position on ``lineno`` (see :func:`set_lines`)."""
+    for s in stmts:
+        if getattr(s, "lineno", None) is None:
+            s.lineno = lineno
+    return stmts

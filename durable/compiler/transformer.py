@@ -20,18 +20,49 @@ from .syntax import helper, mk_return, mk_tuple
 from .validate import validate
 
 
-class DurableAstTransformer:
+class DurableAstTransformer(ast.NodeTransformer):
     """Compiles async functions into :class:`CompiledFunction` objects.
 
     One instance caches by code object, so each function is compiled once
-    per process.
+    per process (:meth:`compile`, what ``make_durable`` uses).
+
+    It is also an :class:`ast.NodeTransformer`, as in the seed:
+    ``visit(module_tree)`` checks every module-level ``async def`` (a
+    :class:`~durable.CompileError` with file and line for what cannot be
+    checkpointed) and decorates it with ``durable.make_durable``, so the
+    module, compiled and run, binds each name to a :class:`~durable.DurableProgram`.
+    Unlike the seed's, the tree it returns holds the user's code unchanged:
+    the checkpointable blocks are made from the function's source when the
+    decorator runs, so the tree must be compiled with the file name its
+    source can be read from (see docs/stores.md, "The seed's contracts").
     """
 
-    def __init__(self) -> None:
+    def __init__(self, filename: str = "<ast>") -> None:
+        #: Where the trees given to :meth:`visit` come from (for the errors' file:line).
+        self.filename = filename
         self._cache: dict[tuple[types.CodeType, int], tuple[dict[str, Any], CompiledFunction]] = {}
         self._by_id: dict[int, tuple[types.CodeType, dict[str, Any], CompiledFunction]] = {}
         self._chunks: dict[tuple[CodeChunk, int, int, frozenset[str]],
                            tuple[tuple[CodeBlock, ...], frozenset[str]]] = {}
+
+    def visit_Module(self, node: ast.Module) -> ast.Module:
+        """Check and decorate the module-level ``async def`` functions (nested ones are compiled when called)."""
+        for stmt in node.body:
+            if isinstance(stmt, ast.AsyncFunctionDef) and not any(_is_make_durable(d) for d in stmt.decorator_list):
+                validate(stmt, self.filename)
+                # innermost, so make_durable receives the plain function; on the def's line, so that
+                # the code's first line (where the source is read from) stays the user's
+                deco = ast.Attribute(value=ast.Call(func=ast.Name(id="__import__", ctx=ast.Load()),
+                                                    args=[ast.Constant(value="durable")], keywords=[]),
+                                     attr="make_durable", ctx=ast.Load())
+                stmt.decorator_list.append(ast.copy_location(deco, stmt))
+        ast.fix_missing_locations(node)
+        return node
+
+    def visit_AsyncFunctionDef(self, node: ast.AsyncFunctionDef) -> ast.AsyncFunctionDef:
+        """Check one ``async def`` on its own (a :class:`~durable.CompileError` for what cannot be checkpointed)."""
+        validate(node, self.filename)
+        return node
 
     def compile(self, func: Any) -> CompiledFunction:
         """Compile ``func`` (an ``async def``), or return the cached result."""
@@ -119,6 +150,14 @@ class DurableAstTransformer:
 def _pc(label: Label) -> int:
     assert label.pc is not None  # a resume point's block is started right after its await
     return label.pc
+
+
+def _is_make_durable(node: ast.expr) -> bool:
+    """Is this decorator ``make_durable`` (bare, dotted or called with options)?"""
+    if isinstance(node, ast.Call):
+        node = node.func
+    return (isinstance(node, ast.Name) and node.id == "make_durable") or (
+        isinstance(node, ast.Attribute) and node.attr == "make_durable")
 
 
 def _source_of(func: Any) -> tuple[str, str, int]:

@@ -8,6 +8,8 @@ paused instance.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.core.serializers.json import DjangoJSONEncoder
@@ -16,6 +18,9 @@ from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
 
 from durable_django.models import DurableInstance
+
+if TYPE_CHECKING:
+    from .assignment import Wait
 
 
 class HumanTaskQuerySet(models.QuerySet):
@@ -56,6 +61,9 @@ class HumanTask(models.Model):
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
 
     objects = HumanTaskQuerySet.as_manager()
+
+    #: Not a column: the verified wait, set on the rows the task pages show (``views.signed_task``).
+    wait: Wait
 
     class Meta:
         verbose_name = _("human task")

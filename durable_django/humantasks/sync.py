@@ -15,6 +15,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.db import transaction
@@ -106,8 +107,8 @@ def _missing(since: datetime | None, limit: int | None, after: tuple[datetime, s
         rows = rows.filter(updated_at__gte=since)
     if after is not None:
         rows = rows.filter(Q(updated_at__gt=after[0]) | Q(updated_at=after[0], pk__gt=after[1]))
-    rows = rows.order_by("updated_at", "pk").values_list("pk", "updated_at")
-    return list(rows if limit is None else rows[:limit])
+    keys = rows.order_by("updated_at", "pk").values_list("pk", "updated_at")
+    return list(keys if limit is None else keys[:limit])
 
 
 #: How many instances without a task row one sweep's repair re-reads at most (each is unpickled).
@@ -173,3 +174,9 @@ def answer(user, instance_id: str, event: str, payload: Any, *, idempotency_key:
         HumanTask.objects.filter(instance_id=instance_id, event=event).delete()
     return ev
 
+
+
+async def aanswer(user, instance_id: str, event: str, payload: Any, *, idempotency_key: str | None = None):
+    """:func:`answer` for async code (an async view); same arguments, outcomes and errors."""
+    return await sync_to_async(answer, thread_sensitive=True)(user, instance_id, event, payload,
+                                                              idempotency_key=idempotency_key)

@@ -8,17 +8,15 @@ databases: nothing to do.
 
 from django.db import migrations
 
-TABLE = "durable_django_durableinstance"
+from durable_django.db import ops
 
 
 def set_fillfactor(apps, schema_editor):
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(f"ALTER TABLE {schema_editor.quote_name(TABLE)} SET (fillfactor = 70)")
+    ops(schema_editor.connection.alias).set_instance_fillfactor(schema_editor, 70)
 
 
 def reset_fillfactor(apps, schema_editor):
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(f"ALTER TABLE {schema_editor.quote_name(TABLE)} RESET (fillfactor)")
+    ops(schema_editor.connection.alias).set_instance_fillfactor(schema_editor, None)
 
 
 class Migration(migrations.Migration):

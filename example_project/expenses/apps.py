@@ -8,3 +8,8 @@ class ExpensesConfig(AppConfig):
     label = "expenses"
     verbose_name = "Expenses"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from . import receivers
+
+        receivers.connect()

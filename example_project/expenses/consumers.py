@@ -23,6 +23,9 @@ class ExpenseStatusConsumer(InstanceStatusConsumer):
     def read(self, instance_id: str):
         data = read_status(instance_id)
         if data is not None:
-            expense = Expense.objects.filter(pk=self.scope["url_route"]["kwargs"]["pk"]).values("state").first()
-            data["expense_state"] = Expense.State(expense["state"]).label if expense else None
+            expense = Expense.objects.filter(pk=self.scope["url_route"]["kwargs"]["pk"]).only("state").first()
+            if expense is not None:  # the receivers may not have run yet: never show a stale wait
+                expense.state = expense.shown_state(data["status"])
+            data["expense_state"] = expense.get_state_display() if expense else None
+            data["tone"] = expense.tone if expense else ""
         return data

@@ -17,10 +17,12 @@ import uuid
 from decimal import Decimal
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from durable import EventTimeout, make_durable, wait_for_event
 from durable_django import db_step
+from durable_django.models import DurableEvent
 
 from .models import Expense, Payment
 
@@ -38,11 +40,33 @@ def load_expense(expense_id: int) -> dict:
 
 
 @db_step
-def set_state(expense_id: int, state: str, decision: dict | None = None, by: str = "") -> None:
+def set_state(expense_id: int, state: str, decision: dict | None = None, by: str = "", event: str = "") -> None:
+    """Record the state; with a ``decision``, who made it: the user who answered the wait for ``event``, and
+    their role (``by``; for a finance decision, finance or the director, whoever of them answered)."""
     fields = {"state": state}
     if decision is not None:
-        fields.update(decided_by=by, comment=decision.get("comment", ""))
+        user = answered_by(expense_id, event) if event else None
+        if not by and user is not None:
+            by = ("finance" if user.groups.filter(name="finance").exists()
+                  else "director" if user.has_perm(DIRECTOR) and not user.is_superuser else "")
+        fields.update(decided_by=by, decider=user.get_username() if user else "", comment=decision.get("comment", ""))
     Expense.objects.filter(pk=expense_id).update(**fields)
+
+
+def answered_by(expense_id: int, event: str):
+    """The user whose answer the wait for ``event`` just took.
+
+    The wait takes the oldest event of that name left in the inbox (older ones that may not answer it are
+    rejected, with their reason) and the checkpoint after it marks it consumed: the oldest unconsumed answer
+    that was not rejected, or once marked, the last consumed one.
+    """
+    answers = DurableEvent.objects.filter(instance_id=f"expense-{expense_id}", name=event, rejected__isnull=True)
+    publisher = (answers.filter(consumed_at__isnull=True).order_by("id").values_list("publisher_id", flat=True)
+                 .first())
+    if publisher is None:
+        publisher = (answers.filter(consumed_at__isnull=False).order_by("-consumed_at", "-id")
+                     .values_list("publisher_id", flat=True).first())
+    return get_user_model()._default_manager.filter(pk=publisher).first() if publisher is not None else None
 
 
 @db_step
@@ -76,11 +100,11 @@ async def expense_approval(expense_id: int):
         decision = await wait_for_event("manager_decision", group=MANAGERS, exclude_user=submitter,
                                         form=DECISION_FORM, title=f"Manager approval. {title}")
     if decision["decision"] != "approve":
-        await set_state(expense_id, Expense.State.REJECTED, decision, by=approver)
+        await set_state(expense_id, Expense.State.REJECTED, decision, by=approver, event="manager_decision")
         return "rejected"
 
     if Decimal(expense["amount"]) >= FINANCE_THRESHOLD:
-        await set_state(expense_id, Expense.State.AWAITING_FINANCE, decision, by=approver)
+        await set_state(expense_id, Expense.State.AWAITING_FINANCE, decision, by=approver, event="manager_decision")
         try:
             decision = await wait_for_event("finance_decision", timeout=escalate_after(), group="finance",
                                             exclude_user=submitter, form=DECISION_FORM,
@@ -90,12 +114,13 @@ async def expense_approval(expense_id: int):
             decision = await wait_for_event("finance_decision", group="finance", permission=DIRECTOR,
                                             exclude_user=submitter, form=DECISION_FORM,
                                             title=f"ESCALATED: finance approval overdue. {title}")
+        # finance, or on escalation the director: set_state records whoever answered
         if decision["decision"] != "approve":
-            await set_state(expense_id, Expense.State.REJECTED, decision, by="finance")
+            await set_state(expense_id, Expense.State.REJECTED, decision, event="finance_decision")
             return "rejected"
-        await set_state(expense_id, Expense.State.APPROVED, decision, by="finance")
+        await set_state(expense_id, Expense.State.APPROVED, decision, event="finance_decision")
     else:
-        await set_state(expense_id, Expense.State.APPROVED, decision, by=approver)
+        await set_state(expense_id, Expense.State.APPROVED, decision, by=approver, event="manager_decision")
 
     reference = await record_payment(expense_id)
     return {"paid": reference}

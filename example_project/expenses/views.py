@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
+from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
@@ -59,13 +60,24 @@ def expense_detail(request: HttpRequest, pk: int) -> HttpResponse:
     if not can_see(request.user, expense):
         raise PermissionDenied
     instance = DurableInstance.objects.defer("state", "arguments").filter(pk=expense.instance_id).first()
+    if instance is not None:
+        expense.state = expense.shown_state(instance.status)
     task = signed_task(request.user, HumanTask.objects.for_user(request.user).filter(
         instance_id=expense.instance_id).first())
     return render(request, "expenses/detail.html", {
         "expense": expense, "instance": instance, "task": task,
         "task_form": task_form(task) if task else None, "ws_path": f"/ws/expenses/{expense.pk}/",
-        "history": instance.history.order_by("id") if instance else [],
+        "timeline": timeline(instance) if instance else [],
         "payment": getattr(expense, "payment", None) if expense.state == Expense.State.PAID else None,
         "iid": quote(expense.instance_id),
     })
 
+
+def timeline(instance: DurableInstance) -> list[dict]:
+    """The instance's history as the people involved read it: who acted is a user's name or "system" (a worker
+    or the scheduler; operators see worker ids in the admin)."""
+    rows = list(instance.history.order_by("id"))
+    names = {u.get_username(): (u.get_full_name() or u.get_username()) for u in get_user_model()._default_manager
+             .filter(**{f"{get_user_model().USERNAME_FIELD}__in": {h.actor for h in rows if h.actor}})}
+    return [{"at": h.at, "what": h.get_kind_display(), "detail": h.detail, "who": names.get(h.actor, "system")}
+            for h in rows]

@@ -316,7 +316,7 @@ def test_wait_metadata_is_saved_with_the_wait():
     b = DurableBackend()
     with pytest.raises(PauseForEventException):
         run(assigned(orchestration_backend=b, instance_id="m"))
-    state = signing.loads(b.store.load("state:m"))
+    state = signing.loads(b.store.load_blob("state:m"))
     assert state["wait"]["meta"] == {"assignee": "group:finance", "form": "myapp.forms.Decision"}
     b.publish_event("m", "approve", {"ok": True})
     assert run(assigned(orchestration_backend=b, instance_id="m")) == {"ok": True}

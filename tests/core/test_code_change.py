@@ -53,10 +53,10 @@ def test_fix_inside_a_block_resumes_with_new_code(tmp_path, monkeypatch):
 def test_changed_layout_stops_with_clear_error_and_keeps_state(tmp_path, monkeypatch):
     backend = pause_under_v1(tmp_path, monkeypatch, "cc_new")
     mod = reload(tmp_path, "cc_new", V2_NEW_LAYOUT)
-    blob = backend.store.load("state:p")
+    blob = backend.store.load_blob("state:p")
     with pytest.raises(CodeChangedError, match="proc.*changed its step layout"):
         asyncio.run(mod.proc(1, orchestration_backend=backend, instance_id="p"))
-    assert backend.store.load("state:p") == blob
+    assert backend.store.load_blob("state:p") == blob
     mod = reload(tmp_path, "cc_new", V1)
     assert asyncio.run(mod.proc(1, orchestration_backend=backend, instance_id="p")) == 12
     sys.modules.pop("cc_new", None)

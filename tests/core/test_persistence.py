@@ -32,38 +32,38 @@ def run(coro):
 
 def test_disk_store_roundtrip_and_atomic_replace(tmp_path):
     s = DiskStateStore(tmp_path)
-    assert s.load("a") is None
-    s.save("a", b"1")
-    s.save("a", b"22")
-    assert s.load("a") == b"22"
+    assert s.load_blob("a") is None
+    s.save_blob("a", b"1")
+    s.save_blob("a", b"22")
+    assert s.load_blob("a") == b"22"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
-    s.delete("a")
-    assert s.load("a") is None
+    s.delete_blob("a")
+    assert s.load_blob("a") is None
 
 
 def test_disk_store_keys_cannot_escape_directory(tmp_path):
     root = tmp_path / "store"
     s = DiskStateStore(root)
     for key in ["../evil", "/etc/passwd", "a/../../b", "..", ".hidden", "x" * 500, "ü/ñ"]:
-        s.save(key, key.encode())
-        assert s.load(key) == key.encode()
+        s.save_blob(key, key.encode())
+        assert s.load_blob(key) == key.encode()
     assert sorted(p.parent for p in tmp_path.rglob("*") if p.is_file()) == [root] * len(list(root.iterdir()))
     with pytest.raises(ValueError):
-        s.save("", b"x")
+        s.save_blob("", b"x")
 
 
 def test_disk_store_crash_mid_save_keeps_old_blob(tmp_path, monkeypatch):
     s = DiskStateStore(tmp_path)
-    s.save("k", b"old")
+    s.save_blob("k", b"old")
 
     def boom(fd):
         raise OSError("disk died")
 
     monkeypatch.setattr(os, "fsync", boom)
     with pytest.raises(OSError):
-        s.save("k", b"new-but-torn")
+        s.save_blob("k", b"new-but-torn")
     monkeypatch.undo()
-    assert s.load("k") == b"old"
+    assert s.load_blob("k") == b"old"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
 
 
@@ -72,14 +72,14 @@ def test_disk_store_update_is_atomic_across_threads(tmp_path):
 
     def bump(_):
         for _ in range(50):
-            s.update("n", lambda b: str(int(b or b"0") + 1).encode())
+            s.update_blob("n", lambda b: str(int(b or b"0") + 1).encode())
 
     threads = [threading.Thread(target=bump, args=(i,)) for i in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert s.load("n") == b"200"
+    assert s.load_blob("n") == b"200"
 
 
 def test_signed_blob_roundtrip_and_tamper_detection():
@@ -110,7 +110,7 @@ def test_tampered_state_is_never_unpickled(monkeypatch):
     with pytest.raises(PauseForEventException):
         run(waiter(orchestration_backend=b, instance_id="w"))
     evil = b"DS1" + b"\0" * 32 + pickle.dumps(Bomb())
-    store.save("state:w", evil)
+    store.save_blob("state:w", evil)
     loaded = []
     monkeypatch.setattr(pickle, "loads", lambda *a, **k: loaded.append(a))
     with pytest.raises(StateTamperedError):
@@ -144,7 +144,7 @@ def test_unpicklable_local_is_named_and_previous_checkpoint_kept():
         run(holds_unpicklable(orchestration_backend=b, instance_id="u"))
     msg = str(e.value)
     assert "'lock'" in msg and "lock" in msg.lower() and "holds_unpicklable" in msg
-    state = signing.loads(store.load("state:u"))
+    state = signing.loads(store.load_blob("state:u"))
     assert state["steps"] == 1 and state["status"] == "running"
     assert state["stack"].top.locals["ok"] == 1
 

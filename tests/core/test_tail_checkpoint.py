@@ -106,7 +106,7 @@ def test_refused_completion_keeps_the_step_that_ran():
     store = InMemoryStateStore()
     with pytest.raises(CheckpointException, match="cannot be saved"):
         run(one_step, Recorder(store, refuse="completed"), "r", 5)
-    state = signing.loads(store.load("state:r"))
+    state = signing.loads(store.load_blob("state:r"))
     assert state["status"] == "running" and state["steps"] == 1
     assert calls == ["work 5"]
     assert run(one_step, DurableBackend(store), "r", 5) == 6  # finishes without running the step again
@@ -130,7 +130,7 @@ def test_unpicklable_result_is_refused_and_previous_checkpoint_kept():
     store = InMemoryStateStore()
     with pytest.raises(CheckpointException, match="cannot be pickled"):
         run(returns_lock, DurableBackend(store), "l")
-    state = signing.loads(store.load("state:l"))
+    state = signing.loads(store.load_blob("state:l"))
     assert state["status"] == "running" and state["steps"] == 1
     assert state["stack"].top.pc == 1  # after work(0), before make_lock(): that step is not kept
 
@@ -150,6 +150,6 @@ def test_crash_before_the_completion_runs_the_step_again():
     store = InMemoryStateStore()
     with pytest.raises(Crash):
         run(one_step, Crashing(store), "c", 7)
-    assert store.load("state:c") is None
+    assert store.load_blob("state:c") is None
     assert run(one_step, DurableBackend(store), "c", 7) == 8
     assert calls == ["work 7", "work 7"]

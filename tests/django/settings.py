@@ -22,6 +22,12 @@ os.environ.setdefault("DURABLE_BROKER_POLL", "0.1")
 # One queue per test session: a shared Redis never hands us another run's messages.
 os.environ.setdefault("DURABLE_TEST_QUEUE", f"durable-test-{uuid.uuid4().hex[:10]}")
 
+if os.environ.get("DATABASE_URL", "").startswith("mysql"):
+    # MySQL/MariaDB through PyMySQL (pure Python: mysqlclient needs a C toolchain and the client headers).
+    import pymysql
+
+    pymysql.install_as_MySQLdb()
+
 from example_project.settings import *  # noqa: E402,F403
 from example_project.settings import DATABASES, DURABLE, INSTALLED_APPS  # noqa: E402
 
@@ -34,9 +40,20 @@ if not os.environ.get("DURABLE_TEST_DB_NAME"):
         DATABASES["default"]["TEST"] = {"NAME": os.path.join(os.environ["DURABLE_TEST_RUN_DIR"], "test.sqlite3")}
     else:
         DATABASES["default"]["TEST"] = {"NAME": f"test_durable_{os.environ['DURABLE_TEST_SESSION']}"}
+# A second database ("other") for the tests of ``using`` and the routers (tests/django/test_db.py): created only
+# when a test asks for it. Same engine and server as "default", its own test database.
+_other = {**DATABASES["default"]}
+if "sqlite" in _other["ENGINE"]:
+    _other["NAME"] = os.path.join(os.environ["DURABLE_TEST_RUN_DIR"], "other.sqlite3")
+    _other["TEST"] = {"NAME": os.path.join(os.environ["DURABLE_TEST_RUN_DIR"], "test-other.sqlite3")}
+else:
+    _other["TEST"] = {"NAME": f"test_durable_{os.environ['DURABLE_TEST_SESSION']}_other"}
+DATABASES["other"] = _other
 # The crash tests give their worker subprocesses a checkpoint hook (tests/django/test_crash_exhaustive.py).
 DURABLE = {**DURABLE, "QUEUE": os.environ["DURABLE_TEST_QUEUE"], "ETA_MAX_SECONDS": 60,
            "ON_CHECKPOINT": os.environ.get("DURABLE_TEST_ON_CHECKPOINT") or None}
 # No remote control: workers then leave no pidbox bindings in a shared Redis (nothing in the tests uses it).
 CELERY_WORKER_ENABLE_REMOTE_CONTROL = False
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+# The example project's pages plus the async views of tests/django/test_async_api.py (also under daphne).
+ROOT_URLCONF = "tests.django.urls"

@@ -99,7 +99,8 @@ def test_run_batch_claims_the_batch_with_one_statement_and_runs_each(sent, uid):
     with _statements(kinds):
         outcomes = worker.run_batch(ids, worker_id="batcher")
     assert outcomes == {iid: Status.COMPLETED for iid in ids}
-    claims = [sql for sql in kinds if "UPDATE" in sql and '"attempts" = "attempts" + 1' in sql]
+    qn = connection.ops.quote_name
+    claims = [sql for sql in kinds if "UPDATE" in sql and f"{qn('attempts')} = {qn('attempts')} + 1" in sql]
     assert len(claims) == 1 and all(f"'{iid}'" not in claims[0] for iid in ids)  # one parameterized claim
     assert all(dd.result(iid) == 1 for iid in ids)
     assert SideEffect.objects.filter(key__startswith=uid).count() == 6

@@ -17,6 +17,9 @@ from decimal import Decimal
 import pytest
 from django.contrib.auth.models import Group, User
 
+import durable_django as dd
+from durable_django.humantasks.sync import answer
+from example_project.expenses.durable_programs import expense_approval
 from example_project.expenses.models import Expense, Payment
 from tests.django.test_channels_live import asgi_server  # noqa: F401  (fixture)
 
@@ -125,3 +128,68 @@ def test_submit_approve_and_watch_live(asgi_server, worker_factory, browser_fact
     shot(alice, "3-alice-paid")
     assert (expense.state, expense.decided_by, expense.comment) == (Expense.State.PAID, "manager", "Fine")
     assert Payment.objects.filter(expense=expense, amount=Decimal("84.50")).count() == 1
+
+    # The bar's colour is the outcome's: green once paid; a rejected expense turns it red, live (both processes
+    # completed, so the process status alone could not tell them apart).
+    bar_colour = lambda d: d.execute_script(  # noqa: E731
+        "return getComputedStyle(document.getElementById('live-status')).borderLeftColor")
+    assert alice.find_element(By.ID, "live-status").get_attribute("data-tone") == "positive"
+    assert bar_colour(alice) == GREEN
+    alice.get(f"{base}/")
+    alice.find_element(By.NAME, "description").send_keys("Gold-plated stapler")
+    alice.find_element(By.NAME, "amount").send_keys("120")
+    alice.find_element(By.ID, "submit-expense").click()
+    WebDriverWait(alice, 60, 0.2).until(lambda d: state(d) == "Waiting for the manager"
+                                        and d.find_element(By.ID, "live-status").get_attribute(
+                                            "data-connection") == "open", message="the second expense's page")
+    assert bar_colour(alice) == BLUE
+    alice.execute_script("window.__not_reloaded = true")
+    second = Expense.objects.get(description="Gold-plated stapler")
+    answer(bob, second.instance_id, "manager_decision", {"decision": "reject", "comment": "No"})
+    WebDriverWait(alice, 60, 0.2).until(lambda d: state(d) == "Rejected" and bar_colour(d) == RED,
+                                        message="the bar to turn red without a reload")
+    assert alice.execute_script("return window.__not_reloaded") is True
+    WebDriverWait(alice, 20, 0.2).until(lambda d: "Rejected by bob (the manager)" in d.find_element(
+        By.ID, "outcome").text, message="the decision to appear without a reload")
+    assert alice.execute_script("return window.__not_reloaded") is True
+    shot(alice, "4-alice-rejected")
+
+
+GREEN, RED, BLUE = "rgb(31, 138, 76)", "rgb(194, 57, 43)", "rgb(47, 111, 179)"  # pages.css: --good, --bad, --open
+
+
+def test_admin_lists_fit_a_1280px_screen(asgi_server, browser_factory):  # noqa: F811
+    """The operator's lists need no horizontal scrolling at 1280 px, with realistic (long) values."""
+    from selenium.webdriver.common.by import By
+
+    from durable_django.humantasks.models import HumanTask
+    from durable_django.models import DurableHistory
+
+    User.objects.create_superuser("root", password="root-pw")
+    employee = User.objects.create_user("alexandra.longname", password="pw")
+    Group.objects.create(name="managers")
+    for n in range(3):
+        e = Expense.objects.create(employee=employee, amount=Decimal("1234.56"),
+                                   description=f"Conference travel, hotel and meals in Saint-Jean-de-Luz #{n}")
+        dd.start(expense_approval, e.pk, instance_id=e.instance_id, link=e)
+        dd.resume(e.instance_id, inline=True)  # to its manager wait: a human task, a paused row
+    assert HumanTask.objects.count() == 3
+    worker = "celery@build-runner-17.internal.example.com:build-runner-17:10018:5f0c2a9e4b7d4c1e"
+    DurableHistory.objects.create(instance_id=e.instance_id, kind="recovered", status="running", actor=worker,
+                                  detail="the previous worker's lease expired")
+    dd.publish_event(e.instance_id, "manager_decision", {"decision": "approve"},
+                     idempotency_key="a-client-key-" + "k" * 60)
+    driver = browser_factory()
+    driver.set_window_size(1280, 900)
+    login(driver, asgi_server.url, "root", "root-pw")
+    for path in ("/admin/durable_django/durableinstance/", "/admin/durable_humantasks/humantask/",
+                 "/admin/durable_django/durablehistory/", "/admin/durable_django/durableevent/"):
+        driver.get(f"{asgi_server.url}{path}")
+        assert driver.find_elements(By.ID, "result_list") or "0 " in driver.page_source
+        # neither the page nor the results box (the admin scrolls a wide table inside it) scrolls sideways
+        inner, page_width, box, box_width = driver.execute_script(
+            "var r = document.querySelector('#changelist .results');"
+            "return [window.innerWidth, document.documentElement.scrollWidth, r ? r.clientWidth : 0,"
+            " r ? r.scrollWidth : 0]")
+        assert inner <= 1280 and page_width <= inner and box_width <= box, (path, inner, page_width, box, box_width)
+        shot(driver, "admin-" + path.strip("/").replace("/", "-"))

@@ -313,14 +313,24 @@ def test_lease_taken_over_during_a_step_keeps_nothing_of_the_step(inline, uid, s
         mp.setattr("durable_django.wakeups.send_task", lambda *a, **k: None)
         dd.start(progs.lease_lost_mid_step, uid, write, instance_id=uid)
     before = reload(uid)
-    from durable_django import backend
+    from contextlib import contextmanager
 
-    idle, paths = backend._idle_raw_connection, []
+    from durable_django.db import ops
+
+    cls = type(ops())
+    standalone, paths = cls.standalone, []
+
+    @contextmanager
+    def spy(self):
+        with standalone(self) as committed:
+            paths.append(committed)
+            yield committed
+
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(backend, "_idle_raw_connection", lambda using: paths.append(idle(using)) or paths[-1])
+        mp.setattr(cls, "standalone", spy)
         assert worker.run_instance(uid) == worker.LOST
     # on PostgreSQL the checkpoint after a step without database work is one autocommit statement
-    assert [p is not None for p in paths] == ([not write] if connection.vendor == "postgresql" else [])
+    assert paths == ([not write] if connection.vendor == "postgresql" else [])
     row = reload(uid)
     assert row.lease_owner == "thief" and row.steps == before.steps and row.state == before.state
     assert not SideEffect.objects.filter(key=uid).exists()
@@ -373,18 +383,26 @@ def test_backend_and_store_work_with_the_core_directly(uid):
     assert async_to_sync(progs.two_events)(uid, orchestration_backend=DjangoOrchestrationBackend(),
                                            instance_id=uid) == ["x", "y"]
     store = DjangoStateStore()
-    assert store.load(uid) == bytes(reload(uid).state)
-    assert store.load("nope") is None
-    blob = store.load(uid)
-    store.save(uid, b"abc")
-    assert store.update(uid, lambda old: old + b"d") == b"abcd" and store.load(uid) == b"abcd"
+    assert store.load_blob(uid) == bytes(reload(uid).state)
+    assert store.load_blob("nope") is None
+    blob = store.load_blob(uid)
+    state = async_to_sync(store.load)(uid)  # the seed's dict contract: the state, verified for its row
+    assert state["status"] == "completed" and state["result"] == ["x", "y"]
+    assert async_to_sync(store.load)("nope") is None
+    store.save_blob(uid, b"abc")
+    assert store.update_blob(uid, lambda old: old + b"d") == b"abcd" and store.load_blob(uid) == b"abcd"
     assert uid in set(store.keys())
-    store.update(uid, lambda old: blob)
+    store.update_blob(uid, lambda old: blob)
     assert dd.result(uid) == ["x", "y"]  # the restored blob verifies again
-    store.delete(uid)
-    assert store.load(uid) is None and uid not in set(store.keys())
+    async_to_sync(store.save)(uid, {**state, "result": ["saved", "again"]})  # signed for the row: it verifies
+    assert dd.result(uid) == ["saved", "again"]
+    store.delete_blob(uid)
+    assert store.load_blob(uid) is None and uid not in set(store.keys())
+    assert async_to_sync(store.load)(uid) is None
     with pytest.raises(UnknownInstance):
-        store.save("nope", b"x")  # rows come from start(), never from the store
+        store.save_blob("nope", b"x")  # rows come from start(), never from the store
+    with pytest.raises(UnknownInstance):
+        async_to_sync(store.save)("nope", state)
 
 
 def test_signing_key_rotation(inline, uid, settings):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from django.core.management.base import BaseCommand
 from django.db.models import Count
@@ -24,7 +25,7 @@ class Command(BaseCommand):
         qs = DurableInstance.objects.all() if opts["all"] else DurableInstance.objects.exclude(status__in=FINISHED)
         groups = qs.values("program", "program_version", "layout_hash", "status").annotate(n=Count("pk")).order_by(
             "program", "program_version", "layout_hash", "status")
-        rows = []
+        rows: list[dict[str, Any]] = []
         for g in groups:
             try:
                 prog = programs.resolve(g["program"])

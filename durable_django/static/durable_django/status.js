@@ -2,7 +2,9 @@
  *
  * Markup: <div data-durable-status data-ws-path="/ws/durable/instances/ID/"> with descendants
  * [data-field="status"], [data-field="waiting_for"], ... that receive the matching JSON fields.
- * The element gets data-status="<status>" and data-version="<n>" so CSS and tests can follow it.
+ * The element gets data-status="<status>" and data-version="<n>" so CSS and tests can follow it, and
+ * data-tone="<tone>" when the message has a "tone" (a project's consumer adds it: "positive", "negative",
+ * "neutral" colour the outcome, which the process status alone cannot tell: a completed process may have said no).
  * Reconnects with backoff; each connection starts with a fresh snapshot from the server.
  * Elements marked data-durable-refresh (with an id) are re-fetched from the current URL when the
  * instance's version changes (a history table, a timeline), so they follow without a page reload.
@@ -21,6 +23,7 @@
       var inst = data.instance;
       el.setAttribute("data-status", inst.status);
       el.setAttribute("data-version", inst.version);
+      if (inst.tone !== undefined) { el.setAttribute("data-tone", inst.tone || ""); }
       el.querySelectorAll("[data-field]").forEach(function (node) {
         var value = inst[node.getAttribute("data-field")];
         node.textContent = (value === null || value === undefined || value === "") ? "-" : String(value);
