@@ -49,8 +49,9 @@ _API = {
     "bind": "bindings", "db_step": "steps", "sweep": "worker", "run_instance": "worker",
 }
 __all__ = [
-    "Starter", "acancel", "aget_instance", "apublish_event", "aresult", "aresume", "astart", "bind", "cancel", "db_step", "get_instance", "publish_event", "register", "register_migration",
-    "result", "resume", "run_instance", "start", "starter", "sweep",
+    "Starter", "acancel", "aget_instance", "apublish_event", "aresult", "aresume", "astart", "bind", "cancel",
+    "db_step", "get_instance", "publish_event", "register", "register_migration", "result", "resume",
+    "run_instance", "start", "starter", "sweep",
 ]
 
 if not TYPE_CHECKING:  # a type checker would otherwise take every missing name for Any

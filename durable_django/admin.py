@@ -210,8 +210,9 @@ class DurableInstanceAdmin(SafeInputAdmin):
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, obj: DurableInstance) -> str:
-        colours: dict[str, str] = {Status.COMPLETED: "#2a7", Status.FAILED: "#c33", Status.SUSPENDED: "#c70", Status.CANCELLED: "#888",
-                   Status.PAUSED: "#37a", Status.RUNNING: "#a5c", Status.PENDING: "#999"}
+        colours: dict[str, str] = {
+            Status.COMPLETED: "#2a7", Status.FAILED: "#c33", Status.SUSPENDED: "#c70", Status.CANCELLED: "#888",
+            Status.PAUSED: "#37a", Status.RUNNING: "#a5c", Status.PENDING: "#999"}
         badge = format_html('<b style="color:{}">{}</b>', colours.get(obj.status, "#000"), obj.get_status_display())
         if obj.attempts:
             badge = format_html('{} <small title="failed attempts">({} attempt{})</small>', badge, obj.attempts,

@@ -232,11 +232,34 @@ def result(instance_id: str) -> Any:
 # -- async counterparts (for async views and other async code) ---------------------------------------
 # Each runs its sync function in asgiref's thread-sensitive executor: the same thread and connection as the
 # request's other sync ORM calls, so rows, ``transaction.on_commit`` and errors are exactly the sync ones.
-async def astart(program: DurableProgram | str, *args: Any, instance_id: str | None = None,
-                 link: models.Model | None = None, **kwargs: Any) -> DurableInstance:
+@overload
+async def astart(program: DurableProgram[P, Any], /, *args: P.args, **kwargs: P.kwargs) -> DurableInstance: ...
+
+
+@overload
+async def astart(program: Callable[P, Coroutine[Any, Any, Any]], /, *args: P.args,
+                 **kwargs: P.kwargs) -> DurableInstance: ...
+
+
+@overload
+async def astart(program: AnyProgram, /, *args: Any, instance_id: str, link: models.Model | None = None,
+                 **kwargs: Any) -> DurableInstance: ...
+
+
+@overload
+async def astart(program: AnyProgram, /, *args: Any, link: models.Model, instance_id: str | None = None,
+                 **kwargs: Any) -> DurableInstance: ...
+
+
+@overload
+async def astart(program: str, /, *args: Any, **kwargs: Any) -> DurableInstance: ...
+
+
+async def astart(program: AnyProgram, /, *args: Any, **kwargs: Any) -> DurableInstance:
     """:func:`start` for async code (an async view, a consumer); same arguments, outcomes and errors."""
-    return await sync_to_async(start, thread_sensitive=True)(program, *args, instance_id=instance_id, link=link,
-                                                             **kwargs)
+    instance_id: str | None = kwargs.pop("instance_id", None)
+    link: models.Model | None = kwargs.pop("link", None)
+    return await sync_to_async(_start, thread_sensitive=True)(program, args, kwargs, instance_id, link)
 
 
 async def acancel(instance_id: str, reason: str = "", *, actor: str = "") -> DurableInstance:

@@ -104,12 +104,12 @@ def publish_event(instance_id: str, name: str, payload: Any = None, idempotency_
 
 
 async def apublish_event(instance_id: str, name: str, payload: Any = None, idempotency_key: str | None = None,
-                         *, actor: Any = None) -> DurableEvent:
+                         *, actor: Any = None, using: str | None = None) -> DurableEvent:
     """:func:`publish_event` for async code (an async view, a consumer); same arguments, outcomes and errors.
 
     Runs in asgiref's thread-sensitive executor, so the rows and the wake-up
     after commit are those of the sync call.
     """
     return await sync_to_async(publish_event, thread_sensitive=True)(instance_id, name, payload, idempotency_key,
-                                                                     actor=actor)
+                                                                     actor=actor, using=using)
 

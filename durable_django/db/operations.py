@@ -35,6 +35,10 @@ CHECKPOINT_REFUSED = (Status.CANCELLED, Status.SUSPENDED, Status.COMPLETED, Stat
 CLAIM_COLUMNS = ("instance_id", "program", "program_version", "status", "version", "lease_owner",
                  "lease_expires_at", "attempts", "state", "arguments")
 HISTORY_COLUMNS = ("instance_id", "kind", "status", "detail", "actor", "at")
+#: (name, unique, columns) of the full indexes that stand in for the event table's partial ones (see
+#: ``Operations.replace_partial_indexes``)
+_PARTIAL_SUBSTITUTES = (("durable_event_idem_full", True, ("instance_id", "idempotency_key")),
+                        ("durable_event_inbox_full", False, ("instance_id", "name")))
 
 
 def _in(n: int) -> str:
@@ -321,6 +325,21 @@ class Operations:
         """The distinct program paths, in order."""
         rows = DurableInstance.objects.using(self.alias).order_by("program")
         return list(rows.values_list("program", flat=True).distinct()[:limit])
+
+    def replace_partial_indexes(self, schema_editor: Any, add: bool) -> None:
+        """Where the database has no partial indexes, full ones in place of the event table's two (``add``), or
+        drop them again: the idempotency key's unique index (NULL keys allowed, as in the partial one) and the
+        index of the inbox."""
+        if schema_editor.connection.features.supports_partial_indexes:
+            return
+        qn = schema_editor.quote_name
+        table = DurableEvent._meta.db_table
+        for name, unique, columns in _PARTIAL_SUBSTITUTES:
+            if add:
+                schema_editor.execute(f"CREATE {'UNIQUE ' if unique else ''}INDEX {qn(name)} ON {qn(table)} "
+                                      f"({', '.join(map(qn, columns))})")
+            else:
+                schema_editor.execute(schema_editor.sql_delete_index % {"name": qn(name), "table": qn(table)})
 
     def set_instance_fillfactor(self, schema_editor: Any, percent: int | None) -> None:
         """Leave room on the instance table's pages for in-place updates (None: the default). Only where it

@@ -19,7 +19,7 @@ class Expense(models.Model):
         FAILED = "failed", "Stopped by an error"
 
     #: What the outcome looks like (the status bar's colour): ``positive``, ``negative``, ``neutral`` or "" (open).
-    TONES = {State.PAID: "positive", State.REJECTED: "negative", State.FAILED: "negative",
+    TONES: dict[str, str] = {State.PAID: "positive", State.REJECTED: "negative", State.FAILED: "negative",
              State.CANCELLED: "neutral"}
     #: Who decided, in words, by the role recorded in ``decided_by``.
     ROLES = {"manager": "the manager", "finance": "finance", "director": "the director"}

@@ -115,9 +115,16 @@ def insert_many(n: int) -> None:
         columns.append(connection.ops.quote_name(f.column))
         params.append(f.get_db_prep_save(value, connection))
     table = connection.ops.quote_name(DurableInstance._meta.db_table)
-    sql = (f"WITH RECURSIVE seq(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM seq WHERE i < {n - 1}) "
-           f"INSERT INTO {table} (instance_id, {', '.join(columns)}) "
-           f"SELECT 'bulk-' || CAST(100000 + i AS TEXT), {', '.join(['%s'] * len(params))} FROM seq")
+    if connection.vendor == "mysql":  # no string ||, no CAST AS TEXT, recursion capped at 1000: digits joined
+        digit = f"(SELECT 0 AS d UNION ALL SELECT {' UNION ALL SELECT '.join(map(str, range(1, 10)))})"
+        seq = (f"(SELECT a.d + 10 * b.d + 100 * c.d + 1000 * e.d + 10000 * f.d AS i FROM "
+               f"{', '.join(f'{digit} AS {x}' for x in 'abcef')}) AS seq")
+        sql = (f"INSERT INTO {table} (instance_id, {', '.join(columns)}) "
+               f"SELECT CONCAT('bulk-', 100000 + i), {', '.join(['%s'] * len(params))} FROM {seq} WHERE i < {n}")
+    else:
+        sql = (f"WITH RECURSIVE seq(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM seq WHERE i < {n - 1}) "
+               f"INSERT INTO {table} (instance_id, {', '.join(columns)}) "
+               f"SELECT 'bulk-' || CAST(100000 + i AS TEXT), {', '.join(['%s'] * len(params))} FROM seq")
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
     assert DurableInstance.objects.count() == n

@@ -114,6 +114,10 @@ def _fail_checkpoints(iid: str) -> None:
             cur.execute(f"CREATE TRIGGER durable_test_fault BEFORE UPDATE ON {table} FOR EACH ROW "
                         f"WHEN (NEW.instance_id = '{iid}' AND NEW.steps <> OLD.steps) "
                         "EXECUTE FUNCTION durable_test_fault()")
+        elif connection.vendor == "mysql":  # SIGNAL: an error the driver reports as an OperationalError
+            cur.execute(f"CREATE TRIGGER durable_test_fault BEFORE UPDATE ON {table} FOR EACH ROW BEGIN "
+                        f"IF NEW.instance_id = '{iid}' AND NEW.steps <> OLD.steps THEN "
+                        "SIGNAL SQLSTATE '08S01' SET MESSAGE_TEXT = 'simulated connection failure'; END IF; END")
         else:  # an exception in an SQL function is an OperationalError on SQLite
             def fault():
                 raise RuntimeError("simulated I/O failure")
