@@ -163,17 +163,17 @@ def checkpoint_sql() -> str:
         return sql
 
     cases = [
-        ("The running checkpoint (the usual one: only non-indexed columns change; the same on every database)",
+        ("The running checkpoint", "The usual one: only non-indexed columns change. The same on every database.",
          operations.checkpoint_update(qn, ("state", "steps", "position", "updated_at"))),
-        ("A checkpoint that consumed one event and pauses again (PostgreSQL: status, wait, consumed event and "
-         "history in one statement)",
+        ("A checkpoint that pauses", "It consumed one event and pauses again: on PostgreSQL the status, the wait, "
+         "the consumed event and the history entry go in one statement.",
          postgresql._checkpoint_sql(qn, ("state", "steps", "position", "status", "wait_kind", "waiting_for",
                                          "updated_at"), 1, 1)),
-        ("The claim of a batch of free instances, outside a transaction (PostgreSQL)",
+        ("The claim", "A batch of free instances, claimed outside a transaction (PostgreSQL).",
          postgresql._claim_batch_sql(qn, detached=True)),
-        ("`publish_event` without an idempotency key (PostgreSQL)", postgresql._publish_sql(qn, "integer")),
+        ("publish_event", "Without an idempotency key (PostgreSQL).", postgresql._publish_sql(qn, "integer")),
     ]
-    return "\n".join(f"### {title}\n\n```sql\n{pretty(sql)}\n```\n" for title, sql in cases)
+    return "\n".join(f"### {title}\n\n{text}\n\n```sql\n{pretty(sql)}\n```\n" for title, text, sql in cases)
 
 
 GENERATORS: dict[str, Callable[[], str]] = {
