@@ -3,15 +3,15 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo demo-core test test-mariadb lint bench bench-django bench-peers clean test-pythons
+.PHONY: demo demo-core test test-mariadb lint docs bench bench-django bench-peers clean test-pythons
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
-	$(PY) -m pip install -q -e ".[django,dev]"
+	$(PY) -m pip install -q -e ".[django,dev,docs]"
 	touch $@
 
-# The Django demo (expense approval: web server, worker, scheduler) until Ctrl-C; see README "Example project".
+# The Django demo (expense approval: web server, worker, scheduler) until Ctrl-C; see docs/example.md.
 demo: $(VENV)/.installed
 	$(PY) manage.py demo
 
@@ -39,8 +39,14 @@ test: $(VENV)/.installed
 	$(VENV)/bin/lint-imports
 	$(PY) -m mypy
 	$(MYPY_STRICT)
+	$(MAKE) --no-print-directory docs
 	$(PY) -m pytest -q -rs
 	DATABASE_URL=$(DURABLE_PG_URL) CELERY_BROKER_URL=$(DURABLE_REDIS_URL) $(PY) -m pytest -q -rs tests/django
+
+# The documentation site (mkdocs.yml, docs/), warnings as errors; reference pages are generated from the code.
+DOCS_SITE ?= build/site
+docs: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir $(DOCS_SITE)
 
 # The Django app's tests on MariaDB/MySQL (the generic SQL path; see docs/databases.md).
 test-mariadb: $(VENV)/.installed

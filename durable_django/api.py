@@ -203,6 +203,7 @@ def resume(instance_id: str, *, inline: bool = False, actor: str = "") -> Durabl
 
 
 def get_instance(instance_id: str) -> DurableInstance:
+    """The instance's row (status, wait, error, history...); :class:`UnknownInstance` if there is none."""
     limits.check_instance_id(instance_id)
     inst = DurableInstance.objects.filter(pk=instance_id).first()
     if inst is None:

@@ -102,4 +102,5 @@ def bind(model: type[models.Model], event: str, **options: Any) -> Binding:
 
 
 def bindings() -> list[Binding]:
+    """Every binding registered so far (for inspection and tests)."""
     return list(_bindings)

@@ -19,7 +19,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 
-#: Documented defaults. See README ("Django app" -> "Settings").
+#: Documented defaults: docs/reference/settings.md is generated from this dict and the comments above its keys.
 DEFAULTS: dict[str, Any] = {
     # HMAC key for state blobs (str or bytes, at least 16 characters). None:
     # derived from SECRET_KEY, so blobs are always signed; there is no

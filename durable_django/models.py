@@ -19,6 +19,8 @@ from django.utils.translation import gettext_lazy as _
 
 
 class Status(models.TextChoices):
+    """An instance's status; ``suspended`` waits for a person (see its ``error``)."""
+
     PENDING = "pending", _("Pending")          # created, never ran a step
     RUNNING = "running", _("Running")          # a worker holds it (or held it and died: see lease)
     PAUSED = "paused", _("Paused")             # waits for an event or a timer
@@ -35,6 +37,8 @@ RUNNABLE = (Status.PENDING, Status.RUNNING, Status.PAUSED)
 
 
 class DurableInstanceQuerySet(models.QuerySet["DurableInstance"]):
+    """The queries of the sweep: what is due, stuck, or has an event waiting."""
+
     def due(self, now: datetime) -> DurableInstanceQuerySet:
         """Paused on a timer (or an event wait with a timeout) that has expired."""
         return self.filter(status=Status.PAUSED, wake_at__lte=now)
@@ -62,6 +66,8 @@ class DurableInstanceQuerySet(models.QuerySet["DurableInstance"]):
 
 
 class DurableInstance(models.Model):
+    """One run of a program: its signed state and arguments, status, wait, lease and result."""
+
     instance_id = models.CharField(_("instance id"), max_length=200, primary_key=True)
     program = models.CharField(_("program"), max_length=255, help_text=_("Dotted path of the durable program."))
     program_version = models.CharField(_("program version"), max_length=64, blank=True, default="")
@@ -160,6 +166,8 @@ class DurableEvent(models.Model):
 
 
 class HistoryKind(models.TextChoices):
+    """The kinds of :class:`DurableHistory` entries (one per transition)."""
+
     STARTED = "started", _("Started")
     RESUMED = "resumed", _("Resumed")
     PAUSED = "paused", _("Paused")

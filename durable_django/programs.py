@@ -128,6 +128,7 @@ def resolve(path: str) -> DurableProgram[..., Any]:
 
 
 def program_version(program: DurableProgram[..., Any]) -> str:
+    """The version declared with ``make_durable(..., version=...)``, or "" (what migrations are keyed by)."""
     return str(program.version) if getattr(program, "version", None) is not None else ""
 
 
