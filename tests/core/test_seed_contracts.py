@@ -18,7 +18,6 @@ import warnings
 
 import pytest
 
-import durable.backend
 from durable import (
     BlobStore,
     CompileError,
@@ -170,8 +169,7 @@ def test_async_subclass_of_in_memory_store_calling_super_runs_and_saves():
     assert run(store.load("greet-1"))["result"] == "hello Ada"
 
 
-def test_async_subclass_of_disk_store_resumes_from_disk(tmp_path, monkeypatch):
-    monkeypatch.setattr(durable.backend, "_warned_unsigned", False)  # the warning is once per process
+def test_async_subclass_of_disk_store_resumes_from_disk(tmp_path):
     class CountingDisk(DiskStateStore):
         saves = 0
 
