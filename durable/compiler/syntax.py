@@ -182,12 +182,16 @@ def set_lines(node: ast.AST, lineno: int) -> None:
             if getattr(n, "lineno", None) is None:
                 n.lineno = line  # type: ignore[attr-defined]
                 n.col_offset = 0  # type: ignore[attr-defined]
+            elif getattr(n, "col_offset", None) is None:
+                n.col_offset = 0  # type: ignore[attr-defined]
             if getattr(n, "end_lineno", None) is None or n.end_lineno < n.lineno:  # type: ignore[attr-defined]
                 n.end_lineno = n.lineno  # type: ignore[attr-defined]
                 n.end_col_offset = 0  # type: ignore[attr-defined]
+            elif getattr(n, "end_col_offset", None) is None:
+                n.end_col_offset = 0  # type: ignore[attr-defined]
             line = n.lineno  # type: ignore[attr-defined]
-        todo.extend((child, line) for child in ast.iter_child_nodes(n))
-    ast.fix_missing_locations(node)
+        for child in ast.iter_child_nodes(n):
+            todo.append((child, line))
 
 
 def place(stmts: list[ast.stmt], lineno: int) -> list[ast.stmt]:
