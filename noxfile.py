@@ -1,0 +1,56 @@
+"""The supported matrix (docs/install.md): the core on each Python, the Django suite on each Django with each
+Python that Django allows. SQLite and the filesystem broker unless DATABASE_URL / CELERY_BROKER_URL are set
+(`make test` runs the PostgreSQL + Redis suite on the main venv).
+
+    nox                 # everything (`make test-matrix`)
+    nox -t ci           # the subset `make test` runs (`make test-pythons`)
+    nox -l              # the session names
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nox
+
+PYTHONS = ["3.11", "3.12", "3.13"]
+# Django feature release -> the Pythons it supports (of PYTHONS). Django 6.x needs Python 3.12 or newer.
+DJANGO = {"5.2": ["3.11", "3.12", "3.13"], "6.0": ["3.12", "3.13"], "6.1": ["3.12", "3.13"]}
+# `make test` (on 3.11 with the newest Django 5.2) plus these cover each Python and both current 6.x releases.
+CI_CORE = {"3.12", "3.13"}
+CI_DJANGO = {("6.1", "3.13"), ("6.0", "3.12")}
+
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_venv = "yes"
+nox.options.error_on_missing_interpreters = True
+
+
+def _add_pyenv_pythons() -> None:
+    """pyenv's shims answer only for its global versions: put each installed ``3.x`` on PATH for nox to find."""
+    root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    found = [str(root / v / "bin") for v in sorted(os.listdir(root)) if v.startswith("3.")] if root.is_dir() else []
+    os.environ["PATH"] = os.pathsep.join([*reversed(found), os.environ.get("PATH", "")])
+
+
+_add_pyenv_pythons()
+
+
+@nox.session
+@nox.parametrize("python", [nox.param(p, id=p, tags=["ci"] if p in CI_CORE else []) for p in PYTHONS])
+def core(session: nox.Session) -> None:
+    """The framework-free core: no Django installed."""
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "pytest", "-q", "-rs", "-p", "no:django", "-p", "no:cacheprovider", "tests/core",
+                *session.posargs)
+
+
+@nox.session
+@nox.parametrize(["python", "django"], [
+    nox.param(py, dj, id=f"{dj}-py{py}", tags=["ci"] if (dj, py) in CI_DJANGO else [])
+    for dj, pythons in DJANGO.items() for py in pythons])
+def django(session: nox.Session, django: str) -> None:
+    """The Django app's suite on one Django feature release (its newest patch release)."""
+    session.install("-e", ".[django,test]", f"django~={django}.0")
+    session.run("python", "-c", "import django; print('Django', django.get_version())")
+    session.run("python", "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "tests/django", *session.posargs)
