@@ -54,3 +54,28 @@ def django(session: nox.Session, django: str) -> None:
     session.install("-e", ".[django,test]", f"django~={django}.0")
     session.run("python", "-c", "import django; print('Django', django.get_version())")
     session.run("python", "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "tests/django", *session.posargs)
+
+
+@nox.session(python="3.11")
+@nox.parametrize("django", ["4.2", "5.1"])
+def django_too_old(session: nox.Session, django: str) -> None:
+    """An unsupported Django (a project's own pin) gets system check error E030, not an obscure failure."""
+    # pip would refuse `.[django]` with this Django: install the core alone, as a project with its own pin does.
+    session.install("-e", ".", "celery", "channels", f"django~={django}.0")
+    session.chdir("tests/packaging/smoke_project")
+    session.run("python", "-c", _EXPECT_E030, env={"DJANGO_SETTINGS_MODULE": "smoke_settings"})
+
+
+_EXPECT_E030 = """
+import django
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
+django.setup()
+try:
+    call_command("check")
+except SystemCheckError as exc:
+    assert "durable_django.E030" in str(exc), exc
+    print("E030 on Django", django.get_version())
+else:
+    raise SystemExit("no durable_django.E030 on Django " + django.get_version())
+"""
