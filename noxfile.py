@@ -21,16 +21,24 @@ DJANGO = {"5.2": ["3.11", "3.12", "3.13"], "6.0": ["3.12", "3.13"], "6.1": ["3.1
 CI_CORE = {"3.12", "3.13"}
 CI_DJANGO = {("6.1", "3.13"), ("6.0", "3.12")}
 
+# The ORM, the admin and its templates, forms, views, system checks, Channels consumers, management commands
+# and a real Celery worker (test_security_humantasks); the worker, fault, crash, clock-skew and load suites
+# (worker processes for minutes, Django-agnostic) run in `make test` and in the full `django` sessions.
+QUICK = [f"tests/django/test_{name}.py" for name in (
+    "admin", "bad_input", "channels", "django_api", "django_ops", "expenses", "humantasks",
+    "integration", "security_humantasks", "security_signing", "without_humantasks")]
+
+nox.options.sessions = ["core", "django", "django_too_old"]  # `nox` alone: the whole matrix, not django_quick
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_venv = "yes"
 nox.options.error_on_missing_interpreters = True
 
 
 def _add_pyenv_pythons() -> None:
-    """pyenv's shims answer only for its global versions: put each installed ``3.x`` on PATH for nox to find."""
+    """pyenv's shims answer only for its global versions: put its builds of PYTHONS on PATH for nox to find."""
     root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
-    found = [str(root / v / "bin") for v in sorted(os.listdir(root)) if v.startswith("3.")] if root.is_dir() else []
-    os.environ["PATH"] = os.pathsep.join([*reversed(found), os.environ.get("PATH", "")])
+    found = [str(sorted(root.glob(f"{v}.*"))[-1] / "bin") for v in PYTHONS if list(root.glob(f"{v}.*"))]
+    os.environ["PATH"] = os.pathsep.join([*found, os.environ.get("PATH", "")])
 
 
 _add_pyenv_pythons()
@@ -45,15 +53,27 @@ def core(session: nox.Session) -> None:
                 *session.posargs)
 
 
-@nox.session
-@nox.parametrize(["python", "django"], [
-    nox.param(py, dj, id=f"{dj}-py{py}", tags=["ci"] if (dj, py) in CI_DJANGO else [])
-    for dj, pythons in DJANGO.items() for py in pythons])
-def django(session: nox.Session, django: str) -> None:
-    """The Django app's suite on one Django feature release (its newest patch release)."""
+def _install_django(session: nox.Session, django: str) -> None:
     session.install("-e", ".[django,test]", f"django~={django}.0")
     session.run("python", "-c", "import django; print('Django', django.get_version())")
+
+
+@nox.session
+@nox.parametrize(["python", "django"], [
+    nox.param(py, dj, id=f"{dj}-py{py}") for dj, pythons in DJANGO.items() for py in pythons])
+def django(session: nox.Session, django: str) -> None:
+    """The Django app's whole suite on one Django feature release (its newest patch release)."""
+    _install_django(session, django)
     session.run("python", "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "tests/django", *session.posargs)
+
+
+@nox.session
+@nox.parametrize(["python", "django"], [
+    nox.param(py, dj, id=f"{dj}-py{py}", tags=["ci"]) for dj, py in sorted(CI_DJANGO)])
+def django_quick(session: nox.Session, django: str) -> None:
+    """The CI subset of the Django suite: the files that exercise what changes with Django's version."""
+    _install_django(session, django)
+    session.run("python", "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *QUICK, *session.posargs)
 
 
 @nox.session(python="3.11")
