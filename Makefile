@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo demo-core test test-mariadb lint docs bench bench-django bench-peers clean test-pythons
+.PHONY: demo demo-core test test-mariadb lint docs bench bench-django bench-peers clean test-pythons test-matrix
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -85,15 +85,14 @@ bench-django: $(VENV)/.installed
 	$(PY) -m bench django
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) .nox build *.egg-info .pytest_cache
 
-# The core on every other Python it supports that this machine has (pyenv).
-PYTHONS ?= 3.12 3.13
-test-pythons:
-	@for v in $(PYTHONS); do \
-	  exe=$$(ls -d $$HOME/.pyenv/versions/$$v*/bin/python 2>/dev/null | head -1); \
-	  [ -n "$$exe" ] || exe=$$(command -v python$$v); \
-	  if [ -z "$$exe" ]; then echo "python $$v not found, skipped"; continue; fi; \
-	  $$exe -m venv .venv-$$v && .venv-$$v/bin/pip install -q cloudpickle pytest pytest-timeout hypothesis && \
-	  PYTHONPATH=. .venv-$$v/bin/python -m pytest -q -rs -p no:django -p no:cacheprovider tests/core || exit 1; \
-	done
+# The supported matrix (noxfile.py, docs/install.md); nox finds the other Pythons on PATH or under ~/.pyenv.
+# test-pythons (run by .ci/run after `make test`): the core on 3.12 and 3.13, the Django suite on Django 6.0 with
+# Python 3.12 and the newest Django 6.x with 3.13, SQLite. test-matrix: every Python x every supported Django.
+NOX := $(VENV)/bin/nox
+test-pythons: $(VENV)/.installed
+	$(NOX) -t ci
+
+test-matrix: $(VENV)/.installed
+	$(NOX)

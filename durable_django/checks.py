@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import django
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.utils.module_loading import import_string
@@ -134,6 +135,21 @@ def _check_limits(user: dict) -> list:
     return errors
 
 
+# The oldest Django release the app is tested on (noxfile.py, docs/install.md); pyproject.toml says the same.
+OLDEST_DJANGO = (5, 2)
+
+
+@register(Tags.compatibility)
+def check_django_version(app_configs=None, **kwargs) -> list:
+    """An older Django can come from a project's own pin (the package's bound applies only to its extra)."""
+    if django.VERSION[:2] >= OLDEST_DJANGO:
+        return []
+    oldest = ".".join(map(str, OLDEST_DJANGO))
+    return [Error(f"durable_django needs Django {oldest} or newer; this is Django {django.get_version()}.",
+                  hint=f"pip install 'django>={oldest}' (see docs/install.md for the supported versions).",
+                  id="durable_django.E030")]
+
+
 @register(Tags.database)
 def check_database(app_configs=None, databases=None, **kwargs) -> list:
     """SQLite with a web process and workers needs IMMEDIATE transactions and a busy timeout."""
@@ -142,10 +158,15 @@ def check_database(app_configs=None, databases=None, **kwargs) -> list:
         return []
     options = db.get("OPTIONS", {})
     if options.get("transaction_mode") != "IMMEDIATE" or not options.get("timeout"):
+        if django.VERSION[:2] < (5, 1):
+            # Before 5.1 the SQLite backend passes unknown OPTIONS to sqlite3.connect(): the hint would crash.
+            hint = (f"Upgrade Django (this is {django.get_version()}): the 'transaction_mode' option needs "
+                    "Django 5.1, and durable_django needs 5.2 (durable_django.E030).")
+        else:
+            hint = "OPTIONS={'transaction_mode': 'IMMEDIATE', 'timeout': 20, 'init_command': " \
+                   "'PRAGMA journal_mode=WAL;'}"
         return [Warning("SQLite without OPTIONS transaction_mode='IMMEDIATE' and a timeout: workers and the web "
-                        "process will hit 'database is locked'.",
-                        hint="OPTIONS={'transaction_mode': 'IMMEDIATE', 'timeout': 20, 'init_command': "
-                             "'PRAGMA journal_mode=WAL;'}", id="durable_django.W002")]
+                        "process will hit 'database is locked'.", hint=hint, id="durable_django.W002")]
     return []
 
 

@@ -349,6 +349,22 @@ def test_publish_event_refuses_deep_and_big_payloads(inline, uid, settings):
     assert inbox(uid)[0][1] == "x" * 98
 
 
+def test_payload_depth_limit_is_the_same_on_every_python():
+    """Python 3.12+ encode far deeper than 3.11 did; SQLite refuses JSON nested more than 1,000 levels."""
+    from durable_django.limits import STORED_JSON_DEPTH, payload_json
+
+    def nested(levels: int, leaf: dict | None = None) -> list:
+        value: list = [leaf or {}]  # the leaf dict is one level too
+        for _ in range(levels - 2):
+            value = [value]
+        return value
+
+    assert payload_json(nested(STORED_JSON_DEPTH)).count("[") == STORED_JSON_DEPTH - 1
+    for too_deep in (nested(STORED_JSON_DEPTH + 1), nested(STORED_JSON_DEPTH, {"k": [1]})):
+        with pytest.raises(InvalidPayload, match="nested too deeply"):
+            payload_json(too_deep)
+
+
 def test_event_name_limit_setting(inline, uid, settings):
     settings.DURABLE = {**settings.DURABLE, "MAX_EVENT_NAME_LENGTH": 10}
     dd.start(loop_on_go, instance_id=uid)

@@ -145,6 +145,31 @@ def test_sqlite_check(monkeypatch):
     assert check_database() == []
 
 
+def test_sqlite_check_hint_fits_the_django_version(monkeypatch):
+    """Django < 5.1 has no 'transaction_mode' (sqlite3.connect() rejects it): the hint says to upgrade instead."""
+    from types import SimpleNamespace
+
+    from durable_django.checks import check_database
+
+    bare = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": "x"}}
+    monkeypatch.setattr("durable_django.checks.settings", SimpleNamespace(DATABASES=bare))
+    assert "'transaction_mode': 'IMMEDIATE'" in check_database()[0].hint
+    monkeypatch.setattr("django.VERSION", (5, 0, 14, "final", 0))
+    (warning,) = check_database()
+    assert warning.id == "durable_django.W002"
+    assert "OPTIONS=" not in warning.hint and "Upgrade Django" in warning.hint
+
+
+def test_unsupported_django_check(monkeypatch):
+    from durable_django.checks import check_django_version
+
+    assert check_django_version() == []
+    monkeypatch.setattr("django.VERSION", (5, 1, 15, "final", 0))
+    monkeypatch.setattr("django.get_version", lambda: "5.1.15")
+    (error,) = check_django_version()
+    assert error.id == "durable_django.E030" and "5.1.15" in error.msg and "django>=5.2" in error.hint
+
+
 def test_celery_connection_reuse_check(monkeypatch):
     from types import SimpleNamespace
 
