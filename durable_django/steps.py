@@ -29,16 +29,46 @@ from typing import ParamSpec, TypeVar
 
 from asgiref.sync import sync_to_async
 
+from . import db
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
 def db_step(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
-    """Make a sync function an awaitable durable step that runs on the worker's connection."""
-    wrapped = sync_to_async(func, thread_sensitive=True)
+    """Make a sync function an awaitable durable step that runs on the worker's connection.
+
+    A step that raises leaves none of its writes behind: they are rolled back
+    before the exception reaches the program, so an ``except`` around the
+    await (or the failed instance's last checkpoint) commits nothing of it.
+    """
+
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except BaseException:
+            _discard_writes()
+            raise
+
+    wrapped = sync_to_async(run, thread_sensitive=True)
 
     @functools.wraps(func)
     def call(*args: P.args, **kwargs: P.kwargs) -> Awaitable[R]:
         return wrapped(*args, **kwargs)
 
     return call
+
+
+def _discard_writes() -> None:
+    """Roll back the failed step's writes in the transaction the executor manages.
+
+    That transaction holds only this step's writes: the checkpoint after the
+    previous step committed. Rolling it back also leaves a usable connection
+    where a failed statement aborted the transaction (PostgreSQL), so the
+    checkpoint that follows can be written. Inside an ``atomic`` block (the
+    executor does not manage it: a test's transaction, ``ATOMIC_STEPS`` off)
+    the caller's block decides.
+    """
+    conn = db.connection()
+    if conn.connection is not None and not conn.get_autocommit() and not conn.in_atomic_block:
+        conn.rollback()

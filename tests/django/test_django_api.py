@@ -193,6 +193,26 @@ def test_failure_is_stored(inline, uid):
     assert kinds(uid)[-1] == "failed"
 
 
+def test_a_step_that_raises_leaves_none_of_its_writes(inline, uid):
+    """Caught in the program: the step's writes are rolled back, and the next step and checkpoint commit."""
+    orders = Order.objects.count()
+    dd.start(progs.catches_a_failed_step, uid, instance_id=uid)
+    row = reload(uid)
+    assert row.status == Status.COMPLETED and dd.result(uid) is True
+    assert not SideEffect.objects.filter(key=f"{uid}-first").exists()
+    assert Order.objects.count() == orders
+    assert SideEffect.objects.filter(key=f"{uid}-after").count() == 1
+
+
+def test_a_step_failing_in_the_database_fails_the_instance(inline, uid):
+    """Not caught: the instance is failed (not suspended, though PostgreSQL aborted the transaction)."""
+    dd.start(progs.fails_in_a_step, uid, instance_id=uid)
+    row = reload(uid)
+    assert row.status == Status.FAILED and "IntegrityError" in row.error
+    assert not SideEffect.objects.filter(key=f"{uid}-first").exists()
+    assert kinds(uid)[-1] == "failed"
+
+
 def test_tampered_state_suspends_and_is_never_unpickled(inline, uid):
     dd.start(progs.approval, 4, instance_id=uid)
     good = bytes(reload(uid).state)

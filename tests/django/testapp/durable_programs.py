@@ -10,6 +10,8 @@ import os
 import time
 from pathlib import Path
 
+from django.db import IntegrityError
+
 import durable
 from durable import make_durable
 from durable_django import db_step, register
@@ -389,3 +391,26 @@ else:
         await asyncio.sleep(0)
         go = await durable.wait_for_event("go")
         return ["old", go]
+
+
+@db_step
+def write_then_fail(key: str) -> None:
+    """Writes a row, then a second one with the same unique key: the database refuses it."""
+    SideEffect.objects.create(key=f"{key}-first")
+    order = Order.objects.create(status="first")
+    Order.objects.create(pk=order.pk)
+
+
+@make_durable
+async def catches_a_failed_step(key: str):
+    try:
+        await write_then_fail(key)
+    except IntegrityError:
+        caught = True
+    await write_effect(f"{key}-after")
+    return caught
+
+
+@make_durable
+async def fails_in_a_step(key: str):
+    await write_then_fail(key)
