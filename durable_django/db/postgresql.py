@@ -116,14 +116,21 @@ class PostgreSQLOperations(Operations):
     @contextmanager
     def standalone(self) -> Iterator[bool]:
         """Autocommit for the one-statement checkpoint when no transaction is open on the connection (the step
-        did no database work): one round trip in all, instead of BEGIN, the statement and COMMIT."""
+        did no database work): one round trip in all, instead of BEGIN, the statement and COMMIT.
+
+        A transaction that a failed statement aborted (a step's ORM call raised) holds only that step's
+        writes, which the database has refused anyway: it is rolled back, so the checkpoint can be written."""
         conn = self.connection
         raw = conn.connection
         idle = False
         if raw is not None and not conn.in_atomic_block and is_psycopg3:
             from psycopg import pq
 
-            idle = raw.info.transaction_status == pq.TransactionStatus.IDLE and not raw.closed
+            status = raw.info.transaction_status
+            if status == pq.TransactionStatus.INERROR and not conn.get_autocommit():
+                conn.rollback()
+                status = raw.info.transaction_status
+            idle = status == pq.TransactionStatus.IDLE and not raw.closed
         if not idle:
             yield False
             return

@@ -213,6 +213,13 @@ def test_a_step_failing_in_the_database_fails_the_instance(inline, uid):
     assert kinds(uid)[-1] == "failed"
 
 
+def test_an_async_orm_call_failing_in_the_database_fails_the_instance(inline, uid):
+    order = Order.objects.create()
+    dd.start(progs.fails_in_async_orm, order.pk, instance_id=uid)
+    row = reload(uid)
+    assert row.status == Status.FAILED and "IntegrityError" in row.error
+
+
 def test_tampered_state_suspends_and_is_never_unpickled(inline, uid):
     dd.start(progs.approval, 4, instance_id=uid)
     good = bytes(reload(uid).state)

@@ -414,3 +414,8 @@ async def catches_a_failed_step(key: str):
 @make_durable
 async def fails_in_a_step(key: str):
     await write_then_fail(key)
+
+
+@make_durable
+async def fails_in_async_orm(order_id: int):
+    await Order.objects.acreate(pk=order_id)  # the row exists: the database refuses it
