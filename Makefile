@@ -19,7 +19,7 @@ demo: $(VENV)/.installed
 demo-core: $(VENV)/.installed
 	$(PY) examples/core_demo.py
 
-# The Django app's tests run a second time on the production parts (PostgreSQL + Redis).
+# The Django app's tests run a second time on the production parts (PostgreSQL + Redis), then on MariaDB.
 DURABLE_PG_URL ?= postgres://postgres@127.0.0.1:5432/test
 DURABLE_REDIS_URL ?= redis://127.0.0.1:6379/0
 # MariaDB/MySQL (through PyMySQL): each run creates its own test database (test_durable_<session>) and drops it.
@@ -42,6 +42,7 @@ test: $(VENV)/.installed
 	$(MAKE) --no-print-directory docs
 	$(PY) -m pytest -q -rs
 	DATABASE_URL=$(DURABLE_PG_URL) CELERY_BROKER_URL=$(DURABLE_REDIS_URL) $(PY) -m pytest -q -rs tests/django
+	$(MAKE) --no-print-directory test-mariadb
 
 # The documentation site (mkdocs.yml, docs/), warnings as errors; reference pages are generated from the code.
 DOCS_SITE ?= build/site
