@@ -28,8 +28,8 @@ from collections.abc import Awaitable, Callable
 from typing import ParamSpec, TypeVar
 
 from asgiref.sync import sync_to_async
-
-from . import db
+from django.apps import apps
+from django.db import DEFAULT_DB_ALIAS, connections, router
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -67,8 +67,10 @@ def _discard_writes() -> None:
     where a failed statement aborted the transaction (PostgreSQL), so the
     checkpoint that follows can be written. Inside an ``atomic`` block (the
     executor does not manage it: a test's transaction, ``ATOMIC_STEPS`` off)
-    the caller's block decides.
+    the caller's block decides. (The routers' database of the app's rows, as
+    :func:`durable_django.db.alias` finds it; this module is imported before
+    the apps are ready, so it does not import the models.)
     """
-    conn = db.connection()
+    conn = connections[router.db_for_write(apps.get_model("durable_django", "DurableInstance")) or DEFAULT_DB_ALIAS]
     if conn.connection is not None and not conn.get_autocommit() and not conn.in_atomic_block:
         conn.rollback()
