@@ -16,7 +16,7 @@ import urllib.request
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from django.contrib.auth.models import User
-from django.db import transaction
+from django.db import connections, transaction
 from django.test import AsyncClient
 
 import durable_django as dd
@@ -33,6 +33,14 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
 PAIRS = [(api.start, dd.astart), (events.publish_event, dd.apublish_event), (api.cancel, dd.acancel),
          (api.resume, dd.aresume), (api.result, dd.aresult), (api.get_instance, dd.aget_instance),
          (humantasks_sync.answer, humantasks_sync.aanswer), (views.publish_for_user, views.apublish_for_user)]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _close_the_executor_threads_connections():
+    """Plain async code (``asyncio.run``) runs the sync API in asgiref's single thread-sensitive thread, whose
+    connection Django never closes: close it after this module, or the test database cannot be dropped."""
+    yield
+    asyncio.run(sync_to_async(connections.close_all, thread_sensitive=True)())
 
 
 def row(iid: str) -> DurableInstance:
