@@ -120,6 +120,7 @@ def _ids(settings_dict) -> set[str]:
         return {m.id for m in run_checks() if m.id.startswith("durable_django")}
 
 
+@pytest.mark.django_db(transaction=True, databases=["default", "other"])  # Django 6.1's model checks query each
 def test_system_checks():
     # W004: the example's in-memory channel layer with separate workers (the example silences it)
     assert _ids({}) - {"durable_django.W004"} == set()
