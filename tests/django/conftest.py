@@ -107,7 +107,7 @@ def worker_factory(request, transactional_db, tmp_path):
     def scheduler(interval: float = 0.3, extra_env: dict | None = None) -> Worker:
         """``manage.py durable_resume --loop``: the small scheduler, in its own process."""
         log = tmp_path / f"scheduler-{len(workers)}.log"
-        env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.django.settings",
+        env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.django.settings", "PYTHONUNBUFFERED": "1",
                "DURABLE_TEST_DB_NAME": str(connection.settings_dict["NAME"]), **(extra_env or {})}
         fh = open(log, "wb")
         proc = subprocess.Popen([sys.executable, "manage.py", "durable_resume", "--loop", "--interval", str(interval)],

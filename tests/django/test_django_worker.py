@@ -77,7 +77,9 @@ def test_timer_survives_the_death_of_the_worker_holding_its_eta(worker_factory, 
     scheduler = worker_factory.scheduler()
     wait_status(uid, Status.COMPLETED, timeout=60)
     assert dd.result(uid) >= 1.5
-    assert "instance(s) scheduled" in scheduler.output()
+    # The scheduler's line may reach its log after the instance it woke has completed.
+    wait_until(lambda: "instance(s) scheduled" in scheduler.output(), timeout=30,
+               message="the scheduler to report the instance it scheduled")
 
 
 def test_event_published_before_the_wait(worker_factory, uid):
