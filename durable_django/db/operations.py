@@ -141,13 +141,7 @@ class Operations:
 
     def claim_read(self, instance_id: str) -> tuple | None:
         """The row's :data:`CLAIM_COLUMNS`, before a conditional :meth:`claim` (None: no such row)."""
-        conn = self.connection
-        sql = self._statement(conn, "claim-read", lambda qn: (
-            f"SELECT {', '.join(qn(c) for c in CLAIM_COLUMNS)} FROM {qn(DurableInstance._meta.db_table)} "
-            f"WHERE {qn('instance_id')} = %s"))
-        with self.cursor(conn) as cur:
-            cur.execute(sql, [instance_id])
-            return cur.fetchone()
+        return self._read_row("claim-read", CLAIM_COLUMNS, instance_id)
 
     def claim(self, instance_id: str, worker_id: str, now: datetime, expires: datetime, version: int) -> bool:
         """Take the lease, conditional on the row's ``version`` read by :meth:`claim_read`."""
@@ -267,9 +261,13 @@ class Operations:
 
     def instance_status(self, instance_id: str) -> tuple[str, str] | None:
         """(status, program) of an instance, or None."""
+        return self._read_row("status", ("status", "program"), instance_id)
+
+    def _read_row(self, name: str, columns: Sequence[str], instance_id: str) -> Any:
+        """One instance row's ``columns`` (a tuple), or None; the statement is cached under ``name``."""
         conn = self.connection
-        sql = self._statement(conn, "status", lambda qn: (
-            f"SELECT {qn('status')}, {qn('program')} FROM {qn(DurableInstance._meta.db_table)} "
+        sql = self._statement(conn, name, lambda qn: (
+            f"SELECT {', '.join(qn(c) for c in columns)} FROM {qn(DurableInstance._meta.db_table)} "
             f"WHERE {qn('instance_id')} = %s"))
         with self.cursor(conn) as cur:
             cur.execute(sql, [instance_id])
