@@ -98,6 +98,7 @@ INSTALLED_APPS = [
     "durable_django",
     "durable_django.humantasks",
     "example_project.expenses",
+    "example_project.trips",
 ]
 
 MIDDLEWARE = [
