@@ -8,7 +8,8 @@ Prints a table and writes the figures as JSON (default
 benchmark of the Django app instead (:mod:`bench.django_bench`; needs
 PostgreSQL and Redis, writes ``bench/results/django.json``). The other
 suites: ``peers`` (against DBOS, django-durable and the seed package),
-``faults`` (fault injection: killed workers, broker restart), ``load``
+``faults`` (fault injection: killed workers, broker restart), ``failures`` (what retry policies, checkpoint
+history and forks cost), ``load``
 (100,000 waiting instances on PostgreSQL) and ``soak`` (1,000,000 one-step
 processes through 2 workers: memory, throughput, rows left after
 ``durable_purge``); see ``bench/README.md``.

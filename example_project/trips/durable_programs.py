@@ -34,12 +34,14 @@ class NoSeats(Exception):
     """The flight is full: retrying does not help."""
 
 
+# --8<-- [start:policies]
 #: Bookings: a few attempts, seconds apart.
 BOOKING = RetryPolicy(max_attempts=3, initial_interval=2.0, backoff=2.0, max_interval=30.0)
 #: The flight: the same, but a full flight is final.
 FLIGHT = RetryPolicy(max_attempts=3, initial_interval=2.0, backoff=2.0, max_interval=30.0, non_retryable=(NoSeats,))
 #: Compensations must get through: many attempts, up to a minute apart.
 UNDO = RetryPolicy(max_attempts=10, initial_interval=1.0, backoff=2.0, max_interval=60.0)
+# --8<-- [end:policies]
 
 
 def _ref(prefix: str) -> str:
@@ -67,6 +69,7 @@ def charge_card(trip_id: int) -> str:
                                           reference=_ref("CHG")).reference
 
 
+# --8<-- [start:book_flight]
 @step(retry=FLIGHT)
 @db_step
 def book_flight(trip_id: int) -> str:
@@ -80,6 +83,7 @@ def book_flight(trip_id: int) -> str:
     if trip.flight == Trip.Flight.DOWN or (trip.flight == Trip.Flight.FLAKY and attempt == 1):
         raise FlightSystemDown(f"the airline did not answer (attempt {attempt})")
     return booking.reference
+# --8<-- [end:book_flight]
 
 
 @step(retry=UNDO)
@@ -105,6 +109,7 @@ def set_state(trip_id: int, state: str, note: str = "") -> None:
     Trip.objects.filter(pk=trip_id).update(state=state, note=note)
 
 
+# --8<-- [start:book_trip]
 async def compensate(trip_id: int, hotel: str, charge: str, why: str) -> None:
     """Undo what was done, newest first. Plain durable code: each undo is a checkpointed step."""
     if charge:
@@ -133,3 +138,4 @@ async def book_trip(trip_id: int) -> dict:
         raise  # the instance ends failed (cancelled for a cancellation); the trip shows it was undone
     await set_state(trip_id, Trip.State.BOOKED)
     return {"hotel": hotel, "charge": charge, "flight": flight}
+# --8<-- [end:book_trip]
