@@ -27,6 +27,8 @@ from . import workloads
 from .setup import FailuresConfig
 
 SETTINGS = "bench.django_settings"
+#: Why the part is skipped while the Django backend keeps no checkpoint history.
+NO_HISTORY = "DjangoOrchestrationBackend keeps no checkpoint history (no list_checkpoints/load_checkpoint)"
 
 
 def run_child(cfg: FailuresConfig, timeout: float = 600.0) -> dict[str, Any]:
@@ -51,13 +53,17 @@ def child(steps: int, repeats: int, warmup: int) -> dict[str, Any]:
     from django.test import override_settings
 
     import durable_django as dd
+    from durable.history import supports_history
+    from durable_django.backend import DjangoOrchestrationBackend
     from durable_django.conf import durable_settings
     from durable_django.models import DurableInstance, Status
 
     try:
-        from durable_django.models import DurableCheckpoint  # type: ignore[attr-defined]
+        from durable_django.models import DurableCheckpoint
     except ImportError:
         return {"skipped": "durable_django has no DurableCheckpoint model (checkpoint history not there yet)"}
+    if not supports_history(DjangoOrchestrationBackend):
+        return {"skipped": NO_HISTORY}
 
     def run(program: Any, n: int) -> tuple[float, str]:
         iid = uuid.uuid4().hex

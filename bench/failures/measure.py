@@ -155,13 +155,14 @@ async def part_fork(cfg: FailuresConfig) -> dict[str, Any]:
     backend = _backend()
     program = workloads.hist_all_program
     _check("history=True", await program(n, orchestration_backend=backend, instance_id=INSTANCE), n)
-    listed = await backend.list_checkpoints(INSTANCE)
-    steps = [c["step"] for c in listed]
+    listed = await durable.list_checkpoints(backend, INSTANCE)
+    # a fork starts from a running or paused checkpoint (not from the instance's end)
+    steps = [c["step"] for c in listed if c["status"] in ("running", "paused")]
     if not steps:
-        raise AssertionError("list_checkpoints returned nothing after a history=True run")
+        raise AssertionError(f"no checkpoint to fork from after a history=True run: {listed!r}")
     list_us = []
     for _ in range(max(3, cfg.fork_repeats // 10)):
-        dt, _listed = await _timed(backend.list_checkpoints(INSTANCE))
+        dt, _listed = await _timed(durable.list_checkpoints(backend, INSTANCE))
         list_us.append(dt * 1e6)
     # the checkpoints asked for, as the nearest listed steps
     points = sorted({min(steps, key=lambda s, k=k: abs(s - k)) for k in cfg.fork_points})
@@ -184,5 +185,5 @@ async def part_fork(cfg: FailuresConfig) -> dict[str, Any]:
             runs.append(dt * 1e3)
         out.append({"step": k, "fork_us": median(fork_us[k]), "fork_us_best": min(fork_us[k]),
                     "run_to_end_ms": median(runs), "samples_us": fork_us[k]})
-    return {"checkpoints": len(steps), "instance_steps": n, "repeats": cfg.fork_repeats, "points": out,
+    return {"checkpoints": len(listed), "instance_steps": n, "repeats": cfg.fork_repeats, "points": out,
             "list_checkpoints_us": median(list_us)}

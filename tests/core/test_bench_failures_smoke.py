@@ -12,6 +12,9 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.__main__ import SUITES  # noqa: E402
+from bench.failures import main  # noqa: E402
+from bench.failures.django_part import NO_HISTORY  # noqa: E402
 from bench.failures.setup import tiny  # noqa: E402
 
 POLICY = {"n_steps", "us_per_step", "policy_cost_us", "policy_cost_null_us", "default_policy_cost_us",
@@ -25,7 +28,8 @@ FORK_POINT = {"step", "fork_us", "fork_us_best", "run_to_end_ms"}
 def test_tiny_failures_bench_reports_every_figure(tmp_path, capsys):
     out = tmp_path / "failures.json"
     cfg = tiny(django=True)
-    returned = _run(out, cfg)
+    assert SUITES["failures"] == "failures"  # python -m bench failures runs bench.failures.main
+    returned = main(["--out", str(out)], cfg=cfg)  # the CLI's sizes are FULL or QUICK: tiny ones passed here
     res = json.loads(out.read_text())
     assert res == json.loads(json.dumps(returned, default=str))
     assert {"meta", "policy", "history", "fork", "django"} <= res.keys()
@@ -41,14 +45,9 @@ def test_tiny_failures_bench_reports_every_figure(tmp_path, capsys):
     for point in res["fork"]["points"]:
         assert FORK_POINT <= point.keys()
     dj = res["django"]
-    assert "skipped" not in dj, dj.get("skipped")
-    assert dj["kept"]["off"] == 0 and dj["kept"]["10"] == 10 and dj["history_blobs"] >= cfg.django_steps
+    if dj.get("skipped") != NO_HISTORY:  # the one accepted reason (the child checked the backend's methods)
+        assert "skipped" not in dj, dj.get("skipped")
+        assert dj["kept"]["off"] == 0 and dj["kept"]["10"] == 10 and dj["history_blobs"] >= cfg.django_steps
     table = capsys.readouterr().out
     assert "retry policy" in table and "fork" in table
 
-
-def _run(out, cfg):
-    """``python -m bench failures --out OUT`` with the sizes of ``cfg`` (the CLI takes no sizes)."""
-    from bench.failures import run as failures_run
-
-    return failures_run.main(["--out", str(out)], cfg=cfg)
