@@ -34,6 +34,10 @@ class NoSeats(Exception):
     """The flight is full: retrying does not help."""
 
 
+class TripRejected(Exception):
+    """The manager said no."""
+
+
 # --8<-- [start:policies]
 #: Bookings: a few attempts, seconds apart.
 BOOKING = RetryPolicy(max_attempts=3, initial_interval=2.0, backoff=2.0, max_interval=30.0)
@@ -89,8 +93,12 @@ def book_flight(trip_id: int) -> str:
 @step(retry=UNDO)
 @db_step
 def refund(charge: str) -> str:
-    """Undo ``charge_card``: a refund row naming the charge (once: it is one-to-one)."""
+    """Undo ``charge_card``: a refund row naming the charge. Idempotent (a charge refunded already is not
+    refunded again; the one-to-one ``refund_of`` would refuse it anyway), as an undo should be."""
     original = CardTransaction.objects.get(reference=charge)
+    done = CardTransaction.objects.filter(refund_of=original).values_list("reference", flat=True).first()
+    if done is not None:
+        return done
     return CardTransaction.objects.create(trip=original.trip, kind=CardTransaction.Kind.REFUND,
                                           amount=-original.amount, reference=_ref("RFD"),
                                           refund_of=original).reference
@@ -130,9 +138,11 @@ async def book_trip(trip_id: int) -> dict:
             await set_state(trip_id, Trip.State.AWAITING_APPROVAL)
             decision = await wait_for_event("approval", title=f"Approve the trip {trip['title']}?")
             if decision.get("decision") != "approve":
-                await compensate(trip_id, hotel, charge, f"rejected: {decision.get('comment', '')}".strip())
-                return {"rejected": decision.get("comment", "")}
+                raise TripRejected(decision.get("comment", ""))
         flight = await book_flight(trip_id)
+    except TripRejected as rejected:  # a business outcome: undo, and end normally
+        await compensate(trip_id, hotel, charge, f"rejected: {rejected}")
+        return {"rejected": str(rejected)}
     except Exception as exc:  # a step failed for good, or the instance was cancelled (InstanceCancelled)
         await compensate(trip_id, hotel, charge, f"{type(exc).__name__}: {exc}")
         raise  # the instance ends failed (cancelled for a cancellation); the trip shows it was undone
