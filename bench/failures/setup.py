@@ -38,4 +38,4 @@ QUICK = FailuresConfig(quick=True, n_steps=2_000, repeats=5, warmup=1, fork_chec
 def tiny(django: bool = False) -> FailuresConfig:
     """Sizes for the smoke test: every part runs, in about a second (without Django unless asked)."""
     return FailuresConfig(quick=True, n_steps=50, repeats=2, warmup=1, fork_checkpoints=10, fork_points=(1, 5, 10),
-                          fork_repeats=3, django=django, django_steps=5, django_repeats=1)
+                          fork_repeats=3, django=django, django_steps=12, django_repeats=1)
