@@ -57,7 +57,7 @@ def format_table(res: dict[str, Any]) -> str:
         (f"bytes per stored checkpoint ({hist['history_blobs']:,} kept)",
          f"{hist['history_bytes_per_checkpoint']:,.0f} B (min {hist['history_bytes_min']:,}, "
          f"max {hist['history_bytes_max']:,})"),
-        ("live state blob", f"{hist['state_blob_bytes']:,} B"),
+        ("state blob at the end (completed)", f"{hist['state_blob_bytes']:,} B"),
     ]
     dj = res.get("django")
     if dj is not None:
@@ -74,7 +74,7 @@ def format_table(res: dict[str, Any]) -> str:
             rows.append(("bytes per stored checkpoint row", "-" if per is None else f"{per:,.0f} B"))
 
     section(f"c. fork (instance with {fork['checkpoints']} checkpoints; median of {fork['repeats']})")
-    rows.append(("from checkpoint", _cols("fork µs", "best µs", "run to end ms")))
+    rows.append(("from checkpoint", _cols("fork µs", "best µs", "run on ms")))
     for p in fork["points"]:
         rows.append((f"{p['step']}", _cols(f"{p['fork_us']:,.1f}", f"{p['fork_us_best']:,.1f}",
                                            f"{p['run_to_end_ms']:.3f}")))
