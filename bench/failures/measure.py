@@ -42,7 +42,7 @@ async def _timed(coro: Awaitable[Any]) -> tuple[float, Any]:
     return time.perf_counter() - t0, result
 
 
-def _rotated(keys: list[str], r: int) -> list[str]:
+def _rotated(keys: list[Any], r: int) -> list[Any]:
     """``keys`` starting at a different one each repeat, so no variant always runs first."""
     shift = r % len(keys)
     return keys[shift:] + keys[:shift]
@@ -142,9 +142,15 @@ async def _history_sizes(n: int) -> dict[str, Any]:
     blobs = [len(store._data[k]) for k in history_keys(store, INSTANCE)]
     if not blobs:
         raise AssertionError("history=True stored no checkpoint under history:{id}:...")
-    return {"history_steps": n, "history_blobs": len(blobs), "history_bytes_per_checkpoint": median(blobs),
+    return {"history_steps": n, "history_blobs": len(blobs),
+            "history_bytes_per_checkpoint": median([float(b) for b in blobs]),
             "history_bytes_min": min(blobs), "history_bytes_max": max(blobs), "history_bytes_total": sum(blobs),
             "state_blob_bytes": len(store._data[STATE_KEY])}
+
+
+def _nearest(steps: list[int], k: int) -> int:
+    """The step of ``steps`` closest to ``k``."""
+    return min(steps, key=lambda s: abs(s - k))
 
 
 # -- (c) fork --------------------------------------------------------------------------------------
@@ -165,15 +171,15 @@ async def part_fork(cfg: FailuresConfig) -> dict[str, Any]:
         dt, _listed = await _timed(durable.list_checkpoints(backend, INSTANCE))
         list_us.append(dt * 1e6)
     # the checkpoints asked for, as the nearest listed steps
-    points = sorted({min(steps, key=lambda s, k=k: abs(s - k)) for k in cfg.fork_points})
+    points = sorted({_nearest(steps, k) for k in cfg.fork_points})
     fork_us: dict[int, list[float]] = {k: [] for k in points}
     counter = 0
     for r in range(cfg.warmup + cfg.fork_repeats):
-        for k in _rotated([str(p) for p in points], r):
+        for point in _rotated(points, r):
             counter += 1
-            dt, _ = await _timed(durable.fork(backend, INSTANCE, f"fork-{counter}", step=int(k)))
+            dt, _ = await _timed(durable.fork(backend, INSTANCE, f"fork-{counter}", step=point))
             if r >= cfg.warmup:
-                fork_us[int(k)].append(dt * 1e6)
+                fork_us[point].append(dt * 1e6)
     out = []
     for k in points:
         runs = []
