@@ -8,16 +8,26 @@ are rolled back, a compensation commits with its checkpoint.
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from decimal import Decimal
 
 import pytest
 from django.core.management import call_command
+from django.db import connection
+from django.utils import timezone
 
+import durable_django as dd
 from durable import InstanceCancelled
-from durable_django.models import DurableHistory, Status
+from durable_django.models import FINISHED, DurableHistory, DurableInstance, Status
 from durable_django.testing import DurableTestEnv
 from example_project.trips.durable_programs import NoSeats, book_trip
 from example_project.trips.models import CardTransaction, FlightBooking, HotelReservation, Trip
+from tests.django.conftest import ROOT
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -155,3 +165,67 @@ def test_admin_shows_the_bookings_and_compensations(env, admin_client):
     assert refund.reference in page and HotelReservation.objects.get(trip=trip).reference in page
     assert trip.instance_id in page
     assert "Undone" in admin_client.get("/admin/trips/trip/").content.decode()
+
+
+@pytest.fixture
+def unread_queue(settings):
+    """Wake-ups of the test process go to a queue no worker reads: the test runs the instances itself."""
+    queue = f"{settings.DURABLE['QUEUE']}-saga-unread"
+    settings.DURABLE = {**settings.DURABLE, "QUEUE": queue}
+    yield queue
+    from example_project.celery import app
+
+    with app.connection_for_write() as conn:
+        conn.default_channel.queue_purge(queue)
+
+
+@pytest.mark.timeout(240)
+def test_a_worker_killed_at_any_checkpoint_neither_repeats_nor_forgets_a_compensation(unread_queue, tmp_path):
+    """Trip n's process is SIGKILLed right after checkpoint n commits (n = 1 .. all but the last), the saga's
+    compensations included; a new process takes over. Every trip ends compensated with one hotel reservation
+    (released), one charge, one refund and no flight."""
+    with DurableTestEnv() as env:  # the reference: how many checkpoints the failing saga writes
+        ref = new_trip(Trip.Flight.FULL)
+        start(env, ref)
+    total = DurableInstance.objects.get(pk=ref.instance_id).steps
+    assert total >= 6  # load, hotel, charge, then the compensations: refund, release, state, ...
+    trips = [new_trip(Trip.Flight.FULL) for _ in range(1, total)]
+    ids = [t.instance_id for t in trips]
+    plan = {t.instance_id: f"checkpoint:{n}" for n, t in enumerate(trips, start=1)}
+    crash_dir = tmp_path / "crashes"
+    crash_dir.mkdir()
+    env_vars = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.django.settings",
+                "DURABLE_TEST_DB_NAME": str(connection.settings_dict["NAME"]), "DURABLE_TEST_QUEUE": unread_queue,
+                "DURABLE_LEASE_SECONDS": "1", "DURABLE_TEST_CRASH_PLAN": json.dumps(plan),
+                "DURABLE_TEST_CRASH_DIR": str(crash_dir),
+                "DURABLE_TEST_ON_CHECKPOINT": "tests.django.testapp.durable_programs.crash_hook",
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    for t in trips:
+        dd.start(book_trip, t.pk, instance_id=t.instance_id, link=t)
+    kills = 0
+    deadline = time.monotonic() + 180
+    while True:
+        current = DurableInstance.objects.filter(pk__in=ids).values_list("pk", "status", "lease_expires_at")
+        todo = [pk for pk, status, lease in current
+                if status not in FINISHED and (lease is None or lease <= timezone.now())]
+        if all(status in FINISHED for _, status, _ in current):
+            break
+        assert time.monotonic() < deadline, f"trips did not finish: {list(current)}"
+        if not todo:  # a killed process's lease (1 s) has not expired yet
+            time.sleep(0.05)
+            continue
+        out = subprocess.run([sys.executable, "manage.py", "durable_resume", "--sync", *todo], cwd=ROOT,
+                             env=env_vars, capture_output=True, text=True, timeout=120)
+        if out.returncode == 1:  # --sync exits 1 when a run ends failed: here the saga's own NoSeats, nothing else
+            failures = [line for line in out.stderr.splitlines() if " is failed: " in line]
+            assert failures and all(line.endswith("NoSeats: no seats to Lisbon") for line in failures), out.stderr
+        else:
+            assert out.returncode in (0, -signal.SIGKILL), out.stdout + out.stderr
+        kills += out.returncode == -signal.SIGKILL
+    assert {p.name.removesuffix(".crashed") for p in crash_dir.glob("*.crashed")} == set(ids)
+    assert kills == len(ids)
+    for t in trips:
+        assert DurableInstance.objects.get(pk=t.instance_id).status == Status.FAILED, plan[t.instance_id]
+        assert HotelReservation.objects.filter(trip=t).count() == 1, plan[t.instance_id]
+        assert CardTransaction.objects.filter(trip=t, kind=CardTransaction.Kind.CHARGE).count() == 1
+        assert_compensated(t, "NoSeats")
