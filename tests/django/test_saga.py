@@ -229,3 +229,21 @@ def test_a_worker_killed_at_any_checkpoint_neither_repeats_nor_forgets_a_compens
         assert HotelReservation.objects.filter(trip=t).count() == 1, plan[t.instance_id]
         assert CardTransaction.objects.filter(trip=t, kind=CardTransaction.Kind.CHARGE).count() == 1
         assert_compensated(t, "NoSeats")
+
+
+@pytest.mark.timeout(120)
+def test_real_worker_retries_the_flight_then_compensates(worker_factory):
+    """The deployment path: the command starts the saga, a Celery worker process runs it; the backoffs between
+    the flight's attempts are durable timers (ETA wake-ups), then the compensations run."""
+    from tests.django.conftest import wait_until
+
+    worker_factory()
+    call_command("book_trip", "--destination", "Faro", "--flight", "down")
+    trip = Trip.objects.get(destination="Faro")
+    t0 = time.monotonic()
+    history = DurableHistory.objects.filter(instance_id=trip.instance_id).values_list("kind", "detail")
+    wait_until(lambda: DurableInstance.objects.filter(pk=trip.instance_id, status=Status.FAILED).exists(),
+               timeout=60, message=lambda: f"the saga to fail for good; history: {list(history)}")
+    assert time.monotonic() - t0 >= 1.8 + 3.6  # two backoffs (2 s and 4 s, +/- 10 %) were waited for
+    assert_compensated(trip, "FlightSystemDown: the airline did not answer (attempt 3)")
+    assert HotelReservation.objects.filter(trip=trip).count() == 1
