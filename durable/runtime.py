@@ -34,7 +34,7 @@ from .primitives import TimerRequest, WaitRequest, valid_due
 from .retries import RetryPolicy, Step, _attempt
 from .serialization import pickled
 from .stack import CallStack, FunctionCall, check_code, transformer
-from .state import CANCELLED, COMPLETED, FAILED, PAUSED, RUNNING, RetryInfo, SavedState, WaitInfo
+from .state import CANCELLED, COMPLETED, FAILED, PAUSED, RUNNING, RetryInfo, SavedState, WaitInfo, reopen_failed
 from .tracebacks import enter, remember, restore, runtime_file, unwind
 
 log = logging.getLogger("durable")
@@ -145,7 +145,7 @@ class DurableRuntime:
         state = self._loaded(loaded)
         if state["status"] != FAILED:
             raise DurableError(f"instance {self.instance_id!r} is {state['status']}: only a failed instance is retried")
-        reopen(state, self.instance_id)
+        reopen_failed(state, self.instance_id)
         return await self._continue(state)
 
     async def cancel(self, program: Any, reason: str = "", *, force: bool = False) -> Any:
@@ -644,26 +644,6 @@ class DurableRuntime:
         state.pop("retry", None)
         await self._checkpoint()
         raise exc
-
-
-def reopen(state: SavedState, instance_id: str) -> SavedState:
-    """Make a failed state runnable again from the checkpoint it kept (for a retry of the instance).
-
-    The wait it was paused on, if any, is waited for again; a step in backoff
-    gets a fresh set of attempts. Raises :class:`DurableError` when the
-    failure kept no checkpoint.
-    """
-    if state.get("status") != FAILED:
-        raise DurableError(f"instance {instance_id!r} is {state.get('status')}: only a failed instance is retried")
-    if not state.get("stack"):
-        raise DurableError(f"instance {instance_id!r} failed without a checkpoint to retry from (it failed before "
-                           "failed instances kept one, or its store returns the dict it was given): start it again")
-    wait = state.pop("failed_wait", None)
-    retry = state.get("retry")
-    if retry:
-        retry["attempt"] = 1
-    state.update({"status": PAUSED if wait else RUNNING, "wait": wait, "error": None})
-    return state
 
 
 def new_state(stack: CallStack, name: str) -> SavedState:
