@@ -25,7 +25,7 @@ from durable import signing as core_signing
 
 from .conf import durable_settings
 from .models import DurableCheckpoint, Status
-from .signing import CHECKPOINT, STATE, blob_context, sign, unsign, verified
+from .signing import CHECKPOINT, STATE, blob_context, resign, sign, unsign, verified
 
 #: ``state["history"]`` (and ``keep``) for "keep every checkpoint".
 ALL = -1
@@ -106,3 +106,20 @@ def load(instance_id: str, program: str, step: int, *, using: str | None = None)
         return None
     state: SavedState = unsign(blob, blob_context(instance_id, program, CHECKPOINT))
     return state
+
+
+def resign_all(using: str, batch: int = 500) -> int:
+    """Re-sign with the current key every kept checkpoint that verifies only with a fallback key (the
+    ``durable_resign`` step of a key rotation); returns how many changed. Nothing is unpickled."""
+    rows = (DurableCheckpoint.objects.using(using).order_by("pk")
+            .values_list("pk", "instance_id", "instance__program", "state"))
+    changed, last = 0, 0
+    while True:
+        chunk = list(rows.filter(pk__gt=last)[:batch])
+        if not chunk:
+            return changed
+        for pk, instance_id, program, blob in chunk:
+            new = resign(blob, blob_context(instance_id, program, CHECKPOINT))
+            if new is not None:
+                changed += DurableCheckpoint.objects.using(using).filter(pk=pk).update(state=new)
+        last = chunk[-1][0]

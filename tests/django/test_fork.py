@@ -203,6 +203,17 @@ def test_a_tampered_checkpoint_is_refused_before_unpickling(inline, uid):
         operations.fork(uid, 4)
 
 
+def test_key_rotation_re_signs_kept_checkpoints(inline, uid, settings):
+    old, new = "an-old-signing-key-0123456789", "the-new-signing-key-0123456789"
+    settings.DURABLE = {**settings.DURABLE, "SIGNING_KEY": old}
+    dd.start(progs.eight_steps, uid, instance_id=uid)
+    settings.DURABLE = {**settings.DURABLE, "SIGNING_KEY": new, "SIGNING_KEY_FALLBACKS": [old]}
+    assert "11 blob(s) re-signed" in cmd("durable_resign")  # arguments, the last state and 9 checkpoints
+    settings.DURABLE = {**settings.DURABLE, "SIGNING_KEY": new, "SIGNING_KEY_FALLBACKS": []}
+    fork = operations.fork(uid, 3)
+    assert dd.result(fork.instance_id) == {"key": uid, **RESULT}
+
+
 # -- the command ----------------------------------------------------------------------------------
 def test_durable_fork_command(inline, uid):
     dd.start(progs.eight_steps, uid, instance_id=uid)
