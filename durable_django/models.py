@@ -118,7 +118,6 @@ class DurableInstance(models.Model):
             ("cancel_durableinstance", "Can cancel durable instances"),
             ("publish_durableevent", "Can publish events to durable instances"),
             ("edit_locals_durableinstance", "Can edit the locals of paused durable instances"),
-            ("fork_durableinstance", "Can fork durable instances from a checkpoint"),
         ]
 
     def __str__(self) -> str:
@@ -181,9 +180,6 @@ class HistoryKind(models.TextChoices):
     EVENT_REJECTED = "event_rejected", _("Event rejected")
     MIGRATED = "migrated", _("Migrated to new code")
     OPERATOR = "operator", _("Operator action")
-    RETRYING = "retrying", _("Retrying a step")
-    CANCEL_REQUESTED = "cancel_requested", _("Cancel requested")
-    FORKED = "forked", _("Forked")
 
 
 class DurableHistory(models.Model):
@@ -205,26 +201,3 @@ class DurableHistory(models.Model):
 
     def __str__(self) -> str:
         return f"{self.instance_id}: {self.kind}"
-
-
-class DurableCheckpoint(models.Model):
-    """One kept checkpoint of an instance whose program keeps a history (``history=``), for forks.
-
-    Written in the transaction of the checkpoint itself; only the last N per instance are kept.
-    """
-
-    instance = models.ForeignKey(DurableInstance, on_delete=models.CASCADE, related_name="checkpoints")
-    step = models.PositiveIntegerField(_("step"))
-    status = models.CharField(_("status"), max_length=16, choices=Status.choices)
-    position = models.CharField(_("position"), max_length=500, blank=True, default="")
-    state = models.BinaryField(_("signed state"), editable=False)
-    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
-
-    class Meta:
-        verbose_name = _("durable checkpoint")
-        verbose_name_plural = _("durable checkpoints")
-        ordering = ("instance", "step")
-        constraints = [models.UniqueConstraint(fields=["instance", "step"], name="durable_checkpoint_step")]
-
-    def __str__(self) -> str:
-        return f"{self.instance_id} @ {self.step}"
