@@ -304,13 +304,11 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
         """The kept checkpoints, oldest first: ``step``, ``status``, ``position``, ``at`` (a datetime)."""
         return await sync_to_async(checkpoints.listing, thread_sensitive=True)(instance_id, using=self.using)
 
-    async def load_checkpoint(self, instance_id: str, step: int) -> SavedState:
-        """Kept checkpoint ``step``, its signature verified; ``KeyError`` if it is not kept."""
-        def load() -> SavedState:
-            state = checkpoints.load(instance_id, self._program_of(instance_id), step, using=self.using)
-            if state is None:
-                raise KeyError(f"instance {instance_id!r} has no kept checkpoint {step}")
-            return state
+    async def load_checkpoint(self, instance_id: str, step: int) -> SavedState | None:
+        """Kept checkpoint ``step``, its signature verified (``StateTamperedError`` otherwise), or None when it
+        is not kept (the contract of :mod:`durable.history`)."""
+        def load() -> SavedState | None:
+            return checkpoints.load(instance_id, self._program_of(instance_id), step, using=self.using)
         return await sync_to_async(load, thread_sensitive=True)()
 
     def _program_of(self, instance_id: str) -> str:

@@ -54,18 +54,6 @@ def cmd(*args) -> str:
     return out.getvalue()
 
 
-import inspect  # TEMPORARY: until the core's history= is merged
-
-from durable import make_durable
-
-
-@pytest.fixture(autouse=True)
-def _temporary_history(settings, request):
-    if "history" not in inspect.signature(make_durable).parameters and "test_without" not in request.node.name \
-            and "setting" not in request.node.name:
-        settings.DURABLE = {**settings.DURABLE, "HISTORY": True}
-
-
 # -- history ----------------------------------------------------------------------------------
 def test_without_history_no_checkpoint_rows(inline, uid):
     dd.start(progs.eight_steps_plain, uid, instance_id=uid)

@@ -11,9 +11,9 @@ from durable_django.signing import convert_rows, resign
 
 
 class Command(BaseCommand):
-    help = ("Re-sign the state and arguments of every instance that verify only with a fallback key "
-            "(SIGNING_KEY_FALLBACKS / SECRET_KEY_FALLBACKS), and of every kept checkpoint, with the current key, so the old key can be "
-            "dropped. Blobs that verify with no key are left as they are. Nothing is unpickled.")
+    help = ("Re-sign the state and arguments of every instance, and every kept checkpoint, that verify only "
+            "with a fallback key (SIGNING_KEY_FALLBACKS / SECRET_KEY_FALLBACKS) with the current key, so the old "
+            "key can be dropped. Blobs that verify with no key are left as they are. Nothing is unpickled.")
 
     def add_arguments(self, parser):
         parser.add_argument("--database", default=DEFAULT_DB_ALIAS)

@@ -55,14 +55,7 @@ async def eight_steps_paused(key: str, factor: int = 1) -> dict:
     return {"key": key, "total": total, "factor": factor}
 
 
-def _durable(fn, **options):  # TEMPORARY until the core of issue 13 (history=) is merged
-    try:
-        return make_durable(fn, **options)
-    except TypeError:
-        return make_durable(fn)
-
-
-eight_steps = _durable(eight_steps, history=True)
-eight_steps_last3 = _durable(eight_steps_last3, history=3)
+eight_steps = make_durable(eight_steps, history=True)
+eight_steps_last3 = make_durable(eight_steps_last3, history=3)
 eight_steps_plain = make_durable(eight_steps_plain)
-eight_steps_paused = _durable(eight_steps_paused, history=True)
+eight_steps_paused = make_durable(eight_steps_paused, history=True)
