@@ -90,29 +90,31 @@ def test_program_history_n_is_pruned_to_n_rows(inline, uid):
     assert kept(uid) == [7, 8, 9]
 
 
-def test_history_rows_commit_with_their_checkpoint(inline, uid, settings):
-    """A checkpoint that cannot be written leaves no kept checkpoint either (same transaction)."""
-    from durable_django.backend import DjangoOrchestrationBackend
+@pytest.mark.parametrize("atomic_steps", [True, False])
+def test_a_kept_checkpoint_commits_with_its_checkpoint_or_not_at_all(inline, uid, settings, monkeypatch,
+                                                                     atomic_steps):
+    """A failure after the kept row was inserted rolls back the checkpoint too, and the step's writes."""
+    from durable_django import checkpoints
 
-    calls = {"n": 0}
-    original = DjangoOrchestrationBackend._update_orm
+    original = checkpoints.write
 
-    def failing(self, instance_id, columns):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("database went away")
-        return original(self, instance_id, columns)
+    def write_then_fail(instance_id, step, *args, **kwargs):
+        original(instance_id, step, *args, **kwargs)
+        if step == 3:
+            raise RuntimeError("the database went away after the kept checkpoint")
 
-    settings.DURABLE = {**settings.DURABLE, "HISTORY": True, "ATOMIC_STEPS": False}
-    DjangoOrchestrationBackend._update_orm = failing
-    try:
-        dd.start(progs.eight_steps_plain, uid, instance_id=uid)
-    except RuntimeError:
-        pass
-    finally:
-        DjangoOrchestrationBackend._update_orm = original
-    steps = DurableInstance.objects.get(pk=uid).steps
-    assert kept(uid) == list(range(1, steps + 1))  # nothing beyond the last checkpoint that committed
+    monkeypatch.setattr(checkpoints, "write", write_then_fail)
+    settings.DURABLE = {**settings.DURABLE, "ATOMIC_STEPS": atomic_steps}
+    dd.start(progs.eight_steps, uid, instance_id=uid)
+    row = DurableInstance.objects.get(pk=uid)
+    assert row.steps == 2 and row.status != Status.COMPLETED
+    assert kept(uid) == [1, 2]  # checkpoint 3 and its kept copy: both or neither
+    if atomic_steps:
+        assert runs(uid) == {1: 1, 2: 1}  # and the step's own writes went with them
+    monkeypatch.setattr(checkpoints, "write", original)
+    dd.resume(uid)
+    assert dd.result(uid) == {"key": uid, **RESULT}
+    assert kept(uid) == list(range(1, 10))
 
 
 # -- fork ---------------------------------------------------------------------------------------
