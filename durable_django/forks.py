@@ -14,12 +14,13 @@ import json
 import reprlib
 import uuid
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, transaction
 
 from durable import SavedState
+from durable.state import reopen_failed
 
 from . import checkpoints, db
 from .backend import to_datetime
@@ -101,6 +102,8 @@ def fork(instance_id: str, step: int, *, new_instance_id: str | None = None, loc
     same wait, when the checkpoint was a pause) and is scheduled once the transaction commits.
     Raises :class:`UnknownInstance`, :class:`InstanceExists` (``new_instance_id`` is taken),
     :class:`ForkRefused` (no history, no such checkpoint, a completed or cancelled one, bad locals),
+    A failed checkpoint (the last one of a failed instance) goes on as a retry would: from the checkpoint the
+    failure kept, waiting again for what it waited for. The fork keeps the source's deadline (a point in time).
     :class:`StateUnreadable` (the checkpoint's signature does not verify).
     """
     check_instance_id(instance_id)
@@ -120,14 +123,14 @@ def fork(instance_id: str, step: int, *, new_instance_id: str | None = None, loc
     if status in ("completed", "cancelled") or not stack:
         raise ForkRefused(f"checkpoint {step} of {instance_id!r} is {status} and has no frames to go on from; "
                           "fork from an earlier checkpoint")
+    if status == "failed":  # a failure keeps the last checkpoint's stack and wait: go on from there
+        reopen_failed(state, instance_id)
     changes = apply_locals(state, locals or {}, frame)
     wait = state.get("wait") or None
     state["status"] = "paused" if wait else "running"
-    state["error"] = None
     state["result"] = None
-    extra = cast("dict[str, Any]", state)  # keys of issue 13's core (failed_at, forked_from)
-    extra.pop("failed_at", None)  # a failed checkpoint keeps its stack and wait (issue 13): go on from there
-    extra["forked_from"] = (instance_id, step)
+    state.pop("cancel", None)  # the fork is a new instance: no cancellation was asked of it
+    state["forked_from"] = (instance_id, step)
     new_status = Status.PAUSED if wait else Status.RUNNING
     context = blob_context(new_id, program, STATE)
     try:
@@ -149,7 +152,8 @@ def fork(instance_id: str, step: int, *, new_instance_id: str | None = None, loc
                     layout_hash=stack[0].layout_hash or "", status=new_status, state=blob, arguments=arguments,
                     steps=state.get("steps", step), position=checkpoints.position_of(state),
                     wait_kind=columns.get("kind", "") or "", waiting_for=columns.get("event") or "",
-                    wake_at=to_datetime(columns.get("due")), content_type_id=source["content_type_id"],
+                    wake_at=to_datetime(columns.get("due")), deadline=to_datetime(state.get("deadline")),
+                    content_type_id=source["content_type_id"],
                     object_id=source["object_id"])
         except IntegrityError:
             raise InstanceExists(f"durable instance {new_id!r} already exists; choose another id for the fork") \

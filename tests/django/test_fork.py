@@ -161,6 +161,17 @@ def test_fork_from_a_paused_checkpoint_waits_again(inline, uid):
     assert runs(uid) == {1: 1, 2: 1, 3: 1, 4: 1, 5: 2, 6: 2, 7: 2, 8: 2}
 
 
+def test_fork_of_a_failed_instance_from_its_failed_checkpoint(inline, uid):
+    dd.start(progs.eight_steps_failing, uid, 5, instance_id=uid)
+    assert status(uid) == Status.FAILED
+    rows = kept_checkpoints(uid)
+    assert rows[-1]["status"] == "failed" and [r["status"] for r in rows[:-1]] == ["running"] * 5
+    fork = operations.fork(uid, rows[-1]["step"], locals={"fail_at": 0})
+    assert dd.result(fork.instance_id) == {"key": uid, "total": 36}
+    assert runs(uid) == {1: 1, 2: 1, 3: 1, 4: 1, 5: 1, 6: 1, 7: 1, 8: 1}  # nothing ran twice
+    assert DurableInstance.objects.get(pk=fork.instance_id).error == ""
+
+
 def test_fork_refusals(inline, uid):
     dd.start(progs.eight_steps, uid, instance_id=uid)
     dd.start(progs.eight_steps, uid + "-taken", instance_id=uid + "-taken")

@@ -55,7 +55,18 @@ async def eight_steps_paused(key: str, factor: int = 1) -> dict:
     return {"key": key, "total": total, "factor": factor}
 
 
+async def eight_steps_failing(key: str, fail_at: int) -> dict:
+    """Keeps every checkpoint; fails right after step ``fail_at``."""
+    total = 0
+    for i in range(1, 9):
+        total = await add_step(key, i, total, 1)
+        if i == fail_at:
+            raise RuntimeError(f"failed after step {i}")
+    return {"key": key, "total": total}
+
+
 eight_steps = make_durable(eight_steps, history=True)
+eight_steps_failing = make_durable(eight_steps_failing, history=True)
 eight_steps_last3 = make_durable(eight_steps_last3, history=3)
 eight_steps_plain = make_durable(eight_steps_plain)
 eight_steps_paused = make_durable(eight_steps_paused, history=True)
