@@ -13,7 +13,9 @@ import pytest
 from django.contrib.auth.models import Permission, User
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.db import connection
 from django.test import Client, override_settings
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 import durable_django as dd
@@ -84,10 +86,14 @@ def test_setting_history_applies_to_programs_without_their_own(inline, uid, sett
     assert kept(uid + "-all") == list(range(1, 10))
 
 
-def test_program_history_n_is_pruned_to_n_rows(inline, uid):
-    dd.start(progs.eight_steps_last3, uid, instance_id=uid)
+def test_program_history_n_is_pruned_to_n_rows_with_one_delete_per_checkpoint(inline, uid):
+    with CaptureQueriesContext(connection) as queries:
+        dd.start(progs.eight_steps_last3, uid, instance_id=uid)
     assert dd.result(uid) == {"key": uid, **RESULT}
     assert kept(uid) == [7, 8, 9]
+    table = DurableCheckpoint._meta.db_table
+    touching = [q["sql"].split()[0].upper() for q in queries.captured_queries if table in q["sql"]]
+    assert touching == ["DELETE", "INSERT"] * 9  # no read of the history on the checkpoint path
 
 
 @pytest.mark.parametrize("atomic_steps", [True, False])
