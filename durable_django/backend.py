@@ -115,8 +115,6 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
         #: (name, id, payload) of the oldest unconsumed event the instance waits for, read by the claim
         #: (PostgreSQL): used by the first wait for that name instead of a SELECT.
         self.prefetched_event: tuple | None = None
-        #: (instance id, step) of the kept checkpoint the last save_state wrote (see save_checkpoint).
-        self._kept: tuple[str, int] | None = None
 
     # -- state ------------------------------------------------------------
     async def load_state(self, instance_id: str) -> SavedState | None:
@@ -273,33 +271,10 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
                 checkpoints.write(instance_id, step, state, keep,
                                   checkpoints.checkpoint_blob(instance_id, self._context[1], state_blob=blob),
                                   using=self.using)
-                self._kept = (instance_id, step)
         if self.commit:
             transaction.commit(using=self.using)
 
     # -- kept checkpoints (history for forks, see durable_django.checkpoints) ----------
-    async def save_checkpoint(self, instance_id: str, step: int, state: SavedState) -> None:
-        """Keep checkpoint ``step`` (the core calls it after each ``save_state`` of an instance with history).
-
-        ``save_state`` already wrote it in the checkpoint's own transaction (exactly its atomicity), so this
-        is a no-op for the step just saved; any other step is written now, in a transaction of its own.
-        """
-        if self._kept == (instance_id, step):
-            return
-        if self.inline:
-            return hidden_loop_call(self.save_checkpoint_sync, instance_id, step, state)
-        await sync_to_async(self.save_checkpoint_sync, thread_sensitive=True)(instance_id, step, state)
-
-    def save_checkpoint_sync(self, instance_id: str, step: int, state: SavedState) -> None:
-        keep = checkpoints.history_of(state)
-        if keep is None or self._kept == (instance_id, step):
-            return
-        program = self._program_of(instance_id)
-        with transaction.atomic(using=self.using):
-            checkpoints.write(instance_id, step, state, keep, checkpoints.checkpoint_blob(instance_id, program, state),
-                              using=self.using)
-        self._kept = (instance_id, step)
-
     async def list_checkpoints(self, instance_id: str) -> list[dict]:
         """The kept checkpoints, oldest first: ``step``, ``status``, ``position``, ``at`` (a datetime)."""
         return await sync_to_async(checkpoints.listing, thread_sensitive=True)(instance_id, using=self.using)

@@ -38,8 +38,7 @@ def history_of(state: Any) -> int | None:
     """How many checkpoints this state's instance keeps: N >= 1, :data:`ALL`, or None (no history).
 
     The program's own ``history=`` (``state["history"]``, set by the core) wins; else ``DURABLE["HISTORY"]``,
-    which is then recorded in the state, so the instance keeps the same history across runs and the core
-    sees it is on (it calls ``save_checkpoint``).
+    which is then recorded in the state, so the instance keeps the same history across runs.
     """
     keep = state.get("history")
     if keep is None:
