@@ -43,6 +43,8 @@ from .signing import ARGUMENTS, SIGNED_FIELDS, STATE, blob_context, sign, unsign
 #: Columns a running checkpoint usually leaves as they are (left out of its UPDATE when unchanged).
 _STICKY = ("status", "wait_kind", "waiting_for", "wake_at", "attempts", "layout_hash", "lease_owner")
 
+_NO_WAIT = {"wait_kind": "", "waiting_for": "", "wake_at": None}
+
 _STATUS = {"running": Status.RUNNING, "paused": Status.PAUSED, "completed": Status.COMPLETED,
            "failed": Status.FAILED, "cancelled": Status.CANCELLED}
 
@@ -177,7 +179,9 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
         stack = state.get("stack")
         frames = list(stack) if stack is not None else []
         columns: dict[str, Any] = {
-            "state": blob, "status": status, "steps": state.get("steps", 0), **wait_columns(state),
+            # a failed state keeps the wait of its last checkpoint (for a retry); the row waits for nothing
+            "state": blob, "status": status, "steps": state.get("steps", 0),
+            **(wait_columns(state) if status != Status.FAILED else _NO_WAIT),
             "attempts": 0, "updated_at": now, "position": frames[-1].position()[:500] if frames else "",
         }
         layout = frames[0].layout_hash if frames else None
