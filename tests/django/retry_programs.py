@@ -124,3 +124,11 @@ async def wait_then_fail(key: str, log_dir: str):
     payload = await durable.wait_for_event("go")
     value = await needs_fix(key, log_dir, False)
     return [payload, value]
+
+
+@make_durable
+async def task_then_flaky(key: str, log_dir: str):
+    """A human task (only ursula may answer), then a step that fails once, in the same transaction."""
+    answer = await durable.wait_for_event("ok", user="ursula")
+    attempt = await flaky_charge(key, log_dir, 1)
+    return [answer, attempt]

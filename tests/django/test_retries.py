@@ -126,6 +126,29 @@ def test_status_command_and_admin_show_the_backoff(uid, tmp_path, admin_client):
         assert 'id="durable-retrying"' in page and "attempt 1 of 5 failed" in page and "boom 1" in page
 
 
+def test_rejections_of_a_human_task_survive_the_rollback_of_a_failed_attempt(uid, tmp_path):
+    """The rejected event, the taken answer and the failed attempt's writes share one transaction: the attempt's
+    rollback must not bring the rejected event back to the inbox (the backend writes the rejection again)."""
+    from django.contrib.auth.models import User
+    from django.db import transaction
+
+    ursula, nobody = User.objects.create_user("ursula"), User.objects.create_user("nobody")
+    with DurableTestEnv() as env:
+        env.start(rp.task_then_flaky, uid, str(tmp_path), instance_id=uid)
+        assert env.waiting_for(uid) == "ok"
+        with transaction.atomic():  # both arrive before the instance runs again: one run takes them
+            dd.publish_event(uid, "ok", "from nobody", actor=nobody)
+            dd.publish_event(uid, "ok", "from ursula", actor=ursula)
+        assert row(uid).waiting_for == "retry flaky_charge (attempt 2/5)" and rows_of(uid) == 0
+        stranger, answer = DurableEvent.objects.filter(instance_id=uid).order_by("id")
+        assert stranger.rejected and stranger.consumed_at is not None
+        assert answer.rejected is None and answer.consumed_at is not None
+        assert len(history(uid, "event_rejected")) == 1
+        env.advance(1.1)
+        env.assert_completed(uid, ["from ursula", 2])
+    assert rows_of(uid) == 1 and DurableEvent.objects.filter(instance_id=uid, consumed_at=None).count() == 0
+
+
 # -- retrying a failed instance, inline -----------------------------------------------------------------------------
 def test_failed_instance_retried_after_a_fix_continues_from_the_failed_step(uid, tmp_path, monkeypatch):
     log = str(tmp_path)
