@@ -74,8 +74,10 @@ def retry(instance_id: str, *, actor: str = "") -> DurableInstance:
             updated_at=timezone.now(), version=models.F("version") + 1, **columns)
         DurableHistory.objects.create(instance=inst, kind=HistoryKind.OPERATOR, status=columns["status"],
                                       detail=detail, actor=actor)
-    signal_after_commit("started" if resumed is None else "operator", instance_id, columns["status"], inst.program,
-                        detail=detail)
+    if resumed is None:
+        signal_after_commit("started", instance_id, Status.PENDING, inst.program)
+    else:
+        signal_after_commit("operator", instance_id, columns["status"], inst.program, detail=detail)
     schedule(instance_id)
     inst.refresh_from_db()
     return inst
