@@ -17,7 +17,7 @@ from django.db import models, transaction
 from django.utils import timezone
 
 from durable import SavedState
-from durable.state import PAUSED, RUNNING
+from durable.state import reopen_failed
 
 from . import db, signals
 from .backend import wait_columns
@@ -93,12 +93,10 @@ def _runnable_again(inst: DurableInstance) -> tuple[SavedState, bytes] | None:
         state: SavedState = unsign(inst.state, context)
     except Exception as exc:
         raise StateUnreadable(inst.instance_id, inst.status, state_error(exc)) from exc
-    stack = state.get("stack")
-    if stack is None or not list(stack):
+    if not state.get("stack"):
         return None  # failed before failed instances kept their last checkpoint: start over
-    state["status"] = PAUSED if state.get("wait") else RUNNING
-    state["error"] = None
-    state.pop("failed_at", None)
+    # the core's way: the wait of the last checkpoint is waited for again, a step in backoff gets fresh attempts
+    state = reopen_failed(state, inst.instance_id)
     return state, sign(state, context)
 
 
