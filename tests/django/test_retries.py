@@ -283,6 +283,11 @@ def test_on_workers_a_worker_killed_during_the_backoff(worker_factory, uid, tmp_
     inst = wait_status(uid, Status.COMPLETED, timeout=90)
     assert inst.result == {"charged": uid, "attempt": 2}
     assert rows_of(uid) == 1 and rp.runs(log, f"{uid}.charge") == 2
+    (pid1, attempt1), (pid2, attempt2) = (line.split() for line in (tmp_path / f"{uid}.charge").read_text().split("\n")
+                                          if line)
+    assert (attempt1, attempt2) == ("1", "2") and pid1 == str(victim.proc.pid) and pid2 != pid1
+    assert any("rescuer" in actor for kind, actor in DurableHistory.objects.filter(instance_id=uid)
+               .values_list("kind", "actor") if kind == "completed")
 
 
 def test_on_workers_failed_instance_retried_after_a_deploy(worker_factory, uid, tmp_path):
