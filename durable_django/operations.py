@@ -64,12 +64,12 @@ def retry(instance_id: str, *, actor: str = "") -> DurableInstance:
                                        "wake_at": None, "position": ""}
             detail = "retried from the start"
         else:
-            state, blob = resumed
-            frames_ = list(state["stack"])
-            position = frames_[-1].position()[:500]
+            state, blob, failed_at = resumed
+            position = list(state["stack"])[-1].position()[:500]
             columns = {"status": Status.PAUSED if state.get("wait") else Status.RUNNING, "state": blob,
                        "position": position, **wait_columns(state)}
-            detail = f"retried from the last checkpoint at {position}"
+            detail = f"retried from the last checkpoint at {position}" + (
+                f" (it had failed at {failed_at})" if failed_at else "")
         DurableInstance.objects.filter(pk=instance_id, status=Status.FAILED).update(
             error="", result=None, finished_at=None, attempts=0, lease_owner="", lease_expires_at=None,
             updated_at=timezone.now(), version=models.F("version") + 1, **columns)
@@ -84,8 +84,9 @@ def retry(instance_id: str, *, actor: str = "") -> DurableInstance:
     return inst
 
 
-def _runnable_again(inst: DurableInstance) -> tuple[SavedState, bytes] | None:
-    """The failed state made runnable again and its new signed blob; None when it kept no checkpoint."""
+def _runnable_again(inst: DurableInstance) -> tuple[SavedState, bytes, str] | None:
+    """The failed state made runnable again, its new signed blob and where it had failed; None when it kept
+    no checkpoint."""
     if inst.state is None:
         return None
     context = blob_context(inst.instance_id, inst.program, STATE)
@@ -96,8 +97,9 @@ def _runnable_again(inst: DurableInstance) -> tuple[SavedState, bytes] | None:
     if not state.get("stack"):
         return None  # failed before failed instances kept their last checkpoint: start over
     # the core's way: the wait of the last checkpoint is waited for again, a step in backoff gets fresh attempts
+    failed_at = str(state.get("failed_at") or "")
     state = reopen_failed(state, inst.instance_id)
-    return state, sign(state, context)
+    return state, sign(state, context), failed_at
 
 
 def is_jsonable(value: Any) -> bool:

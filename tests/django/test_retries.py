@@ -171,7 +171,7 @@ def test_failed_instance_retried_after_a_fix_continues_from_the_failed_step(uid,
                .values_list("kind", "detail", "actor")]
     assert len(retried) == 2 and all(d.startswith("retried from the last checkpoint at ") and a == "op"
                                      for d, a in retried)
-    assert "fix_me" in retried[0][0]
+    assert "fix_me" in retried[0][0] and "(it had failed at fix_me line " in retried[0][0]
 
 
 def test_retry_takes_the_awaited_event_again_and_a_data_fix_is_enough(uid, tmp_path):
