@@ -124,6 +124,10 @@ def test_status_command_and_admin_show_the_backoff(uid, tmp_path, admin_client):
         assert "last error: ValueError: boom 1" in text
         page = admin_client.get(reverse("admin:durable_django_durableinstance_change", args=[uid])).content.decode()
         assert 'id="durable-retrying"' in page and "attempt 1 of 5 failed" in page and "boom 1" in page
+        env.start(rp.fix_me, f"{uid}-f", str(tmp_path), instance_id=f"{uid}-f")
+        page = admin_client.get(reverse("admin:durable_django_durableinstance_change", args=[f"{uid}-f"])).content
+        assert b'id="durable-failed-at"' in page and b"Failed at</th><td><code>fix_me line " in page
+        assert b'value="Retry from the last checkpoint"' in page
 
 
 def test_rejections_of_a_human_task_survive_the_rollback_of_a_failed_attempt(uid, tmp_path):
