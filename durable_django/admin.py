@@ -255,7 +255,7 @@ class DurableInstanceAdmin(ForkAdminMixin, SafeInputAdmin):
     def resume_selected(self, request, queryset):
         self._each(request, queryset, lambda iid: api.resume(iid, actor=request.user.get_username()), "Resumed")
 
-    @admin.action(description="Retry selected failed instances (from the start)", permissions=["resume"])
+    @admin.action(description="Retry selected failed instances (from their last checkpoint)", permissions=["resume"])
     def retry_selected(self, request, queryset):
         self._each(request, queryset, lambda iid: operations.retry(iid, actor=request.user.get_username()),
                    "Retried")
