@@ -259,8 +259,8 @@ def test_on_workers_retries_wait_on_durable_timers_and_exhaustion_is_caught(work
     dd.start(rp.charge_order, uid, log, 2, instance_id=uid)
     dd.start(rp.gives_up, f"{uid}-x", log, instance_id=f"{uid}-x")
     # in the backoff: paused on a timer, no worker holds it, the failed attempt's row rolled back
-    wait_until(lambda: row(uid).waiting_for.startswith("retry flaky_charge"), message="the first backoff")
-    inst = row(uid)
+    inst = wait_until(lambda: (r := row(uid)).waiting_for == "retry flaky_charge (attempt 2/5)" and r,
+                      message="the first backoff")
     assert inst.status == Status.PAUSED and inst.wait_kind == "timer" and inst.wake_at is not None
     assert inst.lease_owner == "" and rows_of(uid) == 0
     inst = wait_status(uid, Status.COMPLETED)
@@ -280,7 +280,8 @@ def test_on_workers_a_worker_killed_during_the_backoff(worker_factory, uid, tmp_
     dd.start(rp.charge_order, uid, log, 1, instance_id=uid)
     wait_until(lambda: row(uid).waiting_for == "retry flaky_charge (attempt 2/5)", message="the backoff")
     wait_until(lambda: victim.output().count("received") >= 2, message="the backoff's ETA message to reach the worker")
-    assert row(uid).status == Status.PAUSED
+    inst = row(uid)
+    assert inst.status == Status.PAUSED and inst.lease_owner == ""  # in its backoff: no worker holds it
     victim.kill()  # SIGKILL while the instance sleeps in its backoff, its wake-up message held by the dead worker
     worker_factory("rescuer")
     worker_factory.scheduler()
