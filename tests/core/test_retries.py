@@ -1,0 +1,439 @@
+"""Retry policies of steps (issue 13): attempts, durable backoff timers, timeouts, and retrying failed instances.
+
+The runtime's clock is injected (``program.runtime(backend, id, clock=...)``), so a backoff is checked against
+the policy exactly and skipped without sleeping. ``LOG`` is the outside world: each test counts what ran.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+import durable
+from durable import (
+    CallStack,
+    DeadlineExceeded,
+    DiskStateStore,
+    DurableBackend,
+    DurableError,
+    InMemoryStateStore,
+    InstanceCancelled,
+    PauseForEventException,
+    RetryPolicy,
+    StepTimeout,
+    TimerPause,
+    current_attempt,
+    make_durable,
+    wait_for_event,
+)
+
+from .difftools import Clock
+
+ROOT = Path(__file__).resolve().parents[2]
+T0 = 1_800_000_000.0
+
+LOG: list = []
+COUNTS: Counter = Counter()
+PLAN: dict = {"fails": 0, "slow": 0, "broken": None}
+
+
+@pytest.fixture(autouse=True)
+def _clean():
+    LOG.clear()
+    COUNTS.clear()
+    PLAN.update(fails=0, slow=0, broken=None)
+    yield
+    LOG.clear()
+
+
+async def finish(program, backend, iid, clock, *args, pauses=None):
+    """Run an instance to its end; every retry timer is skipped (its due recorded in ``pauses``)."""
+    for _ in range(50):
+        try:
+            return await program.runtime(backend, iid, clock=clock).run(program, args, {})
+        except TimerPause as pause:
+            if pauses is not None:
+                pauses.append(pause.due - clock.now)
+            clock.skip_to(pause.due)
+    raise AssertionError("did not finish")
+
+
+# -- steps -------------------------------------------------------------------------------------------------------
+
+@durable.step(retry=RetryPolicy(max_attempts=5, initial_interval=1.0, backoff=2.0, max_interval=60.0, jitter=0.0))
+async def sometimes(tag):
+    """Fails (ConnectionError) on its first PLAN["fails"] attempts."""
+    n = current_attempt()
+    LOG.append((tag, n))
+    if n <= PLAN["fails"]:
+        raise ConnectionError(f"{tag} down (attempt {n})")
+    return f"{tag}-ok"
+
+
+@make_durable
+async def uses_sometimes(tag):
+    before = current_attempt()
+    got = await sometimes(tag)
+    return (before, got, current_attempt())
+
+
+@pytest.mark.parametrize("k", [0, 1, 4])
+async def test_step_failing_k_times_returns_its_value(k):
+    PLAN["fails"] = k
+    pauses: list = []
+    got = await finish(uses_sometimes, DurableBackend(InMemoryStateStore()), "k", Clock(T0), "t", pauses=pauses)
+    assert got == (1, "t-ok", 1)  # current_attempt() is 1 outside a retried step
+    assert LOG == [("t", n) for n in range(1, k + 2)]
+    assert pauses == [2.0 ** i for i in range(k)]  # jitter 0: exactly initial * backoff ** (n - 1)
+
+
+async def test_exhausted_attempts_fail_the_instance_with_the_last_error():
+    PLAN["fails"] = 99
+    backend = DurableBackend(InMemoryStateStore())
+    with pytest.raises(ConnectionError, match=r"attempt 5\)"):
+        await finish(uses_sometimes, backend, "ex", Clock(T0), "t")
+    assert [n for _, n in LOG] == [1, 2, 3, 4, 5]
+    assert (await backend.load_state("ex"))["status"] == "failed"
+
+
+@durable.step(retry=RetryPolicy(max_attempts=6, initial_interval=1.0, backoff=2.0, max_interval=5.0, jitter=0.1))
+async def always_down(tag):
+    LOG.append((tag, current_attempt()))
+    raise ConnectionError(f"{tag} still down")
+
+
+@make_durable
+async def backs_off():
+    return await always_down("svc")
+
+
+async def test_backoff_is_a_durable_timer_that_follows_the_policy():
+    clock = Clock(T0)
+    backend = DurableBackend(InMemoryStateStore())
+    for attempt in range(1, 6):
+        with pytest.raises(TimerPause) as p:
+            await backs_off.runtime(backend, "b", clock=clock).run(backs_off)
+        expected = min(1.0 * 2.0 ** (attempt - 1), 5.0)
+        delay = p.value.due - clock.now
+        assert expected * 0.9 - 1e-6 <= delay <= expected * 1.1 + 1e-6, (attempt, delay)
+        state = await backend.load_state("b")
+        assert state["status"] == "paused"
+        assert state["wait"]["kind"] == "timer" and state["wait"]["retry"] is True
+        assert state["wait"]["due"] == p.value.due
+        retry = state["retry"]
+        assert retry["attempt"] == attempt + 1 and retry["max_attempts"] == 6
+        assert "always_down" in retry["step"]
+        assert retry["error"] == "ConnectionError: svc still down"
+        func, args, kwargs = retry["call"]
+        assert args == ("svc",) and kwargs == {}
+        assert len(LOG) == attempt
+
+        # resumed before it is due: the pause is raised again and nothing runs
+        steps = state["steps"]
+        clock.now = p.value.due - 0.001
+        with pytest.raises(TimerPause) as again:
+            await backs_off.runtime(backend, "b", clock=clock).run(backs_off)
+        assert again.value.due == p.value.due
+        assert len(LOG) == attempt and (await backend.load_state("b"))["steps"] == steps
+        clock.now = p.value.due
+    with pytest.raises(ConnectionError, match="svc still down"):
+        await backs_off.runtime(backend, "b", clock=clock).run(backs_off)
+    assert [n for _, n in LOG] == [1, 2, 3, 4, 5, 6]
+
+
+CHILD = textwrap.dedent('''
+    import asyncio, json, sys
+    from durable import DiskStateStore, DurableBackend, TimerPause
+    from tests.core import test_retries as m
+    m.PLAN["fails"] = 1
+    now = float(sys.argv[2])
+    backend = DurableBackend(DiskStateStore(sys.argv[1]), signing_key="k")
+    rt = m.uses_sometimes.runtime(backend, "crashy", clock=lambda: now)
+    try:
+        out = ["result", asyncio.run(rt.run(m.uses_sometimes, ("t",), {}))]
+    except TimerPause as p:
+        out = ["paused", p.due]
+    print(json.dumps({"out": out, "log": m.LOG}))
+''')
+
+
+def test_crash_during_backoff_continues_in_a_fresh_process(tmp_path):
+    """The process dies while the retry timer runs; another process continues with attempt 2."""
+    PLAN["fails"] = 1
+    store = tmp_path / "state"
+    backend = DurableBackend(DiskStateStore(store), signing_key="k")
+    with pytest.raises(TimerPause) as p:
+        asyncio.run(uses_sometimes.runtime(backend, "crashy", clock=Clock(T0)).run(uses_sometimes, ("t",), {}))
+    due = p.value.due
+    assert due == T0 + 1.0 and LOG == [("t", 1)]
+    del backend  # the process "dies": nothing of it is used again
+
+    def child(now):
+        out = subprocess.run([sys.executable, "-c", CHILD, str(store), repr(now)], capture_output=True, text=True,
+                             cwd=str(ROOT), env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=120)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    assert child(due - 0.5) == {"out": ["paused", due], "log": []}
+    assert child(due) == {"out": ["result", [1, "t-ok", 1]], "log": [["t", 2]]}
+    assert child(due + 100) == {"out": ["result", [1, "t-ok", 1]], "log": []}
+
+
+async def record(what, value=None):
+    """A nested durable call: a side effect, checkpointed when it returns."""
+    LOG.append((what, value))
+    return value
+
+
+@durable.step(retry=RetryPolicy(max_attempts=3, initial_interval=0.5, backoff=1.0, jitter=0.0))
+async def boom(tag):
+    n = current_attempt()
+    LOG.append((tag, n))
+    raise ValueError(f"{tag} boom {n}")
+
+
+@make_durable
+async def catches_exhausted():
+    try:
+        await boom("x")
+    except ValueError as e:
+        await record("compensate", str(e))
+        return ("caught", str(e))
+    return "not reached"
+
+
+async def test_exhausted_attempts_raise_the_last_exception_where_try_except_catches_it():
+    pauses: list = []
+    got = await finish(catches_exhausted, DurableBackend(InMemoryStateStore()), "c", Clock(T0), pauses=pauses)
+    assert got == ("caught", "x boom 3")
+    assert LOG == [("x", 1), ("x", 2), ("x", 3), ("compensate", "x boom 3")]
+    assert pauses == [0.5, 0.5]
+
+
+class MissingKey(KeyError):
+    pass
+
+
+@durable.step(retry=RetryPolicy(max_attempts=5, initial_interval=1.0, jitter=0.0, non_retryable=(KeyError,)))
+async def picky(exc_type):
+    LOG.append(("picky", current_attempt()))
+    raise exc_type("nope")
+
+
+@make_durable
+async def catches_any(exc_type):
+    try:
+        await picky(exc_type)
+    except Exception as e:  # noqa: BLE001 - the test looks at what arrived
+        return type(e).__name__
+    return "not reached"
+
+
+@pytest.mark.parametrize("exc_type", [KeyError, MissingKey, DeadlineExceeded, InstanceCancelled])
+async def test_non_retryable_and_durable_control_errors_are_raised_at_once(exc_type):
+    """``non_retryable`` types (and their subclasses), DeadlineExceeded and InstanceCancelled: one attempt."""
+    backend = DurableBackend(InMemoryStateStore())
+    got = await catches_any.runtime(backend, "n", clock=Clock(T0)).run(catches_any, (exc_type,), {})
+    assert got == exc_type.__name__
+    assert LOG == [("picky", 1)]
+
+
+async def test_a_retryable_error_of_the_same_step_is_retried():
+    """The control for the test above: ValueError is not in ``non_retryable``."""
+    pauses: list = []
+    got = await finish(catches_any, DurableBackend(InMemoryStateStore()), "n", Clock(T0), ValueError, pauses=pauses)
+    assert got == "ValueError" and len(LOG) == 5 and len(pauses) == 4
+
+
+@durable.step(retry=RetryPolicy(max_attempts=3, initial_interval=0.0, jitter=0.0), timeout=0.2)
+async def slow(tag):
+    n = current_attempt()
+    LOG.append((tag, n))
+    await asyncio.sleep(30 if n <= PLAN["slow"] else 0)
+    return n
+
+
+@make_durable
+async def uses_slow():
+    try:
+        return await slow("s")
+    except StepTimeout as e:
+        return ("timed out", isinstance(e, TimeoutError), isinstance(e, DurableError))
+
+
+@pytest.mark.parametrize("slow_attempts, expected", [(1, 2), (2, 3), (3, ("timed out", True, True))])
+async def test_step_timeout_is_raised_and_retried(slow_attempts, expected):
+    """An async step that sleeps too long gets StepTimeout (a TimeoutError), retried like any error; a delay
+    of 0 retries at once in the same run."""
+    PLAN["slow"] = slow_attempts
+    started = time.monotonic()
+    got = await uses_slow.runtime(DurableBackend(InMemoryStateStore()), "s", clock=Clock(T0)).run(uses_slow)
+    assert got == expected
+    assert LOG == [("s", n) for n in range(1, min(slow_attempts + 1, 3) + 1)]
+    assert time.monotonic() - started < 10
+
+
+# -- make_durable(retry=...): the default policy of leaf step calls ---------------------------------------------
+
+async def _leaf_body(tag, fails):
+    COUNTS[tag] += 1
+    if COUNTS[tag] <= fails:
+        raise ValueError(f"{tag} failed {COUNTS[tag]}")
+    return tag
+
+
+def leaf(tag, fails):
+    """A plain def returning an awaitable: awaited as one (leaf) step."""
+    return _leaf_body(tag, fails)
+
+
+@durable.step(retry=1)
+async def own_single(tag, fails):
+    return await _leaf_body(tag, fails)
+
+
+@durable.step(retry=RetryPolicy(max_attempts=6, initial_interval=0.0))
+async def own_six(tag, fails):
+    return await _leaf_body(tag, fails)
+
+
+async def nested(tag, fails):
+    """A nested durable call: not a leaf step, so the program's default policy does not retry it."""
+    return await _leaf_body(tag, fails)
+
+
+@make_durable(retry=RetryPolicy(max_attempts=3, initial_interval=0.0, jitter=0.0))
+async def with_default():
+    out = [await leaf("leaf", 2)]
+    for call, tag, fails in [(own_single, "own1", 1), (own_six, "own6", 5), (nested, "nested", 1),
+                             (leaf, "leaf4", 4)]:
+        try:
+            out.append(await call(tag, fails))
+        except ValueError as e:
+            out.append(str(e))
+    return out
+
+
+async def test_program_default_policy_applies_to_leaf_calls_and_a_steps_own_policy_wins():
+    got = await with_default.runtime(DurableBackend(InMemoryStateStore()), "d", clock=Clock(T0)).run(with_default)
+    assert got == ["leaf", "own1 failed 1", "own6", "nested failed 1", "leaf4 failed 3"]
+    assert COUNTS == {"leaf": 3, "own1": 1, "own6": 6, "nested": 1, "leaf4": 3}
+
+
+# -- bad policies -------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"max_attempts": 0}, "max_attempts"),
+    ({"max_attempts": -2}, "max_attempts"),
+    ({"initial_interval": -1.0}, "initial_interval"),
+    ({"max_interval": -0.5}, "max_interval"),
+    ({"backoff": 0.5}, "backoff"),
+    ({"non_retryable": (ValueError, "KeyError")}, "non_retryable"),
+    ({"non_retryable": (int,)}, "non_retryable"),
+])
+def test_bad_policies_are_refused_at_declaration(kwargs, field):
+    with pytest.raises((ValueError, TypeError)) as e:
+        RetryPolicy(**kwargs)
+    assert field in str(e.value)
+
+
+def test_bad_step_options_are_refused_at_declaration():
+    async def f():
+        return 1
+
+    with pytest.raises((ValueError, TypeError), match="max_attempts"):
+        durable.step(f, retry=0)
+    with pytest.raises(TypeError):
+        durable.step(f, retry="three")
+    with pytest.raises((ValueError, TypeError), match="timeout"):
+        durable.step(f, timeout=-1)
+    with pytest.raises(TypeError):
+        make_durable(retry="often")(catches_any.fn)
+
+
+# -- failed instances keep their last checkpoint ---------------------------------------------------------------
+
+async def numbered(i):
+    COUNTS[i] += 1
+    if PLAN["broken"] == i:
+        raise RuntimeError(f"step {i} is broken")
+    return i * 10
+
+
+@make_durable
+async def six_steps(x):
+    total = x
+    for i in range(1, 7):
+        total += await numbered(i)
+    return total
+
+
+@pytest.mark.parametrize("broken", [4, 1])
+async def test_failed_instance_keeps_its_checkpoint_and_retry_continues_it(broken):
+    PLAN["broken"] = broken
+    backend = DurableBackend(InMemoryStateStore())
+    with pytest.raises(RuntimeError, match=f"step {broken} is broken"):
+        await six_steps(5, orchestration_backend=backend, instance_id="f")
+    assert COUNTS == {i: 1 for i in range(1, broken + 1)}
+    state = await backend.load_state("f")
+    assert state["status"] == "failed" and isinstance(state["error"], RuntimeError)
+    assert state["stack"].frames, "the failed state keeps its stack"
+    assert isinstance(state.get("failed_at"), str) and state["failed_at"]
+    # calling it again re-raises the stored error and runs nothing
+    with pytest.raises(RuntimeError, match="broken"):
+        await six_steps(5, orchestration_backend=backend, instance_id="f")
+    assert sum(COUNTS.values()) == broken
+
+    PLAN["broken"] = None  # the fix is deployed
+    got = await six_steps.retry("f", orchestration_backend=DurableBackend(backend.store))
+    assert got == 5 + 210
+    assert COUNTS == {i: 2 if i == broken else 1 for i in range(1, 7)}
+    assert (await backend.load_state("f"))["status"] == "completed"
+    with pytest.raises(DurableError):  # not failed any more
+        await six_steps.retry("f", orchestration_backend=backend)
+
+
+async def test_retry_of_a_running_or_unknown_instance_is_refused():
+    backend = DurableBackend(InMemoryStateStore())
+    with pytest.raises(DurableError):
+        await six_steps.retry("nobody", orchestration_backend=backend)
+
+
+async def test_failed_state_without_a_checkpoint_is_refused_clearly():
+    """A state that failed before issue 13 has no stack to continue from."""
+    backend = DurableBackend(InMemoryStateStore())
+    await backend.save_state("old", {"format": 1, "status": "failed", "program": "x", "stack": CallStack([]),
+                                     "wait": None, "result": None, "error": ValueError("old"), "steps": 3})
+    with pytest.raises(DurableError, match="no checkpoint"):
+        await six_steps.retry("old", orchestration_backend=backend)
+
+
+@make_durable
+async def waits_then_fails():
+    await numbered(1)
+    v = await wait_for_event("go")
+    return await numbered(v)
+
+
+@pytest.mark.parametrize("same_backend", [True, False])
+async def test_retry_consumes_the_event_again_when_the_failure_came_after_the_wait(same_backend):
+    backend = DurableBackend(InMemoryStateStore())
+    with pytest.raises(PauseForEventException):
+        await waits_then_fails(orchestration_backend=backend, instance_id="w")
+    backend.publish_event("w", "go", 5)
+    PLAN["broken"] = 5
+    with pytest.raises(RuntimeError, match="step 5"):
+        await waits_then_fails(orchestration_backend=backend, instance_id="w")
+    PLAN["broken"] = None
+    again = backend if same_backend else DurableBackend(backend.store)
+    assert await waits_then_fails.retry("w", orchestration_backend=again) == 50
+    assert COUNTS == {1: 1, 5: 2}
+    assert again.pending_events("w") == []
