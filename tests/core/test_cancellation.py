@@ -1,0 +1,402 @@
+"""Cancellation and deadlines (issue 13): raised inside the program at its current await, so except/finally run.
+
+``record`` is a leaf step (``durable.step``): cancellation and deadlines are checked before leaf awaits.
+``LOG`` is the outside world.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+import durable
+from durable import (
+    DeadlineExceeded,
+    DurableBackend,
+    DurableError,
+    InMemoryStateStore,
+    InstanceCancelled,
+    PauseForEventException,
+    TimerPause,
+    make_durable,
+    sleep,
+    wait_for_event,
+)
+
+from .difftools import Clock
+
+T0 = 1_800_000_000.0
+LOG: list = []
+SHARED: dict = {}
+
+
+@pytest.fixture(autouse=True)
+def _clean():
+    LOG.clear()
+    SHARED.clear()
+    yield
+    LOG.clear()
+    SHARED.clear()
+
+
+async def _record(what, value=None):
+    LOG.append(what if value is None else (what, value))
+    return value
+
+
+record = durable.step(_record)
+
+
+def new_backend():
+    return DurableBackend(InMemoryStateStore())
+
+
+async def status(backend, iid):
+    return (await backend.load_state(iid))["status"]
+
+
+# -- cancelling a paused instance -------------------------------------------------------------------------------
+
+async def inner():
+    try:
+        await record("inner-start")
+        return await wait_for_event("never")
+    finally:
+        await record("inner-cleanup")
+
+
+@make_durable
+async def outer():
+    try:
+        return await inner()
+    finally:
+        await record("outer-cleanup")
+
+
+async def test_cancel_runs_every_finally_innermost_first_and_ends_cancelled():
+    backend = new_backend()
+    with pytest.raises(PauseForEventException):
+        await outer(orchestration_backend=backend, instance_id="o")
+    with pytest.raises(InstanceCancelled, match="user asked"):
+        await outer.cancel("o", orchestration_backend=backend, reason="user asked")
+    assert LOG == ["inner-start", "inner-cleanup", "outer-cleanup"]
+    assert await status(backend, "o") == "cancelled"
+    # a cancelled instance runs nothing again, with any backend object
+    for b in (backend, DurableBackend(backend.store)):
+        with pytest.raises(InstanceCancelled):
+            await outer(orchestration_backend=b, instance_id="o")
+    assert len(LOG) == 3
+
+
+@make_durable
+async def compensates():
+    await record("reserve")
+    try:
+        await wait_for_event("paid")
+    except InstanceCancelled as e:
+        await record("release", str(e))
+        raise
+    return "paid"
+
+
+async def test_program_catches_the_cancellation_runs_a_compensation_and_reraises():
+    backend = new_backend()
+    with pytest.raises(PauseForEventException):
+        await compensates(orchestration_backend=backend, instance_id="c")
+    with pytest.raises(InstanceCancelled):
+        await compensates.cancel("c", orchestration_backend=DurableBackend(backend.store), reason="out of stock")
+    assert LOG == ["reserve", ("release", "out of stock")]
+    assert await status(backend, "c") == "cancelled"
+
+
+@make_durable
+async def swallows():
+    try:
+        await wait_for_event("x")
+    except InstanceCancelled:
+        await record("swallowed")
+    return "finished anyway"
+
+
+async def test_a_program_that_swallows_the_cancellation_is_not_cancelled():
+    backend = new_backend()
+    with pytest.raises(PauseForEventException):
+        await swallows(orchestration_backend=backend, instance_id="s")
+    try:
+        await swallows.cancel("s", orchestration_backend=backend)
+    except InstanceCancelled:
+        pytest.fail("the program caught the cancellation and completed")
+    state = await backend.load_state("s")
+    assert (state["status"], state["result"]) == ("completed", "finished anyway")
+    assert LOG == ["swallowed"]
+
+
+@make_durable
+async def slow_cleanup():
+    try:
+        await wait_for_event("work")
+    finally:
+        await record("cleanup-start")
+        await wait_for_event("cleanup-done")
+        await record("cleanup-end")
+
+
+async def _cancel_into_paused_cleanup(backend):
+    with pytest.raises(PauseForEventException):
+        await slow_cleanup(orchestration_backend=backend, instance_id="p")
+    with pytest.raises(PauseForEventException) as p:
+        await slow_cleanup.cancel("p", orchestration_backend=backend, reason="stop")
+    assert p.value.event == "cleanup-done"
+    state = await backend.load_state("p")
+    assert state["status"] == "paused" and state["cancel"] == "stop"
+    assert LOG == ["cleanup-start"]
+
+
+async def test_cleanup_that_pauses_finishes_when_its_event_comes_and_ends_cancelled():
+    backend = new_backend()
+    await _cancel_into_paused_cleanup(backend)
+    backend.publish_event("p", "cleanup-done")
+    with pytest.raises(InstanceCancelled):
+        await slow_cleanup(orchestration_backend=backend, instance_id="p")
+    assert LOG == ["cleanup-start", "cleanup-end"]
+    assert await status(backend, "p") == "cancelled"
+
+
+async def test_a_second_cancel_forces_a_paused_cleanup_and_runs_nothing():
+    backend = new_backend()
+    await _cancel_into_paused_cleanup(backend)
+    backend.publish_event("p", "cleanup-done")  # even with its event there, the forced instance runs nothing
+    with pytest.raises(InstanceCancelled):
+        await slow_cleanup.cancel("p", orchestration_backend=backend, reason="now")
+    assert LOG == ["cleanup-start"]
+    assert await status(backend, "p") == "cancelled"
+
+
+async def test_force_cancel_runs_no_cleanup():
+    backend = new_backend()
+    with pytest.raises(PauseForEventException):
+        await slow_cleanup(orchestration_backend=backend, instance_id="f")
+    with pytest.raises(InstanceCancelled):
+        await slow_cleanup.cancel("f", orchestration_backend=backend, force=True)
+    assert LOG == []
+    assert await status(backend, "f") == "cancelled"
+
+
+# -- request_cancel while running -------------------------------------------------------------------------------
+
+async def _asks_cancel():
+    LOG.append("asked")
+    SHARED["runtime"].request_cancel("from inside")
+    return "step result"
+
+
+def asks_cancel():
+    """A leaf step (a plain def returning an awaitable) that cancels its own instance while it runs."""
+    return _asks_cancel()
+
+
+@make_durable
+async def cancelled_mid_step():
+    await record("a")
+    try:
+        got = await asks_cancel()  # the step completes; the cancellation is raised at the next await
+        await record("b", got)
+    finally:
+        await record("cleanup")
+    await record("after")
+
+
+async def test_request_cancel_during_a_step_raises_at_the_next_await():
+    backend = new_backend()
+    rt = cancelled_mid_step.runtime(backend, "m")
+    SHARED["runtime"] = rt
+    with pytest.raises(InstanceCancelled, match="from inside"):
+        await rt.run(cancelled_mid_step)
+    assert LOG == ["a", "asked", "cleanup"]
+    assert await status(backend, "m") == "cancelled"
+
+
+async def _waits_for_flag():
+    SHARED["started"].set()
+    for _ in range(500):  # a step that takes a while; it is not interrupted
+        if SHARED["stop"].is_set():
+            break
+        await asyncio.sleep(0.01)
+    LOG.append("step-done")
+
+
+def long_step():
+    return _waits_for_flag()
+
+
+@make_durable
+async def cancelled_from_another_thread():
+    try:
+        await long_step()
+        await record("next")
+    finally:
+        await record("cleanup")
+
+
+async def test_request_cancel_from_another_thread():
+    SHARED.update(started=threading.Event(), stop=threading.Event())
+    backend = new_backend()
+    rt = cancelled_from_another_thread.runtime(backend, "t")
+
+    def canceller():
+        assert SHARED["started"].wait(10)
+        rt.request_cancel("operator")
+        SHARED["stop"].set()
+
+    thread = threading.Thread(target=canceller)
+    thread.start()
+    try:
+        with pytest.raises(InstanceCancelled):
+            await rt.run(cancelled_from_another_thread)
+    finally:
+        SHARED["stop"].set()
+        thread.join(10)
+    assert LOG == ["step-done", "cleanup"]
+
+
+@make_durable
+async def short():
+    await record("one")
+    return "done"
+
+
+@make_durable
+async def broken():
+    await record("one")
+    raise ValueError("broken")
+
+
+async def test_cancelling_a_finished_instance_is_a_clear_error():
+    backend = new_backend()
+    assert await short(orchestration_backend=backend, instance_id="done") == "done"
+    with pytest.raises(ValueError):
+        await broken(orchestration_backend=backend, instance_id="failed")
+    for program, iid, word in [(short, "done", "completed"), (broken, "failed", "failed")]:
+        with pytest.raises(DurableError) as e:
+            await program.cancel(iid, orchestration_backend=backend)
+        assert not isinstance(e.value, InstanceCancelled), e.value
+        assert word in str(e.value) and iid in str(e.value)
+        assert await status(backend, iid) == word
+    assert LOG == ["one", "one"]
+
+
+# -- deadlines ----------------------------------------------------------------------------------------------------
+
+@make_durable(deadline=60.0)
+async def long_sleep():
+    try:
+        await sleep(3600)
+    except DeadlineExceeded:
+        await record("late")
+        await record("still running")  # raised once: cleanup after it is not interrupted again
+        return "timed out"
+    return "slept"
+
+
+@make_durable(deadline=60.0)
+async def long_wait():
+    try:
+        return await wait_for_event("never")
+    except DeadlineExceeded as e:
+        await record("late")
+        return ("timed out", isinstance(e, TimeoutError))
+
+
+@pytest.mark.parametrize("program, pause_type", [(long_sleep, TimerPause), (long_wait, PauseForEventException)])
+async def test_deadline_passes_while_paused_on_a_long_wait(program, pause_type):
+    clock = Clock(T0)
+    backend = new_backend()
+    with pytest.raises(pause_type) as p:
+        await program.runtime(backend, "d", clock=clock).run(program)
+    assert p.value.due == pytest.approx(T0 + 60)  # the wait's due time is capped at the deadline
+    state = await backend.load_state("d")
+    assert state["deadline"] == pytest.approx(T0 + 60)
+    assert state["wait"]["deadline"] is True
+    clock.now = T0 + 59
+    with pytest.raises(pause_type):
+        await program.runtime(backend, "d", clock=clock).run(program)
+    assert LOG == []
+    clock.now = T0 + 60
+    got = await program.runtime(backend, "d", clock=clock).run(program)
+    assert got in ("timed out", ("timed out", True))
+    assert LOG[0] == "late"
+    assert (await backend.load_state("d"))["deadline_hit"] is True
+
+
+def advance(seconds):
+    """A leaf step that takes ``seconds`` of the injected clock."""
+    async def run():
+        SHARED["clock"].now += seconds
+        LOG.append(("advance", seconds))
+    return run()
+
+
+@make_durable(deadline=10.0)
+async def slow_steps():
+    try:
+        await advance(5)
+        await advance(20)  # the deadline passes while this step runs
+        await record("never")
+    except DeadlineExceeded:
+        await record("handled")
+    await record("after")
+    await advance(100)
+    await record("still after")
+    return "done"
+
+
+async def test_deadline_passing_between_steps_is_raised_once_at_the_next_await():
+    SHARED["clock"] = clock = Clock(T0)
+    backend = new_backend()
+    got = await slow_steps.runtime(backend, "b", clock=clock).run(slow_steps)
+    assert got == "done"
+    assert LOG == [("advance", 5), ("advance", 20), "handled", "after", ("advance", 100), "still after"]
+
+
+@make_durable
+async def no_own_deadline():
+    await advance(5)
+    await advance(5)
+    await record("never")
+
+
+async def test_runtime_deadline_uncaught_fails_the_instance():
+    SHARED["clock"] = clock = Clock(T0)
+    backend = new_backend()
+    rt = no_own_deadline.runtime(backend, "r", clock=clock, deadline=T0 + 7)
+    with pytest.raises(DeadlineExceeded):
+        await rt.run(no_own_deadline)
+    assert LOG == [("advance", 5), ("advance", 5)]
+    state = await backend.load_state("r")
+    assert state["status"] == "failed" and isinstance(state["error"], DeadlineExceeded)
+
+
+@make_durable
+async def naps():
+    try:
+        await sleep(3600)
+    except DeadlineExceeded:
+        return "woke at the deadline"
+    return "slept an hour"
+
+
+async def test_instance_deadline_in_real_time():
+    """``program.instance(id, orchestration_backend=b, deadline=...)``: the instance wakes at its deadline."""
+    backend = new_backend()
+    call = naps.instance("n", orchestration_backend=backend, deadline=0.3)
+    with pytest.raises(TimerPause) as p:
+        await call()
+    assert p.value.due <= time.time() + 0.3 + 1e-3
+    limit = time.monotonic() + 10
+    while time.time() < p.value.due:  # a timer: the test waits for its due time, no longer
+        assert time.monotonic() < limit
+        await asyncio.sleep(0.05)
+    assert await naps(orchestration_backend=backend, instance_id="n") == "woke at the deadline"
