@@ -1381,20 +1381,21 @@ async def retried_steps_in_loop_with_finally(n):
     return got
 
 
-async def charge_card(order):
+async def charge_card(order, fails):
     try:
-        r = await flaky("card", 1, order)
+        r = await flaky("card", fails, order)
         return await step("receipt", r)
     except ValueError:
         await step("refund", order)
         raise
 
 
-@case(7, events={"ship": "box"})
-async def retried_steps_in_a_saga(order):
+@case(7, 1, events={"ship": "box"})
+@case(7, 3, id="retried_steps_in_a_saga_card_fails")
+async def retried_steps_in_a_saga(order, card_fails):
     done = []
     try:
-        done.append(await charge_card(order))
+        done.append(await charge_card(order, card_fails))
         shipped = await wait_for_event("ship")
         done.append(await flaky("label", 1, shipped))
         done.append(await flaky("notify", 3, "late"))  # exhausted
