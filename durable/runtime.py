@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import functools
+import asyncio
 import inspect
 import logging
 import os
@@ -10,35 +10,35 @@ import pickle
 import sysconfig
 import time
 import types
-import uuid
-import weakref
-from collections.abc import Callable, Coroutine
-from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, cast
 
 import cloudpickle
 
-from .backend import DurableBackend, OrchestrationBackend, as_async_backend
+from .backend import OrchestrationBackend, as_async_backend
 from .blocks import AWAIT, CALL, EXCEPT, NEXT, RETURN, THROW, origin
 from .exceptions import (
     CheckpointException,
     CompileError,
+    DeadlineExceeded,
     DurableError,
     EventTimeout,
     InstanceCancelled,
     PauseForEventException,
+    StepTimeout,
     TimerPause,
 )
+from .history import supports_history
 from .primitives import TimerRequest, WaitRequest, valid_due
+from .retries import RetryPolicy, Step, _attempt
 from .serialization import pickled
-from .stack import CallStack, FunctionCall, check_code, func_ref, resolve_func, transformer
-from .state import CANCELLED, COMPLETED, FAILED, PAUSED, RUNNING, SavedState, WaitInfo
+from .stack import CallStack, FunctionCall, check_code, transformer
+from .state import CANCELLED, COMPLETED, FAILED, PAUSED, RUNNING, RetryInfo, SavedState, WaitInfo
 from .tracebacks import enter, remember, restore, runtime_file, unwind
 
 log = logging.getLogger("durable")
 runtime_file(__file__)
-
-P = ParamSpec("P")
-R = TypeVar("R")
 
 _NATIVE_PREFIXES = tuple(
     os.path.normcase(os.path.realpath(p)) + os.sep
@@ -82,12 +82,14 @@ class DurableRuntime:
     ``clock`` (POSIX seconds) is injectable for tests of timers;
     ``on_checkpoint(instance_id, step)`` runs after every saved step (a
     fault-injection point for tests); ``migrate(frame) -> bool`` may adapt a
-    frame whose code changed its step layout.
+    frame whose code changed its step layout; ``deadline`` (an aware datetime
+    or POSIX time) is the deadline of a new instance, overriding its program's.
     """
 
     def __init__(self, backend: OrchestrationBackend, instance_id: str, *, clock: Callable[[], float] = time.time,
                  on_checkpoint: Callable[[str, int], None] | None = None,
-                 migrate: Callable[[FunctionCall], bool] | None = None) -> None:
+                 migrate: Callable[[FunctionCall], bool] | None = None,
+                 deadline: datetime | float | None = None) -> None:
         self.backend = backend
         #: What the runtime calls: ``backend``, or an adapter of its plain ``def`` methods.
         self._io = as_async_backend(backend)
@@ -95,23 +97,36 @@ class DurableRuntime:
         self.clock = clock
         self.on_checkpoint = on_checkpoint
         self.migrate = migrate
+        self.deadline = _posix(deadline)
         self.state: SavedState | None = None
         self._deferred: tuple[FunctionCall, int, dict[str, Any]] | None = None
+        #: The program's default retry policy of step calls (set by :meth:`run`).
+        self.retry: RetryPolicy | None = None
+        #: (function, args, kwargs) of a new instance: its frame again if it fails before its first checkpoint.
+        self._start: tuple[Any, tuple[Any, ...], dict[str, Any]] | None = None
+        #: A cancellation requested and not yet raised in the program (its reason), see request_cancel().
+        self._cancel: str | None = None
+        #: The deadline not yet raised in the program (POSIX seconds).
+        self._deadline: float | None = None
+        #: Anything to raise at the next await (a cancellation or a deadline): one test per step when not.
+        self._watch = False
 
-    async def run(self, program: DurableProgram[..., Any] | Callable[..., Any], args: tuple[Any, ...] = (),
-                  kwargs: dict[str, Any] | None = None) -> Any:
-        """Start, continue or report the instance; see :class:`DurableProgram`."""
+    # -- entry points -----------------------------------------------------
+    async def run(self, program: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
+        """Start, continue or report the instance; see :class:`~durable.DurableProgram`."""
+        self.retry = getattr(program, "retry_policy", None)
         state = await self._io.load_state(self.instance_id)
         if state is None:
-            func = program.fn if isinstance(program, DurableProgram) else program
+            func = getattr(program, "fn", program)
+            kwargs = kwargs or {}
             frame = FunctionCall.start(func, args, kwargs)
+            self._start = (func, args, kwargs)
             state = new_state(CallStack([frame]), getattr(program, "name", func.__qualname__))
+            self._options(state, program)
             self.state = state
+            self._arm()
             return await self._drive(None)
-        if not isinstance(state, dict):
-            raise TypeError(f"{type(self.backend).__name__}.load_state returned {type(state).__name__}: it returns "
-                            "the dict save_state was given, or None")
-        self.state = state
+        state = self._loaded(state)
         status = state["status"]
         if status == COMPLETED:
             return state["result"]
@@ -119,23 +134,117 @@ class DurableRuntime:
             raise _stored_error(state)
         if status == CANCELLED:
             raise InstanceCancelled(f"instance {self.instance_id!r} was cancelled")
-        for frame in state["stack"]:
-            check_code(frame, self.migrate)
-        throw = None
-        wait = state.get("wait")
-        if wait is not None:
-            value, throw = await self._check_wait(wait)
-            top = state["stack"].top
-            if top.tmp is not None and throw is None:
-                top.locals[top.tmp] = value
-            state["wait"] = None
-            state["status"] = RUNNING
-        return await self._drive(throw)
+        return await self._continue(state)
+
+    async def retry_failed(self, program: Any) -> Any:
+        """Continue a failed instance from the checkpoint it kept (see :meth:`DurableProgram.retry`)."""
+        self.retry = getattr(program, "retry_policy", None)
+        loaded = await self._io.load_state(self.instance_id)
+        if loaded is None:
+            raise DurableError(f"no instance {self.instance_id!r}")
+        state = self._loaded(loaded)
+        if state["status"] != FAILED:
+            raise DurableError(f"instance {self.instance_id!r} is {state['status']}: only a failed instance is retried")
+        reopen(state, self.instance_id)
+        return await self._continue(state)
+
+    async def cancel(self, program: Any, reason: str = "", *, force: bool = False) -> Any:
+        """Cancel the instance: raise the cancellation at its current await and run its cleanup.
+
+        ``force`` (or a cancellation already raised, whose cleanup has not
+        ended) ends it cancelled at once, running nothing.
+        """
+        self.retry = getattr(program, "retry_policy", None)
+        loaded = await self._io.load_state(self.instance_id)
+        if loaded is None:
+            raise DurableError(f"no instance {self.instance_id!r}")
+        state = self._loaded(loaded)
+        if state["status"] in (COMPLETED, FAILED, CANCELLED):
+            raise DurableError(f"instance {self.instance_id!r} is {state['status']}; it cannot be cancelled")
+        if force or state.get("cancel") is not None:
+            return await self._finish_cancelled(InstanceCancelled(reason or f"instance {self.instance_id!r} was "
+                                                                  "cancelled (forced)"))
+        self.request_cancel(reason)
+        return await self._continue(state)
+
+    def request_cancel(self, reason: str = "") -> None:
+        """Raise :class:`~durable.InstanceCancelled` in the program at its next await (safe from any thread)."""
+        self._cancel = reason or f"instance {self.instance_id!r} was cancelled"
+        self._watch = True
 
     async def run_stack(self, stack: CallStack, name: str = "<stack>") -> Any:
         """Run a hand-built call stack (e.g. a script call with appended chunks)."""
         self.state = new_state(stack, name)
+        self._arm()
         return await self._drive(None)
+
+    def _loaded(self, loaded: Any) -> SavedState:
+        if not isinstance(loaded, dict):
+            raise TypeError(f"{type(self.backend).__name__}.load_state returned {type(loaded).__name__}: it returns "
+                            "the dict save_state was given, or None")
+        state: SavedState = cast(SavedState, loaded)
+        self.state = state
+        return state
+
+    def _options(self, state: SavedState, program: Any) -> None:
+        """The program's options that live in the state of a new instance (deadline, history)."""
+        deadline = self.deadline
+        relative = getattr(program, "deadline", None)
+        if deadline is None and relative is not None:
+            deadline = self.clock() + relative
+        if deadline is not None:
+            state["deadline"] = deadline
+        history = getattr(program, "history", None)
+        if history is not None:
+            if not supports_history(self.backend):
+                raise DurableError(f"{getattr(program, 'name', program)!r} keeps checkpoint history (history=...), "
+                                   f"but {type(self.backend).__name__} cannot store it")
+            state["history"] = history
+
+    def _arm(self) -> None:
+        """Watch for what is raised at an await: a cancellation, a deadline not raised yet."""
+        state = self._live()
+        deadline = state.get("deadline")
+        self._deadline = deadline if deadline is not None and not state.get("deadline_hit") else None
+        self._watch = self._cancel is not None or self._deadline is not None
+
+    def _interruption(self) -> BaseException | None:
+        """The cancellation or deadline to raise at this await, if any (each is raised once)."""
+        state = self._live()
+        if self._cancel is not None:
+            reason, self._cancel = self._cancel, None
+            self._watch = self._deadline is not None
+            state["cancel"] = reason
+            return InstanceCancelled(reason)
+        if self._deadline is not None and self.clock() >= self._deadline:
+            due, self._deadline = self._deadline, None
+            self._watch = False
+            state["deadline_hit"] = True
+            return DeadlineExceeded(f"the deadline of instance {self.instance_id!r} "
+                                    f"({datetime.fromtimestamp(due, tz=UTC).isoformat()}) passed")
+        return None
+
+    async def _continue(self, state: SavedState) -> Any:
+        """Go on with a loaded instance: check its code, end its wait (or raise into it), drive it."""
+        for frame in state["stack"]:
+            check_code(frame, self.migrate)
+        self._arm()
+        throw = None
+        retry = None
+        wait = state.get("wait")
+        if wait is not None:
+            throw = self._interruption() if self._watch else None
+            if throw is None:
+                value, throw = await self._check_wait(wait)
+                top = state["stack"].top
+                if top.tmp is not None and throw is None:
+                    top.locals[top.tmp] = value
+            retry = state.pop("retry", None)
+            if throw is not None:
+                retry = None
+            state["wait"] = None
+            state["status"] = RUNNING
+        return await self._drive(throw, retry)
 
     # -- waiting ----------------------------------------------------------
     async def _check_wait(self, wait: WaitInfo) -> tuple[Any, BaseException | None]:
@@ -157,6 +266,8 @@ class DurableRuntime:
             return await self._io.wait_for_event(self.instance_id, event), None
         except PauseForEventException:
             if due is not None and self.clock() >= due:
+                if wait.get("deadline"):  # the wait was cut at the instance's deadline, which raises at the await
+                    return None, None
                 return None, EventTimeout(f"event {event!r} did not arrive in time")
             raise PauseForEventException(event, due=due, instance_id=self.instance_id) from None
 
@@ -179,11 +290,80 @@ class DurableRuntime:
             value, throw = await self._check_wait(wait)
             return True, value, throw
         except PauseForEventException as pause:
-            state = self._live()
-            state["wait"] = wait
-            state["status"] = PAUSED
-            await self._checkpoint()
-            raise pause
+            await self._pause(wait, pause)
+            raise  # pragma: no cover - _pause raises
+
+    async def _pause(self, wait: WaitInfo, pause: PauseForEventException) -> None:
+        """Save the instance paused on ``wait`` and raise ``pause``; a wait ends at the deadline at the latest."""
+        state = self._live()
+        if self._deadline is not None and (wait["due"] is None or self._deadline < wait["due"]):
+            wait["due"] = self._deadline
+            wait["deadline"] = True
+            pause.due = self._deadline
+        state["wait"] = wait
+        state["status"] = PAUSED
+        await self._checkpoint()
+        raise pause
+
+    # -- steps ------------------------------------------------------------
+    async def _step(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], attempt: int = 1,
+                    first: Any = None) -> tuple[Any, BaseException | None]:
+        """Run a step call with its retry policy and timeout: (value, None) or (None, exception to raise).
+
+        A failed attempt that is retried after a delay pauses the instance on
+        a durable timer (``state["retry"]`` says what to call again).
+        """
+        if func.__class__ is Step:
+            policy, timeout, call = func.retry or self.retry, func.timeout, func.fn
+        else:
+            policy, timeout, call = self.retry, None, func
+        while True:
+            token = _attempt.set(attempt)
+            limit = None
+            try:
+                aw, first = (call(*args, **kwargs) if first is None else first), None
+                if timeout is None:
+                    return await aw, None
+                async with asyncio.timeout(timeout) as limit:
+                    value = await aw
+                return value, None
+            except PauseForEventException:
+                return None, _pause_in_step(call)
+            except Exception as exc:
+                if limit is not None and isinstance(exc, TimeoutError) and limit.expired():
+                    exc = StepTimeout(f"{_name(call)} ran longer than its timeout of {timeout} s (attempt {attempt})")
+                await self._discard()
+                if policy is None or not policy.retries(exc, attempt):
+                    return None, exc
+                delay = policy.delay(attempt)
+                attempt += 1
+                if delay > 0:
+                    await self._backoff(func, args, kwargs, attempt, exc, delay, policy.max_attempts)
+            finally:
+                _attempt.reset(token)
+
+    async def _backoff(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], attempt: int,
+                       exc: BaseException, delay: float, max_attempts: int) -> None:
+        """Pause on a durable timer before attempt ``attempt`` of a step (raises the pause)."""
+        state = self._live()
+        due = self.clock() + delay
+        state["retry"] = {"call": (func, args, kwargs), "attempt": attempt, "max_attempts": max_attempts,
+                          "step": _name(func), "error": f"{type(exc).__name__}: {exc}"[:1000]}
+        try:
+            await self._pause({"kind": "timer", "due": due, "retry": True}, TimerPause(
+                None, due=due, instance_id=self.instance_id))
+        except CheckpointException as err:
+            state.pop("retry", None)
+            raise CheckpointException(f"the retry of {_name(func)} cannot be saved (its function and arguments are "
+                                      f"kept for the next attempt and must be picklable): {err}") from err
+
+    async def _discard(self) -> None:
+        """Tell the backend a step failed: it drops the step's writes (the Django app rolls them back)."""
+        hook = getattr(self._io, "discard_step_writes", None)
+        if hook is not None:
+            done = hook(self.instance_id)
+            if inspect.isawaitable(done):
+                await done
 
     # -- the step loop ----------------------------------------------------
     def _live(self) -> SavedState:
@@ -193,12 +373,20 @@ class DurableRuntime:
             raise DurableError("the runtime has no state: call run() first")
         return state
 
-    async def _drive(self, throw: BaseException | None) -> Any:
+    async def _drive(self, throw: BaseException | None, retry: RetryInfo | None = None) -> Any:
         state = self._live()
         stack: CallStack = state["stack"]
         frames = stack.frames
         fr = frames[-1]
         blocks, L = fr.blocks, fr.locals
+        if retry is not None:  # the next attempt of a step, after its backoff
+            func, args, kwargs = retry["call"]
+            value, throw = await self._step(func, args, kwargs, retry["attempt"])
+            if throw is None:
+                if fr.tmp is not None:
+                    L[fr.tmp] = value
+                if not self._defer(fr, frames):
+                    await self._checkpoint()
         if throw is not None:
             fr, blocks, L, done = self._throw(throw)
             if done:
@@ -220,6 +408,7 @@ class DurableRuntime:
                 fr.pc = r
                 continue
             kind = r[0]
+            throw = value = None
             if kind == CALL:
                 _, func, args, kwargs, fr.pc, fr.tmp = r
                 cls = func.__class__
@@ -231,7 +420,8 @@ class DurableRuntime:
                     if compiled is not None:
                         args = (func.__self__, *args)
                         func = func.__func__
-                elif cls is DurableProgram and "instance_id" not in kwargs and "orchestration_backend" not in kwargs:
+                elif (getattr(cls, "_durable_program", False) and "instance_id" not in kwargs
+                      and "orchestration_backend" not in kwargs):
                     compiled = func.compiled
                     func = func.fn
                 if compiled is not None:
@@ -246,13 +436,48 @@ class DurableRuntime:
                     frames.append(fr)
                     blocks = fr.blocks
                     continue
-                try:
-                    aw = func(*args, **kwargs)
-                except Exception as exc:
-                    fr, blocks, L, done = self._throw(exc)
-                    if done:
-                        return await self._finish_failed(exc)
-                    continue
+                # a leaf call: a wait, or a step (with its retry policy)
+                if self._watch:
+                    throw = self._interruption()
+                if throw is not None:
+                    pass
+                elif cls is Step:
+                    value, throw = await self._step(func, args, kwargs)
+                else:
+                    try:
+                        aw = func(*args, **kwargs)
+                    except Exception as exc:
+                        aw, throw = None, exc
+                    if throw is not None:
+                        pass
+                    elif aw.__class__ is WaitRequest or aw.__class__ is TimerRequest:
+                        _, value, throw = await self._begin_wait(aw)
+                    elif self.retry is not None:
+                        value, throw = await self._step(func, args, kwargs, first=aw)
+                    else:
+                        try:
+                            value = await aw
+                        except PauseForEventException:
+                            throw = _pause_in_step(aw)
+                        except Exception as exc:
+                            throw = exc
+                            await self._discard()
+            elif kind == AWAIT:
+                _, aw, fr.pc, fr.tmp = r
+                if self._watch:
+                    throw = self._interruption()
+                if throw is not None:
+                    getattr(aw, "close", _nothing)()  # a coroutine that will not run: no "never awaited" warning
+                elif aw.__class__ is WaitRequest or aw.__class__ is TimerRequest:
+                    _, value, throw = await self._begin_wait(aw)
+                else:
+                    try:
+                        value = await aw
+                    except PauseForEventException:
+                        throw = _pause_in_step(aw)
+                    except Exception as exc:
+                        throw = exc
+                        await self._discard()
             elif kind == RETURN:
                 value = r[1]
                 frames.pop()
@@ -265,8 +490,6 @@ class DurableRuntime:
                 if not self._defer(fr, frames):
                     await self._checkpoint()
                 continue
-            elif kind == AWAIT:
-                _, aw, fr.pc, fr.tmp = r
             elif kind == NEXT:
                 if fr.pc + 1 < len(blocks):
                     fr.pc += 1
@@ -283,20 +506,7 @@ class DurableRuntime:
                 continue
             else:  # pragma: no cover - the compiler emits nothing else
                 raise DurableError(f"bad block result {r!r}")
-            # a leaf await: a wait request, or any awaitable run as one step
-            throw = value = None
-            if aw.__class__ is WaitRequest or aw.__class__ is TimerRequest:
-                ok, value, throw = await self._begin_wait(aw)
-            else:
-                try:
-                    value = await aw
-                except PauseForEventException:
-                    throw = DurableError(
-                        f"{aw!r} raised PauseForEventException while running as one step; pauses must be "
-                        "written in durable code (`raise PauseForEventException(name)` or "
-                        "`await wait_for_event(name)`)")
-                except Exception as exc:
-                    throw = exc
+            # the outcome of a leaf await
             if throw is not None:
                 fr, blocks, L, done = self._throw(throw)
                 if done:
@@ -377,6 +587,12 @@ class DurableRuntime:
         return value
 
     async def _finish_failed(self, exc: BaseException) -> Any:
+        """The program raised ``exc``: save the instance failed, keeping its last checkpoint to retry from.
+
+        A cancellation that leaves the program ends it cancelled instead.
+        """
+        if isinstance(exc, InstanceCancelled):
+            return await self._finish_cancelled(exc)
         state = self._live()
         try:
             pickle.loads(pickled(exc))
@@ -384,9 +600,70 @@ class DurableRuntime:
         except Exception:
             stored = DurableError(f"{type(exc).__name__}: {exc}").with_traceback(exc.__traceback__)
         remember(stored)
-        state.update({"status": FAILED, "error": stored, "stack": CallStack([]), "wait": None})
+        kept = await self._last_checkpoint()
+        failed: SavedState = {**kept, "status": FAILED, "error": stored, "wait": None, "steps": state["steps"]}
+        if kept.get("wait") is not None:
+            failed["failed_wait"] = kept["wait"]
+        self.state = failed
         await self._checkpoint()
         raise exc
+
+    async def _last_checkpoint(self) -> SavedState:
+        """The checkpoint a failed run goes back to: the last one saved, or the start of a new instance.
+
+        Read again from the backend (the failure path only): the frames in
+        memory moved on since it was saved. A backend that hands back the very
+        dict it was given (not a copy) has no earlier version to give: the
+        instance then fails without a checkpoint to retry from.
+        """
+        state = self._live()
+        self._deferred = None
+        try:
+            loaded = await self._io.load_state(self.instance_id)
+        except Exception:  # e.g. a function defined inside another cannot be compiled again from a blob
+            log.warning("instance %s: its last checkpoint cannot be read back; it fails without one to retry from",
+                        self.instance_id, exc_info=True)
+            loaded = state
+        if isinstance(loaded, dict) and loaded is not state and loaded.get("status") in (RUNNING, PAUSED):
+            return loaded
+        if self._start is not None and (loaded is None or loaded is state):
+            func, args, kwargs = self._start
+            try:
+                frame = FunctionCall.start(func, args, kwargs)
+            except Exception:  # the arguments do not bind: nothing to retry from
+                frame = None
+            if frame is not None:
+                return {**state, "stack": CallStack([frame]), "wait": None, "retry": None}
+        return {**state, "stack": CallStack([]), "wait": None}
+
+    async def _finish_cancelled(self, exc: InstanceCancelled) -> Any:
+        """End the instance cancelled (the cancellation left the program, or it was forced)."""
+        state = self._live()
+        remember(exc)
+        state.update({"status": CANCELLED, "error": exc, "stack": CallStack([]), "wait": None})
+        state.pop("retry", None)
+        await self._checkpoint()
+        raise exc
+
+
+def reopen(state: SavedState, instance_id: str) -> SavedState:
+    """Make a failed state runnable again from the checkpoint it kept (for a retry of the instance).
+
+    The wait it was paused on, if any, is waited for again; a step in backoff
+    gets a fresh set of attempts. Raises :class:`DurableError` when the
+    failure kept no checkpoint.
+    """
+    if state.get("status") != FAILED:
+        raise DurableError(f"instance {instance_id!r} is {state.get('status')}: only a failed instance is retried")
+    if not state.get("stack"):
+        raise DurableError(f"instance {instance_id!r} failed without a checkpoint to retry from (it failed before "
+                           "failed instances kept one, or its store returns the dict it was given): start it again")
+    wait = state.pop("failed_wait", None)
+    retry = state.get("retry")
+    if retry:
+        retry["attempt"] = 1
+    state.update({"status": PAUSED if wait else RUNNING, "wait": wait, "error": None})
+    return state
 
 
 def new_state(stack: CallStack, name: str) -> SavedState:
@@ -416,161 +693,27 @@ def _diagnose(state: SavedState, exc: CheckpointException) -> CheckpointExceptio
     return exc
 
 
-_default_backend: DurableBackend | None = None
 
 
-def default_backend() -> DurableBackend:
-    """An in-memory backend for calls that pass none."""
-    global _default_backend
-    if _default_backend is None:
-        _default_backend = DurableBackend()
-    return _default_backend
+def _pause_in_step(aw: Any) -> DurableError:
+    return DurableError(f"{aw!r} raised PauseForEventException while running as one step; pauses must be written "
+                        "in durable code (`raise PauseForEventException(name)` or `await wait_for_event(name)`)")
 
 
-#: async def -> the program make_durable() made of it in this process (the first one still alive).
-_declared: weakref.WeakKeyDictionary[Any, weakref.ref[DurableProgram[..., Any]]] = weakref.WeakKeyDictionary()
+def _name(func: Any) -> str:
+    return getattr(func, "__qualname__", None) or repr(func)
 
 
-def declared_program(fn: Callable[P, Coroutine[Any, Any, R]]) -> DurableProgram[P, R] | None:
-    """The :class:`DurableProgram` that :func:`make_durable` made of ``fn`` in this process, or None.
+def _nothing() -> None:
+    return None
 
-    Lets a host that stores programs by dotted path tell a function its
-    code declared durable (``process = make_durable(_process)`` stores the
-    path of ``_process``) from any other importable ``async def``.
-    """
-    try:
-        ref = _declared.get(fn)
-    except TypeError:  # not weak-referenceable: never declared
+
+def _posix(when: datetime | float | None) -> float | None:
+    """A deadline as POSIX seconds (an aware datetime, naive meaning UTC, or a number)."""
+    if when is None:
         return None
-    # the registry holds programs of any signature; the one made of ``fn`` has ``fn``'s
-    return cast("DurableProgram[P, R] | None", ref() if ref is not None else None)
-
-
-class DurableProgram(Generic[P, R]):
-    """A durable version of an ``async def``; call it like the function.
-
-    ``await program(*args, orchestration_backend=b, instance_id=i, **kw)``
-    starts the instance, continues it if what it waits for has happened,
-    returns the stored result if it completed, or raises the stored error if
-    it failed. A pause raises :class:`PauseForEventException` (or
-    :class:`TimerPause`). ``program.instance(i, orchestration_backend=b)(*args, **kw)``
-    is the same call with the function's own signature (what a type checker
-    can check in full; see docs/typing.md).
-
-    ``declare=False`` does not record ``fn`` as declared durable (see
-    :func:`declared_program`): for hosts that wrap a function only because
-    their configuration allows it.
-    """
-
-    fn: Callable[P, Coroutine[Any, Any, R]]
-
-    def __init__(self, fn: Callable[P, Coroutine[Any, Any, R]] | DurableProgram[P, R], *, name: str | None = None,
-                 version: str | None = None, migrate: Callable[[FunctionCall], bool] | None = None,
-                 declare: bool = True) -> None:
-        if isinstance(fn, DurableProgram):
-            fn = fn.fn
-        if inspect.isasyncgenfunction(fn):
-            code = fn.__code__
-            raise CompileError(f"{fn.__qualname__} is an async generator (yield inside async def); async generators "
-                               "cannot be made durable", code.co_filename, code.co_firstlineno)
-        if not inspect.iscoroutinefunction(fn):
-            raise TypeError(f"make_durable() needs an async def function, got {fn!r}")
-        self.fn = fn
-        self.compiled = transformer.compile(fn)
-        self.name = name or f"{fn.__module__}.{fn.__qualname__}"
-        self.version = version
-        self.migrate = migrate
-        durable_packages.add((fn.__module__ or "").partition(".")[0])
-        functools.update_wrapper(self, fn)
-        if declare and declared_program(fn) is None:  # see declared_program()
-            _declared[fn] = weakref.ref(self)
-
-    # The documented call passes the runtime's keywords among the function's own arguments, which a
-    # ParamSpec cannot express: the first form is checked in full, the other two (with a keyword) are not.
-    @overload
-    async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R: ...
-
-    @overload
-    async def __call__(self, *args: Any, instance_id: str, orchestration_backend: OrchestrationBackend | None = None,
-                       **kwargs: Any) -> R: ...
-
-    @overload
-    async def __call__(self, *args: Any, orchestration_backend: OrchestrationBackend, instance_id: str | None = None,
-                       **kwargs: Any) -> R: ...
-
-    async def __call__(self, *args: Any, **kwargs: Any) -> R:
-        backend = kwargs.pop("orchestration_backend", None)
-        return await self._run(backend, kwargs.pop("instance_id", None), args, kwargs)
-
-    def instance(self, instance_id: str | None = None, *,
-                 orchestration_backend: OrchestrationBackend | None = None) -> Callable[P, Coroutine[Any, Any, R]]:
-        """This program bound to one instance (and backend): call the result with the function's arguments.
-
-        ``await program.instance("greet-1", orchestration_backend=b)("Ada")`` is
-        ``await program("Ada", instance_id="greet-1", orchestration_backend=b)``
-        in a form whose arguments a type checker checks against the function.
-        """
-        async def call(*args: P.args, **kwargs: P.kwargs) -> R:
-            return await self._run(orchestration_backend, instance_id, args, kwargs)
-
-        return call
-
-    async def _run(self, backend: OrchestrationBackend | None, instance_id: str | None, args: tuple[Any, ...],
-                   kwargs: dict[str, Any]) -> R:
-        runtime = DurableRuntime(backend if backend is not None else default_backend(),
-                                 instance_id or uuid.uuid4().hex, migrate=self.migrate)
-        result: R = await runtime.run(self, args, kwargs)
-        return result
-
-    def runtime(self, backend: OrchestrationBackend, instance_id: str, **options: Any) -> DurableRuntime:
-        """A runtime for this program's instance, with options (clock, hooks)."""
-        options.setdefault("migrate", self.migrate)
-        return DurableRuntime(backend, instance_id, **options)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_program_by_ref, (func_ref(self.fn),))
-
-    def __repr__(self) -> str:
-        return f"<DurableProgram {self.name}>"
-
-
-def _program_by_ref(ref: Any) -> DurableProgram[..., Any]:
-    fn = resolve_func(ref)
-    return DurableProgram(fn)
-
-
-class _Decorator:
-    """What ``make_durable(name=..., ...)`` returns: a decorator that keeps the function's types."""
-
-    def __init__(self, options: dict[str, Any]) -> None:
-        self.options = options
-
-    def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> DurableProgram[P, R]:
-        return DurableProgram(fn, **self.options)
-
-
-@overload
-def make_durable(fn: Callable[P, Coroutine[Any, Any, R]], *, name: str | None = None, version: str | None = None,
-                 migrate: Callable[[FunctionCall], bool] | None = None,
-                 declare: bool = True) -> DurableProgram[P, R]: ...
-
-
-@overload
-def make_durable(fn: None = None, *, name: str | None = None, version: str | None = None,
-                 migrate: Callable[[FunctionCall], bool] | None = None, declare: bool = True) -> _Decorator: ...
-
-
-def make_durable(fn: Callable[P, Coroutine[Any, Any, R]] | None = None,
-                 **options: Any) -> DurableProgram[P, R] | _Decorator:
-    """Wrap an ``async def`` into a :class:`DurableProgram` (also a decorator).
-
-    The function is compiled now, so constructs that cannot be checkpointed
-    are reported with file and line before anything runs. The program keeps
-    the function's parameter and return types for type checkers.
-    """
-    if fn is None:
-        return _Decorator(options)
-    return DurableProgram(fn, **options)
-
-
-__all__ = ["DurableProgram", "DurableRuntime", "make_durable", "default_backend"]
+    if isinstance(when, datetime):
+        return (when if when.tzinfo is not None else when.replace(tzinfo=UTC)).timestamp()
+    if isinstance(when, bool) or not isinstance(when, int | float) or not valid_due(float(when)):
+        raise ValueError(f"deadline must be an aware datetime or a POSIX time, got {when!r}")
+    return float(when)

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from .backend import DurableBackend, OrchestrationBackend
 from .exceptions import InstanceCancelled, PauseForEventException
-from .runtime import DurableProgram
+from .program import DurableProgram
 from .state import CANCELLED, COMPLETED, FAILED, PAUSED, RUNNING, SavedState
 
 __all__ = ["DurableTestEnv", "FakeClock", "HistoryEntry", "Snapshot", "describe_wait", "history_mismatch"]
