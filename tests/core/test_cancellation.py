@@ -391,7 +391,7 @@ async def naps():
 async def test_instance_deadline_in_real_time():
     """``program.instance(id, orchestration_backend=b, deadline=...)``: the instance wakes at its deadline."""
     backend = new_backend()
-    call = naps.instance("n", orchestration_backend=backend, deadline=0.3)
+    call = naps.instance("n", orchestration_backend=backend, deadline=time.time() + 0.3)
     with pytest.raises(TimerPause) as p:
         await call()
     assert p.value.due <= time.time() + 0.3 + 1e-3
