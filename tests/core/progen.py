@@ -104,10 +104,10 @@ class _Gen:
     def awaited(self, names) -> str:
         kinds = ["step", "step", "step", "helper", "event"] + ([] if self.fn.is_sub else ["sub"])
         if self.retries:
-            kinds += ["flaky", "flaky"]
+            kinds = ["flaky"] + kinds + ["flaky"] * 3  # first: what hypothesis draws most
         kind = self.pick(kinds)
         if kind == "flaky":
-            return f'await flaky("{self.label()}", {self.draw(st.integers(0, 3))}, {self.arith(names)})'
+            return f'await flaky("{self.label()}", {self.pick([1, 2, 3, 0])}, {self.arith(names)})'
         if kind == "helper":
             return f'await helper("{self.label()}", {self.arith(names)})'
         if kind == "sub":

@@ -10,6 +10,7 @@ import hashlib
 import importlib.util
 import logging
 import sys
+from collections import Counter
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -81,6 +82,9 @@ def plain(mod, args, queue=None):
     return out, list(corpus.TRACE)
 
 
+TIMERS_SKIPPED = [0]  # retry backoffs skipped by durable_run (the grammar's coverage test reads it)
+
+
 def durable_run(program, store, iid, args, crash_at=None, crash_at_step=None, queued=False):
     """Run to completion (publishing "ev" whenever it pauses, unless ``queued``: then all events were published
     up front and a pause is an error); None if it crashed. Also returns (checkpoints seen, trace length at the
@@ -101,6 +105,7 @@ def durable_run(program, store, iid, args, crash_at=None, crash_at_step=None, qu
                                             clock=clock).run(program, args, {})
             except TimerPause as pause:  # a retry's backoff: skip it
                 clock.skip_to(pause.due)
+                TIMERS_SKIPPED[0] += 1
             except PauseForEventException as pause:
                 assert pause.event == "ev" and not queued, pause
                 DurableBackend(store).publish_event(iid, "ev", EVENT_PAYLOAD)
@@ -226,7 +231,7 @@ def test_generated_programs_with_awaits_inside_chained_comparisons(src, args, fr
     check_program(src, args, gen_dir, frac)
 
 
-@settings(SETTINGS, max_examples=40)
+@settings(SETTINGS, max_examples=100)
 @given(src=programs(corpus.__name__, retries=True), args=ARGS, frac=st.floats(0, 1))
 def test_generated_programs_with_retried_steps(src, args, frac, gen_dir):
     """``flaky`` steps (retry policy, durable backoff timers) vs the same retry loop written by hand."""
@@ -239,6 +244,25 @@ def test_generated_programs_with_retried_steps(src, args, frac, gen_dir):
 def test_generated_programs_with_retried_steps_resume_in_fresh_process(src, args, frac, gen_dir, tmp_path_factory):
     assume("await flaky(" in src)
     _resume_in_fresh_process(src, args, frac, gen_dir, tmp_path_factory)
+
+
+def test_generated_retry_programs_back_off_and_exhaust(gen_dir):
+    """The retry grammar is not vacuous: many programs pause on backoff timers, some exhaust a step."""
+    seen = Counter()
+
+    @settings(max_examples=30, deadline=None, derandomize=True, database=None)
+    @given(src=programs(corpus.__name__, retries=True), args=ARGS)
+    def collect(src, args):
+        mod = load(src, gen_dir)
+        corpus.reset()
+        TIMERS_SKIPPED[0] = 0
+        durable_run(compile_program(mod.prog), InMemoryStateStore(), "g", args)
+        seen["programs"] += 1
+        seen["backed off"] += TIMERS_SKIPPED[0] > 0
+        seen["exhausted"] += any(e[1:] == ("attempt", 3) for e in corpus.TRACE if len(e) == 3)
+
+    collect()
+    assert seen["backed off"] >= 10 and seen["exhausted"] >= 3, seen
 
 
 def test_generator_makes_valid_varied_programs(gen_dir):
