@@ -400,3 +400,69 @@ async def test_instance_deadline_in_real_time():
         assert time.monotonic() < limit
         await asyncio.sleep(0.05)
     assert await naps(orchestration_backend=backend, instance_id="n") == "woke at the deadline"
+
+
+class Crash(BaseException):
+    """A simulated process death."""
+
+
+@make_durable
+async def two_steps_then_wait():
+    try:
+        await record("one")
+        await record("two")
+        return await wait_for_event("never")
+    finally:
+        await record("cleanup")
+
+
+async def test_cancel_an_instance_whose_process_died_while_it_ran():
+    """A crash right after checkpoint 1 leaves it 'running'; cancel raises at its current await."""
+    backend = new_backend()
+
+    def die(_iid, steps):
+        if steps == 1:
+            raise Crash()
+
+    with pytest.raises(Crash):
+        await two_steps_then_wait.runtime(backend, "x", on_checkpoint=die).run(two_steps_then_wait)
+    assert await status(backend, "x") == "running"
+    with pytest.raises(InstanceCancelled):
+        await two_steps_then_wait.cancel("x", orchestration_backend=DurableBackend(backend.store), reason="dead")
+    assert LOG == ["one", "cleanup"]  # "two" never ran: the cancellation came first
+    assert await status(backend, "x") == "cancelled"
+
+
+async def _always_fails():
+    LOG.append("attempt")
+    raise ConnectionError("down")
+
+
+always_fails = durable.step(_always_fails, retry=durable.RetryPolicy(max_attempts=10, initial_interval=30.0,
+                                                                       backoff=1.0, jitter=0.0))
+
+
+@make_durable(deadline=45.0)
+async def retries_until_the_deadline():
+    try:
+        await always_fails()
+    except DeadlineExceeded:
+        await record("gave up")
+        return "deadline"
+    return "not reached"
+
+
+async def test_a_retry_backoff_is_cut_at_the_deadline():
+    clock = Clock(T0)
+    backend = new_backend()
+    with pytest.raises(TimerPause) as p:  # attempt 1 failed: back off 30 s
+        await retries_until_the_deadline.runtime(backend, "r", clock=clock).run(retries_until_the_deadline)
+    assert p.value.due == T0 + 30
+    clock.now = p.value.due
+    with pytest.raises(TimerPause) as p:  # attempt 2 failed: the next backoff would end after the deadline
+        await retries_until_the_deadline.runtime(backend, "r", clock=clock).run(retries_until_the_deadline)
+    assert p.value.due == T0 + 45
+    clock.now = p.value.due
+    got = await retries_until_the_deadline.runtime(backend, "r", clock=clock).run(retries_until_the_deadline)
+    assert got == "deadline"
+    assert LOG == ["attempt", "attempt", "gave up"]  # no third attempt

@@ -355,13 +355,18 @@ async def with_default():
             out.append(await call(tag, fails))
         except ValueError as e:
             out.append(str(e))
+    pending = leaf("coro", 1)  # an awaited coroutine object is not a step call: no default policy
+    try:
+        await pending
+    except ValueError as e:
+        out.append(str(e))
     return out
 
 
 async def test_program_default_policy_applies_to_leaf_calls_and_a_steps_own_policy_wins():
     got = await with_default.runtime(DurableBackend(InMemoryStateStore()), "d", clock=Clock(T0)).run(with_default)
-    assert got == ["leaf", "own1 failed 1", "own6", "nested failed 1", "leaf4 failed 3"]
-    assert COUNTS == {"leaf": 3, "own1": 1, "own6": 6, "nested": 1, "leaf4": 3}
+    assert got == ["leaf", "own1 failed 1", "own6", "nested failed 1", "leaf4 failed 3", "coro failed 1"]
+    assert COUNTS == {"leaf": 3, "own1": 1, "own6": 6, "nested": 1, "leaf4": 3, "coro": 1}
 
 
 # -- bad policies -------------------------------------------------------------------------------------------------
@@ -416,7 +421,8 @@ async def test_every_failed_attempt_discards_the_steps_writes():
     # a leaf step without a policy that raises: discarded once, the error reaches the program
     backend = DiscardingBackend(InMemoryStateStore())
     got = await with_default.runtime(backend, "d", clock=Clock(T0)).run(with_default)
-    assert got[0] == "leaf" and len(backend.discarded) == 2 + 1 + 5 + 3  # leaf, own1, own6, leaf4 (nested: no)
+    # leaf, own1, own6, leaf4, coro (a nested durable call is not a step)
+    assert got[0] == "leaf" and len(backend.discarded) == 2 + 1 + 5 + 3 + 1
 
 
 async def _blocking(tag):
