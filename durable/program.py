@@ -22,6 +22,9 @@ from .history import check_history
 from .retries import RetryPolicy, as_policy
 from .runtime import DurableRuntime, durable_packages
 from .stack import FunctionCall, func_ref, resolve_func, transformer
+from .tracebacks import runtime_file
+
+runtime_file(__file__)  # frames of this module are the runtime's own (see durable.tracebacks)
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -2,40 +2,33 @@
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
 import os
-import pickle
 import sysconfig
 import time
 import types
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, cast
 
-import cloudpickle
-
+from .attempts import Attempts, pause_in_step
 from .backend import OrchestrationBackend, as_async_backend
 from .blocks import AWAIT, CALL, EXCEPT, NEXT, RETURN, THROW, origin
+from .endings import Endings, stored_error
 from .exceptions import (
-    CheckpointException,
     CompileError,
-    DeadlineExceeded,
     DurableError,
-    EventTimeout,
     InstanceCancelled,
     PauseForEventException,
-    StepTimeout,
-    TimerPause,
 )
 from .history import supports_history
-from .primitives import TimerRequest, WaitRequest, valid_due
-from .retries import RetryPolicy, Step, _attempt
-from .serialization import pickled
+from .interrupts import Interrupts, as_posix
+from .primitives import TimerRequest, WaitRequest
+from .retries import RetryPolicy, Step
 from .stack import CallStack, FunctionCall, check_code, transformer
-from .state import CANCELLED, COMPLETED, FAILED, PAUSED, RUNNING, RetryInfo, SavedState, WaitInfo
-from .tracebacks import enter, remember, restore, runtime_file, unwind
+from .state import CANCELLED, COMPLETED, FAILED, RUNNING, RetryInfo, SavedState, reopen_failed
+from .tracebacks import enter, runtime_file, unwind
 
 log = logging.getLogger("durable")
 runtime_file(__file__)
@@ -76,7 +69,7 @@ def _durable_code(func: types.FunctionType) -> Any:
     return result
 
 
-class DurableRuntime:
+class DurableRuntime(Attempts, Interrupts, Endings):
     """Runs one instance: restores its state, drives its stack, persists it.
 
     ``clock`` (POSIX seconds) is injectable for tests of timers;
@@ -97,7 +90,7 @@ class DurableRuntime:
         self.clock = clock
         self.on_checkpoint = on_checkpoint
         self.migrate = migrate
-        self.deadline = _posix(deadline)
+        self.deadline = as_posix(deadline)
         self.state: SavedState | None = None
         self._deferred: tuple[FunctionCall, int, dict[str, Any]] | None = None
         #: The program's default retry policy of step calls (set by :meth:`run`).
@@ -110,6 +103,8 @@ class DurableRuntime:
         self._deadline: float | None = None
         #: Anything to raise at the next await (a cancellation or a deadline): one test per step when not.
         self._watch = False
+        #: (frame, pc) where the last exception was raised in the program: where a failed instance failed.
+        self._raised_at: tuple[FunctionCall, int] | None = None
 
     # -- entry points -----------------------------------------------------
     async def run(self, program: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
@@ -131,7 +126,7 @@ class DurableRuntime:
         if status == COMPLETED:
             return state["result"]
         if status == FAILED:
-            raise _stored_error(state)
+            raise stored_error(state)
         if status == CANCELLED:
             raise InstanceCancelled(f"instance {self.instance_id!r} was cancelled")
         return await self._continue(state)
@@ -145,7 +140,7 @@ class DurableRuntime:
         state = self._loaded(loaded)
         if state["status"] != FAILED:
             raise DurableError(f"instance {self.instance_id!r} is {state['status']}: only a failed instance is retried")
-        reopen(state, self.instance_id)
+        reopen_failed(state, self.instance_id)
         return await self._continue(state)
 
     async def cancel(self, program: Any, reason: str = "", *, force: bool = False) -> Any:
@@ -166,11 +161,6 @@ class DurableRuntime:
                                                                   "cancelled (forced)"))
         self.request_cancel(reason)
         return await self._continue(state)
-
-    def request_cancel(self, reason: str = "") -> None:
-        """Raise :class:`~durable.InstanceCancelled` in the program at its next await (safe from any thread)."""
-        self._cancel = reason or f"instance {self.instance_id!r} was cancelled"
-        self._watch = True
 
     async def run_stack(self, stack: CallStack, name: str = "<stack>") -> Any:
         """Run a hand-built call stack (e.g. a script call with appended chunks)."""
@@ -201,29 +191,6 @@ class DurableRuntime:
                                    f"but {type(self.backend).__name__} cannot store it")
             state["history"] = history
 
-    def _arm(self) -> None:
-        """Watch for what is raised at an await: a cancellation, a deadline not raised yet."""
-        state = self._live()
-        deadline = state.get("deadline")
-        self._deadline = deadline if deadline is not None and not state.get("deadline_hit") else None
-        self._watch = self._cancel is not None or self._deadline is not None
-
-    def _interruption(self) -> BaseException | None:
-        """The cancellation or deadline to raise at this await, if any (each is raised once)."""
-        state = self._live()
-        if self._cancel is not None:
-            reason, self._cancel = self._cancel, None
-            self._watch = self._deadline is not None
-            state["cancel"] = reason
-            return InstanceCancelled(reason)
-        if self._deadline is not None and self.clock() >= self._deadline:
-            due, self._deadline = self._deadline, None
-            self._watch = False
-            state["deadline_hit"] = True
-            return DeadlineExceeded(f"the deadline of instance {self.instance_id!r} "
-                                    f"({datetime.fromtimestamp(due, tz=UTC).isoformat()}) passed")
-        return None
-
     async def _continue(self, state: SavedState) -> Any:
         """Go on with a loaded instance: check its code, end its wait (or raise into it), drive it."""
         for frame in state["stack"]:
@@ -246,133 +213,7 @@ class DurableRuntime:
             state["status"] = RUNNING
         return await self._drive(throw, retry)
 
-    # -- waiting ----------------------------------------------------------
-    async def _check_wait(self, wait: WaitInfo) -> tuple[Any, BaseException | None]:
-        """Return (value, exception-to-throw) if the wait is over; else raise the pause again."""
-        due = wait.get("due")
-        if wait["kind"] == "timer":
-            if due is None:
-                raise DurableError(f"instance {self.instance_id!r}: a timer wait without a due time")
-            if self.clock() >= due:
-                return None, None
-            raise TimerPause(None, due=due, instance_id=self.instance_id)
-        event = wait.get("event", "")  # every event wait names its event
-        try:
-            meta = wait.get("meta")
-            if meta:  # a backend that enforces the wait's metadata (who may answer, payload form) sees it
-                answer = getattr(self._io, "wait_for_answer", None)
-                if answer is not None:
-                    return await answer(self.instance_id, event, meta), None
-            return await self._io.wait_for_event(self.instance_id, event), None
-        except PauseForEventException:
-            if due is not None and self.clock() >= due:
-                if wait.get("deadline"):  # the wait was cut at the instance's deadline, which raises at the await
-                    return None, None
-                return None, EventTimeout(f"event {event!r} did not arrive in time")
-            raise PauseForEventException(event, due=due, instance_id=self.instance_id) from None
-
-    async def _begin_wait(self, req: WaitRequest | TimerRequest) -> tuple[bool, Any, BaseException | None]:
-        """Try to satisfy a new wait now; otherwise record it and pause."""
-        now = self.clock()
-        wait: WaitInfo
-        due: float | None
-        if isinstance(req, TimerRequest):
-            due = req.due if req.due is not None else now + (req.seconds or 0.0)
-            wait = {"kind": "timer", "due": due}
-        else:
-            due = None if req.timeout is None else now + req.timeout
-            wait = {"kind": "event", "event": req.event, "due": due}
-            if req.meta:
-                wait["meta"] = req.meta
-        if due is not None and not valid_due(due):  # a request built by hand, or a clock gone wrong
-            return False, None, ValueError(f"{req!r}: its due time {due!r} is not a time between the years 1 and 9999")
-        try:
-            value, throw = await self._check_wait(wait)
-            return True, value, throw
-        except PauseForEventException as pause:
-            await self._pause(wait, pause)
-            raise  # pragma: no cover - _pause raises
-
-    async def _pause(self, wait: WaitInfo, pause: PauseForEventException) -> None:
-        """Save the instance paused on ``wait`` and raise ``pause``; a wait ends at the deadline at the latest."""
-        state = self._live()
-        if self._deadline is not None and (wait["due"] is None or self._deadline < wait["due"]):
-            wait["due"] = self._deadline
-            wait["deadline"] = True
-            pause.due = self._deadline
-        state["wait"] = wait
-        state["status"] = PAUSED
-        await self._checkpoint()
-        raise pause
-
-    # -- steps ------------------------------------------------------------
-    async def _step(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], attempt: int = 1,
-                    first: Any = None) -> tuple[Any, BaseException | None]:
-        """Run a step call with its retry policy and timeout: (value, None) or (None, exception to raise).
-
-        A failed attempt that is retried after a delay pauses the instance on
-        a durable timer (``state["retry"]`` says what to call again).
-        """
-        if func.__class__ is Step:
-            policy, timeout, call = func.retry or self.retry, func.timeout, func.fn
-        else:
-            policy, timeout, call = self.retry, None, func
-        while True:
-            token = _attempt.set(attempt)
-            limit = None
-            try:
-                aw, first = (call(*args, **kwargs) if first is None else first), None
-                if timeout is None:
-                    return await aw, None
-                async with asyncio.timeout(timeout) as limit:
-                    value = await aw
-                return value, None
-            except PauseForEventException:
-                return None, _pause_in_step(call)
-            except Exception as exc:
-                if limit is not None and isinstance(exc, TimeoutError) and limit.expired():
-                    exc = StepTimeout(f"{_name(call)} ran longer than its timeout of {timeout} s (attempt {attempt})")
-                await self._discard()
-                if policy is None or not policy.retries(exc, attempt):
-                    return None, exc
-                delay = policy.delay(attempt)
-                attempt += 1
-                if delay > 0:
-                    await self._backoff(func, args, kwargs, attempt, exc, delay, policy.max_attempts)
-            finally:
-                _attempt.reset(token)
-
-    async def _backoff(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], attempt: int,
-                       exc: BaseException, delay: float, max_attempts: int) -> None:
-        """Pause on a durable timer before attempt ``attempt`` of a step (raises the pause)."""
-        state = self._live()
-        due = self.clock() + delay
-        state["retry"] = {"call": (func, args, kwargs), "attempt": attempt, "max_attempts": max_attempts,
-                          "step": _name(func), "error": f"{type(exc).__name__}: {exc}"[:1000]}
-        try:
-            await self._pause({"kind": "timer", "due": due, "retry": True}, TimerPause(
-                None, due=due, instance_id=self.instance_id))
-        except CheckpointException as err:
-            state.pop("retry", None)
-            raise CheckpointException(f"the retry of {_name(func)} cannot be saved (its function and arguments are "
-                                      f"kept for the next attempt and must be picklable): {err}") from err
-
-    async def _discard(self) -> None:
-        """Tell the backend a step failed: it drops the step's writes (the Django app rolls them back)."""
-        hook = getattr(self._io, "discard_step_writes", None)
-        if hook is not None:
-            done = hook(self.instance_id)
-            if inspect.isawaitable(done):
-                await done
-
     # -- the step loop ----------------------------------------------------
-    def _live(self) -> SavedState:
-        """The state of the instance being run (set by :meth:`run` before any step)."""
-        state = self.state
-        if state is None:  # pragma: no cover - only a call out of order gets here
-            raise DurableError("the runtime has no state: call run() first")
-        return state
-
     async def _drive(self, throw: BaseException | None, retry: RetryInfo | None = None) -> Any:
         state = self._live()
         stack: CallStack = state["stack"]
@@ -458,7 +299,7 @@ class DurableRuntime:
                         try:
                             value = await aw
                         except PauseForEventException:
-                            throw = _pause_in_step(aw)
+                            throw = pause_in_step(aw)
                         except Exception as exc:
                             throw = exc
                             await self._discard()
@@ -474,7 +315,7 @@ class DurableRuntime:
                     try:
                         value = await aw
                     except PauseForEventException:
-                        throw = _pause_in_step(aw)
+                        throw = pause_in_step(aw)
                     except Exception as exc:
                         throw = exc
                         await self._discard()
@@ -540,6 +381,8 @@ class DurableRuntime:
         """
         frames = self._live()["stack"].frames
         enter(exc, frames[-1] if frames else None, from_block)
+        if frames:
+            self._raised_at = (frames[-1], frames[-1].pc)
         while frames:
             fr = frames[-1]
             blk = fr.blocks[fr.pc]
@@ -558,162 +401,12 @@ class DurableRuntime:
                 unwind(exc, frames[-1])
         return None, None, None, True
 
-    async def _checkpoint(self) -> None:
-        state = self._live()
-        state["steps"] += 1
-        try:
-            await self._io.save_state(self.instance_id, state)
-        except CheckpointException as exc:
-            raise _diagnose(state, exc) from exc
-        if self.on_checkpoint is not None:
-            self.on_checkpoint(self.instance_id, state["steps"])
-
-    async def _finish(self, value: Any) -> Any:
-        state = self._live()
-        stack = state["stack"]
-        state.update({"status": COMPLETED, "result": value, "stack": CallStack([]), "wait": None})
-        try:
-            await self._checkpoint()
-        except CheckpointException as exc:
-            if self._deferred is not None:  # keep the step that ran: save the checkpoint that was left out
-                fr, pc, saved = self._deferred
-                fr.pc = pc
-                fr.locals.clear()
-                fr.locals.update(saved)
-                stack.frames[:] = [fr]
-                state.update({"status": RUNNING, "result": None, "stack": stack, "steps": state["steps"] - 1})
-                await self._checkpoint()
-            raise CheckpointException(f"the result of type {type(value).__name__} cannot be saved: {exc}") from exc
-        return value
-
-    async def _finish_failed(self, exc: BaseException) -> Any:
-        """The program raised ``exc``: save the instance failed, keeping its last checkpoint to retry from.
-
-        A cancellation that leaves the program ends it cancelled instead.
-        """
-        if isinstance(exc, InstanceCancelled):
-            return await self._finish_cancelled(exc)
-        state = self._live()
-        try:
-            pickle.loads(pickled(exc))
-            stored = exc
-        except Exception:
-            stored = DurableError(f"{type(exc).__name__}: {exc}").with_traceback(exc.__traceback__)
-        remember(stored)
-        kept = await self._last_checkpoint()
-        failed: SavedState = {**kept, "status": FAILED, "error": stored, "wait": None, "steps": state["steps"]}
-        if kept.get("wait") is not None:
-            failed["failed_wait"] = kept["wait"]
-        self.state = failed
-        await self._checkpoint()
-        raise exc
-
-    async def _last_checkpoint(self) -> SavedState:
-        """The checkpoint a failed run goes back to: the last one saved, or the start of a new instance.
-
-        Read again from the backend (the failure path only): the frames in
-        memory moved on since it was saved. A backend that hands back the very
-        dict it was given (not a copy) has no earlier version to give: the
-        instance then fails without a checkpoint to retry from.
-        """
-        state = self._live()
-        self._deferred = None
-        try:
-            loaded = await self._io.load_state(self.instance_id)
-        except Exception:  # e.g. a function defined inside another cannot be compiled again from a blob
-            log.warning("instance %s: its last checkpoint cannot be read back; it fails without one to retry from",
-                        self.instance_id, exc_info=True)
-            loaded = state
-        if isinstance(loaded, dict) and loaded is not state and loaded.get("status") in (RUNNING, PAUSED):
-            return loaded
-        if self._start is not None and (loaded is None or loaded is state):
-            func, args, kwargs = self._start
-            try:
-                frame = FunctionCall.start(func, args, kwargs)
-            except Exception:  # the arguments do not bind: nothing to retry from
-                frame = None
-            if frame is not None:
-                return {**state, "stack": CallStack([frame]), "wait": None, "retry": None}
-        return {**state, "stack": CallStack([]), "wait": None}
-
-    async def _finish_cancelled(self, exc: InstanceCancelled) -> Any:
-        """End the instance cancelled (the cancellation left the program, or it was forced)."""
-        state = self._live()
-        remember(exc)
-        state.update({"status": CANCELLED, "error": exc, "stack": CallStack([]), "wait": None})
-        state.pop("retry", None)
-        await self._checkpoint()
-        raise exc
-
-
-def reopen(state: SavedState, instance_id: str) -> SavedState:
-    """Make a failed state runnable again from the checkpoint it kept (for a retry of the instance).
-
-    The wait it was paused on, if any, is waited for again; a step in backoff
-    gets a fresh set of attempts. Raises :class:`DurableError` when the
-    failure kept no checkpoint.
-    """
-    if state.get("status") != FAILED:
-        raise DurableError(f"instance {instance_id!r} is {state.get('status')}: only a failed instance is retried")
-    if not state.get("stack"):
-        raise DurableError(f"instance {instance_id!r} failed without a checkpoint to retry from (it failed before "
-                           "failed instances kept one, or its store returns the dict it was given): start it again")
-    wait = state.pop("failed_wait", None)
-    retry = state.get("retry")
-    if retry:
-        retry["attempt"] = 1
-    state.update({"status": PAUSED if wait else RUNNING, "wait": wait, "error": None})
-    return state
-
-
 def new_state(stack: CallStack, name: str) -> SavedState:
     return {"format": 1, "status": RUNNING, "program": name, "stack": stack, "wait": None,
             "result": None, "error": None, "steps": 0}
-
-
-def _stored_error(state: SavedState) -> BaseException:
-    err = state.get("error")
-    return restore(err) if isinstance(err, BaseException) else DurableError(str(err))
-
-
-def _diagnose(state: SavedState, exc: CheckpointException) -> CheckpointException:
-    """Name the local that cannot be pickled (only on the failure path)."""
-    for frame in reversed(state["stack"].frames):
-        for name, value in frame.locals.items():
-            if frame.compiled is not None and name in frame.compiled.freevars:
-                continue
-            try:
-                cloudpickle.dumps(value)
-            except Exception as err:
-                shown = name if not name.startswith("_dur__") else "a temporary value (e.g. a for-loop iterator)"
-                return CheckpointException(
-                    f"cannot checkpoint {frame.position()}: local variable {shown!r} of type "
-                    f"{type(value).__module__}.{type(value).__qualname__} cannot be pickled ({err}); "
-                    "the previous checkpoint is kept. Delete or convert it before the next await.")
-    return exc
-
-
-
-
-def _pause_in_step(aw: Any) -> DurableError:
-    return DurableError(f"{aw!r} raised PauseForEventException while running as one step; pauses must be written "
-                        "in durable code (`raise PauseForEventException(name)` or `await wait_for_event(name)`)")
-
-
-def _name(func: Any) -> str:
-    return getattr(func, "__qualname__", None) or repr(func)
 
 
 def _nothing() -> None:
     return None
 
 
-def _posix(when: datetime | float | None) -> float | None:
-    """A deadline as POSIX seconds (an aware datetime, naive meaning UTC, or a number)."""
-    if when is None:
-        return None
-    if isinstance(when, datetime):
-        return (when if when.tzinfo is not None else when.replace(tzinfo=UTC)).timestamp()
-    if isinstance(when, bool) or not isinstance(when, int | float) or not valid_due(float(when)):
-        raise ValueError(f"deadline must be an aware datetime or a POSIX time, got {when!r}")
-    return float(when)

@@ -16,6 +16,8 @@ exactly the keys below.
 
 from typing import TYPE_CHECKING, Any, Final, Literal, NotRequired, TypedDict
 
+from .exceptions import DurableError
+
 if TYPE_CHECKING:
     from .stack import CallStack
 
@@ -88,7 +90,31 @@ class SavedState(TypedDict):
     retry: NotRequired[RetryInfo | None]
     #: The reason of a cancellation raised in the program (a second cancel forces the end).
     cancel: NotRequired[str]
+    #: Where a failed instance's program raised the error that ended it (function, line, await), for people.
+    failed_at: NotRequired[str]
     #: A failed instance's wait at its last checkpoint, waited for again when it is retried.
     failed_wait: NotRequired[WaitInfo | None]
     #: ``(instance id, step)`` of the checkpoint a forked instance was made from.
     forked_from: NotRequired[tuple[str, int]]
+
+
+def reopen_failed(state: SavedState, instance_id: str) -> SavedState:
+    """Make a failed state runnable again from the checkpoint it kept (for a retry of the instance).
+
+    The wait it was paused on, if any, is waited for again; a step in backoff
+    gets a fresh set of attempts. Raises :class:`DurableError` when the
+    failure kept no checkpoint.
+    """
+    if state.get("status") != FAILED:
+        raise DurableError(f"instance {instance_id!r} is {state.get('status')}: only a failed instance is retried")
+    if not state.get("stack"):
+        raise DurableError(f"instance {instance_id!r} failed without a checkpoint to retry from (it failed before "
+                           "failed instances kept one, or its store returns the dict it was given): start it again")
+    wait = state.pop("failed_wait", None)
+    retry = state.get("retry")
+    if retry:
+        retry["attempt"] = 1
+    state.pop("failed_at", None)
+    state.update({"status": PAUSED if wait else RUNNING, "wait": wait, "error": None})
+    return state
+
