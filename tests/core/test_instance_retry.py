@@ -77,8 +77,6 @@ async def test_failed_instance_keeps_its_checkpoint_and_retry_continues_it(broke
         await six_steps.retry("f", orchestration_backend=backend)
 
 
-@pytest.mark.xfail(strict=True, reason="design gap: DESIGN-13 says a failed state gets state['failed_at'] (the "
-                   "position text of where it failed); the core does not set it")
 async def test_failed_state_says_where_it_failed():
     PLAN["broken"] = 4
     backend = DurableBackend(InMemoryStateStore())

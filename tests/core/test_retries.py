@@ -74,8 +74,8 @@ async def _sometimes(tag):
     return f"{tag}-ok"
 
 
-# The steps that back off are declared as ``name = durable.step(_fn, ...)``: the decorator form is pickled by
-# value in ``state["retry"]`` (see test_decorated_step_is_pickled_by_reference_in_its_retry_state).
+# Most steps here are declared as ``name = durable.step(_fn, ...)``; the decorator form has its own test
+# (test_decorated_step_is_pickled_by_reference_in_its_retry_state), as does corpus.flaky.
 sometimes = durable.step(_sometimes, retry=RetryPolicy(max_attempts=5, initial_interval=1.0, backoff=2.0,
                                                        max_interval=60.0, jitter=0.0))
 
@@ -207,15 +207,11 @@ async def uses_decorated():
     return await decorated("dec")
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: durable.retries.Step has no __reduce__, so a module-level "
-                   "@durable.step function is pickled BY VALUE in state['retry']['call'] (its raw function's "
-                   "qualname resolves to the Step, plain pickle refuses, cloudpickle copies it with copies of its "
-                   "globals): the attempt after a backoff runs a detached copy (module state it changes is lost)")
 async def test_decorated_step_is_pickled_by_reference_in_its_retry_state():
     PLAN["fails"] = 1
     got = await finish(uses_decorated, DurableBackend(InMemoryStateStore()), "dec", Clock(T0))
     assert got == "dec-ok"
-    assert LOG == [("dec", 1), ("dec", 2)]  # fails: the second attempt appended to a copy of LOG
+    assert LOG == [("dec", 1), ("dec", 2)]  # a copy pickled by value would append to a copy of LOG
 
 
 async def record(what, value=None):
