@@ -466,3 +466,81 @@ async def test_a_retry_backoff_is_cut_at_the_deadline():
     got = await retries_until_the_deadline.runtime(backend, "r", clock=clock).run(retries_until_the_deadline)
     assert got == "deadline"
     assert LOG == ["attempt", "attempt", "gave up"]  # no third attempt
+
+
+# -- interruptions while a step is being retried -----------------------------------------------------------------
+
+async def _cancels_then_fails():
+    LOG.append("attempt")
+    if len(LOG) == 1:
+        SHARED["runtime"].request_cancel("stop retrying")
+    raise ConnectionError("down")
+
+
+cancels_now = durable.step(_cancels_then_fails, retry=durable.RetryPolicy(max_attempts=3, initial_interval=0.0))
+cancels_later = durable.step(_cancels_then_fails, retry=durable.RetryPolicy(max_attempts=3, initial_interval=5.0,
+                                                                               jitter=0.0))
+
+
+@make_durable
+async def retried_then_cancelled(later):
+    try:
+        if later:
+            await cancels_later()
+        else:
+            await cancels_now()
+    finally:
+        await record("cleanup")
+
+
+@pytest.mark.xfail(strict=True, reason="core bug: Attempts._step runs the next attempt of a failed step (delay 0) "
+                   "without looking at a pending request_cancel: the cancelled instance keeps retrying")
+async def test_cancel_requested_during_a_failing_attempt_stops_immediate_retries():
+    backend = new_backend()
+    SHARED["runtime"] = rt = retried_then_cancelled.runtime(backend, "c0", clock=Clock(T0))
+    with pytest.raises(InstanceCancelled):
+        await rt.run(retried_then_cancelled, (False,), {})
+    assert LOG == ["attempt", "cleanup"]
+
+
+@pytest.mark.xfail(strict=True, reason="core bug: a failed attempt with a backoff pauses (TimerPause) although "
+                   "request_cancel was called during it; the pending cancellation is only in memory and is lost "
+                   "with the pause (the saved state has no 'cancel'), so the instance retries later as if never "
+                   "cancelled")
+async def test_cancel_requested_during_a_failing_attempt_is_not_lost_in_the_backoff():
+    backend = new_backend()
+    SHARED["runtime"] = rt = retried_then_cancelled.runtime(backend, "c5", clock=Clock(T0))
+    with pytest.raises(InstanceCancelled):
+        await rt.run(retried_then_cancelled, (True,), {})
+    assert LOG == ["attempt", "cleanup"]
+    assert await status(backend, "c5") == "cancelled"
+
+
+async def _slow_and_failing():
+    SHARED["clock"].now += 30  # the deadline passes while the attempt runs
+    LOG.append("attempt")
+    raise ConnectionError("down")
+
+
+slow_and_failing = durable.step(_slow_and_failing, retry=durable.RetryPolicy(max_attempts=4, initial_interval=0.0))
+
+
+@make_durable(deadline=45.0)
+async def retries_past_the_deadline():
+    try:
+        await slow_and_failing()
+    except DeadlineExceeded:
+        return "deadline"
+    except ConnectionError:
+        return "ran out of attempts"
+    return "not reached"
+
+
+@pytest.mark.xfail(strict=True, reason="core bug: Attempts._step runs immediate retries (delay 0) without checking "
+                   "the deadline: every attempt runs although the deadline passed during the second one")
+async def test_deadline_passing_during_an_attempt_stops_immediate_retries():
+    SHARED["clock"] = clock = Clock(T0)
+    backend = new_backend()
+    got = await retries_past_the_deadline.runtime(backend, "d", clock=clock).run(retries_past_the_deadline)
+    assert got == "deadline"
+    assert LOG == ["attempt", "attempt"]  # 30 s, 60 s: the deadline (45 s) passed during the second attempt
