@@ -1,7 +1,7 @@
-"""Cancellation and deadlines (issue 13): raised inside the program at its current await, so except/finally run.
+"""Cancellation (issue 13): raised inside the program at its current await, so except/finally run.
 
-``record`` is a leaf step (``durable.step``): cancellation and deadlines are checked before leaf awaits.
-``LOG`` is the outside world.
+``record`` is a leaf step (``durable.step``): cancellation (and deadlines, see test_deadlines.py) are checked
+before leaf awaits. ``LOG`` is the outside world.
 """
 
 from __future__ import annotations
@@ -363,3 +363,33 @@ async def test_cancel_requested_during_a_failing_attempt_is_not_lost_in_the_back
         await rt.run(retried_then_cancelled, (True,), {})
     assert LOG == ["attempt", "cleanup"]
     assert await status(backend, "c5") == "cancelled"
+
+
+@make_durable
+async def cancelled_in_backoff():
+    try:
+        await cancels_later()
+    except durable.InstanceCancelled:
+        await record("compensate")
+        raise
+
+
+async def test_cancel_while_a_step_backs_off_raises_at_the_steps_await_and_runs_no_more_attempts():
+    backend = new_backend()
+    clock = Clock(T0)
+    SHARED["runtime"] = _NoCancel()
+    with pytest.raises(durable.TimerPause):
+        await cancelled_in_backoff.runtime(backend, "k", clock=clock).run(cancelled_in_backoff)
+    assert (await backend.load_state("k"))["retry"]["attempt"] == 2
+    with pytest.raises(InstanceCancelled):
+        await cancelled_in_backoff.cancel("k", orchestration_backend=backend, reason="enough")
+    assert LOG == ["attempt", "compensate"]
+    state = await backend.load_state("k")
+    assert state["status"] == "cancelled" and not state.get("retry")
+
+
+class _NoCancel:
+    """Stands in for the runtime in ``_cancels_then_fails`` when the test cancels from outside."""
+
+    def request_cancel(self, reason):
+        pass
