@@ -190,3 +190,48 @@ async def test_state_without_history_does_not_grow_with_the_number_of_steps():
     # the control: with history, every step leaves a checkpoint behind
     _, keys = await _paused_state_size(with_history, 100)
     assert len([k for k in keys if k.startswith("history:s:")]) >= 100
+
+
+async def _inner_frame(n):
+    got = await count(n)
+    answer = await wait_for_event("answer")
+    return got * 100 + answer
+
+
+async def _outer_frame():
+    base = 1
+    value = await _inner_frame(2)
+    return base, value
+
+
+nested = make_durable(_outer_frame, name="nested-fork", history=True)
+
+
+async def test_fork_edits_the_chosen_frame_of_a_nested_call():
+    backend = DurableBackend(InMemoryStateStore())
+    with pytest.raises(PauseForEventException):
+        await nested(orchestration_backend=backend, instance_id="x")
+    step = (await backend.load_state("x"))["steps"]  # the pause inside the inner frame
+    await durable.fork(backend, "x", "x-inner", step=step, locals={"got": 7})  # default: the innermost frame
+    await durable.fork(backend, "x", "x-outer", step=step, locals={"base": 5}, frame=0)
+    for iid in ("x", "x-inner", "x-outer"):
+        backend.publish_event(iid, "answer", 3)
+    assert await nested(orchestration_backend=backend, instance_id="x") == (1, 203)
+    assert await nested(orchestration_backend=backend, instance_id="x-inner") == (1, 703)
+    assert await nested(orchestration_backend=backend, instance_id="x-outer") == (5, 203)
+    assert COUNTS == {2: 1}
+    with pytest.raises(ValueError, match="no local"):
+        await durable.fork(backend, "x", "x-bad", step=step, locals={"nope": 1})
+
+
+async def test_fork_refuses_an_existing_id_and_a_finished_checkpoint():
+    backend = DurableBackend(InMemoryStateStore())
+    assert await eight(0, orchestration_backend=backend, instance_id="e") == 36
+    with pytest.raises(ValueError, match="new instance id"):
+        await durable.fork(backend, "e", "e", step=3)
+    await durable.fork(backend, "e", "e-done", step=3)
+    with pytest.raises(ValueError, match="exists"):
+        await durable.fork(backend, "e", "e-done", step=4)
+    last = (await backend.load_state("e"))["steps"]
+    with pytest.raises(ValueError, match="completed"):
+        await durable.fork(backend, "e", "e-end", step=last)
