@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 
 import durable
 from durable import (
+    CheckpointException,
     DeadlineExceeded,
     DiskStateStore,
     DurableBackend,
@@ -446,3 +448,23 @@ async def test_a_step_that_blocks_past_its_timeout_gets_step_timeout_when_it_ret
     backend = DiscardingBackend(InMemoryStateStore())
     assert await uses_blocking(orchestration_backend=backend, instance_id="bl") == "timed out"
     assert LOG == ["b"] and backend.discarded == ["bl"]
+
+
+@make_durable
+async def retries_with_a_lock():
+    await boom(threading.Lock())
+
+
+async def test_a_retry_whose_arguments_cannot_be_saved_is_refused_clearly_and_keeps_the_last_checkpoint():
+    backend = DurableBackend(InMemoryStateStore())
+    with pytest.raises(CheckpointException, match="retry of .*boom") as e:
+        await retries_with_a_lock.runtime(backend, "lk", clock=Clock(T0)).run(retries_with_a_lock)
+    assert "picklable" in str(e.value)
+    assert await backend.load_state("lk") is None  # no checkpoint had been saved: none is made up
+
+
+async def test_a_step_called_outside_durable_code_runs_once():
+    PLAN["fails"] = 1
+    with pytest.raises(ConnectionError):
+        await sometimes("plain")
+    assert LOG == [("plain", 1)]  # no retries, and current_attempt() is 1 outside a retried step
