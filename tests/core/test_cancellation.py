@@ -393,3 +393,39 @@ class _NoCancel:
 
     def request_cancel(self, reason):
         pass
+
+
+async def _flaky_cleanup():
+    LOG.append(("cleanup attempt", durable.current_attempt()))
+    if durable.current_attempt() == 1:
+        raise ConnectionError("cleanup service down")
+
+
+flaky_cleanup = durable.step(_flaky_cleanup, retry=durable.RetryPolicy(max_attempts=3, initial_interval=10.0,
+                                                                         jitter=0.0))
+
+
+@make_durable
+async def cleanup_is_retried():
+    try:
+        await wait_for_event("work")
+    finally:
+        await flaky_cleanup()
+        await record("cleaned")
+
+
+async def test_a_cleanup_step_backs_off_and_the_instance_still_ends_cancelled():
+    """The cancellation is raised once; a retried step in the finally backs off on a durable timer as usual."""
+    clock = Clock(T0)
+    backend = new_backend()
+    with pytest.raises(PauseForEventException):
+        await cleanup_is_retried.runtime(backend, "cr", clock=clock).run(cleanup_is_retried)
+    with pytest.raises(durable.TimerPause) as p:
+        await cleanup_is_retried.runtime(backend, "cr", clock=clock).cancel(cleanup_is_retried, "bye")
+    state = await backend.load_state("cr")
+    assert state["cancel"] == "bye" and state["retry"]["attempt"] == 2
+    clock.now = p.value.due
+    with pytest.raises(InstanceCancelled):
+        await cleanup_is_retried.runtime(backend, "cr", clock=clock).run(cleanup_is_retried)
+    assert LOG == [("cleanup attempt", 1), ("cleanup attempt", 2), "cleaned"]
+    assert await status(backend, "cr") == "cancelled"
