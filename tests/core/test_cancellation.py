@@ -342,8 +342,6 @@ async def retried_then_cancelled(later):
         await record("cleanup")
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: Attempts._step runs the next attempt of a failed step (delay 0) "
-                   "without looking at a pending request_cancel: the cancelled instance keeps retrying")
 async def test_cancel_requested_during_a_failing_attempt_stops_immediate_retries():
     backend = new_backend()
     SHARED["runtime"] = rt = retried_then_cancelled.runtime(backend, "c0", clock=Clock(T0))
@@ -352,10 +350,6 @@ async def test_cancel_requested_during_a_failing_attempt_stops_immediate_retries
     assert LOG == ["attempt", "cleanup"]
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: a failed attempt with a backoff pauses (TimerPause) although "
-                   "request_cancel was called during it; the pending cancellation is only in memory and is lost "
-                   "with the pause (the saved state has no 'cancel'), so the instance retries later as if never "
-                   "cancelled")
 async def test_cancel_requested_during_a_failing_attempt_is_not_lost_in_the_backoff():
     backend = new_backend()
     SHARED["runtime"] = rt = retried_then_cancelled.runtime(backend, "c5", clock=Clock(T0))

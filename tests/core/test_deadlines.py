@@ -194,8 +194,6 @@ async def retries_past_the_deadline():
     return "not reached"
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: Attempts._step runs immediate retries (delay 0) without checking "
-                   "the deadline: every attempt runs although the deadline passed during the second one")
 async def test_deadline_passing_during_an_attempt_stops_immediate_retries():
     SHARED["clock"] = clock = Clock(T0)
     backend = new_backend()

@@ -440,10 +440,6 @@ async def uses_blocking():
         return "timed out"
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: a step that blocks the event loop past its timeout (and finishes "
-                   "without yielding again) returns its result: asyncio.timeout never fired, and the runtime does "
-                   "not compare the elapsed time with the timeout when the step returns (DESIGN-13: the timeout is "
-                   "raised when it returns, its result dropped and its writes discarded)")
 async def test_a_step_that_blocks_past_its_timeout_gets_step_timeout_when_it_returns():
     backend = DiscardingBackend(InMemoryStateStore())
     assert await uses_blocking(orchestration_backend=backend, instance_id="bl") == "timed out"
