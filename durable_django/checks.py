@@ -250,8 +250,8 @@ def check_telemetry(app_configs=None, **kwargs) -> list:
                       id="durable_django.E060")]
     errors: list = []
     for key in sorted(set(value) - set(telemetry.KEYS)):
-        errors.append(Error(f"Unknown DURABLE['TELEMETRY'] key {key!r}.", hint=f"Known keys: {', '.join(telemetry.KEYS)}.",
-                            id="durable_django.E060"))
+        errors.append(Error(f"Unknown DURABLE['TELEMETRY'] key {key!r}.",
+                            hint=f"Known keys: {', '.join(telemetry.KEYS)}.", id="durable_django.E060"))
     for key in ("traces", "metrics", "logs"):
         if not isinstance(value.get(key, False), bool):
             errors.append(Error(f"DURABLE['TELEMETRY']['{key}'] must be True or False.", id="durable_django.E060"))

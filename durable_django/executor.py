@@ -47,7 +47,7 @@ def run_claimed(row: _Claimed, worker_id: str) -> tuple[str, Mapping[str, Any] |
     """Run a claimed instance; returns its outcome and, when our own checkpoint paused it, the wait."""
     if not telemetry.active:  # off: one check per run, nothing per step
         return _run_claimed(row, worker_id, None)
-    tele = telemetry.begin_run(row.instance_id, row.program, row.status, row.attempts)
+    tele = telemetry.begin_run(row.instance_id, row.program, row.state is None, row.attempts)
     try:
         outcome, wait = _run_claimed(row, worker_id, tele)
     except BaseException as exc:

@@ -44,7 +44,7 @@ from durable import current_attempt
 
 from . import clock, db, signals
 from .conf import durable_settings
-from .models import DurableInstance, DurableTrace, Status
+from .models import DurableInstance, DurableTrace
 
 log = logging.getLogger("durable_django")
 
@@ -193,7 +193,7 @@ def exposition() -> tuple[bytes, str] | None:
 class Run:
     """The telemetry of one claimed run: its span, its step timing, what the transition logs report."""
 
-    def __init__(self, instance_id: str, program: str, status: str, claims: int) -> None:
+    def __init__(self, instance_id: str, program: str, first: bool, claims: int) -> None:
         self.instance_id, self.program, self.claims = instance_id, program, claims
         self.step: int | None = None
         self.attempt = 1
@@ -204,7 +204,7 @@ class Run:
         tr, m = _tracing, _metrics
         if tr is None and m is None:
             return
-        carrier, pending = self._read_trace(m, status)
+        carrier, pending = self._read_trace(m, first)
         if tr is not None:
             parent = tr.propagator.extract(carrier) if carrier else None
             links = [x for x in (tr.link(p[0]) for p in pending if p and isinstance(p[0], dict)) if x is not None]
@@ -215,7 +215,7 @@ class Run:
             self.span_context = tr.trace.set_span_in_context(self.span)
             self._token = tr.context.attach(self.span_context)  # the program's own spans nest under the run
 
-    def _read_trace(self, m: _Metrics | None, status: str) -> tuple[dict, list]:
+    def _read_trace(self, m: _Metrics | None, first: bool) -> tuple[dict, list]:
         """The stored trace context and the publishes not seen yet (cleared: each links one run only)."""
         try:
             found = DurableTrace.objects.filter(pk=self.instance_id).values_list(
@@ -232,14 +232,14 @@ class Run:
         if m is not None:
             now = clock.time()
             hist = m.wakeup_seconds
-            if status == Status.PENDING and started_at is not None:
+            if first and started_at is not None:
                 hist.labels(self.program, "start").observe(max(0.0, now - started_at))
             for entry in pending or ():
                 if len(entry) > 1 and isinstance(entry[1], int | float):
                     hist.labels(self.program, "event").observe(max(0.0, now - entry[1]))
         return carrier or {}, pending or []
 
-    def hook(self, status_of: Callable[[], str], user: Callable[[str, int], None] | None
+    def hook(self, status_of: Callable[[], str | None], user: Callable[[str, int], None] | None
              ) -> Callable[[str, int], None]:
         """The runtime's ``on_checkpoint``: closes the step's span, observes its latency, then calls ``user``."""
         tr, m = _tracing, _metrics
@@ -284,9 +284,9 @@ class Run:
                 tr.context.detach(self._token)
 
 
-def begin_run(instance_id: str, program: str, status: str, claims: int) -> Run:
-    """Start the telemetry of a claimed run (call only when :data:`active`)."""
-    run = _local.run = Run(instance_id, program, status, claims)
+def begin_run(instance_id: str, program: str, first: bool, claims: int) -> Run:
+    """Start the telemetry of a claimed run (call only when :data:`active`); ``first``: nothing ran yet."""
+    run = _local.run = Run(instance_id, program, first, claims)
     return run
 
 
