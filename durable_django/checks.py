@@ -260,6 +260,9 @@ def check_telemetry(app_configs=None, **kwargs) -> list:
             extra = "otel" if key == "traces" else "prometheus"
             errors.append(Error(f"DURABLE['TELEMETRY']['{key}'] is on but {module.split('.')[0]} is not installed.",
                                 hint=f"pip install 'durable-django[{extra}]'", id="durable_django.E061"))
+    if value.get("steps", "spans") not in ("spans", "events"):
+        errors.append(Error("DURABLE['TELEMETRY']['steps'] must be 'spans' (the default) or 'events'.",
+                            id="durable_django.E060"))
     registry = value.get("registry")
     if registry is not None and not isinstance(registry, str):
         errors.append(Error("DURABLE['TELEMETRY']['registry'] must be the dotted path of a CollectorRegistry.",

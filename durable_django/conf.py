@@ -116,7 +116,9 @@ DEFAULTS: dict[str, Any] = {
     # project configures the SDK), {"metrics": True} (Prometheus counters,
     # histograms and gauges, needs prometheus_client: the [prometheus] extra),
     # {"logs": True} (one record of logger "durable_django" per transition and
-    # failure, with extra fields). Optional keys: "registry" (dotted path of a
+    # failure, with extra fields). Optional keys: "steps" ("spans", the
+    # default: a span per step; "events": an event per step on the run span,
+    # cheaper), "registry" (dotted path of a
     # prometheus_client CollectorRegistry; default: prometheus_client.REGISTRY)
     # and "metrics_token" (a bearer token accepted by the /metrics view besides
     # the view_durableinstance permission). Empty: all off, nothing imported,

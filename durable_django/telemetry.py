@@ -12,7 +12,8 @@ the app is ready and:
   of the instance, on any worker and however much later, is a child of the
   start span (one trace id for the instance's whole life), with span links to
   the publishes that woke it. Each checkpoint closes a step span (child of the
-  run span) that covers the time since the previous checkpoint. The library
+  run span) that covers the time since the previous checkpoint; with
+  ``"steps": "events"`` a step is an event on the run span instead (cheaper). The library
   only uses ``opentelemetry-api``: the project installs and configures the SDK.
 * metrics: counters of transitions per program, histograms of step and
   wake-up latency, lease takeovers, and the runnable-instance gauge computed
@@ -51,7 +52,7 @@ log = logging.getLogger("durable_django")
 #: True when any of traces, metrics or logs is on: the executor's only check (once per run).
 active = False
 #: The options accepted in ``DURABLE["TELEMETRY"]`` (system check durable_django.E060).
-KEYS = ("traces", "metrics", "logs", "registry", "metrics_token")
+KEYS = ("traces", "steps", "metrics", "logs", "registry", "metrics_token")
 #: The libraries each switch needs (system check durable_django.E061).
 LIBRARIES = {"traces": "opentelemetry.trace", "metrics": "prometheus_client"}
 
@@ -245,17 +246,21 @@ class Run:
         tr, m = _tracing, _metrics
         program = self.program
         hist = m.step_seconds.labels(program) if m is not None else None
+        events = options().get("steps") == "events"
 
         def on_checkpoint(instance_id: str, steps: int) -> None:
             now = time.time_ns()
             self.step, self.attempt = steps, current_attempt()
             if tr is not None:
-                span = tr.tracer.start_span("durable step", context=self.span_context, start_time=self.last_ns,
-                                            attributes={"durable.instance_id": instance_id,
-                                                        "durable.program": program, "durable.step": steps,
-                                                        "durable.attempt": self.attempt,
-                                                        "durable.status": str(status_of())})
-                span.end(end_time=now)
+                attributes = {"durable.step": steps, "durable.attempt": self.attempt,
+                              "durable.status": str(status_of())}
+                if events:  # cheaper (~3 µs instead of ~15 µs with the Python SDK): an event on the run span
+                    self.span.add_event("durable step", attributes, timestamp=now)
+                else:
+                    attributes["durable.instance_id"], attributes["durable.program"] = instance_id, program
+                    span = tr.tracer.start_span("durable step", context=self.span_context, start_time=self.last_ns,
+                                                attributes=attributes)
+                    span.end(end_time=now)
             if hist is not None:
                 hist.observe((now - self.last_ns) / 1e9)
             self.last_ns = now

@@ -199,3 +199,13 @@ def test_bad_settings_are_reported():
     with override_settings(DURABLE={**durable_settings.user_settings(), "TELEMETRY": {"trace": True, "logs": "yes"}}):
         ids = [e.id for e in run_checks() if e.id and e.id.startswith("durable_django.E06")]
     assert ids.count("durable_django.E060") == 2
+
+
+def test_steps_as_events_of_the_run_span(inline, telemetry_on, settings, uid):
+    settings.DURABLE = {**settings.DURABLE, "TELEMETRY": {"traces": True, "steps": "events"}}
+    dd.start(progs.effect_then_finish, uid, instance_id=uid)
+    finished = telemetry_on.get_finished_spans()
+    assert not [s for s in finished if s.name == "durable step"]
+    run = next(s for s in finished if s.name == "durable run effect_then_finish")
+    assert [(e.name, e.attributes["durable.step"], e.attributes["durable.status"]) for e in run.events] == [
+        ("durable step", 1, "running"), ("durable step", 2, "completed")]
