@@ -261,14 +261,14 @@ def check_telemetry(app_configs=None, **kwargs) -> list:
             errors.append(Error(f"DURABLE['TELEMETRY']['{key}'] is on but {module.split('.')[0]} is not installed.",
                                 hint=f"pip install 'durable-django[{extra}]'", id="durable_django.E061"))
     if value.get("steps", "spans") not in ("spans", "events"):
-        errors.append(Error("DURABLE['TELEMETRY']['steps'] must be 'spans' (the default) or 'events'.",
+        errors.append(Error("The DURABLE['TELEMETRY'] key 'steps' must be 'spans' (the default) or 'events'.",
                             id="durable_django.E060"))
     registry = value.get("registry")
     if registry is not None and not isinstance(registry, str):
-        errors.append(Error("DURABLE['TELEMETRY']['registry'] must be the dotted path of a CollectorRegistry.",
+        errors.append(Error("The DURABLE['TELEMETRY'] key 'registry' must be the dotted path of a CollectorRegistry.",
                             id="durable_django.E062"))
     token = value.get("metrics_token")
     if token is not None and (not isinstance(token, str) or len(token) < 16):
-        errors.append(Error("DURABLE['TELEMETRY']['metrics_token'] must be a string of at least 16 characters.",
+        errors.append(Error("The DURABLE['TELEMETRY'] key 'metrics_token' must be a string of at least 16 characters.",
                             id="durable_django.E063"))
     return errors
