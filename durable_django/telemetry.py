@@ -198,6 +198,7 @@ class Run:
         self.instance_id, self.program, self.claims = instance_id, program, claims
         self.step: int | None = None
         self.attempt = 1
+        self.outer: Run | None = getattr(_local, "run", None)  # a run nested in a step of another run
         self.span: Any = None
         self.span_context: Any = None
         self._token: Any = None
@@ -271,7 +272,7 @@ class Run:
 
     def end(self, outcome: str, error: BaseException | None = None) -> None:
         """Close the run span with its outcome (after the run's transitions were logged)."""
-        _local.run = None
+        _local.run = self.outer
         tr = _tracing
         if self.span is None or tr is None:
             return
