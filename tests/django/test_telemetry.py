@@ -120,8 +120,14 @@ def test_span_tree_across_a_worker_restart(worker_factory, settings, exporter, t
     found = spans(exporter)
     start = next(s for s in found if s["name"] == "durable start approval")
     publish = next(s for s in found if s["name"] == "durable publish approved")
-    from_workers = wait_until(lambda: out.exists() and [json.loads(line) for line in out.read_text().splitlines()],
-                              message="the workers' spans")
+
+    def exported() -> list[dict]:  # the run span ends just after the completion commits: wait for it
+        found = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
+        done = [s for s in found if s["name"] == "durable run approval"
+                and s["attributes"].get("durable.status") == "completed"]
+        return found if done else []
+
+    from_workers = wait_until(exported, message="the workers' spans")
     pids = {s["pid"] for s in from_workers if s["name"] == "durable run approval"}
     assert pids == {first.proc.pid, second.proc.pid}  # one run on each worker
     check_tree(from_workers, start, publish, uid)
