@@ -257,11 +257,11 @@ class DurableInstanceAdmin(SafeInputAdmin):
         self._each(request, queryset, lambda iid: operations.retry(iid, actor=request.user.get_username()),
                    "Retried")
 
-    @admin.action(description="Cancel selected instances", permissions=["cancel"])
+    @admin.action(description="Cancel selected instances (their cleanup runs; again: at once)", permissions=["cancel"])
     def cancel_selected(self, request, queryset):
         self._each(request, queryset,
                    lambda iid: api.cancel(iid, f"cancelled by {request.user.get_username()} in the admin",
-                                          actor=request.user.get_username()), "Cancelled")
+                                          actor=request.user.get_username()), "Cancelled (or requested the cancel of)")
 
     # -- detail page and per-instance actions -----------------------------------
     def get_urls(self):
@@ -319,9 +319,12 @@ class DurableInstanceAdmin(SafeInputAdmin):
                     "resume": self.has_resume_permission(request) and inst.status not in FINISHED,
                     "retry": self.has_resume_permission(request) and inst.status == Status.FAILED,
                     "cancel": self.has_cancel_permission(request) and inst.status not in FINISHED,
+                    "force_cancel": (self.has_cancel_permission(request) and inst.status not in FINISHED
+                                     and inst.cancel_requested_at is not None),
                     "edit_locals": editable},
             "publish_url": self._url("publish", iid), "locals_url": self._url("locals", iid),
-            "operation_urls": {a: self._url("operation", iid, action=a) for a in ("resume", "retry", "cancel")},
+            "operation_urls": {a: self._url("operation", iid, action=a)
+                               for a in ("resume", "retry", "cancel", "force_cancel")},
             "publish_form": publish_form or PublishEventForm(initial={"event": inst.waiting_for}),
             "edit_form_class": EditLocalForm,
         }
@@ -362,7 +365,7 @@ class DurableInstanceAdmin(SafeInputAdmin):
             return HttpResponseNotAllowed(["POST"])
         actor = request.user.get_username()
         checks = {"resume": self.has_resume_permission, "retry": self.has_resume_permission,
-                  "cancel": self.has_cancel_permission}
+                  "cancel": self.has_cancel_permission, "force_cancel": self.has_cancel_permission}
         if action not in checks:
             return HttpResponse(status=404)
         if not checks[action](request):
@@ -373,12 +376,16 @@ class DurableInstanceAdmin(SafeInputAdmin):
             elif action == "retry":
                 operations.retry(inst.instance_id, actor=actor)
             else:
-                api.cancel(inst.instance_id, request.POST.get("reason") or f"cancelled by {actor} in the admin",
-                           actor=actor)
+                done = api.cancel(inst.instance_id, request.POST.get("reason") or f"cancelled by {actor} in the admin",
+                                  actor=actor, force=action == "force_cancel")
         except (InstanceFinished, UnknownInstance) as exc:
             self.message_user(request, str(exc), messages.ERROR)
         else:
-            self.message_user(request, f"{action.capitalize()}: done.", messages.SUCCESS)
+            if action == "cancel" and done.status != Status.CANCELLED:
+                text = "Cancel requested: the program cleans up, then ends cancelled (force cancel ends it now)."
+            else:
+                text = f"{action.replace('_', ' ').capitalize()}: done."
+            self.message_user(request, text, messages.SUCCESS)
         return self._back(inst.instance_id)
 
     def edit_local_view(self, request, object_id: str) -> HttpResponse:

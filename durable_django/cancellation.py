@@ -58,9 +58,15 @@ def cancel_instance(instance_id: str, reason: str = "", *, actor: str = "", forc
                                           detail=reason, actor=actor)
             # after commit, the signal first: the worker that claims it then raises the cancellation
             schedule_and_signal(instance_id, "cancel_requested", inst.status, inst.program, detail=reason)
-        inst.refresh_from_db(fields=["status", "cancel_requested_at", "cancel_reason", "finished_at", "error",
-                                     "lease_owner", "lease_expires_at", "version", "updated_at"])
+        inst.refresh_from_db(fields=_SHOWN)
+    if inst.status != Status.CANCELLED and not db.connection().in_atomic_block:
+        inst.refresh_from_db(fields=_SHOWN)  # RUN_INLINE ran its cleanup at the commit: the row as it left it
     return inst
+
+
+#: The columns a cancel may change (refreshed on the instance it returns).
+_SHOWN = ["status", "cancel_requested_at", "cancel_reason", "finished_at", "error", "lease_owner",
+          "lease_expires_at", "version", "updated_at", "wait_kind", "waiting_for", "wake_at", "position", "steps"]
 
 
 def _end(inst: DurableInstance, reason: str, actor: str, now: datetime) -> str:
@@ -87,6 +93,7 @@ def force_expired(now: datetime | None = None, limit: int | None = None) -> list
     cancellation and went on: it runs nothing more. Returns the ids it ended.
     """
     if now is None:
+        clock.sync()
         now = clock.now()
     cutoff = now - timedelta(seconds=float(durable_settings.CANCEL_GRACE_SECONDS))
     ids = list(DurableInstance.objects.filter(cancel_requested_at__lte=cutoff).exclude(status__in=FINISHED)

@@ -151,10 +151,11 @@ class DurableTestEnv:
             api.publish_event(instance_id, name, payload, idempotency_key, actor=actor)
         return self.instance(instance_id)
 
-    def cancel(self, instance_id: str, reason: str = "", *, actor: str = "") -> DurableInstance:
-        """``durable_django.cancel(...)``: the instance never runs again."""
+    def cancel(self, instance_id: str, reason: str = "", *, actor: str = "", force: bool = False) -> DurableInstance:
+        """``durable_django.cancel(...)``: its cleanup (``except``/``finally``) runs now, to its end or its next
+        pause; with ``force`` (or a second time) it ends ``cancelled`` at once."""
         with self.eagerly():
-            api.cancel(instance_id, reason, actor=actor)
+            api.cancel(instance_id, reason, actor=actor, force=force)
         return self.instance(instance_id)
 
     def settle(self) -> list[str]:
