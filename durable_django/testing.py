@@ -32,7 +32,7 @@ from django.test import override_settings
 from durable import DurableProgram
 from durable.testing import FakeClock, HistoryEntry, history_mismatch
 
-from . import api, clock, worker
+from . import api, cancellation, clock, worker
 from .backend import to_datetime
 from .models import FINISHED, DurableEvent, DurableHistory, DurableInstance, Status
 from .signals import instance_transition
@@ -160,11 +160,14 @@ class DurableTestEnv:
 
     def settle(self) -> list[str]:
         """Run every instance that can run now (pending, due, or with its awaited event in the inbox) until none
-        can; returns the ids run, in order."""
+        can; returns the ids run, in order. As the sweep does, a cancellation requested more than
+        ``CANCEL_GRACE_SECONDS`` ago (on the fake clock) that has not ended its instance ends it first."""
         self._check_active()
         ran: list[str] = []
         stalled: set[str] = set()  # ran and found nothing to do (its wait not over): not again in this settle
         for _ in range(self.max_rounds):
+            with self.eagerly():
+                cancellation.force_expired(clock.now())
             ids = [iid for iid in worker.due_instances(clock.now()) if iid not in stalled]
             if not ids:
                 return ran
