@@ -31,6 +31,8 @@ from tests.django.conftest import wait_until
 from tests.django.testapp import cancel_programs as progs
 from tests.django.testapp.models import SideEffect
 
+pytestmark = pytest.mark.django_db
+
 
 def notes(key: str) -> list[str]:
     return list(SideEffect.objects.filter(key=key).order_by("id").values_list("note", flat=True))
