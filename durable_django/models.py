@@ -91,9 +91,6 @@ class DurableInstance(models.Model):
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated at"), auto_now=True)
     finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
-    cancel_requested_at = models.DateTimeField(_("cancel requested at"), null=True, blank=True)
-    cancel_reason = models.TextField(_("cancel reason"), blank=True, default="")
-    deadline = models.DateTimeField(_("deadline"), null=True, blank=True)
     content_type = models.ForeignKey(ContentType, null=True, blank=True, on_delete=models.SET_NULL,
                                      related_name="+")
     object_id = models.CharField(_("object id"), max_length=64, blank=True, default="")
@@ -177,7 +174,6 @@ class HistoryKind(models.TextChoices):
     COMPLETED = "completed", _("Completed")
     FAILED = "failed", _("Failed")
     CANCELLED = "cancelled", _("Cancelled")
-    CANCEL_REQUESTED = "cancel_requested", _("Cancel requested")
     SUSPENDED = "suspended", _("Suspended")
     RECOVERED = "recovered", _("Recovered from a dead worker")
     EVENT_PUBLISHED = "event_published", _("Event published")
