@@ -19,16 +19,21 @@ from .exceptions import (
     CheckpointException,
     CodeChangedError,
     CompileError,
+    DeadlineExceeded,
     DurableError,
     EventTimeout,
     InstanceCancelled,
     PauseForEventException,
     StateTamperedError,
+    StepTimeout,
     TimerPause,
     UnsignedStateWarning,
 )
+from .history import fork, list_checkpoints
 from .primitives import sleep, sleep_until, wait_for_event
-from .runtime import DurableProgram, DurableRuntime, declared_program, make_durable
+from .program import DurableProgram, declared_program, make_durable
+from .retries import RetryPolicy, Step, current_attempt, step
+from .runtime import DurableRuntime
 from .stack import CallStack, FunctionCall
 from .state import SavedState, WaitInfo
 from .store import BlobStore, DiskStateStore, InMemoryStateStore, StateStore
@@ -37,9 +42,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BlobStore", "CallStack", "Cell", "CheckpointException", "CodeBlock", "CodeChangedError", "CompileError",
-    "CompiledFunction", "DiskStateStore", "DurableAstTransformer", "DurableBackend", "DurableError",
-    "DurableProgram", "DurableRuntime", "EventTimeout", "FunctionCall", "InMemoryStateStore",
-    "InstanceCancelled", "OrchestrationBackend", "PauseForEventException", "SavedState", "StateStore",
-    "StateTamperedError", "TimerPause", "UnsignedStateWarning", "WaitInfo", "declared_program", "make_durable",
-    "signing", "sleep", "sleep_until", "wait_for_event",
+    "CompiledFunction", "DeadlineExceeded", "DiskStateStore", "DurableAstTransformer", "DurableBackend",
+    "DurableError", "DurableProgram", "DurableRuntime", "EventTimeout", "FunctionCall", "InMemoryStateStore",
+    "InstanceCancelled", "OrchestrationBackend", "PauseForEventException", "RetryPolicy", "SavedState", "Step",
+    "StateStore", "StateTamperedError", "StepTimeout", "TimerPause", "UnsignedStateWarning", "WaitInfo",
+    "current_attempt", "declared_program", "fork", "list_checkpoints", "make_durable", "signing", "sleep",
+    "sleep_until", "step", "wait_for_event",
 ]

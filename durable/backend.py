@@ -16,6 +16,9 @@ from .store import INBOX_PREFIX as _INBOX
 from .store import STATE_PREFIX as _STATE
 from .store import BlobStore, InMemoryStateStore, StateStore, blob_fast_path, check_store
 
+#: Prefix of the blob keys of kept checkpoints: ``history:<instance id>:<step, 12 digits>``.
+_HISTORY = "history:"
+
 
 class _Inbox(TypedDict):
     """An instance's events, signed under one key: (sequence number, name, payload), and the next number."""
@@ -105,6 +108,10 @@ class _AwaitingBackend:
 
     async def wait_for_event(self, instance_id: str, event_name: str) -> Any:
         return await _result(self.inner.wait_for_event(instance_id, event_name))
+
+    def __getattr__(self, name: str) -> Any:
+        """The inner backend's optional methods (``discard_step_writes``, the history methods)."""
+        return getattr(self.inner, name)
 
     async def wait_for_answer(self, instance_id: str, event_name: str, meta: dict[str, Any]) -> Any:
         answer = getattr(self.inner, "wait_for_answer", None)
@@ -225,6 +232,7 @@ class DurableBackend(OrchestrationBackend):
     async def save_state(self, instance_id: str, state: SavedState) -> None:
         done = self._consumed.get(instance_id)
         # the events this step consumed go into the stored copy only: the caller's dict stays as it is
+        blob = None
         if self._fast:
             blob = signing.dumps({**state, "consumed": sorted(done)} if done else state, self.signing_key)
             self._blobs.save_blob(_STATE + _check_id(instance_id), blob)
@@ -238,12 +246,54 @@ class DurableBackend(OrchestrationBackend):
         if done:
             self._prune(instance_id, done)
             self._consumed[instance_id] = set()
+        keep = state.get("history")
+        if keep is not None:
+            self._keep_checkpoint(instance_id, state, keep, blob)
+
+    # -- checkpoint history (see durable.history) ---------------------------
+    def _keep_checkpoint(self, instance_id: str, state: SavedState, keep: int, blob: bytes | None) -> None:
+        """Keep a copy of this checkpoint under its step number; drop the one that falls out of the last ``keep``."""
+        step = state.get("steps", 0)
+        if blob is None:
+            blob = signing.dumps(state, self.signing_key)
+        self._blobs.save_blob(f"{_HISTORY}{instance_id}:{step:012d}", blob)
+        if keep > 0 and step - keep > 0:
+            self._blobs.delete_blob(f"{_HISTORY}{instance_id}:{step - keep:012d}")
+
+    def list_checkpoints(self, instance_id: str) -> list[dict[str, Any]]:
+        """The kept checkpoints of an instance, oldest first (``step``, ``status``, ``position``)."""
+        prefix = f"{_HISTORY}{_check_id(instance_id)}:"
+        try:
+            steps = sorted(int(k[len(prefix):]) for k in self._blobs.keys() if k.startswith(prefix))
+        except NotImplementedError:  # a store that cannot list its keys (DiskStateStore): look for each step
+            current = self.load_state_sync(instance_id) if self._fast else None
+            steps = list(range(1, (current["steps"] if current is not None else 0) + 1))
+        rows = []
+        for step in steps:
+            state = self.load_checkpoint(instance_id, step)
+            if state is None:
+                continue
+            frames = list(state["stack"])
+            rows.append({"step": state.get("steps", 0), "status": state["status"],
+                         "position": frames[-1].position() if frames else ""})
+        return rows
+
+    def load_checkpoint(self, instance_id: str, step: int) -> SavedState | None:
+        """Checkpoint ``step`` of the instance as it was saved, or None when it is not kept."""
+        blob = self._blobs.load_blob(f"{_HISTORY}{_check_id(instance_id)}:{int(step):012d}")
+        if blob is None:
+            return None
+        state: SavedState = signing.loads(blob, self.signing_key)
+        state.pop("consumed", None)  # type: ignore[typeddict-item]  # the backend's own record, not the program's
+        return state
 
     def delete(self, instance_id: str) -> None:
         """Forget an instance and its inbox (the state only when the store is a :class:`BlobStore`)."""
         if not isinstance(self.store, BlobStore):
             raise NotImplementedError(f"{type(self.store).__name__} has no way to delete a state (StateStore "
                                       "defines load and save only): delete it in the store")
+        for row in self.list_checkpoints(instance_id):
+            self._blobs.delete_blob(f"{_HISTORY}{instance_id}:{row['step']:012d}")
         self.store.delete_blob(self.store.state_key(instance_id))
         self._blobs.delete_blob(_INBOX + instance_id)
         self._consumed.pop(instance_id, None)

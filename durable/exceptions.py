@@ -83,7 +83,21 @@ class CodeChangedError(DurableError):
 
 
 class InstanceCancelled(DurableError):
-    """The instance was cancelled; it will not run again."""
+    """The instance was cancelled.
+
+    Raised to the caller of a cancelled instance, and inside the program at
+    its current ``await`` when a cancellation is requested, so that its
+    ``except`` and ``finally`` blocks run (re-raise it after cleaning up: an
+    instance whose program swallows it goes on running).
+    """
+
+
+class DeadlineExceeded(DurableError, TimeoutError):
+    """The instance's deadline passed: raised once inside the program, at its current ``await``."""
+
+
+class StepTimeout(DurableError, TimeoutError):
+    """An attempt of a step ran longer than its ``timeout`` (retried like any other error)."""
 
 
 class UnsignedStateWarning(UserWarning):

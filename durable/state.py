@@ -16,11 +16,13 @@ exactly the keys below.
 
 from typing import TYPE_CHECKING, Any, Final, Literal, NotRequired, TypedDict
 
+from .exceptions import DurableError
+
 if TYPE_CHECKING:
     from .stack import CallStack
 
-#: The values of ``SavedState["status"]``. ``cancelled`` is never saved by
-#: the core: a host sets it on a loaded state to make the runtime refuse to continue.
+#: The values of ``SavedState["status"]``. ``cancelled``: the cancellation left the program (or was
+#: forced); a host may also set it on a loaded state to make the runtime refuse to continue.
 Status = Literal["running", "paused", "completed", "failed", "cancelled"]
 RUNNING: Final = "running"
 PAUSED: Final = "paused"
@@ -40,6 +42,23 @@ class WaitInfo(TypedDict):
     event: NotRequired[str]
     #: The keyword arguments of ``wait_for_event(name, **meta)``, when there were any (event waits only).
     meta: NotRequired[dict[str, Any]]
+    #: True when ``due`` was cut to the instance's deadline (which is then raised at the await).
+    deadline: NotRequired[bool]
+    #: True for the backoff timer before the next attempt of a step (see ``SavedState["retry"]``).
+    retry: NotRequired[bool]
+
+
+class RetryInfo(TypedDict):
+    """A step waiting for its next attempt (``SavedState["retry"]``), see :class:`durable.RetryPolicy`."""
+
+    #: ``(function, args, kwargs)``: what is called again (pickled with the state).
+    call: tuple[Any, tuple[Any, ...], dict[str, Any]]
+    #: The number of the next attempt (2 for the first retry).
+    attempt: int
+    max_attempts: int
+    #: The step's name and the error of the attempt that failed (for people).
+    step: str
+    error: str
 
 
 class SavedState(TypedDict):
@@ -61,3 +80,38 @@ class SavedState(TypedDict):
     error: BaseException | None
     #: How many checkpoints were saved (this one included).
     steps: int
+    #: POSIX seconds at which :class:`~durable.DeadlineExceeded` is raised in the program, if it has a deadline.
+    deadline: NotRequired[float]
+    #: True once the deadline was raised (it is raised once).
+    deadline_hit: NotRequired[bool]
+    #: Checkpoints a backend keeps as history (-1: all), when the program keeps any (see durable.history).
+    history: NotRequired[int]
+    #: A step in backoff before its next attempt (paused on a timer with ``wait["retry"]``).
+    retry: NotRequired[RetryInfo | None]
+    #: The reason of a cancellation raised in the program (a second cancel forces the end).
+    cancel: NotRequired[str]
+    #: A failed instance's wait at its last checkpoint, waited for again when it is retried.
+    failed_wait: NotRequired[WaitInfo | None]
+    #: ``(instance id, step)`` of the checkpoint a forked instance was made from.
+    forked_from: NotRequired[tuple[str, int]]
+
+
+def reopen_failed(state: SavedState, instance_id: str) -> SavedState:
+    """Make a failed state runnable again from the checkpoint it kept (for a retry of the instance).
+
+    The wait it was paused on, if any, is waited for again; a step in backoff
+    gets a fresh set of attempts. Raises :class:`DurableError` when the
+    failure kept no checkpoint.
+    """
+    if state.get("status") != FAILED:
+        raise DurableError(f"instance {instance_id!r} is {state.get('status')}: only a failed instance is retried")
+    if not state.get("stack"):
+        raise DurableError(f"instance {instance_id!r} failed without a checkpoint to retry from (it failed before "
+                           "failed instances kept one, or its store returns the dict it was given): start it again")
+    wait = state.pop("failed_wait", None)
+    retry = state.get("retry")
+    if retry:
+        retry["attempt"] = 1
+    state.update({"status": PAUSED if wait else RUNNING, "wait": wait, "error": None})
+    return state
+

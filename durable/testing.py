@@ -24,7 +24,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from .backend import DurableBackend, OrchestrationBackend
 from .exceptions import InstanceCancelled, PauseForEventException
-from .runtime import DurableProgram
+from .program import DurableProgram
 from .state import CANCELLED, COMPLETED, FAILED, PAUSED, RUNNING, SavedState
 
 __all__ = ["DurableTestEnv", "FakeClock", "HistoryEntry", "Snapshot", "describe_wait", "history_mismatch"]
@@ -40,7 +40,7 @@ def _seconds(value: float | timedelta) -> float:
     return seconds
 
 
-def _posix(when: float | datetime) -> float:
+def as_posix(when: float | datetime) -> float:
     if isinstance(when, datetime):
         return (when if when.tzinfo is not None else when.replace(tzinfo=UTC)).timestamp()
     return float(when)
@@ -57,7 +57,7 @@ class FakeClock:
     """
 
     def __init__(self, start: float | datetime | None = None) -> None:
-        self._now = float(int(time.time())) if start is None else _posix(start)
+        self._now = float(int(time.time())) if start is None else as_posix(start)
 
     def __call__(self) -> float:
         return self._now
@@ -77,7 +77,7 @@ class FakeClock:
 
     def set(self, when: float | datetime) -> float:
         """Jump to ``when``; never backwards (a timer already fired cannot un-fire)."""
-        target = _posix(when)
+        target = as_posix(when)
         if target < self._now:
             raise ValueError(f"the fake clock is at {self.now().isoformat()}; it cannot go back to {when!r}")
         self._now = target

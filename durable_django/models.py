@@ -91,6 +91,12 @@ class DurableInstance(models.Model):
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated at"), auto_now=True)
     finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
+    cancel_requested_at = models.DateTimeField(
+        _("cancel requested at"), null=True, blank=True,
+        help_text=_("A cancellation was raised in the program, which is cleaning up; a second cancel forces it."))
+    cancel_reason = models.TextField(_("cancel reason"), blank=True, default="")
+    deadline = models.DateTimeField(_("deadline"), null=True, blank=True,
+                                    help_text=_("When DeadlineExceeded is raised in the program."))
     content_type = models.ForeignKey(ContentType, null=True, blank=True, on_delete=models.SET_NULL,
                                      related_name="+")
     object_id = models.CharField(_("object id"), max_length=64, blank=True, default="")
@@ -118,6 +124,7 @@ class DurableInstance(models.Model):
             ("cancel_durableinstance", "Can cancel durable instances"),
             ("publish_durableevent", "Can publish events to durable instances"),
             ("edit_locals_durableinstance", "Can edit the locals of paused durable instances"),
+            ("fork_durableinstance", "Can fork durable instances from a kept checkpoint"),
         ]
 
     def __str__(self) -> str:
@@ -180,6 +187,9 @@ class HistoryKind(models.TextChoices):
     EVENT_REJECTED = "event_rejected", _("Event rejected")
     MIGRATED = "migrated", _("Migrated to new code")
     OPERATOR = "operator", _("Operator action")
+    RETRYING = "retrying", _("Step retry scheduled")
+    CANCEL_REQUESTED = "cancel_requested", _("Cancellation requested")
+    FORKED = "forked", _("Forked")
 
 
 class DurableHistory(models.Model):
@@ -201,3 +211,23 @@ class DurableHistory(models.Model):
 
     def __str__(self) -> str:
         return f"{self.instance_id}: {self.kind}"
+
+
+class DurableCheckpoint(models.Model):
+    """A kept copy of one checkpoint, for forks (only for programs that keep history; see docs/fork.md)."""
+
+    instance = models.ForeignKey(DurableInstance, on_delete=models.CASCADE, related_name="checkpoints")
+    step = models.PositiveIntegerField(_("step"))
+    status = models.CharField(_("status"), max_length=16, choices=Status.choices)
+    position = models.CharField(_("position"), max_length=500, blank=True, default="")
+    state = models.BinaryField(_("signed state"), editable=False)
+    created_at = models.DateTimeField(_("saved at"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("durable checkpoint")
+        verbose_name_plural = _("durable checkpoints")
+        ordering = ("instance", "step")
+        constraints = [models.UniqueConstraint(fields=["instance", "step"], name="durable_checkpoint_step")]
+
+    def __str__(self) -> str:
+        return f"{self.instance_id} #{self.step}"

@@ -19,7 +19,7 @@ from durable import (
     make_durable,
     signing,
 )
-from durable.runtime import declared_program
+from durable.program import declared_program
 
 KEY = b"k" * 32
 
