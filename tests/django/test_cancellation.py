@@ -149,6 +149,19 @@ def test_deadline_at_start_is_raised_at_a_paused_wait(durable_env, uid):
     assert notes(uid) == ["deadline"]
 
 
+def test_the_programs_own_deadline_counts_from_start_unless_start_gives_one(durable_env, uid):
+    t0 = durable_env.clock.time()
+    inst = durable_env.start(progs.deadline_by_default, uid, instance_id=uid)
+    assert inst.deadline.timestamp() == pytest.approx(t0 + 120, abs=1e-3)  # shown in the admin too
+    assert inst.wait_kind == "timer" and inst.wake_at == inst.deadline  # the hour's sleep is cut at it
+    durable_env.advance(121)
+    assert dd.result(uid) == "deadline hit"
+    other = durable_env.start(progs.deadline_by_default, f"{uid}-2", instance_id=f"{uid}-2", deadline=10)
+    assert other.deadline.timestamp() == pytest.approx(durable_env.clock.time() + 10, abs=1e-3)
+    durable_env.advance(11)
+    assert dd.result(f"{uid}-2") == "deadline hit"
+
+
 @pytest.mark.parametrize("form", ["timedelta", "datetime"])
 def test_deadline_forms(durable_env, uid, form):
     now = clock.now()

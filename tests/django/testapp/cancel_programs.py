@@ -93,3 +93,14 @@ async def deadline_wait(key: str):
     except durable.DeadlineExceeded:
         await note(key, "deadline")
         return "deadline hit"
+
+
+@make_durable(deadline=120)
+async def deadline_by_default(key: str):
+    """The program's own deadline (make_durable(deadline=...)): used when start() gives none."""
+    try:
+        await durable.sleep(3600)
+        return "slept"
+    except durable.DeadlineExceeded:
+        await note(key, "deadline")
+        return "deadline hit"
