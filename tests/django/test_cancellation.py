@@ -318,14 +318,19 @@ def wait_status(iid: str, wanted: str, timeout: float = 60) -> None:
 @pytest.mark.timeout(240)
 def test_workers_cancel_paused_and_running_instances(worker_factory, uid, tmp_path):
     worker_factory(extra_env={"DURABLE_TEST_CANCEL_CHECK_SECONDS": "0"})
-    paused, running, pausing = f"{uid}-p", f"{uid}-r", f"{uid}-c"
+    paused, running, pausing, catching = f"{uid}-p", f"{uid}-r", f"{uid}-c", f"{uid}-k"
     dd.start(progs.nested_cleanup, paused, instance_id=paused)
     dd.start(progs.slow_cleanup, pausing, instance_id=pausing)
-    wait_status(paused, Status.PAUSED)
-    wait_status(pausing, Status.PAUSED)
+    dd.start(progs.compensating, catching, instance_id=catching)
+    for iid in (paused, pausing, catching):
+        wait_status(iid, Status.PAUSED)
     dd.cancel(paused, "by a test")
+    dd.cancel(catching, "withdrawn")
     wait_status(paused, Status.CANCELLED)
     assert notes(paused) == ["inner-start", "inner-finally", "outer-finally"]
+    assert row(paused).error == "by a test" and kinds(paused)[-1] == "cancelled"
+    wait_status(catching, Status.COMPLETED)
+    assert dd.result(catching) == "compensated" and notes(catching) == ["reserved", "released"]
 
     dd.start(progs.gated_then_more, running, str(tmp_path), instance_id=running)
     wait_until(lambda: (tmp_path / f"{running}.entered").exists(), timeout=60, message="the step to begin")
