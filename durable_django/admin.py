@@ -59,7 +59,7 @@ if HUMAN_TASKS:
     from .humantasks.sync import answer
 
 LIST_FIELDS = ("instance_id", "program", "status", "wait_kind", "waiting_for", "wake_at", "updated_at", "attempts",
-               "created_at", "content_type_id", "object_id")
+               "created_at", "content_type_id", "object_id", "cancel_requested_at")
 #: "app_label.model:pk" in the search box finds the instances linked to that object.
 _OBJECT_RE = re.compile(r"^(?P<app>\w+)\.(?P<model>\w+):(?P<pk>.+)$")
 HISTORY_LIMIT = 300
@@ -216,6 +216,9 @@ class DurableInstanceAdmin(SafeInputAdmin):
             Status.COMPLETED: "#2a7", Status.FAILED: "#c33", Status.SUSPENDED: "#c70", Status.CANCELLED: "#888",
             Status.PAUSED: "#37a", Status.RUNNING: "#a5c", Status.PENDING: "#999"}
         badge = format_html('<b style="color:{}">{}</b>', colours.get(obj.status, "#000"), obj.get_status_display())
+        if obj.cancel_requested_at is not None and obj.status not in FINISHED:
+            badge = format_html('{} <small title="cancel requested at {}: its cleanup runs">(cancelling)</small>',
+                                badge, obj.cancel_requested_at.isoformat())
         if obj.attempts:
             badge = format_html('{} <small title="failed attempts">({} attempt{})</small>', badge, obj.attempts,
                                 "" if obj.attempts == 1 else "s")

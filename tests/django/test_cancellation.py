@@ -281,6 +281,7 @@ def test_command_and_admin_request_then_force(inline, uid):
     client = Client()
     client.login(username="root", password="pw")
     detail = reverse("admin:durable_django_durableinstance_change", args=[uid])
+    assert "(cancelling)" in client.get(reverse("admin:durable_django_durableinstance_changelist")).content.decode()
     page = client.get(detail).content.decode()
     assert "cancel requested at" in page and "(by command)" in page and "action-force-cancel" in page
     r = client.post(reverse("admin:durable_django_durableinstance_operation", args=[uid, "force_cancel"]))
