@@ -96,7 +96,8 @@ def force_expired(now: datetime | None = None, limit: int | None = None) -> list
         clock.sync()
         now = clock.now()
     cutoff = now - timedelta(seconds=float(durable_settings.CANCEL_GRACE_SECONDS))
-    ids = list(DurableInstance.objects.filter(cancel_requested_at__lte=cutoff).exclude(status__in=FINISHED)
+    ids = list(DurableInstance.objects.filter(cancel_requested_at__isnull=False, cancel_requested_at__lte=cutoff)
+               .exclude(status__in=FINISHED)
                .order_by("cancel_requested_at").values_list("pk", flat=True)[: limit or durable_settings.SWEEP_BATCH])
     ended = []
     for iid in ids:
