@@ -154,7 +154,13 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
         if now < self._next_cancel_check:
             return
         self._next_cancel_check = now + float(durable_settings.CANCEL_CHECK_SECONDS)
-        row = self.db.cancel_flag(instance_id)
+        # Not left open while the next step runs (a long step would hold a snapshot, and a table lock that
+        # blocks migrations): in autocommit where the database allows it, else its transaction is ended now,
+        # which holds nothing else (the checkpoint just committed).
+        with self.db.standalone() as alone:
+            row = self.db.cancel_flag(instance_id)
+        if not alone and self.commit:
+            transaction.commit(using=self.using)
         if row is None or row[0] is None:
             return
         self.cancel_known = True

@@ -260,6 +260,20 @@ def test_cancel_of_a_running_instance_is_raised_at_its_next_await(uid, settings,
     assert notes(uid) == ["gated step", "finally"]  # the step in progress completed; the next one never ran
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_cancel_learnt_at_the_checkpoint_that_pauses_is_delivered_by_a_new_run(inline, uid, settings):
+    """The worker reads the flag at the pause's checkpoint, when the program can no longer get it: it wakes the
+    instance again, and that run raises the cancellation at the wait."""
+    settings.DURABLE = {**settings.DURABLE, "CANCEL_CHECK_SECONDS": 0,
+                        "ON_CHECKPOINT": "tests.django.testapp.cancel_programs.cancel_after_first_checkpoint"}
+    iid = f"hooked-{uid}"
+    dd.start(progs.step_then_wait, iid, instance_id=iid)
+    inst = row(iid)
+    assert inst.status == Status.CANCELLED and inst.error == "between two checkpoints"
+    assert notes(iid) == ["step", "finally"]
+    assert kinds(iid).count("paused") == 1  # paused once, then woken for the cancel
+
+
 def test_system_checks_refuse_bad_cancel_settings(settings):
     bad = (("CANCEL_GRACE_SECONDS", 0), ("CANCEL_GRACE_SECONDS", "5"), ("CANCEL_GRACE_SECONDS", math.nan),
            ("CANCEL_CHECK_SECONDS", -1), ("CANCEL_CHECK_SECONDS", True), ("CANCEL_CHECK_SECONDS", math.inf))

@@ -104,3 +104,33 @@ async def deadline_by_default(key: str):
     except durable.DeadlineExceeded:
         await note(key, "deadline")
         return "deadline hit"
+
+
+@make_durable
+async def step_then_wait(key: str):
+    try:
+        await note(key, "step")
+        return await durable.wait_for_event("go")
+    finally:
+        await note(key, "finally")
+
+
+def cancel_after_first_checkpoint(instance_id: str, steps: int) -> None:
+    """``ON_CHECKPOINT`` hook: request the cancel of a ``hooked-`` instance right after its first checkpoint
+    (from another connection, as an operator would), before the worker reaches its next checkpoint."""
+    import threading
+
+    from django.db import connection
+
+    from durable_django.api import cancel
+
+    def other() -> None:
+        try:
+            cancel(instance_id, "between two checkpoints")
+        finally:
+            connection.close()
+
+    if instance_id.startswith("hooked-") and steps == 1:
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
