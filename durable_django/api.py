@@ -231,7 +231,8 @@ def result(instance_id: str) -> Any:
     """
     inst = get_instance(instance_id)
     if inst.status == Status.CANCELLED:
-        raise InstanceCancelled(f"instance {instance_id!r} was cancelled")
+        reason = f": {inst.error}" if inst.error and "\n" not in inst.error else ""
+        raise InstanceCancelled(f"instance {instance_id!r} was cancelled{reason}")
     if inst.status not in (Status.COMPLETED, Status.FAILED) or inst.state is None:
         raise LookupError(f"durable instance {instance_id!r} has not finished (it is {inst.status})")
     state = unsign(inst.state, blob_context(inst.instance_id, inst.program, STATE))

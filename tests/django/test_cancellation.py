@@ -70,7 +70,7 @@ def test_cancel_of_a_paused_instance_runs_the_finally_blocks_of_nested_calls(dur
     assert seen == [(uid, "customer left")]
     assert [t.kind for t in durable_env.transitions if t.kind.startswith("cancel")] == ["cancel_requested",
                                                                                           "cancelled"]
-    with pytest.raises(durable.InstanceCancelled):
+    with pytest.raises(durable.InstanceCancelled, match="was cancelled: customer left"):
         dd.result(uid)
     with pytest.raises(InstanceFinished):
         dd.cancel(uid)
