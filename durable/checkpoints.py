@@ -40,6 +40,11 @@ class Checkpoints:
     _cancel: str | None
     _deadline: float | None
     _watch: bool
+    _raised_at: tuple[FunctionCall, int] | None
+
+    def _interruption(self) -> BaseException | None:
+        """The cancellation or deadline to raise at this await (see :class:`durable.interrupts.Interrupts`)."""
+        raise NotImplementedError
 
     def _live(self) -> SavedState:
         """The state of the instance being run (set by :meth:`run` before any step)."""

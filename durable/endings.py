@@ -57,6 +57,8 @@ class Endings(Checkpoints):
         failed: SavedState = {**kept, "status": FAILED, "error": stored, "wait": None, "steps": state["steps"]}
         if kept.get("wait") is not None:
             failed["failed_wait"] = kept["wait"]
+        if self._raised_at is not None:
+            failed["failed_at"] = _where(exc, *self._raised_at)
         self.state = failed
         await self._checkpoint()
         raise exc
@@ -103,3 +105,17 @@ class Endings(Checkpoints):
 def stored_error(state: SavedState) -> BaseException:
     err = state.get("error")
     return restore(err) if isinstance(err, BaseException) else DurableError(str(err))
+
+
+def _where(exc: BaseException, frame: FunctionCall, pc: int) -> str:
+    """Where ``exc`` was raised in ``frame``: its function and the line (from the traceback), for people."""
+    compiled = frame.compiled
+    if compiled is None:
+        return f"<script> block {pc}"
+    line = None
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == compiled.filename:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return f"{compiled.qualname} line {line}" if line is not None else compiled.describe(pc)

@@ -12,13 +12,15 @@ nothing.
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 import random
+import sys
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Generic, ParamSpec, TypeVar, overload
+from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from .exceptions import DeadlineExceeded, InstanceCancelled
 
@@ -127,8 +129,28 @@ class Step(Generic[P, R]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Awaitable[R]:
         return self.fn(*args, **kwargs)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """By reference when it is its module's attribute (a checkpoint then runs the code installed now)."""
+        module, qualname = getattr(self, "__module__", None), getattr(self, "__qualname__", "")
+        if module in sys.modules and "<locals>" not in qualname:
+            obj: Any = sys.modules[module]
+            for part in qualname.split("."):
+                obj = getattr(obj, part, None)
+            if obj is self:
+                return (_step_by_ref, (module, qualname))
+        return (Step, (self.fn, self.retry, self.timeout))
+
     def __repr__(self) -> str:
         return f"<durable.step {getattr(self.fn, '__qualname__', self.fn)!r}>"
+
+
+def _step_by_ref(module: str, qualname: str) -> Step[..., Any]:
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    if not isinstance(obj, Step):
+        raise TypeError(f"{module}.{qualname} is no longer a durable.step (it is {type(obj).__name__})")
+    return obj
 
 
 @overload

@@ -103,6 +103,8 @@ class DurableRuntime(Attempts, Interrupts, Endings):
         self._deadline: float | None = None
         #: Anything to raise at the next await (a cancellation or a deadline): one test per step when not.
         self._watch = False
+        #: (frame, pc) where the last exception was raised in the program: where a failed instance failed.
+        self._raised_at: tuple[FunctionCall, int] | None = None
 
     # -- entry points -----------------------------------------------------
     async def run(self, program: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
@@ -379,6 +381,8 @@ class DurableRuntime(Attempts, Interrupts, Endings):
         """
         frames = self._live()["stack"].frames
         enter(exc, frames[-1] if frames else None, from_block)
+        if frames:
+            self._raised_at = (frames[-1], frames[-1].pc)
         while frames:
             fr = frames[-1]
             blk = fr.blocks[fr.pc]

@@ -90,6 +90,8 @@ class SavedState(TypedDict):
     retry: NotRequired[RetryInfo | None]
     #: The reason of a cancellation raised in the program (a second cancel forces the end).
     cancel: NotRequired[str]
+    #: Where a failed instance's program raised the error that ended it (function, line, await), for people.
+    failed_at: NotRequired[str]
     #: A failed instance's wait at its last checkpoint, waited for again when it is retried.
     failed_wait: NotRequired[WaitInfo | None]
     #: ``(instance id, step)`` of the checkpoint a forked instance was made from.
@@ -112,6 +114,7 @@ def reopen_failed(state: SavedState, instance_id: str) -> SavedState:
     retry = state.get("retry")
     if retry:
         retry["attempt"] = 1
+    state.pop("failed_at", None)
     state.update({"status": PAUSED if wait else RUNNING, "wait": wait, "error": None})
     return state
 

@@ -22,8 +22,8 @@ class Waits(Checkpoints):
         if wait["kind"] == "timer":
             if due is None:
                 raise DurableError(f"instance {self.instance_id!r}: a timer wait without a due time")
-            if self.clock() >= due:
-                return None, None
+            if self.clock() >= due:  # a timer cut at the instance's deadline ends with it
+                return None, self._interruption() if wait.get("deadline") else None
             raise TimerPause(None, due=due, instance_id=self.instance_id)
         event = wait.get("event", "")  # every event wait names its event
         try:
@@ -35,8 +35,8 @@ class Waits(Checkpoints):
             return await self._io.wait_for_event(self.instance_id, event), None
         except PauseForEventException:
             if due is not None and self.clock() >= due:
-                if wait.get("deadline"):  # the wait was cut at the instance's deadline, which raises at the await
-                    return None, None
+                if wait.get("deadline"):  # the wait was cut at the instance's deadline, which is raised instead
+                    return None, self._interruption()
                 return None, EventTimeout(f"event {event!r} did not arrive in time")
             raise PauseForEventException(event, due=due, instance_id=self.instance_id) from None
 

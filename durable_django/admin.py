@@ -11,7 +11,8 @@ Why it looks the way it does:
   rendered as HTML or executed.
 * Every action has its own permission: ``publish_durableevent``,
   ``resume_durableinstance`` (resume now, retry), ``cancel_durableinstance``,
-  ``edit_locals_durableinstance``. Publishing also obeys the wait's
+  ``edit_locals_durableinstance``, ``fork_durableinstance`` (see
+  :mod:`durable_django.forkadmin`). Publishing also obeys the wait's
   assignment and form (see :mod:`durable_django.humantasks`).
 """
 
@@ -47,6 +48,7 @@ from . import api, clock, operations
 from .answers import publish_answer
 from .db import ops
 from .exceptions import DurableDjangoError, InstanceFinished, InvalidInput, UnknownInstance
+from .forkadmin import ForkAdminMixin
 from .forms import EditLocalForm, PublishEventForm
 from .limits import bad_character, check_instance_id
 from .models import FINISHED, DurableEvent, DurableHistory, DurableInstance, Status
@@ -156,7 +158,7 @@ def _short_time(at) -> str:
 
 
 @admin.register(DurableInstance)
-class DurableInstanceAdmin(SafeInputAdmin):
+class DurableInstanceAdmin(ForkAdminMixin, SafeInputAdmin):
     # Five short columns, so that the list fits a 1280 px screen beside the admin's sidebar and the filters: the
     # wake time is in "waits for", failed attempts in the status, the linked object under the program.
     list_display = ("instance_id", "program_name", "status_badge", "waits_for", "updated")
@@ -274,6 +276,7 @@ class DurableInstanceAdmin(SafeInputAdmin):
             path("<path:object_id>/publish/", wrap(self.publish_view), name="{}_{}_publish".format(*info)),
             path("<path:object_id>/do/<str:action>/", wrap(self.operation_view), name="{}_{}_operation".format(*info)),
             path("<path:object_id>/locals/", wrap(self.edit_local_view), name="{}_{}_locals".format(*info)),
+            *self.fork_urls(),
             *super().get_urls(),
         ]
 
@@ -329,7 +332,7 @@ class DurableInstanceAdmin(SafeInputAdmin):
             "operation_urls": {a: self._url("operation", iid, action=a)
                                for a in ("resume", "retry", "cancel", "force_cancel")},
             "publish_form": publish_form or PublishEventForm(initial={"event": inst.waiting_for}),
-            "edit_form_class": EditLocalForm,
+            "edit_form_class": EditLocalForm, **self.fork_context(request, inst),
         }
 
     def _back(self, inst_id: str) -> HttpResponseRedirect:

@@ -30,7 +30,7 @@ from django.utils import timezone
 from durable import OrchestrationBackend, PauseForEventException
 from durable.state import CANCELLED, SavedState
 
-from . import clock
+from . import checkpoints, clock
 from .conf import durable_settings
 from .db import Operations, ops
 from .db.operations import CHECKPOINT_REFUSED as _FINAL
@@ -226,6 +226,7 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
         if self.program is None and (self._context is None or self._context[0] != instance_id):
             # nothing loaded: a new row, which _write creates with the state's program
             self._state_context(instance_id, state.get("program", ""))
+        keep = checkpoints.history_of(state)  # before signing: an instance keeps the history it started with
         # CheckpointException propagates; nothing was written
         blob = sign(state, self._state_context(instance_id))
         now = clock.now()  # the database's clock, as the lease and the core's due times (see clock.py)
@@ -269,10 +270,11 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
                       Status.CANCELLED: columns.get("error", "")[-2000:]}.get(status, "")
             kinds.append((HistoryKind(status.value), status, detail))
 
-        if self.commit and self.worker_id and self.db.features.data_modifying_ctes:
+        kept = None if keep is None else (keep, columns["steps"], blob)
+        if self.commit and self.worker_id and self.db.features.data_modifying_ctes and kept is None:
             self._write_one_statement(instance_id, columns, kinds, now)
         else:
-            self._write(instance_id, state, columns, kinds, now)
+            self._write(instance_id, state, columns, kinds, now, kept)
         if "lease_expires_at" in columns:
             self.lease_expires_at = columns["lease_expires_at"]
         self._written = {k: columns.get(k) for k in _STICKY}
@@ -299,8 +301,10 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
         if not committed:
             transaction.commit(using=self.using)
 
-    def _write(self, instance_id: str, state: SavedState, columns: dict, kinds: list, now: datetime) -> None:
-        """A checkpoint's writes (row, consumed events, history) and, when the executor owns it, the commit."""
+    def _write(self, instance_id: str, state: SavedState, columns: dict, kinds: list, now: datetime,
+               kept: tuple[int, int, bytes] | None = None) -> None:
+        """A checkpoint's writes (row, consumed events, history, the kept checkpoint when the instance keeps a
+        history: ``kept`` = (how many, step, state blob)) and, when the executor owns it, the commit."""
         # The executor owns the transaction (commit=True): no savepoint, its rollback undoes everything
         # after a failed checkpoint. Otherwise the writes below are one unit in the caller's transaction.
         with nullcontext() if self.commit else transaction.atomic(using=self.using):
@@ -322,8 +326,34 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
                 self.db.consume_events(self._consumed, now)
             for kind, st, detail in kinds:
                 self.db.add_history(instance_id, kind, st, detail, self.worker_id, now)
+            if kept is not None:
+                assert self._context is not None  # save_state_sync() set it for this instance
+                keep, step, blob = kept
+                checkpoints.write(instance_id, step, state, keep,
+                                  checkpoints.checkpoint_blob(instance_id, self._context[1], state_blob=blob),
+                                  using=self.using)
         if self.commit:
             transaction.commit(using=self.using)
+
+    # -- kept checkpoints (history for forks, see durable_django.checkpoints) ----------
+    async def list_checkpoints(self, instance_id: str) -> list[dict]:
+        """The kept checkpoints, oldest first: ``step``, ``status``, ``position``, ``at`` (a datetime)."""
+        return await sync_to_async(checkpoints.listing, thread_sensitive=True)(instance_id, using=self.using)
+
+    async def load_checkpoint(self, instance_id: str, step: int) -> SavedState | None:
+        """Kept checkpoint ``step``, its signature verified (``StateTamperedError`` otherwise), or None when it
+        is not kept (the contract of :mod:`durable.history`)."""
+        def load() -> SavedState | None:
+            return checkpoints.load(instance_id, self._program_of(instance_id), step, using=self.using)
+        return await sync_to_async(load, thread_sensitive=True)()
+
+    def _program_of(self, instance_id: str) -> str:
+        ctx = self._context
+        if ctx is not None and ctx[0] == instance_id:
+            return ctx[1]
+        program = (DurableInstance.objects.using(self.using).filter(pk=instance_id)
+                   .values_list("program", flat=True).first())
+        return self.program or program or ""
 
     def _lease_lost(self, instance_id: str) -> LeaseLost:
         return LeaseLost(f"worker {self.worker_id or '-'} no longer owns durable instance {instance_id!r} "

@@ -44,6 +44,12 @@ def check_settings(app_configs=None, **kwargs) -> list:
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             errors.append(Error(f"DURABLE['{name}'] must be a positive integer, got {value!r}.",
                                 id="durable_django.E003"))
+    history = user.get("HISTORY")
+    if history is not None and history is not True and (
+            not isinstance(history, int) or isinstance(history, bool) or history < 1):
+        errors.append(Error(f"DURABLE['HISTORY'] must be None, True or an integer >= 1, got {history!r}.",
+                            hint="The number of checkpoints kept per instance for forks (docs/fork.md).",
+                            id="durable_django.E003"))
     if not isinstance(user.get("PREPARED_STATEMENTS", True), bool):
         errors.append(Error("DURABLE['PREPARED_STATEMENTS'] must be True or False.", id="durable_django.E003"))
     queue = user.get("QUEUE")

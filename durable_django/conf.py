@@ -101,6 +101,13 @@ DEFAULTS: dict[str, Any] = {
     # How often (seconds) a worker running an instance reads its cancel flag, at a checkpoint (one
     # SELECT of the row; none once a cancel is known). 0: at every checkpoint.
     "CANCEL_CHECK_SECONDS": 1.0,
+    # Checkpoint history for forks (docs/fork.md): keep the last N checkpoints
+    # of every instance (an int >= 1; True: all of them) in DurableCheckpoint
+    # rows, written in the checkpoint's transaction. None: each program's own
+    # make_durable(history=...) decides, and by default nothing is kept (the
+    # saved state stays the size of what is live). A program's own history=
+    # wins over this setting.
+    "HISTORY": None,
     # Input limits (see docs/security.md, "Size limits"). Bad input is refused with a clear error and
     # nothing stored. Largest event payload, in bytes of its JSON text (UTF-8), from any entry point.
     "MAX_PAYLOAD_BYTES": 256 * 1024,

@@ -20,6 +20,7 @@ from durable import SavedState
 
 from . import db, signals
 from .exceptions import InstanceFinished, StateUnreadable, UnknownInstance, state_error
+from .forks import fork as _fork
 from .limits import check_instance_id
 from .models import DurableHistory, DurableInstance, HistoryKind, Status
 from .signing import STATE, blob_context, sign, unsign
@@ -163,3 +164,14 @@ def edit_local(instance_id: str, frame_index: int, name: str, value: Any, *, act
     transaction.on_commit(lambda: signals.send_transition("operator", instance_id, status, program),
                           using=db.alias())
     return DurableInstance.objects.defer("state").get(pk=instance_id)
+
+
+def fork(instance_id: str, step: int, *, new_instance_id: str | None = None, locals: dict[str, Any] | None = None,
+         frame: int = -1, actor: str = "") -> DurableInstance:
+    """A new instance that goes on from kept checkpoint ``step`` of ``instance_id``, with ``locals`` (JSON values)
+    set in frame ``frame`` (``"<frame>.<name>"`` keys for other frames); scheduled after commit.
+
+    The instance must keep a history (``make_durable(..., history=N)`` or ``DURABLE["HISTORY"]``). See
+    :func:`durable_django.forks.fork` for the errors, and docs/fork.md.
+    """
+    return _fork(instance_id, step, new_instance_id=new_instance_id, locals=locals, frame=frame, actor=actor)

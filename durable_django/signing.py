@@ -26,6 +26,9 @@ from .conf import durable_settings
 #: Names of the signed columns of ``DurableInstance``; each blob is bound to the column it belongs in.
 STATE = "state"
 ARGUMENTS = "arguments"
+#: The ``state`` blob of a ``DurableCheckpoint`` row (a kept checkpoint, for forks): signed for its instance and
+#: program like ``state``, but never valid as an instance's live state (nor the other way round).
+CHECKPOINT = "checkpoint"
 SIGNED_FIELDS = (STATE, ARGUMENTS)
 _CONTEXT_TAG = b"durable_django.blob.v1"
 

@@ -313,3 +313,46 @@ def test_celery_worker_killed_at_chosen_checkpoints(worker_factory, uid, tmp_pat
     assert down_publishes >= 1
     assert "d" not in next(k_ for k_ in crasher.kills if k_.instance_id == f"{uid}-in-d").effects
     assert_exactly_once([ref, *ids])
+
+
+def test_kill_at_every_checkpoint_of_a_saga_with_retries(uid, tmp_path, dead_queue):
+    """The same sweep over a program with a retried step (two failed attempts, each followed by a durable backoff
+    timer), a step that fails for good and its compensation in ``except`` and ``finally``: after a SIGKILL at
+    any checkpoint or inside any step, the recovered instance ends as plain Python would, with each side
+    effect exactly once and none of the failed attempts' writes."""
+    ref = f"{uid}-ref"
+    dd.start(progs.crash_saga, ref, NAP, instance_id=ref)
+    timers: list[int] = []
+
+    def run_here(todo: list[str]) -> int:
+        for i in todo:
+            if worker.run_instance(i) == Status.PAUSED:
+                timers.append(rows([i])[i]["steps"])
+        return 0
+
+    drive([ref], run_here)
+    k = rows([ref])[ref]["steps"]
+    expected = {"seen": [1, 2, 3, 4]}  # s1, s2 (third attempt), comp, fin: the rows written so far
+    assert dd.result(ref) == expected and len(timers) == 2, (k, timers)
+
+    plan = {f"{uid}-cp{n}": f"checkpoint:{n}" for n in range(1, k + 1)}
+    plan |= {f"{uid}-in-{label}": f"step:{label}" for label in progs.SAGA_LABELS}
+    ids = list(plan)
+    for iid in ids:
+        dd.start(progs.crash_saga, iid, NAP, instance_id=iid)
+    crasher = Crasher(plan, tmp_path / "crashes", dead_queue)
+    crasher.crash_dir.mkdir()
+    crasher.drive_in_parallel([ids[0::2], ids[1::2]])
+
+    assert sorted(k_.instance_id for k_ in crasher.kills) == sorted(ids)
+    for kill in crasher.kills:
+        kind, _, point = kill.where.partition(":")
+        if kind == "checkpoint":
+            assert kill.steps == int(point), kill
+            if int(point) in timers:  # killed right after a backoff's checkpoint: paused on its timer
+                assert (kill.status, kill.wait_kind) == (Status.PAUSED, "timer"), kill
+        else:
+            assert point not in kill.effects, kill  # the write died with the process's transaction
+    for iid in [ref, *ids]:
+        assert dd.result(iid) == expected, iid
+        assert effects_of(iid) == sorted(progs.SAGA_LABELS), iid  # no "s3", no second "s2"

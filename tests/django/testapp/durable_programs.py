@@ -419,3 +419,52 @@ async def fails_in_a_step(key: str):
 @make_durable
 async def fails_in_async_orm(order_id: int):
     await Order.objects.acreate(pk=order_id)  # the row exists: the database refuses it
+
+
+SAGA_LABELS = ("s1", "s2", "comp", "fin")
+
+
+class FlakyError(Exception):
+    """What a retried step raises on its first attempts."""
+
+
+class PermanentError(Exception):
+    """What a step raises that no retry fixes (its policy lists it as non-retryable)."""
+
+
+SAGA_RETRY = durable.RetryPolicy(max_attempts=3, initial_interval=0.2, jitter=0, non_retryable=(PermanentError,))
+
+
+@durable.step(retry=SAGA_RETRY)
+@db_step
+def flaky_effect(key: str, label: str) -> int:
+    """Write ``label``, then fail on the first two attempts (the write is rolled back each time)."""
+    SideEffect.objects.create(key=key, note=label)
+    if durable.current_attempt() < 3:
+        raise FlakyError(f"attempt {durable.current_attempt()} of {label}")
+    crash_here(key, f"step:{label}")
+    return SideEffect.objects.filter(key=key).count()
+
+
+@durable.step(retry=SAGA_RETRY)
+@db_step
+def doomed_effect(key: str, label: str) -> int:
+    """Write ``label``, then fail for good: the write never commits."""
+    SideEffect.objects.create(key=key, note=label)
+    raise PermanentError(label)
+
+
+@make_durable
+async def crash_saga(key: str, nap: float):
+    """A retried step (two failed attempts, each followed by a durable backoff), a step that fails for good, and
+    its compensation in ``except`` and ``finally``: every checkpoint of it is a crash point of the crash tests."""
+    seen = [await crash_effect(key, "s1")]
+    seen.append(await flaky_effect(key, "s2"))
+    try:
+        await doomed_effect(key, "s3")
+        seen.append(-1)
+    except PermanentError:
+        seen.append(await crash_effect(key, "comp"))
+    finally:
+        seen.append(await crash_effect(key, "fin"))
+    return {"seen": seen}
