@@ -291,6 +291,9 @@ def test_command_and_admin_request_then_force(inline, uid):
     out = StringIO()
     call_command("durable_cancel", uid, "--reason", "by command", stdout=out)
     assert "cancel requested" in out.getvalue() and row(uid).status == Status.PAUSED
+    out = StringIO()
+    call_command("durable_status", uid, stdout=out)
+    assert "cancel_reason: by command" in out.getvalue() and "cancel_requested_at: 20" in out.getvalue()
     User.objects.create_superuser("root", password="pw")
     client = Client()
     client.login(username="root", password="pw")
