@@ -46,6 +46,7 @@ from durable import StateTamperedError
 
 from . import api, clock, operations
 from .answers import publish_answer
+from .backend import retry_status
 from .db import ops
 from .exceptions import DurableDjangoError, InstanceFinished, InvalidInput, UnknownInstance
 from .forkadmin import ForkAdminMixin
@@ -257,7 +258,7 @@ class DurableInstanceAdmin(ForkAdminMixin, SafeInputAdmin):
     def resume_selected(self, request, queryset):
         self._each(request, queryset, lambda iid: api.resume(iid, actor=request.user.get_username()), "Resumed")
 
-    @admin.action(description="Retry selected failed instances (from the start)", permissions=["resume"])
+    @admin.action(description="Retry selected failed instances (from their last checkpoint)", permissions=["resume"])
     def retry_selected(self, request, queryset):
         self._each(request, queryset, lambda iid: operations.retry(iid, actor=request.user.get_username()),
                    "Retried")
@@ -300,10 +301,13 @@ class DurableInstanceAdmin(ForkAdminMixin, SafeInputAdmin):
         return TemplateResponse(request, self.change_form_template, self.detail_context(request, inst))
 
     def detail_context(self, request, inst: DurableInstance, publish_form=None) -> dict:
-        frames, stack_error = [], ""
+        frames, stack_error, retrying, failed_at = [], "", None, ""
         if inst.state is not None:
             try:
-                frames = operations.frames(unsign(inst.state, blob_context(inst.instance_id, inst.program, STATE)))
+                state = unsign(inst.state, blob_context(inst.instance_id, inst.program, STATE))
+                frames = operations.frames(state)
+                retrying = retry_status(state)
+                failed_at = str(state.get("failed_at") or "") if inst.status == Status.FAILED else ""
             except StateTamperedError as exc:
                 stack_error = f"The state failed its signature check and was not decoded: {exc}"
             except Exception as exc:  # code gone or changed: frames cannot be unpickled
@@ -317,6 +321,7 @@ class DurableInstanceAdmin(ForkAdminMixin, SafeInputAdmin):
         return {
             **self.admin_site.each_context(request), "opts": self.opts, "title": f"Durable instance {iid}",
             "instance": inst, "original": inst, "frames": frames, "stack_error": stack_error, "history": history,
+            "retrying": retrying, "failed_at": failed_at,
             "failure_chain": operations.failure_chain(inst.error) if inst.error else [],
             "error_shown": operations.error_shown(inst.error),
             "events": events, "task": task, "linked": _linked_label(inst), "finished": inst.status in FINISHED,

@@ -6,6 +6,7 @@ from typing import Any
 
 from durable import SavedState, StateTamperedError
 
+from .backend import retry_status
 from .models import DurableInstance
 from .signing import STATE, blob_context, unsign
 
@@ -52,6 +53,7 @@ def instance_detail(inst: DurableInstance) -> dict[str, Any]:
         {"kind": h.kind, "status": h.status, "detail": h.detail, "actor": h.actor, "at": _iso(h.at)}
         for h in inst.history.order_by("id")]
     data["stack"] = None
+    data["retrying"] = None
     if inst.state is not None:
         try:
             state: SavedState = unsign(inst.state, blob_context(inst.instance_id, inst.program, STATE))
@@ -60,6 +62,7 @@ def instance_detail(inst: DurableInstance) -> dict[str, Any]:
         except Exception as exc:  # code gone or changed: cannot unpickle frames
             data["stack"] = {"error": f"cannot load state: {type(exc).__name__}: {exc}"}
         else:
+            data["retrying"] = retry_status(state)
             stack = state.get("stack")
             data["stack"] = [
                 {"position": fr.position(),
