@@ -14,9 +14,8 @@ building, no savepoint when the executor owns the transaction).
 from __future__ import annotations
 
 import json
-import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from contextlib import nullcontext
 from datetime import UTC, datetime
 from typing import Any
@@ -31,7 +30,7 @@ from durable import OrchestrationBackend, PauseForEventException
 from durable.state import CANCELLED, SavedState
 
 from . import checkpoints, clock
-from .conf import durable_settings
+from .cancel_watch import CancelWatch, cancel_text
 from .db import Operations, ops
 from .db.operations import CHECKPOINT_REFUSED as _FINAL
 from .eventloop import hidden_loop_call
@@ -72,7 +71,7 @@ def describe_error(err: BaseException | None) -> str:
     return f"{type(err).__name__}: {err}"
 
 
-class DjangoOrchestrationBackend(OrchestrationBackend):
+class DjangoOrchestrationBackend(CancelWatch, OrchestrationBackend):
     """State in ``DurableInstance`` rows, events in ``DurableEvent`` rows.
 
     ``worker_id`` (set by the executor) makes every checkpoint conditional on
@@ -119,57 +118,7 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
         #: (name, id, payload) of the oldest unconsumed event the instance waits for, read by the claim
         #: (PostgreSQL): used by the first wait for that name instead of a SELECT.
         self.prefetched_event: tuple | None = None
-        #: the runtime's ``request_cancel`` (see :meth:`watch_cancel`); None: cancels are not watched.
-        self._on_cancel: Callable[[str], None] | None = None
-        #: the reason of a cancel requested before the run, delivered when the state is loaded
-        self._cancel_pending: str | None = None
-        #: a cancel requested for this instance is known to this run (no more flag reads)
-        self.cancel_known = False
-        self._next_cancel_check = 0.0
-        #: a cancel learnt at a checkpoint that ended the run (a pause): the executor wakes it again
-        self.cancel_missed = False
-
-    # -- cancellation -------------------------------------------------------
-    def watch_cancel(self, on_cancel: Callable[[str], None], reason: str | None) -> None:
-        """Call ``on_cancel(reason)`` (the runtime's ``request_cancel``) when this run learns of a cancel.
-
-        ``reason``: a cancel requested before the run (the row's flag, read by the claim), delivered when the
-        state is loaded unless the state shows the program is already cleaning up after it (``"cancel"`` in
-        the state: delivering it again would interrupt the cleanup). None: a cancel requested while the
-        run goes on is read from the row at a checkpoint, at most every ``CANCEL_CHECK_SECONDS``.
-        """
-        self._on_cancel = on_cancel
-        self._cancel_pending = reason
-        self.cancel_known = reason is not None
-        self._next_cancel_check = time.monotonic() + float(durable_settings.CANCEL_CHECK_SECONDS)
-
-    def _deliver_pending_cancel(self, state: SavedState | None) -> None:
-        reason, self._cancel_pending = self._cancel_pending, None
-        if reason is not None and self._on_cancel is not None and (state is None or "cancel" not in state):
-            self._on_cancel(reason)
-
-    def _check_cancel(self, instance_id: str, status: str) -> None:
-        """After a checkpoint: read the row's cancel flag (one SELECT) if it is time to; deliver a cancel found."""
-        if self._on_cancel is None or self.cancel_known or status not in (Status.RUNNING, Status.PAUSED):
-            return
-        now = time.monotonic()
-        if now < self._next_cancel_check:
-            return
-        self._next_cancel_check = now + float(durable_settings.CANCEL_CHECK_SECONDS)
-        # Not left open while the next step runs (a long step would hold a snapshot, and a table lock that
-        # blocks migrations): in autocommit where the database allows it, else its transaction is ended now,
-        # which holds nothing else (the checkpoint just committed).
-        with self.db.standalone() as alone:
-            row = self.db.cancel_flag(instance_id)
-        if not alone and self.commit:
-            transaction.commit(using=self.using)
-        if row is None or row[0] is None:
-            return
-        self.cancel_known = True
-        if status == Status.RUNNING:
-            self._on_cancel(row[1] or "")  # raised at the program's next await
-        else:
-            self.cancel_missed = True  # this checkpoint ended the run: the next run delivers it
+        self._init_cancel_watch()
 
     # -- state ------------------------------------------------------------
     async def load_state(self, instance_id: str) -> SavedState | None:
@@ -262,7 +211,7 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
             self.discard_step_writes_sync(instance_id)
             self._consumed = []
         elif status == Status.CANCELLED:
-            columns.update(error=_cancel_text(state), finished_at=now)
+            columns.update(error=cancel_text(state), finished_at=now)
 
         kinds = []
         if self._loaded_layout and columns.get("layout_hash", self._loaded_layout) != self._loaded_layout:
@@ -492,15 +441,6 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
     def publish_event(self, instance_id: str, event_name: str, payload: Any = None) -> None:
         """Deliver an event (see :func:`durable_django.publish_event`)."""
         publish_event(instance_id, event_name, payload, using=self.using)
-
-
-def _cancel_text(state: SavedState) -> str:
-    """The ``error`` of an instance its cancellation ended: the reason (or the exception that carried it)."""
-    reason = state.get("cancel")
-    if isinstance(reason, str) and reason:
-        return reason
-    err = state.get("error")
-    return str(err) if err is not None else ""
 
 
 def retry_backoff(state: Mapping[str, Any]) -> Mapping[str, Any] | None:
