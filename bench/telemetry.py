@@ -2,7 +2,9 @@
 
 Runs :func:`bench.workloads.many_steps` in this process (``RUN_INLINE``) on a
 SQLite file (WAL, ``synchronous=NORMAL``: the example project's options), the
-cheapest checkpoint there is, so the ratio is an upper bound. "On" is the whole of
+cheapest checkpoint there is, so the ratio is an upper bound; or, with
+``--pg postgres://user@host:port/db``, on a database of its own created on
+that PostgreSQL server (and dropped). "On" is the whole of
 ``DURABLE["TELEMETRY"]`` (traces, metrics, logs) with the OpenTelemetry SDK
 configured as in production (a ``BatchSpanProcessor``, here exporting to
 nowhere) and a fresh ``prometheus_client`` registry; also measured: steps as
@@ -14,12 +16,14 @@ of the repeats. Target: on / off <= 1.05. Writes ``bench/results/telemetry.json`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +35,18 @@ TARGET_RATIO = 1.05
 _REGISTRY: Any = None
 
 
-def _settings(path: str) -> None:
+def _settings(path: str, pg: str | None) -> None:
     import django
     from django.conf import settings
 
-    database = {"ENGINE": "django.db.backends.sqlite3", "NAME": path,
-                "OPTIONS": {"transaction_mode": "IMMEDIATE", "timeout": 30,
-                            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"}}
+    if pg:
+        import dj_database_url
+
+        database = {**dj_database_url.parse(pg), "CONN_MAX_AGE": None}
+    else:
+        database = {"ENGINE": "django.db.backends.sqlite3", "NAME": path,
+                    "OPTIONS": {"transaction_mode": "IMMEDIATE", "timeout": 30,
+                                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"}}
     settings.configure(
         SECRET_KEY="durable-bench-not-secret-0123456789abcdef", USE_TZ=True, DEBUG=False,
         INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth", "durable_django"],
@@ -128,14 +137,45 @@ def measure(n: int, repeats: int, warmup: int) -> dict[str, Any]:
     }
 
 
+@contextlib.contextmanager
+def _private_pg(server: str) -> Iterator[str]:
+    """A database of its own on the server (created, then dropped): never another run's tables."""
+    import psycopg
+
+    base, _, _ = server.rpartition("/")
+    name = f"durable_bench_tele_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(server, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _close() -> None:
+    from django.db import connections
+
+    connections.close_all()
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(prog="python -m bench telemetry", description=__doc__)
     ap.add_argument("--quick", action="store_true", help="a smoke run with small sizes")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--pg", metavar="URL", help="PostgreSQL server URL (postgres://user@host:port/db): the run "
+                    "creates and drops its own database there")
     args = ap.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="durable-bench-tele-") as tmp:
-        _settings(os.path.join(tmp, "bench.sqlite3"))
-        res = measure(n=20 if args.quick else 300, repeats=3 if args.quick else 15, warmup=1 if args.quick else 2)
+    sizes = {"n": 20 if args.quick else 300, "repeats": 3 if args.quick else 15, "warmup": 1 if args.quick else 2}
+    if args.pg:
+        with _private_pg(args.pg) as url:
+            _settings("", url)
+            res = measure(**sizes)
+            _close()
+    else:
+        with tempfile.TemporaryDirectory(prefix="durable-bench-tele-") as tmp:
+            _settings(os.path.join(tmp, "bench.sqlite3"), None)
+            res = measure(**sizes)
     print(f"telemetry per step ({res['meta']['vendor']}, N={res['meta']['n_steps']}, median of "
           f"{res['meta']['repeats']}; target on/off <= {TARGET_RATIO}):")
     for mode, m in res["modes"].items():
