@@ -140,7 +140,8 @@ class _Metrics:
             ["program"], registry=registry,
             buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300))
         self.wakeup_seconds = pc.Histogram(
-            "durable_wakeup_latency_seconds", "From start() or publish_event() to the start of the run it wakes.",
+            "durable_wakeup_latency_seconds",
+            "From start(), publish_event() or a timer's due time to the start of the run it wakes.",
             ["program", "cause"], registry=registry,
             buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300))
         registry.register(_QueueDepth())
@@ -218,13 +219,16 @@ class Run:
             self._token = tr.context.attach(self.span_context)  # the program's own spans nest under the run
 
     def _read_trace(self, m: _Metrics | None, first: bool) -> tuple[dict, list]:
-        """The stored trace context and the publishes not seen yet (cleared: each links one run only)."""
+        """The stored trace context and the publishes not seen yet (cleared: each links one run only).
+
+        One query (the instance's due time, joined with its trace row); a second one only to clear publishes.
+        """
         try:
-            found = DurableTrace.objects.filter(pk=self.instance_id).values_list(
-                "context", "started_at", "pending").first()
+            found = DurableInstance.objects.filter(pk=self.instance_id).values_list(
+                "wake_at", "trace__context", "trace__started_at", "trace__pending").first()
             if found is None:
                 return {}, []
-            carrier, started_at, pending = found
+            wake_at, carrier, started_at, pending = found
             if pending:
                 DurableTrace.objects.filter(pk=self.instance_id).update(pending=[])
         except DatabaseError:
@@ -239,6 +243,9 @@ class Run:
             for entry in pending or ():
                 if len(entry) > 1 and isinstance(entry[1], int | float):
                     hist.labels(self.program, "event").observe(max(0.0, now - entry[1]))
+            # the claim leaves wake_at alone: a due time in the past is the timer (or timeout) that woke this run
+            if wake_at is not None and not pending and wake_at.timestamp() <= now:
+                hist.labels(self.program, "timer").observe(now - wake_at.timestamp())
         return carrier or {}, pending or []
 
     def hook(self, status_of: Callable[[], str | None], user: Callable[[str, int], None] | None

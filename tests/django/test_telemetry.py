@@ -215,3 +215,15 @@ def test_steps_as_events_of_the_run_span(inline, telemetry_on, settings, uid):
     run = next(s for s in finished if s.name == "durable run effect_then_finish")
     assert [(e.name, e.attributes["durable.step"], e.attributes["durable.status"]) for e in run.events] == [
         ("durable step", 1, "running"), ("durable step", 2, "completed")]
+
+
+def test_timer_wakeup_latency(inline, telemetry_on, uid):
+    dd.start(progs.sleeper, 0.2, instance_id=uid)
+    row = DurableInstance.objects.get(pk=uid)
+    assert row.status == Status.PAUSED and row.wake_at is not None
+    wait_until(lambda: timezone.now() >= row.wake_at + timedelta(seconds=0.05), message="the timer to be due")
+    assert worker.run_instance(uid) == Status.COMPLETED
+    program = "tests.django.testapp.durable_programs.sleeper"
+    assert value("durable_wakeup_latency_seconds_count", program=program, cause="timer") == 1
+    assert 0.05 <= value("durable_wakeup_latency_seconds_sum", program=program, cause="timer") < 30
+    assert value("durable_wakeup_latency_seconds_count", program=program, cause="start") == 1
