@@ -30,6 +30,7 @@ from durable import OrchestrationBackend, PauseForEventException
 from durable.state import CANCELLED, SavedState
 
 from . import checkpoints, clock
+from .cancel_watch import CancelWatch, cancel_text
 from .db import Operations, ops
 from .db.operations import CHECKPOINT_REFUSED as _FINAL
 from .eventloop import hidden_loop_call
@@ -70,7 +71,7 @@ def describe_error(err: BaseException | None) -> str:
     return f"{type(err).__name__}: {err}"
 
 
-class DjangoOrchestrationBackend(OrchestrationBackend):
+class DjangoOrchestrationBackend(CancelWatch, OrchestrationBackend):
     """State in ``DurableInstance`` rows, events in ``DurableEvent`` rows.
 
     ``worker_id`` (set by the executor) makes every checkpoint conditional on
@@ -117,6 +118,7 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
         #: (name, id, payload) of the oldest unconsumed event the instance waits for, read by the claim
         #: (PostgreSQL): used by the first wait for that name instead of a SELECT.
         self.prefetched_event: tuple | None = None
+        self._init_cancel_watch()
 
     # -- state ------------------------------------------------------------
     async def load_state(self, instance_id: str) -> SavedState | None:
@@ -138,6 +140,8 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
         context = self._state_context(instance_id, self.program or program)
         self.last_status = status
         if blob is None:
+            if self._cancel_pending is not None:
+                self._deliver_pending_cancel(None)
             return None
         state = unsign(blob, context)
         stack = state.get("stack")
@@ -146,6 +150,8 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
         self._loaded_frame = frames[0] if self._loaded_layout else None  # a migration updates its fingerprint
         if status == Status.CANCELLED:
             state["status"] = CANCELLED
+        if self._cancel_pending is not None:
+            self._deliver_pending_cancel(state)
         return state
 
     async def save_state(self, instance_id: str, state: SavedState) -> None:
@@ -204,6 +210,8 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
             # the inbox, to be taken again.
             self.discard_step_writes_sync(instance_id)
             self._consumed = []
+        elif status == Status.CANCELLED:
+            columns.update(error=cancel_text(state), finished_at=now)
 
         kinds = []
         if self._loaded_layout and columns.get("layout_hash", self._loaded_layout) != self._loaded_layout:
@@ -215,8 +223,9 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
         self._resumed = True
         if status == Status.PAUSED and retry_backoff(state):
             kinds.append((HistoryKind.RETRYING, status, retry_text(state)))
-        elif status in (Status.PAUSED, Status.COMPLETED, Status.FAILED):
-            detail = {Status.PAUSED: _wait_text(wait), Status.FAILED: columns.get("error", "")[-2000:]}.get(status, "")
+        elif status in (Status.PAUSED, Status.COMPLETED, Status.FAILED, Status.CANCELLED):
+            detail = {Status.PAUSED: _wait_text(wait), Status.FAILED: columns.get("error", "")[-2000:],
+                      Status.CANCELLED: columns.get("error", "")[-2000:]}.get(status, "")
             kinds.append((HistoryKind(status.value), status, detail))
 
         kept = None if keep is None else (keep, columns["steps"], blob)
@@ -233,6 +242,7 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
         self.last_wait = wait if status == Status.PAUSED else None
         self.saves += 1
         self.transitions.extend((k.value, st.value, d) for k, st, d in kinds)
+        self._check_cancel(instance_id, status)
 
     def _write_one_statement(self, instance_id: str, columns: dict, kinds: list, now: datetime) -> None:
         """A checkpoint under the executor's lease on PostgreSQL: row, consumed events and history in one

@@ -93,6 +93,14 @@ DEFAULTS: dict[str, Any] = {
     # A worker running a batch hands the instances it has not started yet
     # back to the queue after this many seconds (other workers pick them up).
     "BATCH_SECONDS": 1.0,
+    # Cancellation (docs/failures.md, "Cancellation"): cancel() raises InstanceCancelled inside the
+    # program at its current await so that its except/finally blocks can clean up. An instance still
+    # cleaning up this many seconds after the request is ended "cancelled" by the sweep, running
+    # nothing more (as cancel(force=True) does at once).
+    "CANCEL_GRACE_SECONDS": 300,
+    # How often (seconds) a worker running an instance reads its cancel flag, at a checkpoint (one
+    # SELECT of the row; none once a cancel is known). 0: at every checkpoint.
+    "CANCEL_CHECK_SECONDS": 1.0,
     # Checkpoint history for forks (docs/fork.md): keep the last N checkpoints
     # of every instance (an int >= 1; True: all of them) in DurableCheckpoint
     # rows, written in the checkpoint's transaction. None: each program's own
@@ -110,6 +118,20 @@ DEFAULTS: dict[str, Any] = {
     "MAX_EVENT_NAME_LENGTH": 200,
     # Deepest nesting of JSON parsed from a request body, a form or the command line.
     "MAX_JSON_DEPTH": 32,
+    # -- telemetry (docs/telemetry.md) --
+    # What to emit, a dict of booleans: {"traces": True} (OpenTelemetry spans
+    # per run and per step, needs opentelemetry-api: the [otel] extra; the
+    # project configures the SDK), {"metrics": True} (Prometheus counters,
+    # histograms and gauges, needs prometheus_client: the [prometheus] extra),
+    # {"logs": True} (one record of logger "durable_django" per transition and
+    # failure, with extra fields). Optional keys: "steps" ("spans", the
+    # default: a span per step; "events": an event per step on the run span,
+    # cheaper), "registry" (dotted path of a
+    # prometheus_client CollectorRegistry; default: prometheus_client.REGISTRY)
+    # and "metrics_token" (a bearer token accepted by the /metrics view besides
+    # the view_durableinstance permission). Empty: all off, nothing imported,
+    # no per-step cost.
+    "TELEMETRY": {},
 }
 
 _KEY_SALT = b"durable_django.state-signing"

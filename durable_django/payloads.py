@@ -41,6 +41,9 @@ def instance_detail(inst: DurableInstance) -> dict[str, Any]:
     data = instance_summary(inst)
     data["result"] = inst.result
     data["error"] = inst.error
+    data["deadline"] = _iso(inst.deadline)
+    data["cancel_requested_at"] = _iso(inst.cancel_requested_at)
+    data["cancel_reason"] = inst.cancel_reason
     data["events"] = [
         {"id": e.id, "name": e.name, "payload": e.payload, "idempotency_key": e.idempotency_key,
          "created_at": _iso(e.created_at), "consumed_at": _iso(e.consumed_at), "publisher_id": e.publisher_id,

@@ -136,7 +136,7 @@ bind(Order, "approved", when=lambda order, **kw: order.status == "approved",
 
 @db_step
 def cancel_self_then_write(instance_id: str, key: str) -> None:
-    """Cancel our own instance from another connection, then write: the checkpoint must refuse and roll back."""
+    """Force-cancel our own instance from another connection, then write: the checkpoint must refuse and roll back."""
     import threading
 
     from django.db import connection
@@ -145,7 +145,7 @@ def cancel_self_then_write(instance_id: str, key: str) -> None:
 
     def other():
         try:
-            cancel(instance_id, "from another connection")
+            cancel(instance_id, "from another connection", force=True)
         finally:
             connection.close()
 
