@@ -43,6 +43,7 @@ from django.utils.formats import date_format
 from django.utils.html import format_html
 
 from durable import StateTamperedError
+from durable.progress import describe
 
 from . import api, clock, operations
 from .answers import publish_answer
@@ -61,7 +62,7 @@ if HUMAN_TASKS:
     from .humantasks.sync import answer
 
 LIST_FIELDS = ("instance_id", "program", "status", "wait_kind", "waiting_for", "wake_at", "updated_at", "attempts",
-               "created_at", "content_type_id", "object_id")
+               "created_at", "content_type_id", "object_id", "progress")
 #: "app_label.model:pk" in the search box finds the instances linked to that object.
 _OBJECT_RE = re.compile(r"^(?P<app>\w+)\.(?P<model>\w+):(?P<pk>.+)$")
 HISTORY_LIMIT = 300
@@ -161,7 +162,7 @@ def _short_time(at) -> str:
 class DurableInstanceAdmin(ForkAdminMixin, SafeInputAdmin):
     # Five short columns, so that the list fits a 1280 px screen beside the admin's sidebar and the filters: the
     # wake time is in "waits for", failed attempts in the status, the linked object under the program.
-    list_display = ("instance_id", "program_name", "status_badge", "waits_for", "updated")
+    list_display = ("instance_id", "program_name", "status_badge", "progress_summary", "waits_for", "updated")
     list_filter = ("status", ProgramFilter, WaitFilter, LinkedTypeFilter)
     # Case-sensitive lookups, so that the primary key's and object_id's indexes serve them (UPPER() would scan).
     search_fields = ("instance_id__startswith", "object_id__exact")
@@ -222,6 +223,14 @@ class DurableInstanceAdmin(ForkAdminMixin, SafeInputAdmin):
             badge = format_html('{} <small title="failed attempts">({} attempt{})</small>', badge, obj.attempts,
                                 "" if obj.attempts == 1 else "s")
         return badge
+
+    @admin.display(description="progress")
+    def progress_summary(self, obj: DurableInstance) -> str:
+        """What the program reported last (durable.set_status), short; the whole JSON in the tooltip."""
+        if obj.progress is None:
+            return ""
+        return format_html('<span title="{}">{}</span>', describe(obj.progress, 1000),
+                           describe(obj.progress, 40))
 
     @admin.display(description="updated", ordering="updated_at")
     def updated(self, obj: DurableInstance) -> str:

@@ -13,7 +13,7 @@ class DurableDjangoConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks, live, tasks, wakeups, worker  # noqa: F401  (checks registers the system checks)
+        from . import checks, live, progress, tasks, wakeups, worker  # noqa: F401  (checks registers the system checks)
 
         # Wake-ups look the Celery tasks up by name (tasks is imported above so that they are registered) and
         # run an instance in this process with RUN_INLINE through the worker's entry point.
@@ -22,6 +22,9 @@ class DurableDjangoConfig(AppConfig):
         # Push every transition to the channel layer, in every process that loads the project (web, ASGI,
         # workers). Idempotent: connected under a dispatch_uid, so a second ready() adds nothing.
         live.connect()
+
+        # The size limits of durable.set_status()/durable.publish() come from the DURABLE settings.
+        progress.apply_settings()
 
         # Programs, migrations and model bindings live in <app>/durable_programs.py.
         autodiscover_modules("durable_programs")

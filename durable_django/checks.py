@@ -7,7 +7,7 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.utils.module_loading import import_string
 
-from .conf import DEFAULTS
+from .conf import DEFAULTS, durable_settings
 from .limits import EVENT_NAME_COLUMN, INSTANCE_ID_COLUMN
 
 
@@ -232,3 +232,20 @@ def check_channel_layer(app_configs=None, **kwargs) -> list:
         hint="Use a cross-process layer (channels_redis.core.RedisChannelLayer) in production, or add "
              "'durable_django.W004' to SILENCED_SYSTEM_CHECKS if polling is what you want.",
         id="durable_django.W004")]
+
+
+@register(Tags.compatibility)
+def check_progress_settings(app_configs=None, **kwargs) -> list:
+    """The progress limits (docs/progress.md): integers in range (E070), a positive poll interval (E071)."""
+    user = durable_settings.user_settings()
+    errors: list[CheckMessage] = []
+    for name, low in (("MAX_STATUS_BYTES", 2), ("MAX_PUBLISHED_KEYS", 1)):
+        value = user.get(name, DEFAULTS[name])
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            errors.append(Error(f"DURABLE['{name}'] must be an integer of at least {low}, got {value!r}.",
+                                id="durable_django.E070"))
+    interval = user.get("VALUE_POLL_MAX_INTERVAL", DEFAULTS["VALUE_POLL_MAX_INTERVAL"])
+    if not isinstance(interval, int | float) or isinstance(interval, bool) or not 0 < interval <= 3600:
+        errors.append(Error(f"DURABLE['VALUE_POLL_MAX_INTERVAL'] must be a number of seconds above 0 (at most "
+                            f"3600), got {interval!r}.", id="durable_django.E071"))
+    return errors

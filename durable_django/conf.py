@@ -110,6 +110,16 @@ DEFAULTS: dict[str, Any] = {
     "MAX_EVENT_NAME_LENGTH": 200,
     # Deepest nesting of JSON parsed from a request body, a form or the command line.
     "MAX_JSON_DEPTH": 32,
+    # -- Progress reported from inside a process (docs/progress.md) --
+    # Largest custom status (durable.set_status) or published value (durable.publish), in bytes of its
+    # JSON text: it is saved with every checkpoint, so keep it a summary. Larger values are refused where
+    # the program sets them.
+    "MAX_STATUS_BYTES": 4096,
+    # Most keys one instance may publish with durable.publish().
+    "MAX_PUBLISHED_KEYS": 100,
+    # get_value()/aget_value(): the longest pause between two reads of the row while waiting for a value
+    # (seconds); the first pauses are shorter (backoff from 0.02 s).
+    "VALUE_POLL_MAX_INTERVAL": 1.0,
 }
 
 _KEY_SALT = b"durable_django.state-signing"
