@@ -1,0 +1,132 @@
+"""Progress from inside a process (docs/progress.md): real Celery workers, the API, the admin, a real websocket.
+
+The program (tests/django/testapp/progress_programs.py) calls durable.set_status at every step and
+durable.publish before and after a wait; the test process reads what the worker's checkpoints saved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+
+import pytest
+from django.contrib.auth.models import Permission, User
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+
+import durable_django as dd
+from durable_django.exceptions import UnknownInstance, ValueNotPublished, ValueTimeout
+from durable_django.models import DurableInstance, Status
+from tests.django.conftest import wait_until
+from tests.django.test_channels_live import asgi_server, session_cookie  # noqa: F401  (fixture)
+from tests.django.testapp import progress_programs as progs
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]
+
+
+def wait_status(uid: str, status: str, timeout: float = 60) -> DurableInstance:
+    return wait_until(lambda: DurableInstance.objects.filter(pk=uid, status=status).first(), timeout=timeout,
+                      message=lambda: f"{uid} {status}: {DurableInstance.objects.filter(pk=uid).first()!r}")
+
+
+def test_progress_and_values_through_real_workers_api_and_admin(worker_factory, uid):
+    worker_factory()
+    dd.start(progs.reported_job, uid, 3, instance_id=uid)
+    # a view waits for the value the worker publishes (polling with backoff), across processes
+    assert dd.get_value(uid, "total", timeout=60) == 0 + 1 + 2
+    inst = wait_status(uid, Status.PAUSED)
+    assert dd.get_instance(uid).progress == {"stage": "waiting for go", "percent": 90}
+    assert inst.progress_text == "waiting for go · 90%"
+    assert dd.get_values(uid) == {"total": 3}
+
+    # not there yet: the deadline holds (it neither returns early nor waits much longer)
+    began = time.monotonic()
+    with pytest.raises(ValueTimeout, match="did not publish 'answer' within 0.5"):
+        dd.get_value(uid, "answer", timeout=0.5)
+    assert 0.5 <= time.monotonic() - began < 3
+    assert dd.get_value(uid, "answer", timeout=0.2, default="none yet") == "none yet"
+
+    # the admin shows it (list column and detail)
+    admin = User.objects.create_superuser("root-progress", password="pw")
+    client = Client()
+    client.force_login(admin)
+    listing = client.get(reverse("admin:durable_django_durableinstance_changelist")).content.decode()
+    assert "waiting for go · 90%" in listing
+    detail = client.get(reverse("admin:durable_django_durableinstance_change", args=[uid])).content.decode()
+    assert "&#x27;stage&#x27;: &#x27;waiting for go&#x27;" in detail and 'id="durable-published"' in detail
+
+    # another thread waits while the event is published: it gets the value the worker publishes after it
+    got: list = []
+    waiter = threading.Thread(target=lambda: got.append(dd.get_value(uid, "answer", timeout=60)))
+    waiter.start()
+    dd.publish_event(uid, "go", "ann")
+    waiter.join(70)
+    assert got == [{"total": 3, "go": "ann"}]
+    wait_status(uid, Status.COMPLETED)
+    assert dd.get_instance(uid).progress == {"stage": "done", "percent": 100, "message": "go from ann"}
+    with pytest.raises(ValueNotPublished, match="never published 'nothing'"):
+        dd.get_value(uid, "nothing", timeout=30)  # finished: refused at once, not after 30 s
+    with pytest.raises(UnknownInstance):
+        dd.get_value(uid + "-missing", "total", timeout=0)
+
+
+def test_aget_value_waits_in_async_code(worker_factory, uid):
+    worker_factory()
+
+    async def main():
+        await dd.astart(progs.reported_job, uid, 2, instance_id=uid)
+        with pytest.raises(ValueTimeout):
+            await dd.aget_value(uid, "answer", timeout=0.3)
+        return await dd.aget_value(uid, "total", timeout=60)
+
+    assert asyncio.run(main()) == 1
+
+
+def test_progress_column_written_only_when_it_changed(inline, uid):
+    with CaptureQueriesContext(connection) as ctx:
+        dd.start(progs.sometimes_reports, uid, 7, instance_id=uid)
+    inst = DurableInstance.objects.get(pk=uid)
+    assert inst.status == Status.COMPLETED and inst.progress == {"block": 6}
+    table = DurableInstance._meta.db_table
+    updates = [q["sql"] for q in ctx.captured_queries
+               if q["sql"].startswith("UPDATE") and table in q["sql"] and '"state"' in q["sql"]]
+    assert len(updates) >= 7  # one checkpoint per step at least
+    # the status changes at steps 0, 3 and 6: three checkpoints carry the column, the others leave it out
+    assert sum('"progress"' in q for q in updates) == 3
+    assert not any('"published"' in q for q in updates)
+
+
+def test_websocket_receives_the_progress(asgi_server, worker_factory, uid):  # noqa: F811
+    from websockets.sync.client import connect
+
+    worker_factory()
+    watcher = User.objects.create_user("ws-progress", password="pw")
+    watcher.user_permissions.add(Permission.objects.get(codename="view_durableinstance"))
+    dd.start(progs.reported_job, uid, 2, instance_id=uid)
+    ws_url = f"ws://127.0.0.1:{asgi_server.port}/ws/durable/instances/{uid}/"
+    with connect(ws_url, origin=asgi_server.url, open_timeout=10,
+                 additional_headers={"Cookie": f"sessionid={session_cookie(watcher)}"}) as ws:
+        def next_where(check, deadline: float) -> dict:
+            while True:
+                msg = json.loads(ws.recv(timeout=max(0.1, deadline - time.monotonic())))
+                if msg["type"] == "status" and check(msg["instance"]):
+                    return msg["instance"]
+
+        paused = next_where(lambda i: i["status"] == Status.PAUSED, time.monotonic() + 60)
+        assert paused["progress"] == {"stage": "waiting for go", "percent": 90}
+        assert paused["progress_text"] == "waiting for go · 90%"
+        dd.publish_event(uid, "go", "bob")
+        done = next_where(lambda i: i["status"] == Status.COMPLETED, time.monotonic() + 60)
+        assert done["progress"]["message"] == "go from bob"
+
+
+def test_bad_status_fails_the_step_where_it_is_set(inline, uid, settings):
+    settings.DURABLE = {**settings.DURABLE, "MAX_STATUS_BYTES": 20}
+    dd.start(progs.reported_job, uid, 1, instance_id=uid)  # {"stage": "working", "percent": 0} is 32 bytes
+    inst = DurableInstance.objects.get(pk=uid)
+    assert inst.status == Status.FAILED
+    assert "more than the limit of 20" in inst.error and "set_status" in inst.error

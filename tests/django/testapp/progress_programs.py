@@ -1,0 +1,42 @@
+"""Programs of the progress tests (tests/django/test_progress.py): durable.set_status and durable.publish.
+
+Module-level, so worker subprocesses import them by dotted path.
+"""
+
+from __future__ import annotations
+
+import durable
+from durable import make_durable, wait_for_event
+from durable_django import db_step
+
+from .models import SideEffect
+
+
+@db_step
+def work(key: str, i: int) -> int:
+    SideEffect.objects.create(key=key, note=str(i))
+    return i
+
+
+@make_durable
+async def reported_job(key: str, steps: int = 3) -> dict:
+    """Reports a stage and a percentage at every step, publishes a total, waits for "go", publishes the answer."""
+    total = 0
+    for i in range(steps):
+        durable.set_status({"stage": "working", "percent": 100 * i // steps})
+        total += await work(key, i)
+    durable.set_status({"stage": "waiting for go", "percent": 90})
+    durable.publish("total", total)
+    go = await wait_for_event("go")
+    durable.set_status({"stage": "done", "percent": 100, "message": f"go from {go}"})
+    durable.publish("answer", {"total": total, "go": go})
+    return total
+
+
+@make_durable
+async def sometimes_reports(key: str, steps: int) -> int:
+    """Reports a value that changes every third step only (the others set the same value again)."""
+    for i in range(steps):
+        durable.set_status({"block": i - i % 3})
+        await work(key, i)
+    return steps
