@@ -9,6 +9,9 @@ only when they changed. This module is the reading side:
   instance has published a key (DBOS ``get_event``). They poll the row with a
   backoff (20 ms, growing to ``VALUE_POLL_MAX_INTERVAL``): one indexed primary-key
   read per poll, no listener to keep, and it works on every database.
+* :data:`published_value` is the same wait inside a durable program: a step
+  that reads once and, while the value is not there, is retried after a
+  durable timer (``RetryPolicy``), so the waiting instance holds no worker.
 * :func:`apply_settings` hands the ``DURABLE`` size limits to the core, in every
   process (``AppConfig.ready``) and again when the settings change (tests).
 """
@@ -22,15 +25,15 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.core.signals import setting_changed
 
+import durable
 from durable import progress as core
 
 from .conf import durable_settings
 from .exceptions import UnknownInstance, ValueNotPublished, ValueTimeout
 from .limits import check_instance_id
 from .models import FINISHED, DurableInstance
+from .steps import db_step
 
-#: Returned by the read of one poll when the value is not there yet.
-_NOT_YET = object()
 _MISSING: Any = object()
 #: The first pause between two reads (seconds); each next one is 1.5 times longer, up to the setting.
 FIRST_INTERVAL = 0.02
@@ -50,18 +53,19 @@ def _on_setting_changed(setting: str = "", **kwargs: Any) -> None:
 setting_changed.connect(_on_setting_changed, dispatch_uid="durable_django.progress.apply_settings")
 
 
-def read_value(instance_id: str, key: str, *, using: str | None = None) -> Any:
-    """The value ``instance_id`` published under ``key``, or ``_NOT_YET``; raises when it never will."""
+def read_value(instance_id: str, key: str, *, using: str | None = None) -> tuple[bool, Any]:
+    """``(True, value)`` when ``instance_id`` published ``key``, ``(False, None)`` while it has not; raises
+    :class:`ValueNotPublished` when it never will, :class:`UnknownInstance` when there is no such instance."""
     row = (DurableInstance.objects.using(using).filter(pk=instance_id)
            .values_list("published", "status").first())
     if row is None:
         raise UnknownInstance(instance_id)
     published, status = row
     if published and key in published:
-        return published[key]
+        return True, published[key]
     if status in FINISHED:
         raise ValueNotPublished(f"durable instance {instance_id!r} is {status} and never published {key!r}")
-    return _NOT_YET
+    return False, None
 
 
 def _check(instance_id: str, key: str, timeout: float) -> float:
@@ -96,8 +100,8 @@ def get_value(instance_id: str, key: str, *, timeout: float = 30.0, default: Any
     longest = float(durable_settings.VALUE_POLL_MAX_INTERVAL)
     pause = FIRST_INTERVAL
     while True:
-        value = read_value(instance_id, key, using=using)
-        if value is not _NOT_YET:
+        found, value = read_value(instance_id, key, using=using)
+        if found:
             return value
         left = deadline - time.monotonic()
         if left <= 0:
@@ -114,8 +118,8 @@ async def aget_value(instance_id: str, key: str, *, timeout: float = 30.0, defau
     pause = FIRST_INTERVAL
     read = sync_to_async(read_value, thread_sensitive=True)
     while True:
-        value = await read(instance_id, key, using=using)
-        if value is not _NOT_YET:
+        found, value = await read(instance_id, key, using=using)
+        if found:
             return value
         left = deadline - time.monotonic()
         if left <= 0:
@@ -132,3 +136,26 @@ def get_values(instance_id: str, *, using: str | None = None) -> dict[str, Any]:
         raise UnknownInstance(instance_id)
     return dict(row[0] or {})
 
+
+
+#: The retries of :data:`published_value`: from 1 s, doubling, up to 5 minutes between reads; about 2 hours
+#: in all before the step fails with the last :class:`ValueTimeout` (or :class:`UnknownInstance`).
+PUBLISHED_VALUE_RETRY = durable.RetryPolicy(max_attempts=30, initial_interval=1.0, backoff=2.0, max_interval=300.0,
+                                            retry_on=(ValueTimeout, UnknownInstance))
+
+
+def read_published(instance_id: str, key: str) -> Any:
+    """One read of :data:`published_value`: the value, or :class:`ValueTimeout` while it is not there."""
+    found, value = read_value(instance_id, key)
+    if not found:
+        raise ValueTimeout(f"durable instance {instance_id!r} has not published {key!r} yet")
+    return value
+
+
+#: In a durable program, ``await published_value(other_id, key)``: another instance's published value.
+#: Each attempt reads the row once (:func:`read_published`, a ``db_step``); while the value is not there (or
+#: the instance not created yet) it raises, and the step is tried again after a durable timer: the waiting
+#: instance is paused in between, holding no worker. :class:`ValueNotPublished` (the other finished without
+#: it) is not retried. Other patience: ``durable.step(retry=RetryPolicy(..., retry_on=(ValueTimeout,
+#: UnknownInstance)))(published_value)``. (A module attribute, so checkpoints pickle it by reference.)
+published_value = durable.step(retry=PUBLISHED_VALUE_RETRY)(db_step(read_published))

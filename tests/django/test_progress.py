@@ -81,6 +81,21 @@ def test_progress_and_values_through_real_workers_api_and_admin(worker_factory, 
         dd.get_value(uid + "-missing", "total", timeout=0)
 
 
+def test_another_process_waits_for_a_value_without_holding_a_worker(worker_factory, uid):
+    worker_factory()
+    waiter = uid + "-waiter"
+    dd.start(progs.waits_for_another, uid, instance_id=waiter)  # before the other even exists: retried
+    wait_until(lambda: DurableInstance.objects.filter(pk=waiter, status=Status.PAUSED, wait_kind="timer").exists(),
+               timeout=60, message="the waiting instance paused on its retry timer")
+    dd.start(progs.reported_job, uid, 2, instance_id=uid)
+    wait_status(uid, Status.PAUSED)
+    # the waiter is paused between its reads (a timer), so the one worker (pool=solo) is free for the other
+    assert DurableInstance.objects.get(pk=waiter).status in (Status.PAUSED, Status.RUNNING)
+    dd.publish_event(uid, "go", "cy")
+    wait_status(waiter, Status.COMPLETED)
+    assert dd.result(waiter) == {"got": {"total": 1, "go": "cy"}}
+
+
 def test_aget_value_waits_in_async_code(worker_factory, uid):
     worker_factory()
 

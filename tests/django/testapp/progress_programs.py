@@ -8,6 +8,8 @@ from __future__ import annotations
 import durable
 from durable import make_durable, wait_for_event
 from durable_django import db_step
+from durable_django.exceptions import UnknownInstance, ValueTimeout
+from durable_django.progress import published_value
 
 from .models import SideEffect
 
@@ -40,3 +42,17 @@ async def sometimes_reports(key: str, steps: int) -> int:
         durable.set_status({"block": i - i % 3})
         await work(key, i)
     return steps
+
+
+#: published_value with a short patience for the tests (the default starts at 1 s and doubles).
+QUICK = durable.RetryPolicy(max_attempts=40, initial_interval=0.2, backoff=1.5, max_interval=1.0, jitter=0,
+                            retry_on=(ValueTimeout, UnknownInstance))
+quick_value = durable.step(retry=QUICK)(published_value)
+
+
+@make_durable
+async def waits_for_another(other: str) -> dict:
+    """Another process waiting for a value: retried reads with durable timers in between."""
+    durable.set_status({"stage": f"waiting for {other}"})
+    answer = await quick_value(other, "answer")
+    return {"got": answer}
