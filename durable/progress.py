@@ -66,8 +66,9 @@ def _running(what: str) -> Checkpoints:
     return runtime
 
 
-def _text(value: Any) -> str:
-    return json.dumps(value, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+#: One encoder (``json.dumps`` with options builds a new one at every call).
+_ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+_text = _ENCODER.encode
 
 
 def _same(old: Any, new: Any) -> bool:
@@ -75,8 +76,8 @@ def _same(old: Any, new: Any) -> bool:
     return old == new and _text(old) == _text(new)
 
 
-def _checked(value: Any, what: str) -> Any:
-    """A JSON copy of ``value``; TypeError when it is not JSON, ValueError when it is too large."""
+def _encoded(value: Any, what: str) -> str:
+    """The JSON text of ``value``; TypeError when it is not JSON, ValueError when it is too large."""
     try:
         text = _text(value)
     except (TypeError, ValueError) as exc:
@@ -86,7 +87,7 @@ def _checked(value: Any, what: str) -> Any:
     if size > limits.max_bytes:
         raise ValueError(f"durable.{what}: the value is {size} bytes of JSON, more than the limit of "
                          f"{limits.max_bytes} (it is saved with every checkpoint: report a summary, not data)")
-    return json.loads(text)
+    return text
 
 
 def set_status(value: Any) -> None:
@@ -97,12 +98,18 @@ def set_status(value: Any) -> None:
     for a value that is not JSON, ``ValueError`` for one over
     ``limits.max_bytes``.
     """
-    state = _running("set_status()").state
+    runtime = _running("set_status()")
+    state = runtime.state
     assert state is not None  # _running() checked it
-    new = _checked(value, "set_status()")
-    if not _same(state.get("progress"), new):
-        # a new object only when the value changes: hosts compare by identity to skip unchanged writes
-        state["progress"] = new
+    text = _encoded(value, "set_status()")
+    old = state.get("progress")
+    # the text of the status set last, kept on the runtime: an unchanged status costs one json.dumps
+    cached = runtime.__dict__.get("_durable_status")
+    if text == (cached[1] if cached is not None and cached[0] is old else _text(old)):
+        return
+    # a new object only when the value changes: hosts compare by identity to skip unchanged writes
+    new = state["progress"] = json.loads(text)  # a copy: later changes to the caller's value are not seen
+    runtime.__dict__["_durable_status"] = (new, text)
 
 
 def get_status() -> Any:
@@ -124,7 +131,7 @@ def publish(key: str, value: Any) -> None:
                          f"{limits.max_key_length} characters, got {key!r:.80}")
     state = _running("publish()").state
     assert state is not None
-    new = _checked(value, "publish()")
+    new = json.loads(_encoded(value, "publish()"))
     old: dict[str, Any] = state.get("published") or {}
     if key in old and _same(old[key], new):
         return
