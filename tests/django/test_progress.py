@@ -24,6 +24,7 @@ from durable_django.exceptions import UnknownInstance, ValueNotPublished, ValueT
 from durable_django.models import DurableInstance, Status
 from tests.django.conftest import wait_until
 from tests.django.test_channels_live import asgi_server, session_cookie  # noqa: F401  (fixture)
+from tests.django.test_demo_pages import APPROVE, answer, element, live, page, roles, submit, text  # noqa: F401
 from tests.django.testapp import progress_programs as progs
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]
@@ -160,3 +161,19 @@ def test_bad_status_fails_the_step_where_it_is_set(inline, uid, settings):
     inst = DurableInstance.objects.get(pk=uid)
     assert inst.status == Status.FAILED
     assert "more than the limit of 20" in inst.error and "set_status" in inst.error
+
+
+def test_the_employee_sees_the_progress_of_the_expense(inline, roles):  # noqa: F811
+    """The example project: the expense process reports its stage; the employee's page and its live status
+    show it (example_project/expenses/progress.py)."""
+    e = submit(roles["alice"], "1500", "Conference")
+    url = reverse("expense", args=[e.pk])
+    html = page(roles["alice"], url)
+    assert text(element(html, "progress-text")) == "manager · 25% · waiting for the manager's decision"
+    assert 'value="25"' in element(html, "progress-bar")
+    assert live(e)["progress"] == {"stage": "manager", "percent": 25, "message": "waiting for the manager's decision"}
+    answer(roles["bob"], e.instance_id, "manager_decision", APPROVE)
+    assert live(e)["progress_text"] == "finance · 60% · approved by the manager, waiting for finance"
+    answer(roles["carol"], e.instance_id, "finance_decision", APPROVE)
+    assert live(e)["progress"]["stage"] == "paid"
+    assert text(element(page(roles["alice"], url), "progress-text")) == "paid · 100% · paid"
