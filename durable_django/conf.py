@@ -110,7 +110,7 @@ DEFAULTS: dict[str, Any] = {
     "MAX_EVENT_NAME_LENGTH": 200,
     # Deepest nesting of JSON parsed from a request body, a form or the command line.
     "MAX_JSON_DEPTH": 32,
-    # -- Progress reported from inside a process (docs/progress.md) --
+    # Progress from inside a process (docs/progress.md):
     # Largest custom status (durable.set_status) or published value (durable.publish), in bytes of its
     # JSON text: it is saved with every checkpoint, so keep it a summary. Larger values are refused where
     # the program sets them.

@@ -152,10 +152,12 @@ def read_published(instance_id: str, key: str) -> Any:
     return value
 
 
-#: In a durable program, ``await published_value(other_id, key)``: another instance's published value.
-#: Each attempt reads the row once (:func:`read_published`, a ``db_step``); while the value is not there (or
-#: the instance not created yet) it raises, and the step is tried again after a durable timer: the waiting
-#: instance is paused in between, holding no worker. :class:`ValueNotPublished` (the other finished without
-#: it) is not retried. Other patience: ``durable.step(retry=RetryPolicy(..., retry_on=(ValueTimeout,
-#: UnknownInstance)))(published_value)``. (A module attribute, so checkpoints pickle it by reference.)
 published_value = durable.step(retry=PUBLISHED_VALUE_RETRY)(db_step(read_published))
+"""In a durable program, ``await published_value(other_id, key)``: another instance's published value.
+
+Each attempt reads the row once (:func:`read_published`, a ``db_step``); while the value is not there (or
+the instance not created yet) it raises, and the step is tried again after a durable timer: the waiting
+instance is paused in between, holding no worker. :class:`ValueNotPublished` (the other finished without
+it) is not retried. Other patience: ``durable.step(retry=RetryPolicy(..., retry_on=(ValueTimeout,
+UnknownInstance)))(published_value)``. (A module attribute, so checkpoints pickle it by reference.)
+"""
