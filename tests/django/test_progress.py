@@ -177,3 +177,13 @@ def test_the_employee_sees_the_progress_of_the_expense(inline, roles):  # noqa: 
     answer(roles["carol"], e.instance_id, "finance_decision", APPROVE)
     assert live(e)["progress"]["stage"] == "paid"
     assert text(element(page(roles["alice"], url), "progress-text")) == "paid · 100% · paid"
+
+
+def test_a_fork_starts_with_the_progress_of_its_checkpoint(inline, uid, settings):
+    from durable_django import operations
+
+    dd.start(progs.reports_with_history, uid, 5, instance_id=uid)
+    assert dd.get_instance(uid).progress == {"step": 4}
+    settings.DURABLE = {**settings.DURABLE, "RUN_INLINE": False}  # the fork is only created, not run here
+    fork = operations.fork(uid, 3, new_instance_id=uid + "-f")
+    assert DurableInstance.objects.get(pk=fork.pk).progress == {"step": 2}  # set before the step checkpoint 3 saved

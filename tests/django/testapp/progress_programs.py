@@ -56,3 +56,14 @@ async def waits_for_another(other: str) -> dict:
     durable.set_status({"stage": f"waiting for {other}"})
     answer = await quick_value(other, "answer")
     return {"got": answer}
+
+
+async def _reports_with_history(key: str, steps: int) -> int:
+    for i in range(steps):
+        durable.set_status({"step": i})
+        await work(key, i)
+    return steps
+
+
+#: Keeps its checkpoints: a fork starts with the status of the checkpoint it is made from.
+reports_with_history = make_durable(_reports_with_history, history=True)
