@@ -71,6 +71,10 @@ _ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii
 _text = _ENCODER.encode
 
 
+def _copy(value: Any) -> Any:
+    return value if value is None or isinstance(value, str | int | float | bool) else json.loads(_text(value))
+
+
 def _same(old: Any, new: Any) -> bool:
     """Equal as JSON (``==`` alone takes ``True`` for ``1``)."""
     return old == new and _text(old) == _text(new)
@@ -113,10 +117,11 @@ def set_status(value: Any) -> None:
 
 
 def get_status() -> Any:
-    """The status the running instance reported last (None if none), e.g. to update one field of it."""
+    """A copy of the status the running instance reported last (None if none), e.g. to change one field of it
+    and set it again (a copy: changing it in place would change the saved status behind the host's back)."""
     state = _running("get_status()").state
     assert state is not None
-    return state.get("progress")
+    return _copy(state.get("progress"))
 
 
 def publish(key: str, value: Any) -> None:
@@ -141,10 +146,11 @@ def publish(key: str, value: Any) -> None:
 
 
 def published(key: str, default: Any = None) -> Any:
-    """The value the running instance published under ``key`` (``default`` if none)."""
+    """A copy of the value the running instance published under ``key`` (``default`` if none)."""
     state = _running("published()").state
     assert state is not None
-    return (state.get("published") or {}).get(key, default)
+    values = state.get("published") or {}
+    return _copy(values[key]) if key in values else default
 
 
 def describe(value: Any, limit: int = 120) -> str:

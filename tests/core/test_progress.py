@@ -97,17 +97,25 @@ def test_value_is_copied_and_unchanged_value_keeps_its_object():
         durable.set_status(status)
         status["percent"] = 99  # not reported: the runtime kept a copy
         await noop()
-        first = durable.get_status()
+        state = durable.progress.current_runtime.get().state
+        first = state["progress"]
         durable.set_status({"percent": 1})  # the same value: the same object (hosts skip the write)
-        seen.append(durable.get_status() is first)
+        seen.append(state["progress"] is first and durable.get_status() is not first)
+        del state, first
         durable.set_status({"percent": True})  # JSON-different though == says equal
         seen.append(durable.get_status())
+        await noop()
+        mine = durable.get_status()  # a copy: changing it changes nothing until it is set again
+        mine["percent"] = 50
+        seen.append(durable.get_status())
+        durable.set_status(mine)
         await noop()
 
     rec = Recording()
     run(prog(orchestration_backend=rec, instance_id="c1"))
     assert rec.saved[0][2] == {"percent": 1}
-    assert seen == [True, {"percent": True}]
+    assert seen == [True, {"percent": True}, {"percent": True}]
+    assert rec.saved[-1][2] == {"percent": 50}
 
 
 def test_outside_a_run_is_refused():
