@@ -14,7 +14,7 @@ import time
 import pytest
 from asgiref.sync import sync_to_async
 from django.contrib.auth.models import Permission, User
-from django.db import connections
+from django.db import connections, transaction
 from django.test import Client
 from django.urls import reverse
 
@@ -179,11 +179,17 @@ def test_the_employee_sees_the_progress_of_the_expense(inline, roles):  # noqa: 
     assert text(element(page(roles["alice"], url), "progress-text")) == "paid · 100% · paid"
 
 
-def test_a_fork_starts_with_the_progress_of_its_checkpoint(inline, uid, settings):
+def test_a_fork_starts_with_the_progress_of_its_checkpoint(inline, uid):
     from durable_django import operations
 
     dd.start(progs.reports_with_history, uid, 5, instance_id=uid)
     assert dd.get_instance(uid).progress == {"step": 4}
-    settings.DURABLE = {**settings.DURABLE, "RUN_INLINE": False}  # the fork is only created, not run here
-    fork = operations.fork(uid, 3, new_instance_id=uid + "-f")
-    assert DurableInstance.objects.get(pk=fork.pk).progress == {"step": 2}  # set before the step checkpoint 3 saved
+    with pytest.raises(RolledBack), transaction.atomic():  # rolled back: the fork is never scheduled nor run
+        fork = operations.fork(uid, 3, new_instance_id=uid + "-f")
+        assert DurableInstance.objects.get(pk=fork.pk).progress == {"step": 2}  # set before checkpoint 3's step
+        raise RolledBack
+    assert not DurableInstance.objects.filter(pk=uid + "-f").exists()
+
+
+class RolledBack(Exception):
+    pass
