@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
 from django.utils.module_loading import autodiscover_modules
 
 
@@ -25,3 +26,9 @@ class DurableDjangoConfig(AppConfig):
 
         # Programs, migrations and model bindings live in <app>/durable_programs.py.
         autodiscover_modules("durable_programs")
+
+        # Schedules declared in code (decorator, DURABLE["SCHEDULES"]) are written to the table after migrate,
+        # never here: ready() must not query the database. Importing the module registers its Celery task.
+        from . import schedules
+
+        post_migrate.connect(schedules._sync_after_migrate, sender=self, dispatch_uid="durable_django.schedules")

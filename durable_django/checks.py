@@ -232,3 +232,33 @@ def check_channel_layer(app_configs=None, **kwargs) -> list:
         hint="Use a cross-process layer (channels_redis.core.RedisChannelLayer) in production, or add "
              "'durable_django.W004' to SILENCED_SYSTEM_CHECKS if polling is what you want.",
         id="durable_django.W004")]
+
+
+# -- Schedules (docs/schedules.md): E040-E049 -------------------------------------------------
+@register(Tags.compatibility)
+def check_schedules(app_configs=None, **kwargs) -> list:
+    """``DURABLE["SCHEDULES"]`` entries that could not be synced, the firing interval, and cronsim's presence."""
+    user = getattr(settings, "DURABLE", {})
+    if not isinstance(user, dict):
+        return []
+    errors: list = []
+    declared = user.get("SCHEDULES", DEFAULTS["SCHEDULES"])
+    if not isinstance(declared, dict):
+        errors.append(Error("DURABLE['SCHEDULES'] must be a dict of name -> schedule.", id="durable_django.E040"))
+        declared = {}
+    from .schedules import spec_from_setting
+
+    for name, entry in declared.items():
+        try:
+            spec_from_setting(name, entry)
+        except ImportError:
+            errors.append(Error("Cron schedules need the cronsim package.", hint="pip install 'durable-django[django]'",
+                                id="durable_django.E042"))
+        except ValueError as exc:
+            errors.append(Error(f"DURABLE['SCHEDULES'][{name!r}]: {exc}", id="durable_django.E040"))
+    for name in ("SCHEDULE_INTERVAL", "SCHEDULE_GRACE_SECONDS", "SCHEDULE_BATCH"):
+        value = user.get(name, DEFAULTS[name])
+        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+            errors.append(Error(f"DURABLE['{name}'] must be a positive number, got {value!r}.",
+                                id="durable_django.E041"))
+    return errors
