@@ -39,7 +39,7 @@ class ScheduleForm(forms.ModelForm):
         fields = "__all__"
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        data = super().clean() or {}
         if self.instance.pk and self.instance.declared:
             return data  # definition fields are read-only (not in the form)
         try:

@@ -107,7 +107,7 @@ class Timing:
             return []
         if self.interval is not None:
             k = math.floor((now - _EPOCH).total_seconds() / self.interval)
-            ticks = []
+            ticks: list[datetime] = []
             while len(ticks) < n:
                 t = _EPOCH + timedelta(seconds=k * self.interval)
                 if t < since:
@@ -119,13 +119,13 @@ class Timing:
 
         # Backwards from ``now`` included: CronSim treats microseconds as the first step back.
         it = CronSim(self.cron, (now + timedelta(microseconds=1)).astimezone(self.zone), reverse=True)
-        ticks = []
+        found: list[datetime] = []
         for t in it:
             t = t.astimezone(UTC)
-            if t < since or len(ticks) >= n:
+            if t < since or len(found) >= n:
                 break
-            ticks.append(t)
-        return ticks[::-1]
+            found.append(t)
+        return found[::-1]
 
 
 def instance_id_for(name: str, tick: datetime) -> str:

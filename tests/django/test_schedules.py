@@ -18,7 +18,6 @@ from durable.testing import FakeClock
 from durable_django import api, clock, db, schedules
 from durable_django.models import DurableHistory, DurableInstance, DurableSchedule, HistoryKind, Status
 from durable_django.schedules import Timing, instance_id_for
-
 from tests.django.conftest import wait_until
 
 PAUSER = "tests.django.testapp.durable_programs.two_events"      # waits for an event: never finishes alone
@@ -299,8 +298,9 @@ def test_system_check_reports_bad_schedule_settings(settings):
 
 
 def test_sync_command_and_list(no_schedules, settings, monkeypatch):
-    from django.core.management import call_command
     from io import StringIO
+
+    from django.core.management import call_command
 
     monkeypatch.setattr(schedules, "_declared", {})
     settings.DURABLE = {**settings.DURABLE, "SCHEDULES": {"cmd": {"program": QUICK, "interval": 30}}}
