@@ -388,3 +388,21 @@ def test_real_worker_and_scheduler_loop_run_a_schedule_every_two_seconds(worker_
     ticks = [datetime.strptime(i.split("@")[1], "%Y-%m-%dT%H:%M:%SZ") for i in done]
     assert all((b - a).total_seconds() == 2 for a, b in zip(ticks, ticks[1:], strict=False)), done
     assert not DurableInstance.objects.filter(instance_id__startswith=name + "@", status=Status.FAILED).exists()
+
+
+# -- the example project ---------------------------------------------------------------------------
+def test_example_weekly_reminder_is_synced_and_counts_waiting_expenses(db):
+    from durable_django.worker import run_instance
+    from example_project.expenses.models import Expense
+
+    schedules.sync()
+    row = DurableSchedule.objects.get(name="expenses-weekly-reminder")
+    assert row.declared and row.cron == "0 9 * * MON" and row.timezone == "Europe/Paris"
+    assert row.next_run_at.astimezone(PARIS).strftime("%a %H:%M") == "Mon 09:00"
+    user = User.objects.create_user("emp")
+    Expense.objects.create(employee=user, amount=10, description="taxi", state=Expense.State.AWAITING_MANAGER)
+    Expense.objects.create(employee=user, amount=20, description="hotel", state=Expense.State.PAID)
+    tick = row.next_run_at
+    assert schedules.fire_due(now=tick) == [instance_id_for(row.name, tick)]
+    assert run_instance(instance_id_for(row.name, tick)) == Status.COMPLETED  # (the test's transaction never commits)
+    assert api.result(instance_id_for(row.name, tick))["count"] == 1
