@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('durable_django', '0008_failure_handling'),
+        ('durable_django', '0009_cancel_requested_index'),
     ]
 
     operations = [
