@@ -94,7 +94,7 @@ def run(n: int, minutes: int, schedulers: int) -> dict[str, Any]:
             fired: list[list[str]] = [[] for _ in range(schedulers)]
             barrier = threading.Barrier(schedulers)
 
-            def scheduler(k: int, out: list[str]) -> None:
+            def scheduler(out: list[str], barrier: threading.Barrier = barrier) -> None:
                 try:
                     barrier.wait(timeout=120)
                     while True:
@@ -107,7 +107,7 @@ def run(n: int, minutes: int, schedulers: int) -> dict[str, Any]:
                 finally:
                     connections.close_all()
 
-            threads = [threading.Thread(target=scheduler, args=(k, fired[k])) for k in range(schedulers)]
+            threads = [threading.Thread(target=scheduler, args=(fired[k],)) for k in range(schedulers)]
             t0 = time.perf_counter()
             for t in threads:
                 t.start()
