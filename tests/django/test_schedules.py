@@ -409,3 +409,17 @@ def test_example_weekly_reminder_is_synced_and_counts_waiting_expenses(db):
     assert schedules.fire_due(now=tick) == [instance_id_for(row.name, tick)]
     assert run_instance(instance_id_for(row.name, tick)) == Status.COMPLETED  # (the test's transaction never commits)
     assert api.result(instance_id_for(row.name, tick))["count"] == 1
+
+
+def test_beat_entry_and_task_fire_what_is_due(no_schedules, monkeypatch):
+    from durable_django import tasks
+    from durable_django.conf import beat_schedule
+
+    # (it would close the test's connection, which is inside the test's transaction)
+    monkeypatch.setattr(tasks, "_drop_broken_connections", lambda: None)
+
+    entry = beat_schedule(30, schedules_interval=2)["durable-django-schedules"]
+    assert entry == {"task": "durable_django.fire_schedules", "schedule": 2.0}
+    make("beat", at=clock.now() - timedelta(minutes=2))  # due a minute ago, within the grace
+    assert schedules.fire_schedules.apply().get() == 1
+    assert DurableInstance.objects.filter(instance_id__startswith="beat@").count() == 1
