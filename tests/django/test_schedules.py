@@ -375,12 +375,14 @@ def test_admin_edit_checks_the_timing_and_recomputes_the_next_run(no_schedules):
 
 # -- real worker ---------------------------------------------------------------------------------------
 @pytest.mark.timeout(180)
-def test_real_worker_and_scheduler_loop_run_a_schedule_every_two_seconds(worker_factory, uid):
+def test_real_worker_and_two_scheduler_loops_run_a_schedule_every_two_seconds(worker_factory, uid):
+    # Two `durable_resume --loop` processes (what two beat processes would do) fire the same schedule on the
+    # real clock; a real Celery worker runs the instances. Every tick once, none lost, all completed.
     DurableSchedule.objects.all().delete()
     name = f"every2-{uid}"
     make(name, program=QUICK, args=[name], interval_seconds=2, overlap="allow", catchup="all")
     worker_factory()
-    worker_factory.scheduler(interval=0.3)
+    loops = [worker_factory.scheduler(interval=0.3), worker_factory.scheduler(interval=0.3)]
 
     def completed() -> list[str]:
         return list(DurableInstance.objects.filter(instance_id__startswith=name + "@", status=Status.COMPLETED)
@@ -391,6 +393,13 @@ def test_real_worker_and_scheduler_loop_run_a_schedule_every_two_seconds(worker_
     ticks = [datetime.strptime(i.split("@")[1], "%Y-%m-%dT%H:%M:%SZ") for i in done]
     assert all((b - a).total_seconds() == 2 for a, b in zip(ticks, ticks[1:], strict=False)), done
     assert not DurableInstance.objects.filter(instance_id__startswith=name + "@", status=Status.FAILED).exists()
+    # Each started instance was reported by exactly one of the two loops ("N scheduled instance(s) started.").
+    for w in loops:
+        w.stop()
+    reported = sum(int(line.split()[0]) for w in loops for line in w.output().splitlines()
+                   if line.endswith("scheduled instance(s) started."))
+    assert reported == DurableInstance.objects.filter(instance_id__startswith=name + "@").count(), \
+        [w.output()[-2000:] for w in loops]
 
 
 # -- the example project ---------------------------------------------------------------------------
