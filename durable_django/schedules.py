@@ -331,7 +331,7 @@ def fire_due(now: datetime | None = None, *, limit: int | None = None) -> list[s
             due = DurableSchedule.objects.using(alias).filter(paused=False, next_run_at__lte=_stored(now))
             if skip_locked:
                 due = due.select_for_update(skip_locked=True)
-            rows = list(due.order_by("next_run_at")[:min(CHUNK, remaining)])
+            rows = list(due.order_by("next_run_at", "pk")[:min(CHUNK, remaining)])
             for row in rows:
                 fired.extend(_fire_one(row, now, alias))
         if len(rows) < min(CHUNK, remaining):

@@ -182,6 +182,57 @@ def test_a_scheduler_that_lost_the_race_rolls_its_starts_back(no_schedules):
     assert schedules.fire_due(now=later) == [instance_id_for("race", later)]
 
 
+KILLER = """
+import os, signal, django
+django.setup()
+from django.db.models.signals import post_save
+from django.core.management import call_command
+from durable_django.models import DurableInstance
+
+def die(sender, instance, created, **kwargs):
+    if created and instance.instance_id.startswith("crash-1@"):  # 2nd schedule of the chunk: inserted, uncommitted
+        os.kill(os.getpid(), signal.SIGKILL)
+
+post_save.connect(die, sender=DurableInstance)
+call_command("durable_schedules", "fire")
+"""
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.timeout(120)
+def test_scheduler_process_killed_mid_tick_then_restarted_fires_each_tick_once():
+    import os
+    import subprocess
+    import sys
+
+    from tests.django.conftest import ROOT
+
+    DurableSchedule.objects.all().delete()
+    now = clock.now()
+    for i in range(3):
+        make(f"crash-{i}", at=now - timedelta(seconds=61), interval_seconds=60, catchup="all", overlap="allow")
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.django.settings",
+           "DURABLE_TEST_DB_NAME": str(connections["default"].settings_dict["NAME"])}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    killed = subprocess.run([sys.executable, "-c", KILLER], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=100)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    # Killed inside the firing's transaction: nothing of it committed, not even crash-0's start (before it).
+    assert not DurableInstance.objects.filter(instance_id__startswith="crash-").exists()
+    before = {r.name: r.next_run_at for r in DurableSchedule.objects.all()}
+    restarted = subprocess.run([sys.executable, "manage.py", "durable_schedules", "fire", "-v", "2"], cwd=ROOT,
+                               env=env, capture_output=True, text=True, timeout=100)
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    fired = [line for line in restarted.stdout.splitlines() if line.startswith("crash-")]
+    for name, tick in before.items():
+        assert instance_id_for(name, tick) in fired  # the tick the killed scheduler was firing
+    assert len(fired) == len(set(fired))
+    rows = DurableInstance.objects.filter(instance_id__startswith="crash-")
+    assert sorted(rows.values_list("instance_id", flat=True)) == sorted(fired)
+    assert DurableHistory.objects.filter(instance__in=rows, kind=HistoryKind.STARTED).count() == len(fired)
+    assert all(r.next_run_at > clock.now() for r in DurableSchedule.objects.all())
+
+
 # -- policies ---------------------------------------------------------------------------------------
 def test_overlap_skip_allow_and_cancel_previous(no_schedules):
     t0 = utc(2026, 12, 1, 8, 0)

@@ -53,6 +53,8 @@ class Command(BaseCommand):
                     fired = schedules.fire_due()
                     if fired:
                         self.stdout.write(f"{len(fired)} scheduled instance(s) started.")
+                    for iid in fired if opts["sync"] and not durable_settings.RUN_INLINE else ():
+                        worker.run_instance(iid)  # --sync: here too, not through Celery
             except (OperationalError, InterfaceError) as exc:
                 if not opts["loop"]:
                     raise
