@@ -14,7 +14,7 @@ class DurableDjangoConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks, live, tasks, wakeups, worker  # noqa: F401  (checks registers the system checks)
+        from . import checks, live, tasks, telemetry, wakeups, worker  # noqa: F401  (checks registers the checks)
 
         # Wake-ups look the Celery tasks up by name (tasks is imported above so that they are registered) and
         # run an instance in this process with RUN_INLINE through the worker's entry point.
@@ -23,6 +23,9 @@ class DurableDjangoConfig(AppConfig):
         # Push every transition to the channel layer, in every process that loads the project (web, ASGI,
         # workers). Idempotent: connected under a dispatch_uid, so a second ready() adds nothing.
         live.connect()
+
+        # Spans, metrics and logs when DURABLE["TELEMETRY"] turns them on (nothing imported or connected otherwise).
+        telemetry.configure()
 
         # Programs, migrations and model bindings live in <app>/durable_programs.py.
         autodiscover_modules("durable_programs")

@@ -118,6 +118,20 @@ DEFAULTS: dict[str, Any] = {
     "MAX_EVENT_NAME_LENGTH": 200,
     # Deepest nesting of JSON parsed from a request body, a form or the command line.
     "MAX_JSON_DEPTH": 32,
+    # -- telemetry (docs/telemetry.md) --
+    # What to emit, a dict of booleans: {"traces": True} (OpenTelemetry spans
+    # per run and per step, needs opentelemetry-api: the [otel] extra; the
+    # project configures the SDK), {"metrics": True} (Prometheus counters,
+    # histograms and gauges, needs prometheus_client: the [prometheus] extra),
+    # {"logs": True} (one record of logger "durable_django" per transition and
+    # failure, with extra fields). Optional keys: "steps" ("spans", the
+    # default: a span per step; "events": an event per step on the run span,
+    # cheaper), "registry" (dotted path of a
+    # prometheus_client CollectorRegistry; default: prometheus_client.REGISTRY)
+    # and "metrics_token" (a bearer token accepted by the /metrics view besides
+    # the view_durableinstance permission). Empty: all off, nothing imported,
+    # no per-step cost.
+    "TELEMETRY": {},
     # -- Schedules (docs/schedules.md) --
     # Schedules declared in settings, synced to the DurableSchedule table on migrate and by
     # `durable_schedules sync`: {"name": {"program": "app.module.fn", "cron": "0 9 * * MON" or

@@ -236,6 +236,28 @@ class DurableCheckpoint(models.Model):
         return f"{self.instance_id} #{self.step}"
 
 
+class DurableTrace(models.Model):
+    """Telemetry of one instance (written only with ``DURABLE["TELEMETRY"]`` on): the trace it belongs to.
+
+    ``context`` is the W3C trace context of the ``start()`` caller's span, so that every run, days later and on
+    any worker, joins that trace; ``pending`` holds the publishes not yet seen by a run (their trace contexts
+    become span links of the run they wake, their times the wake-up latency).
+    """
+
+    instance = models.OneToOneField(DurableInstance, on_delete=models.CASCADE, primary_key=True,
+                                    related_name="trace")
+    context = models.JSONField(_("trace context"), default=dict, blank=True)
+    started_at = models.FloatField(_("started at (epoch seconds)"), null=True, blank=True)
+    pending = models.JSONField(_("publishes not yet seen by a run"), default=list, blank=True)
+
+    class Meta:
+        verbose_name = _("durable trace context")
+        verbose_name_plural = _("durable trace contexts")
+
+    def __str__(self) -> str:
+        return f"{self.instance_id}: {self.context.get('traceparent', '')}"
+
+
 # -- Schedules (durable_django.schedules, docs/schedules.md) ------------------------------------------------
 class Overlap(models.TextChoices):
     """What a tick does while the schedule's previous instance has not finished."""
