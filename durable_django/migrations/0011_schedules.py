@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('durable_django', '0010_telemetry'),  # main's last when merged; the lead puts it in the line
+        ('durable_django', '0010_telemetry'),
     ]
 
     operations = [
