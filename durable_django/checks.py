@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import django
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.utils.module_loading import import_string
 
+from . import telemetry
 from .conf import DEFAULTS, durable_settings
 from .limits import EVENT_NAME_COLUMN, INSTANCE_ID_COLUMN
 
@@ -38,6 +41,7 @@ def check_settings(app_configs=None, **kwargs) -> list:
         errors.append(Error(f"DURABLE['CLOCK_SYNC_SECONDS'] must be a number >= 0, got {sync!r}.",
                             hint="0 means each worker's own clock; the default 60 follows the database's clock.",
                             id="durable_django.E003"))
+    errors += _check_cancel(user)
     for name in ("MAX_ATTEMPTS", "SWEEP_BATCH", "MAX_ROUNDS", "BATCH_SIZE"):
         value = user.get(name, DEFAULTS[name])
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -76,6 +80,22 @@ def check_settings(app_configs=None, **kwargs) -> list:
     if isinstance(lease, int | float) and isinstance(sweep, int | float) and lease < 2:
         errors.append(Warning("DURABLE['LEASE_SECONDS'] below 2 s: a slow step will look like a dead worker.",
                               id="durable_django.W001"))
+    return errors
+
+
+def _check_cancel(user: dict) -> list:
+    """The cancellation settings: finite numbers (a NaN would never compare, so nothing would be forced)."""
+    errors: list[CheckMessage] = []
+    grace = user.get("CANCEL_GRACE_SECONDS", DEFAULTS["CANCEL_GRACE_SECONDS"])
+    if not isinstance(grace, int | float) or isinstance(grace, bool) or not 0 < grace < 10 ** 9:
+        errors.append(Error(f"DURABLE['CANCEL_GRACE_SECONDS'] must be a positive number of seconds (below 1e9), "
+                            f"got {grace!r}.", hint="After it, an instance still cleaning up after a cancel is "
+                            "ended at once by the sweep; the default is 300.", id="durable_django.E003"))
+    check = user.get("CANCEL_CHECK_SECONDS", DEFAULTS["CANCEL_CHECK_SECONDS"])
+    if not isinstance(check, int | float) or isinstance(check, bool) or not 0 <= check < 10 ** 9:
+        errors.append(Error(f"DURABLE['CANCEL_CHECK_SECONDS'] must be a number >= 0, got {check!r}.",
+                            hint="0 reads the cancel flag at every checkpoint; the default 1.0 at most once a "
+                                 "second.", id="durable_django.E003"))
     return errors
 
 
@@ -234,6 +254,74 @@ def check_channel_layer(app_configs=None, **kwargs) -> list:
         id="durable_django.W004")]
 
 
+# -- telemetry (E060-E069) ----------------------------------------------------
+@register(Tags.compatibility)
+def check_telemetry(app_configs=None, **kwargs) -> list:
+    """``DURABLE["TELEMETRY"]``: known keys, booleans, and the libraries that what is on needs (never imported here)."""
+    user = getattr(settings, "DURABLE", {})
+    value = user.get("TELEMETRY", DEFAULTS["TELEMETRY"]) if isinstance(user, dict) else None
+    if value is None:
+        return []
+    if not isinstance(value, dict):
+        return [Error(f"DURABLE['TELEMETRY'] must be a dict such as {{'traces': True}}, got {value!r}.",
+                      id="durable_django.E060")]
+    errors: list = []
+    for key in sorted(set(value) - set(telemetry.KEYS)):
+        errors.append(Error(f"Unknown DURABLE['TELEMETRY'] key {key!r}.",
+                            hint=f"Known keys: {', '.join(telemetry.KEYS)}.", id="durable_django.E060"))
+    for key in ("traces", "metrics", "logs"):
+        if not isinstance(value.get(key, False), bool):
+            errors.append(Error(f"DURABLE['TELEMETRY']['{key}'] must be True or False.", id="durable_django.E060"))
+    for key, module in telemetry.LIBRARIES.items():
+        if value.get(key) is True and importlib.util.find_spec(module.split(".")[0]) is None:
+            extra = "otel" if key == "traces" else "prometheus"
+            errors.append(Error(f"DURABLE['TELEMETRY']['{key}'] is on but {module.split('.')[0]} is not installed.",
+                                hint=f"pip install 'durable-django[{extra}]'", id="durable_django.E061"))
+    if value.get("steps", "spans") not in ("spans", "events"):
+        errors.append(Error("The DURABLE['TELEMETRY'] key 'steps' must be 'spans' (the default) or 'events'.",
+                            id="durable_django.E060"))
+    registry = value.get("registry")
+    if registry is not None and not isinstance(registry, str):
+        errors.append(Error("The DURABLE['TELEMETRY'] key 'registry' must be the dotted path of a CollectorRegistry.",
+                            id="durable_django.E062"))
+    token = value.get("metrics_token")
+    if token is not None and (not isinstance(token, str) or len(token) < 16):
+        errors.append(Error("The DURABLE['TELEMETRY'] key 'metrics_token' must be a string of at least 16 characters.",
+                            id="durable_django.E063"))
+    return errors
+
+
+# -- Schedules (docs/schedules.md): E040-E049 -------------------------------------------------
+@register(Tags.compatibility)
+def check_schedules(app_configs=None, **kwargs) -> list:
+    """``DURABLE["SCHEDULES"]`` entries that could not be synced, the firing interval, and cronsim's presence."""
+    user = getattr(settings, "DURABLE", {})
+    if not isinstance(user, dict):
+        return []
+    errors: list = []
+    declared = user.get("SCHEDULES", DEFAULTS["SCHEDULES"])
+    if not isinstance(declared, dict):
+        errors.append(Error("DURABLE['SCHEDULES'] must be a dict of name -> schedule.", id="durable_django.E040"))
+        declared = {}
+    from .schedules import spec_from_setting
+
+    for name, entry in declared.items():
+        try:
+            spec_from_setting(name, entry)
+        except ImportError:
+            errors.append(Error("Cron schedules need the cronsim package.", hint="pip install 'durable-django[django]'",
+                                id="durable_django.E042"))
+        except ValueError as exc:
+            errors.append(Error(f"DURABLE['SCHEDULES'][{name!r}]: {exc}", id="durable_django.E040"))
+    for name in ("SCHEDULE_INTERVAL", "SCHEDULE_GRACE_SECONDS", "SCHEDULE_BATCH"):
+        value = user.get(name, DEFAULTS[name])
+        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+            errors.append(Error(f"DURABLE['{name}'] must be a positive number, got {value!r}.",
+                                id="durable_django.E041"))
+    return errors
+
+
+# -- Progress from inside a process (docs/progress.md): E070-E079 ------------------------------
 @register(Tags.compatibility)
 def check_progress_settings(app_configs=None, **kwargs) -> list:
     """The progress limits (docs/progress.md): integers in range (E070), a positive poll interval (E071)."""

@@ -93,6 +93,14 @@ DEFAULTS: dict[str, Any] = {
     # A worker running a batch hands the instances it has not started yet
     # back to the queue after this many seconds (other workers pick them up).
     "BATCH_SECONDS": 1.0,
+    # Cancellation (docs/failures.md, "Cancellation"): cancel() raises InstanceCancelled inside the
+    # program at its current await so that its except/finally blocks can clean up. An instance still
+    # cleaning up this many seconds after the request is ended "cancelled" by the sweep, running
+    # nothing more (as cancel(force=True) does at once).
+    "CANCEL_GRACE_SECONDS": 300,
+    # How often (seconds) a worker running an instance reads its cancel flag, at a checkpoint (one
+    # SELECT of the row; none once a cancel is known). 0: at every checkpoint.
+    "CANCEL_CHECK_SECONDS": 1.0,
     # Checkpoint history for forks (docs/fork.md): keep the last N checkpoints
     # of every instance (an int >= 1; True: all of them) in DurableCheckpoint
     # rows, written in the checkpoint's transaction. None: each program's own
@@ -110,7 +118,34 @@ DEFAULTS: dict[str, Any] = {
     "MAX_EVENT_NAME_LENGTH": 200,
     # Deepest nesting of JSON parsed from a request body, a form or the command line.
     "MAX_JSON_DEPTH": 32,
-    # Progress from inside a process (docs/progress.md):
+    # -- telemetry (docs/telemetry.md) --
+    # What to emit, a dict of booleans: {"traces": True} (OpenTelemetry spans
+    # per run and per step, needs opentelemetry-api: the [otel] extra; the
+    # project configures the SDK), {"metrics": True} (Prometheus counters,
+    # histograms and gauges, needs prometheus_client: the [prometheus] extra),
+    # {"logs": True} (one record of logger "durable_django" per transition and
+    # failure, with extra fields). Optional keys: "steps" ("spans", the
+    # default: a span per step; "events": an event per step on the run span,
+    # cheaper), "registry" (dotted path of a
+    # prometheus_client CollectorRegistry; default: prometheus_client.REGISTRY)
+    # and "metrics_token" (a bearer token accepted by the /metrics view besides
+    # the view_durableinstance permission). Empty: all off, nothing imported,
+    # no per-step cost.
+    "TELEMETRY": {},
+    # -- Schedules (docs/schedules.md) --
+    # Schedules declared in settings, synced to the DurableSchedule table on migrate and by
+    # `durable_schedules sync`: {"name": {"program": "app.module.fn", "cron": "0 9 * * MON" or
+    # "interval": seconds, "tz": "Europe/Paris", "args": [...], "kwargs": {...}, "overlap": "skip" |
+    # "allow" | "cancel_previous", "catchup": "skip" | "latest" | "all", "max_catchup": 10}}.
+    "SCHEDULES": {},
+    # Seconds between two firings of due schedules (the Celery beat entry "durable-django-schedules"
+    # and `durable_resume --loop`): the precision of a tick.
+    "SCHEDULE_INTERVAL": 5,
+    # Catch-up "skip": a tick fired at most this many seconds late still runs; an older one is skipped.
+    "SCHEDULE_GRACE_SECONDS": 60,
+    # Most schedules one firing starts (the rest wait for the next firing).
+    "SCHEDULE_BATCH": 20000,
+    # -- Progress from inside a process (docs/progress.md) --
     # Largest custom status (durable.set_status) or published value (durable.publish), in bytes of its
     # JSON text: it is saved with every checkpoint, so keep it a summary. Larger values are refused where
     # the program sets them.
@@ -217,15 +252,20 @@ def _secret(value: Any, name: str) -> bytes:
 durable_settings = DurableSettings()
 
 
-def beat_schedule(interval: float | None = None) -> dict:
-    """The Celery beat entry for the periodic sweep; merge it into ``CELERY_BEAT_SCHEDULE``.
+def beat_schedule(interval: float | None = None, schedules_interval: float | None = None) -> dict:
+    """The Celery beat entries for the periodic sweep and the schedules; merge them into ``CELERY_BEAT_SCHEDULE``.
 
-    Importable from a settings module (it touches neither models nor settings
-    unless ``interval`` is omitted).
+    Importable from a settings module (it touches neither models nor
+    settings: omitted intervals are the defaults). ``schedules_interval`` is
+    how often due schedules are fired, so the precision of their ticks.
     """
     if interval is None:
         interval = DEFAULTS["SWEEP_INTERVAL"]
-    return {"durable-django-sweep": {"task": "durable_django.sweep", "schedule": float(interval)}}
+    if schedules_interval is None:
+        schedules_interval = DEFAULTS["SCHEDULE_INTERVAL"]
+    return {"durable-django-sweep": {"task": "durable_django.sweep", "schedule": float(interval)},
+            "durable-django-schedules": {"task": "durable_django.fire_schedules",
+                                         "schedule": float(schedules_interval)}}
 
 
 def _reload(*, setting: str, **kwargs: Any) -> None:

@@ -72,6 +72,11 @@ class _Claimed:
     attempts: int
     state: bytes | memoryview | None
     arguments: bytes | memoryview | None
+    #: a cancel requested by durable_django.cancel() (None: none); read raw, see _as_datetime
+    cancel_requested_at: datetime | str | None
+    cancel_reason: str
+    #: the instance's deadline (None: none); read raw, see _as_datetime
+    deadline: datetime | str | None
     #: the awaited event, read by the claim on PostgreSQL (None: not read, or none was there yet)
     waiting_for: str = ""
     event_id: int | None = None

@@ -52,8 +52,19 @@ DATABASES["other"] = _other
 # The crash tests give their worker subprocesses a checkpoint hook (tests/django/test_crash_exhaustive.py).
 DURABLE = {**DURABLE, "QUEUE": os.environ["DURABLE_TEST_QUEUE"], "ETA_MAX_SECONDS": 60,
            "ON_CHECKPOINT": os.environ.get("DURABLE_TEST_ON_CHECKPOINT") or None}
+# The cancellation tests give their worker subprocesses (and scheduler) short cancel settings
+# (tests/django/test_cancellation.py).
+for _name in ("CANCEL_CHECK_SECONDS", "CANCEL_GRACE_SECONDS"):
+    if os.environ.get(f"DURABLE_TEST_{_name}"):
+        DURABLE[_name] = float(os.environ[f"DURABLE_TEST_{_name}"])
 # No remote control: workers then leave no pidbox bindings in a shared Redis (nothing in the tests uses it).
 CELERY_WORKER_ENABLE_REMOTE_CONTROL = False
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # The example project's pages plus the async views of tests/django/test_async_api.py (also under daphne).
 ROOT_URLCONF = "tests.django.urls"
+# The telemetry tests' worker subprocesses: spans on, exported to a file (tests/django/test_telemetry.py).
+if os.environ.get("DURABLE_TEST_OTEL_FILE"):
+    from tests.django.otel_file import install as _install_otel  # noqa: E402
+
+    _install_otel(os.environ["DURABLE_TEST_OTEL_FILE"])
+    DURABLE = {**DURABLE, "TELEMETRY": {"traces": True, "logs": True}}
