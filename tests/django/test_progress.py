@@ -193,3 +193,9 @@ def test_a_fork_starts_with_the_progress_of_its_checkpoint(inline, uid):
 
 class RolledBack(Exception):
     pass
+
+
+def test_set_status_inside_a_db_step(inline, uid):
+    dd.start(progs.reports_from_a_step, uid, instance_id=uid)
+    inst = DurableInstance.objects.get(pk=uid)
+    assert inst.status == Status.COMPLETED and inst.progress == {"stage": "in a db_step", "done": 2}

@@ -67,3 +67,18 @@ async def _reports_with_history(key: str, steps: int) -> int:
 
 #: Keeps its checkpoints: a fork starts with the status of the checkpoint it is made from.
 reports_with_history = make_durable(_reports_with_history, history=True)
+
+
+@db_step
+def work_and_report(key: str, i: int) -> int:
+    """A status set inside a db_step (it runs in the connection's thread, in a copy of the program's context)."""
+    SideEffect.objects.create(key=key, note=str(i))
+    durable.set_status({"stage": "in a db_step", "done": i})
+    return i
+
+
+@make_durable
+async def reports_from_a_step(key: str) -> int:
+    total = await work_and_report(key, 1)
+    total += await work_and_report(key, 2)
+    return total
