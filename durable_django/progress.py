@@ -40,9 +40,15 @@ FIRST_INTERVAL = 0.02
 
 
 def apply_settings(**kwargs: Any) -> None:
-    """Give the core the ``MAX_STATUS_BYTES`` and ``MAX_PUBLISHED_KEYS`` limits of the settings."""
-    core.configure(max_bytes=int(durable_settings.MAX_STATUS_BYTES),
-                   max_keys=int(durable_settings.MAX_PUBLISHED_KEYS))
+    """Give the core the ``MAX_STATUS_BYTES`` and ``MAX_PUBLISHED_KEYS`` limits of the settings.
+
+    A bad value leaves the core's default in place (the system check E070 reports it) rather than stopping
+    the process in ``AppConfig.ready``."""
+    for option, name in (("max_bytes", "MAX_STATUS_BYTES"), ("max_keys", "MAX_PUBLISHED_KEYS")):
+        try:
+            core.configure(**{option: getattr(durable_settings, name)})
+        except ValueError:
+            core.configure(**{option: getattr(core.Limits, option)})
 
 
 def _on_setting_changed(setting: str = "", **kwargs: Any) -> None:

@@ -199,3 +199,13 @@ def test_set_status_inside_a_db_step(inline, uid):
     dd.start(progs.reports_from_a_step, uid, instance_id=uid)
     inst = DurableInstance.objects.get(pk=uid)
     assert inst.status == Status.COMPLETED and inst.progress == {"stage": "in a db_step", "done": 2}
+
+
+def test_bad_progress_settings_are_reported_by_the_checks(settings):
+    from durable_django.checks import check_progress_settings
+
+    assert check_progress_settings() == []
+    settings.DURABLE = {**settings.DURABLE, "MAX_STATUS_BYTES": "4k", "MAX_PUBLISHED_KEYS": 0,
+                        "VALUE_POLL_MAX_INTERVAL": -1}
+    ids = [e.id for e in check_progress_settings()]
+    assert ids == ["durable_django.E070", "durable_django.E070", "durable_django.E071"]
