@@ -12,6 +12,7 @@ from django.utils.module_loading import import_string
 from . import telemetry
 from .conf import DEFAULTS, durable_settings
 from .limits import EVENT_NAME_COLUMN, INSTANCE_ID_COLUMN
+from .schedules import spec_from_setting
 
 
 @register(Tags.compatibility)
@@ -303,8 +304,6 @@ def check_schedules(app_configs=None, **kwargs) -> list:
     if not isinstance(declared, dict):
         errors.append(Error("DURABLE['SCHEDULES'] must be a dict of name -> schedule.", id="durable_django.E040"))
         declared = {}
-    from .schedules import spec_from_setting
-
     for name, entry in declared.items():
         try:
             spec_from_setting(name, entry)

@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('durable_django', '0011_schedules'),  # main's last when merged (DESIGN-15: 0008; the lead puts it in the line)
+        ('durable_django', '0011_schedules'),
     ]
 
     operations = [
