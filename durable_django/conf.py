@@ -132,6 +132,29 @@ DEFAULTS: dict[str, Any] = {
     # the view_durableinstance permission). Empty: all off, nothing imported,
     # no per-step cost.
     "TELEMETRY": {},
+    # -- Schedules (docs/schedules.md) --
+    # Schedules declared in settings, synced to the DurableSchedule table on migrate and by
+    # `durable_schedules sync`: {"name": {"program": "app.module.fn", "cron": "0 9 * * MON" or
+    # "interval": seconds, "tz": "Europe/Paris", "args": [...], "kwargs": {...}, "overlap": "skip" |
+    # "allow" | "cancel_previous", "catchup": "skip" | "latest" | "all", "max_catchup": 10}}.
+    "SCHEDULES": {},
+    # Seconds between two firings of due schedules (the Celery beat entry "durable-django-schedules"
+    # and `durable_resume --loop`): the precision of a tick.
+    "SCHEDULE_INTERVAL": 5,
+    # Catch-up "skip": a tick fired at most this many seconds late still runs; an older one is skipped.
+    "SCHEDULE_GRACE_SECONDS": 60,
+    # Most schedules one firing starts (the rest wait for the next firing).
+    "SCHEDULE_BATCH": 20000,
+    # -- Progress from inside a process (docs/progress.md) --
+    # Largest custom status (durable.set_status) or published value (durable.publish), in bytes of its
+    # JSON text: it is saved with every checkpoint, so keep it a summary. Larger values are refused where
+    # the program sets them.
+    "MAX_STATUS_BYTES": 4096,
+    # Most keys one instance may publish with durable.publish().
+    "MAX_PUBLISHED_KEYS": 100,
+    # get_value()/aget_value(): the longest pause between two reads of the row while waiting for a value
+    # (seconds); the first pauses are shorter (backoff from 0.02 s).
+    "VALUE_POLL_MAX_INTERVAL": 1.0,
 }
 
 _KEY_SALT = b"durable_django.state-signing"
@@ -229,15 +252,20 @@ def _secret(value: Any, name: str) -> bytes:
 durable_settings = DurableSettings()
 
 
-def beat_schedule(interval: float | None = None) -> dict:
-    """The Celery beat entry for the periodic sweep; merge it into ``CELERY_BEAT_SCHEDULE``.
+def beat_schedule(interval: float | None = None, schedules_interval: float | None = None) -> dict:
+    """The Celery beat entries for the periodic sweep and the schedules; merge them into ``CELERY_BEAT_SCHEDULE``.
 
-    Importable from a settings module (it touches neither models nor settings
-    unless ``interval`` is omitted).
+    Importable from a settings module (it touches neither models nor
+    settings: omitted intervals are the defaults). ``schedules_interval`` is
+    how often due schedules are fired, so the precision of their ticks.
     """
     if interval is None:
         interval = DEFAULTS["SWEEP_INTERVAL"]
-    return {"durable-django-sweep": {"task": "durable_django.sweep", "schedule": float(interval)}}
+    if schedules_interval is None:
+        schedules_interval = DEFAULTS["SCHEDULE_INTERVAL"]
+    return {"durable-django-sweep": {"task": "durable_django.sweep", "schedule": float(interval)},
+            "durable-django-schedules": {"task": "durable_django.fire_schedules",
+                                         "schedule": float(schedules_interval)}}
 
 
 def _reload(*, setting: str, **kwargs: Any) -> None:

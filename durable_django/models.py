@@ -17,6 +17,8 @@ from django.db import models
 from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
 
+from durable.progress import describe
+
 
 class Status(models.TextChoices):
     """An instance's status; ``suspended`` waits for a person (see its ``error``)."""
@@ -97,6 +99,12 @@ class DurableInstance(models.Model):
     cancel_reason = models.TextField(_("cancel reason"), blank=True, default="")
     deadline = models.DateTimeField(_("deadline"), null=True, blank=True,
                                     help_text=_("When DeadlineExceeded is raised in the program."))
+    # Progress reported from inside (durable.set_status / durable.publish), copied from the state by the
+    # checkpoint that saved it, only when it changed (see durable_django.progress).
+    progress = models.JSONField(_("progress"), null=True, blank=True, encoder=DjangoJSONEncoder,
+                                help_text=_("The custom status the program reported last (durable.set_status)."))
+    published = models.JSONField(_("published values"), null=True, blank=True, encoder=DjangoJSONEncoder,
+                                 help_text=_("Values the program published for others to wait on (durable.publish)."))
     content_type = models.ForeignKey(ContentType, null=True, blank=True, on_delete=models.SET_NULL,
                                      related_name="+")
     object_id = models.CharField(_("object id"), max_length=64, blank=True, default="")
@@ -136,6 +144,11 @@ class DurableInstance(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in FINISHED
+
+    @property
+    def progress_text(self) -> str:
+        """The reported status (``progress``) as one line for people, e.g. "payment · 80%"."""
+        return describe(self.progress)
 
 
 class DurableEvent(models.Model):
@@ -256,3 +269,62 @@ class DurableTrace(models.Model):
 
     def __str__(self) -> str:
         return f"{self.instance_id}: {self.context.get('traceparent', '')}"
+
+
+# -- Schedules (durable_django.schedules, docs/schedules.md) ------------------------------------------------
+class Overlap(models.TextChoices):
+    """What a tick does while the schedule's previous instance has not finished."""
+
+    SKIP = "skip", _("Skip the tick")
+    ALLOW = "allow", _("Start anyway")
+    CANCEL_PREVIOUS = "cancel_previous", _("Cancel the previous instance")
+
+
+class Catchup(models.TextChoices):
+    """Which missed ticks a schedule fires after downtime (the scheduler stopped, the schedule was late)."""
+
+    SKIP = "skip", _("Skip missed ticks")
+    LATEST = "latest", _("Run the latest missed tick once")
+    ALL = "all", _("Run all missed ticks (up to max_catchup)")
+
+
+class DurableSchedule(models.Model):
+    """A program started on a cron expression or a fixed interval; one instance per tick.
+
+    ``next_run_at`` is the next tick (UTC); the firing advances it with a
+    compare-and-set, and the tick's instance id is ``<name>@<tick in UTC>``,
+    so two schedulers never start a tick twice.
+    """
+
+    name = models.CharField(_("name"), max_length=100, unique=True)
+    program = models.CharField(_("program"), max_length=255, help_text=_("Dotted path of the durable program."))
+    args = models.JSONField(_("arguments"), default=list, blank=True, encoder=DjangoJSONEncoder)
+    kwargs = models.JSONField(_("keyword arguments"), default=dict, blank=True, encoder=DjangoJSONEncoder)
+    cron = models.CharField(_("cron"), max_length=100, blank=True, default="",
+                            help_text=_('A cron expression, e.g. "0 9 * * MON" (5 fields, or 6 with seconds first).'))
+    interval_seconds = models.PositiveIntegerField(_("interval (seconds)"), null=True, blank=True,
+                                                   help_text=_("Instead of cron: every this many seconds."))
+    timezone = models.CharField(_("time zone"), max_length=64, default="UTC",
+                                help_text=_("IANA name the cron expression is read in, e.g. Europe/Paris."))
+    paused = models.BooleanField(_("paused"), default=False)
+    overlap = models.CharField(_("overlap"), max_length=16, choices=Overlap.choices, default=Overlap.SKIP)
+    catchup = models.CharField(_("catch-up"), max_length=8, choices=Catchup.choices, default=Catchup.SKIP)
+    max_catchup = models.PositiveIntegerField(_("max catch-up ticks"), default=10)
+    next_run_at = models.DateTimeField(_("next run at"), null=True, blank=True)
+    last_run_at = models.DateTimeField(_("last tick fired"), null=True, blank=True)
+    last_instance_id = models.CharField(_("last instance"), max_length=200, blank=True, default="")
+    last_note = models.CharField(_("last note"), max_length=500, blank=True, default="",
+                                 help_text=_("Why the last tick was skipped, or the error that paused it."))
+    declared = models.BooleanField(_("declared in code"), default=False, editable=False,
+                                   help_text=_("Declared by a decorator or DURABLE['SCHEDULES']: synced from code."))
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("durable schedule")
+        verbose_name_plural = _("durable schedules")
+        ordering = ("name",)
+        indexes = [models.Index(fields=["paused", "next_run_at"], name="durable_sched_due")]
+
+    def __str__(self) -> str:
+        return self.name

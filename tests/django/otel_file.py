@@ -17,6 +17,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, Sp
 
 def as_dict(span: ReadableSpan) -> dict:
     ctx = span.get_span_context()
+    assert ctx is not None  # an ended SDK span always has its context
     return {
         "name": span.name, "trace_id": f"{ctx.trace_id:032x}", "span_id": f"{ctx.span_id:016x}",
         "parent_id": f"{span.parent.span_id:016x}" if span.parent is not None else None,
