@@ -232,3 +232,36 @@ def check_channel_layer(app_configs=None, **kwargs) -> list:
         hint="Use a cross-process layer (channels_redis.core.RedisChannelLayer) in production, or add "
              "'durable_django.W004' to SILENCED_SYSTEM_CHECKS if polling is what you want.",
         id="durable_django.W004")]
+
+
+# -- flow control (E050-E059) --------------------------------------------------------------------
+@register(Tags.compatibility)
+def check_flow_control(app_configs=None, **kwargs) -> list:
+    """``DURABLE["LIMITS"]``, ``QUEUES`` and ``MESSAGE_PRIORITY`` (docs/flow-control.md)."""
+    from .flowcontrol import Limits
+
+    user = getattr(settings, "DURABLE", {})
+    if not isinstance(user, dict):
+        return []
+    errors: list = []
+    limits = user.get("LIMITS", {})
+    if not isinstance(limits, dict):
+        errors.append(Error("DURABLE['LIMITS'] must be a dict of program path -> options.", id="durable_django.E050"))
+        limits = {}
+    for path, options in limits.items():
+        if not isinstance(options, dict):
+            errors.append(Error(f"DURABLE['LIMITS'][{path!r}] must be a dict of options.", id="durable_django.E050"))
+            continue
+        try:
+            Limits.build(options)
+        except (TypeError, ValueError, ImportError) as exc:
+            errors.append(Error(f"DURABLE['LIMITS'][{path!r}]: {exc}", hint="See docs/flow-control.md.",
+                                id="durable_django.E051"))
+    queues = user.get("QUEUES", [])
+    if isinstance(queues, str) or not isinstance(queues, list | tuple) or not all(
+            isinstance(q, str) and q for q in queues):
+        errors.append(Error("DURABLE['QUEUES'] must be a list of queue names.", id="durable_django.E052"))
+    if user.get("MESSAGE_PRIORITY", False) not in (False, True, "inverted"):
+        errors.append(Error("DURABLE['MESSAGE_PRIORITY'] must be False, True or 'inverted'.",
+                            id="durable_django.E053"))
+    return errors

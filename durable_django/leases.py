@@ -72,6 +72,9 @@ class _Claimed:
     attempts: int
     state: bytes | memoryview | None
     arguments: bytes | memoryview | None
+    #: flow control (durable_django.flowcontrol): the instance's priority and per-key limit key
+    priority: int
+    flow_key: str
     #: the awaited event, read by the claim on PostgreSQL (None: not read, or none was there yet)
     waiting_for: str = ""
     event_id: int | None = None
