@@ -300,7 +300,8 @@ def admit(row: _Claimed, worker_id: str) -> bool:
                     sql.give_back(db, taken, row.instance_id)
                 due = datetime.fromtimestamp((window + 1) * period, UTC)
                 _wait(row, worker_id, limit_key, due)
-                wakeups.send_task(row.instance_id, eta=due)
+                if not durable_settings.RUN_INLINE:  # else the sweep runs it once due
+                    wakeups.send_task(row.instance_id, eta=due)
                 return False
     return True
 
@@ -358,7 +359,10 @@ def wake_waiters(limit_key: str, count: int) -> list[str]:
             woken.append(iid)
             if len(woken) >= count:
                 break
-    if woken:
+    if woken and durable_settings.RUN_INLINE:
+        for iid in woken:
+            wakeups.schedule(iid)  # runs it in this process
+    elif woken:
         wakeups.send_tasks(woken)
     return woken
 
