@@ -147,6 +147,6 @@ def take_rate(db: Operations, limit_key: str, window: int, count: int) -> bool:
                 rows.create(limit_key=limit_key, window=window, count=1)
         except IntegrityError:  # another worker created it first: count in it
             continue
-        rows.filter(limit_key=limit_key, window__lt=window - 1).delete()  # old windows
+        rows.filter(limit_key=limit_key, window__lt=window - 10).delete()  # old windows (recent ones stay visible)
         return True
     return False

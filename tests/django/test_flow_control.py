@@ -200,13 +200,13 @@ def test_a_killed_workers_slot_frees_when_its_lease_expires(worker_factory, tmp_
     doomed = worker_factory(extra_env={"DURABLE_TEST_FLOW_HANG_DIR": str(hang)})
     first = durable_django.start(fp.exclusive, "hang-1").pk
     wait_until(lambda: (hang / "hang-1.entered").exists(), timeout=60, message="the step to start")
+    worker_factory()  # the doomed worker's solo pool is busy: this one takes the second instance
     second = durable_django.start(fp.exclusive, "second").pk
     wait_until(lambda: DurableInstance.objects.filter(pk=second).exclude(flow_waiting="").exists(), timeout=30,
                message=describe([second]))
     assert flowcontrol.running(PATH + "exclusive") == [first]
     doomed.kill()
     killed_at = time.time()
-    worker_factory()
     worker_factory.scheduler(interval=0.3)
     wait_until(lambda: all_finished([first, second]), timeout=90, message=describe([first, second]))
     marks = list(FlowMark.objects.filter(tag__in=["hang-1", "second"]))
