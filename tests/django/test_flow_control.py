@@ -223,3 +223,12 @@ def test_sweep_command_runs_waiting_instances(inline):
     assert worker.due_instances() == [b]
     call_command("durable_resume", verbosity=0)
     assert DurableInstance.objects.get(pk=b).status == Status.PAUSED
+
+
+def test_the_admin_shows_what_waits_for_a_slot(inline, admin_client):
+    first = durable_django.start(fp.exclusive_until_done, "first").pk
+    second = durable_django.start(fp.exclusive_until_done, "second").pk
+    page = admin_client.get("/admin/durable_django/durableinstance/?flow=slot").content.decode()
+    assert second in page and first not in page
+    assert "a slot of exclusive_until_done" in page
+    assert "waits for a slot" in page  # the filter's choice
