@@ -25,7 +25,8 @@ from . import core
 from .common.results import report
 
 #: ``python -m bench <name> ...`` runs ``bench.<module>.main(argv)``.
-SUITES = {"django": "django_bench", "peers": "peers", "faults": "faults", "load": "load", "soak": "soak"}
+SUITES = {"django": "django_bench", "peers": "peers", "faults": "faults", "load": "load", "soak": "soak",
+          "flow": "flowcontrol"}
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "core.json"
 
