@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from typing import Any
 
 from .exceptions import CheckpointException, DurableError, PauseForEventException, StepTimeout, TimerPause
@@ -35,8 +36,12 @@ class Attempts(Waits):
                 aw, first = (call(*args, **kwargs) if first is None else first), None
                 if timeout is None:
                     return await aw, None
+                started = time.monotonic()
                 async with asyncio.timeout(timeout) as limit:
                     value = await aw
+                if time.monotonic() - started > timeout:  # it blocked the event loop, so the timer could not fire
+                    raise StepTimeout(f"{_name(call)} ran longer than its timeout of {timeout} s (attempt {attempt}; "
+                                      "it blocked the event loop, so its result is dropped)")
                 return value, None
             except PauseForEventException:
                 return None, pause_in_step(call)
@@ -46,6 +51,10 @@ class Attempts(Waits):
                 await self._discard()
                 if policy is None or not policy.retries(exc, attempt):
                     return None, exc
+                stop = self._interruption() if self._watch else None
+                if stop is not None:  # cancelled, or past the deadline, during the attempt: no more attempts
+                    stop.__context__ = exc
+                    return None, stop
                 delay = policy.delay(attempt)
                 attempt += 1
                 if delay > 0:

@@ -46,6 +46,7 @@ from durable import StateTamperedError
 
 from . import api, clock, operations
 from .answers import publish_answer
+from .backend import retry_status
 from .db import ops
 from .exceptions import DurableDjangoError, InstanceFinished, InvalidInput, UnknownInstance
 from .forkadmin import ForkAdminMixin
@@ -61,7 +62,8 @@ if HUMAN_TASKS:
     from .humantasks.sync import answer
 
 LIST_FIELDS = ("instance_id", "program", "status", "wait_kind", "waiting_for", "wake_at", "updated_at", "attempts",
-               "created_at", "content_type_id", "object_id", "flow_waiting")
+               "created_at", "content_type_id", "object_id", "cancel_requested_at",
+               "flow_waiting")
 #: "app_label.model:pk" in the search box finds the instances linked to that object.
 _OBJECT_RE = re.compile(r"^(?P<app>\w+)\.(?P<model>\w+):(?P<pk>.+)$")
 HISTORY_LIMIT = 300
@@ -235,6 +237,9 @@ class DurableInstanceAdmin(ForkAdminMixin, SafeInputAdmin):
             Status.COMPLETED: "#2a7", Status.FAILED: "#c33", Status.SUSPENDED: "#c70", Status.CANCELLED: "#888",
             Status.PAUSED: "#37a", Status.RUNNING: "#a5c", Status.PENDING: "#999"}
         badge = format_html('<b style="color:{}">{}</b>', colours.get(obj.status, "#000"), obj.get_status_display())
+        if obj.cancel_requested_at is not None and obj.status not in FINISHED:
+            badge = format_html('{} <small title="cancel requested at {}: its cleanup runs">(cancelling)</small>',
+                                badge, obj.cancel_requested_at.isoformat())
         if obj.attempts:
             badge = format_html('{} <small title="failed attempts">({} attempt{})</small>', badge, obj.attempts,
                                 "" if obj.attempts == 1 else "s")
@@ -275,16 +280,16 @@ class DurableInstanceAdmin(ForkAdminMixin, SafeInputAdmin):
     def resume_selected(self, request, queryset):
         self._each(request, queryset, lambda iid: api.resume(iid, actor=request.user.get_username()), "Resumed")
 
-    @admin.action(description="Retry selected failed instances (from the start)", permissions=["resume"])
+    @admin.action(description="Retry selected failed instances (from their last checkpoint)", permissions=["resume"])
     def retry_selected(self, request, queryset):
         self._each(request, queryset, lambda iid: operations.retry(iid, actor=request.user.get_username()),
                    "Retried")
 
-    @admin.action(description="Cancel selected instances", permissions=["cancel"])
+    @admin.action(description="Cancel selected instances (their cleanup runs; again: at once)", permissions=["cancel"])
     def cancel_selected(self, request, queryset):
         self._each(request, queryset,
                    lambda iid: api.cancel(iid, f"cancelled by {request.user.get_username()} in the admin",
-                                          actor=request.user.get_username()), "Cancelled")
+                                          actor=request.user.get_username()), "Cancelled (or requested the cancel of)")
 
     # -- detail page and per-instance actions -----------------------------------
     def get_urls(self):
@@ -318,10 +323,13 @@ class DurableInstanceAdmin(ForkAdminMixin, SafeInputAdmin):
         return TemplateResponse(request, self.change_form_template, self.detail_context(request, inst))
 
     def detail_context(self, request, inst: DurableInstance, publish_form=None) -> dict:
-        frames, stack_error = [], ""
+        frames, stack_error, retrying, failed_at = [], "", None, ""
         if inst.state is not None:
             try:
-                frames = operations.frames(unsign(inst.state, blob_context(inst.instance_id, inst.program, STATE)))
+                state = unsign(inst.state, blob_context(inst.instance_id, inst.program, STATE))
+                frames = operations.frames(state)
+                retrying = retry_status(state)
+                failed_at = str(state.get("failed_at") or "") if inst.status == Status.FAILED else ""
             except StateTamperedError as exc:
                 stack_error = f"The state failed its signature check and was not decoded: {exc}"
             except Exception as exc:  # code gone or changed: frames cannot be unpickled
@@ -335,6 +343,7 @@ class DurableInstanceAdmin(ForkAdminMixin, SafeInputAdmin):
         return {
             **self.admin_site.each_context(request), "opts": self.opts, "title": f"Durable instance {iid}",
             "instance": inst, "original": inst, "frames": frames, "stack_error": stack_error, "history": history,
+            "retrying": retrying, "failed_at": failed_at,
             "failure_chain": operations.failure_chain(inst.error) if inst.error else [],
             "error_shown": operations.error_shown(inst.error),
             "events": events, "task": task, "linked": _linked_label(inst), "finished": inst.status in FINISHED,
@@ -343,9 +352,12 @@ class DurableInstanceAdmin(ForkAdminMixin, SafeInputAdmin):
                     "resume": self.has_resume_permission(request) and inst.status not in FINISHED,
                     "retry": self.has_resume_permission(request) and inst.status == Status.FAILED,
                     "cancel": self.has_cancel_permission(request) and inst.status not in FINISHED,
+                    "force_cancel": (self.has_cancel_permission(request) and inst.status not in FINISHED
+                                     and inst.cancel_requested_at is not None),
                     "edit_locals": editable},
             "publish_url": self._url("publish", iid), "locals_url": self._url("locals", iid),
-            "operation_urls": {a: self._url("operation", iid, action=a) for a in ("resume", "retry", "cancel")},
+            "operation_urls": {a: self._url("operation", iid, action=a)
+                               for a in ("resume", "retry", "cancel", "force_cancel")},
             "publish_form": publish_form or PublishEventForm(initial={"event": inst.waiting_for}),
             "edit_form_class": EditLocalForm, **self.fork_context(request, inst),
         }
@@ -386,7 +398,7 @@ class DurableInstanceAdmin(ForkAdminMixin, SafeInputAdmin):
             return HttpResponseNotAllowed(["POST"])
         actor = request.user.get_username()
         checks = {"resume": self.has_resume_permission, "retry": self.has_resume_permission,
-                  "cancel": self.has_cancel_permission}
+                  "cancel": self.has_cancel_permission, "force_cancel": self.has_cancel_permission}
         if action not in checks:
             return HttpResponse(status=404)
         if not checks[action](request):
@@ -397,12 +409,16 @@ class DurableInstanceAdmin(ForkAdminMixin, SafeInputAdmin):
             elif action == "retry":
                 operations.retry(inst.instance_id, actor=actor)
             else:
-                api.cancel(inst.instance_id, request.POST.get("reason") or f"cancelled by {actor} in the admin",
-                           actor=actor)
+                done = api.cancel(inst.instance_id, request.POST.get("reason") or f"cancelled by {actor} in the admin",
+                                  actor=actor, force=action == "force_cancel")
         except (InstanceFinished, UnknownInstance) as exc:
             self.message_user(request, str(exc), messages.ERROR)
         else:
-            self.message_user(request, f"{action.capitalize()}: done.", messages.SUCCESS)
+            if action == "cancel" and done.status != Status.CANCELLED:
+                text = "Cancel requested: the program cleans up, then ends cancelled (force cancel ends it now)."
+            else:
+                text = f"{action.replace('_', ' ').capitalize()}: done."
+            self.message_user(request, text, messages.SUCCESS)
         return self._back(inst.instance_id)
 
     def edit_local_view(self, request, object_id: str) -> HttpResponse:

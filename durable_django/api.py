@@ -21,12 +21,13 @@ from django.utils import timezone
 
 from durable import CheckpointException, DurableError, DurableProgram, InstanceCancelled
 
-from . import db, flowcontrol, limits, programs, worker
+from . import cancellation, clock, db, flowcontrol, limits, programs, worker
 from .events import actor_name, apublish_event, publish_event, publisher_of
 from .exceptions import InstanceExists, InstanceFinished, InvalidPayload, UnknownInstance, UnknownProgram
+from .limits import Deadline
 from .models import FINISHED, DurableHistory, DurableInstance, HistoryKind, Status
 from .signing import ARGUMENTS, STATE, blob_context, sign, unsign
-from .wakeups import schedule, schedule_and_signal, signal_after_commit
+from .wakeups import schedule, schedule_and_signal
 
 __all__ = ["Starter", "acancel", "actor_name", "aget_instance", "apublish_event", "aresult", "aresume", "astart",
            "cancel", "check_payload", "get_instance", "publish_event", "publisher_of", "result", "resume", "start",
@@ -59,6 +60,11 @@ def start(program: AnyProgram, /, *args: Any, link: models.Model, instance_id: s
 
 
 @overload
+def start(program: AnyProgram, /, *args: Any, deadline: Deadline, instance_id: str | None = None,
+          link: models.Model | None = None, **kwargs: Any) -> DurableInstance: ...
+
+
+@overload
 def start(program: str, /, *args: Any, **kwargs: Any) -> DurableInstance: ...
 
 
@@ -71,49 +77,60 @@ def start(program: AnyProgram, /, *args: Any, **kwargs: Any) -> DurableInstance:
     :func:`durable_django.bindings.bind` uses to find it. Arguments are pickled
     and signed; they must be picklable.
 
+    ``deadline`` (a ``timedelta`` or seconds from now, or an aware
+    ``datetime``; default: the program's own ``make_durable(deadline=)``
+    counted from now) is when ``durable.DeadlineExceeded`` is raised at the
+    program's current await, also while it is paused (the wait ends then).
+
     Outcomes: a new pending instance; the existing instance when one with this
     id runs the same program (nothing is scheduled twice); :class:`InstanceExists`
     when it runs another program; :class:`UnknownProgram` for a path that
     cannot be imported or is not allowed; ``TypeError`` for arguments that do
-    not fit the program's signature; :class:`InvalidPayload` for arguments
-    that cannot be pickled or exceed ``MAX_ARGUMENT_BYTES``;
-    :class:`InvalidInput` (a ``ValueError``) for a bad ``instance_id``, or a
-    ``queue`` that no worker is known to consume.
-    Nothing is stored in any of these cases.
+    not fit the program's signature, or a ``deadline`` of another type;
+    :class:`InvalidPayload` for arguments that cannot be pickled or exceed
+    ``MAX_ARGUMENT_BYTES``; :class:`InvalidInput` (a ``ValueError``) for a bad
+    ``instance_id``, a deadline that has passed, or a ``queue`` that no worker is known
+    to consume. Nothing is stored in any of these cases.
 
     Reserved keywords (never passed to the program): ``instance_id``, ``link``,
-    ``queue`` (the Celery queue of this instance's wake-ups, instead of its
-    program's; it must be listed in ``DURABLE["QUEUES"]`` or be a program's
-    queue) and ``priority`` (an int, higher first; default: its program's).
-    See docs/flow-control.md.
+    ``deadline``, ``queue`` (the Celery queue of this instance's wake-ups, instead
+    of its program's; it must be listed in ``DURABLE["QUEUES"]`` or be a
+    program's queue) and ``priority`` (an int, higher first; default: its
+    program's). See docs/flow-control.md.
     """
     instance_id: str | None = kwargs.pop("instance_id", None)
     link: models.Model | None = kwargs.pop("link", None)
+    deadline: Deadline | None = kwargs.pop("deadline", None)
     flow = {"queue": kwargs.pop("queue", None), "priority": kwargs.pop("priority", None)}
-    return _start(program, args, kwargs, instance_id, link, **flow)
+    return _start(program, args, kwargs, instance_id, link, deadline, **flow)
 
 
 class Starter(Generic[P]):
     """:func:`start` for one program with its options fixed; see :func:`starter`."""
 
     def __init__(self, program: DurableProgram[P, Any], instance_id: str | None, link: models.Model | None,
-                 queue: str | None = None, priority: int | None = None) -> None:
-        self.program, self.instance_id, self.link = program, instance_id, link
+                 deadline: Deadline | None = None, queue: str | None = None, priority: int | None = None) -> None:
+        self.program, self.instance_id, self.link, self.deadline = program, instance_id, link, deadline
         self.queue, self.priority = queue, priority
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> DurableInstance:
-        return _start(self.program, args, kwargs, self.instance_id, self.link, self.queue, self.priority)
+        return _start(self.program, args, kwargs, self.instance_id, self.link, self.deadline, self.queue,
+                      self.priority)
 
 
 def starter(program: DurableProgram[P, Any], /, *, instance_id: str | None = None,
-            link: models.Model | None = None, queue: str | None = None, priority: int | None = None) -> Starter[P]:
-    """``starter(program, instance_id=i, link=obj)(*args, **kwargs)`` is ``start(program, *args, instance_id=i,
-    link=obj, **kwargs)`` in a form whose arguments a type checker checks against the program's signature."""
-    return Starter(program, instance_id, link, queue, priority)
+            link: models.Model | None = None, deadline: Deadline | None = None, queue: str | None = None,
+            priority: int | None = None) -> Starter[P]:
+    """``starter(program, instance_id=i, link=obj, deadline=d)(*args, **kwargs)`` is ``start(program, *args,
+    instance_id=i, link=obj, deadline=d, **kwargs)`` in a form whose arguments a type checker checks against the
+    program's signature. A relative ``deadline`` (seconds, a timedelta) counts from each call. ``queue`` and
+    ``priority``: as in :func:`start` (flow control)."""
+    return Starter(program, instance_id, link, deadline, queue, priority)
 
 
 def _start(program: AnyProgram, args: tuple[Any, ...], kwargs: dict[str, Any], instance_id: str | None,
-           link: models.Model | None, queue: str | None = None, priority: int | None = None) -> DurableInstance:
+           link: models.Model | None, deadline: Deadline | None = None, queue: str | None = None,
+           priority: int | None = None) -> DurableInstance:
     path = limits.check_text(programs.path_of(program), "program path", limits.PROGRAM_COLUMN)
     resolved = programs.resolve(path)
     if not isinstance(program, str):
@@ -121,6 +138,9 @@ def _start(program: AnyProgram, args: tuple[Any, ...], kwargs: dict[str, Any], i
         if resolved.fn is not fn:
             raise UnknownProgram(f"{path!r} does not import back to the program given to start()")
     limits.bind_arguments(resolved.fn, path, args, kwargs)
+    if deadline is None:  # the program's own make_durable(deadline=...), counted from now
+        deadline = getattr(resolved, "deadline", None)
+    deadline_at = limits.check_deadline(deadline, clock.now()) if deadline is not None else None
     if instance_id is None:
         instance_id = uuid.uuid4().hex
     limits.check_new_instance_id(instance_id)
@@ -131,7 +151,7 @@ def _start(program: AnyProgram, args: tuple[Any, ...], kwargs: dict[str, Any], i
     limits.check_arguments(arguments, path)
     fields: dict[str, Any] = {
         "program": path, "program_version": programs.program_version(resolved), "arguments": arguments,
-        "layout_hash": resolved.compiled.layout_hash, "status": Status.PENDING,
+        "layout_hash": resolved.compiled.layout_hash, "status": Status.PENDING, "deadline": deadline_at,
         **flowcontrol.start_fields(path, resolved.fn, args, kwargs, queue, priority),
     }
     if link is not None:
@@ -159,28 +179,23 @@ check_payload = limits.check_payload
 
 
 # -- operator actions ---------------------------------------------------------
-def cancel(instance_id: str, reason: str = "", *, actor: str = "") -> DurableInstance:
-    """Cancel an instance: it never runs again; a step in progress is rolled back at its checkpoint.
+def cancel(instance_id: str, reason: str = "", *, actor: str = "", force: bool = False) -> DurableInstance:
+    """Cancel an instance, letting its program clean up: ``InstanceCancelled`` is raised at its current await.
 
-    Outcomes: the cancelled instance; :class:`UnknownInstance`;
+    A paused, pending or running instance gets a cancel request (``cancel_requested_at``, a
+    ``cancel_requested`` history entry) and is woken after commit; its ``except``/``finally`` blocks run,
+    their steps checkpointed, and it ends ``cancelled`` once the cancellation leaves the program. A second
+    cancel, ``force=True``, a suspended instance, or a cleanup still going on ``CANCEL_GRACE_SECONDS``
+    after the request (the sweep) end it ``cancelled`` at once, running nothing: a step in progress is
+    rolled back at its checkpoint.
+
+    Outcomes: the instance (its row as the cancel left it); :class:`UnknownInstance`;
     :class:`InstanceFinished` if it already completed, failed or was cancelled.
     """
     limits.check_instance_id(instance_id)
-    with transaction.atomic(using=db.alias()):
-        inst = DurableInstance.objects.select_for_update().defer("state").filter(pk=instance_id).first()
-        if inst is None:
-            raise UnknownInstance(instance_id)
-        if inst.status in FINISHED:
-            raise InstanceFinished(instance_id, inst.status, "cancel")
-        now = timezone.now()
-        DurableInstance.objects.filter(pk=instance_id).update(
-            status=Status.CANCELLED, finished_at=now, updated_at=now, lease_owner="", lease_expires_at=None,
-            error=reason, version=models.F("version") + 1)
-        DurableHistory.objects.create(instance=inst, kind=HistoryKind.CANCELLED, status=Status.CANCELLED,
-                                      detail=reason, actor=actor)
-        inst.refresh_from_db()
-    signal_after_commit("cancelled", instance_id, Status.CANCELLED, inst.program, detail=reason)
-    return inst
+    if not isinstance(reason, str):
+        raise TypeError(f"cancel()'s reason must be a str, got {type(reason).__name__}")
+    return cancellation.cancel_instance(instance_id, reason.replace("\0", "")[:10_000], actor=actor, force=force)
 
 
 def resume(instance_id: str, *, inline: bool = False, actor: str = "") -> DurableInstance | str:
@@ -230,7 +245,8 @@ def result(instance_id: str) -> Any:
     """
     inst = get_instance(instance_id)
     if inst.status == Status.CANCELLED:
-        raise InstanceCancelled(f"instance {instance_id!r} was cancelled")
+        reason = f": {inst.error}" if inst.error and "\n" not in inst.error else ""
+        raise InstanceCancelled(f"instance {instance_id!r} was cancelled{reason}")
     if inst.status not in (Status.COMPLETED, Status.FAILED) or inst.state is None:
         raise LookupError(f"durable instance {instance_id!r} has not finished (it is {inst.status})")
     state = unsign(inst.state, blob_context(inst.instance_id, inst.program, STATE))
@@ -263,6 +279,11 @@ async def astart(program: AnyProgram, /, *args: Any, link: models.Model, instanc
 
 
 @overload
+async def astart(program: AnyProgram, /, *args: Any, deadline: Deadline, instance_id: str | None = None,
+                 link: models.Model | None = None, **kwargs: Any) -> DurableInstance: ...
+
+
+@overload
 async def astart(program: str, /, *args: Any, **kwargs: Any) -> DurableInstance: ...
 
 
@@ -270,15 +291,16 @@ async def astart(program: AnyProgram, /, *args: Any, **kwargs: Any) -> DurableIn
     """:func:`start` for async code (an async view, a consumer); same arguments, outcomes and errors."""
     instance_id: str | None = kwargs.pop("instance_id", None)
     link: models.Model | None = kwargs.pop("link", None)
+    deadline: Deadline | None = kwargs.pop("deadline", None)
     queue: str | None = kwargs.pop("queue", None)
     priority: int | None = kwargs.pop("priority", None)
-    return await sync_to_async(_start, thread_sensitive=True)(program, args, kwargs, instance_id, link, queue,
-                                                              priority)
+    return await sync_to_async(_start, thread_sensitive=True)(program, args, kwargs, instance_id, link, deadline,
+                                                              queue, priority)
 
 
-async def acancel(instance_id: str, reason: str = "", *, actor: str = "") -> DurableInstance:
+async def acancel(instance_id: str, reason: str = "", *, actor: str = "", force: bool = False) -> DurableInstance:
     """:func:`cancel` for async code; same arguments, outcomes and errors."""
-    return await sync_to_async(cancel, thread_sensitive=True)(instance_id, reason, actor=actor)
+    return await sync_to_async(cancel, thread_sensitive=True)(instance_id, reason, actor=actor, force=force)
 
 
 async def aresume(instance_id: str, *, inline: bool = False, actor: str = "") -> DurableInstance | str:

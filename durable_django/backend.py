@@ -30,6 +30,7 @@ from durable import OrchestrationBackend, PauseForEventException
 from durable.state import CANCELLED, SavedState
 
 from . import checkpoints, clock
+from .cancel_watch import CancelWatch, cancel_text
 from .db import Operations, ops
 from .db.operations import CHECKPOINT_REFUSED as _FINAL
 from .eventloop import hidden_loop_call
@@ -42,6 +43,8 @@ from .signing import ARGUMENTS, SIGNED_FIELDS, STATE, blob_context, sign, unsign
 
 #: Columns a running checkpoint usually leaves as they are (left out of its UPDATE when unchanged).
 _STICKY = ("status", "wait_kind", "waiting_for", "wake_at", "attempts", "layout_hash", "lease_owner")
+
+_NO_WAIT = {"wait_kind": "", "waiting_for": "", "wake_at": None}
 
 _STATUS = {"running": Status.RUNNING, "paused": Status.PAUSED, "completed": Status.COMPLETED,
            "failed": Status.FAILED, "cancelled": Status.CANCELLED}
@@ -68,7 +71,7 @@ def describe_error(err: BaseException | None) -> str:
     return f"{type(err).__name__}: {err}"
 
 
-class DjangoOrchestrationBackend(OrchestrationBackend):
+class DjangoOrchestrationBackend(CancelWatch, OrchestrationBackend):
     """State in ``DurableInstance`` rows, events in ``DurableEvent`` rows.
 
     ``worker_id`` (set by the executor) makes every checkpoint conditional on
@@ -115,6 +118,7 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
         #: (name, id, payload) of the oldest unconsumed event the instance waits for, read by the claim
         #: (PostgreSQL): used by the first wait for that name instead of a SELECT.
         self.prefetched_event: tuple | None = None
+        self._init_cancel_watch()
 
     # -- state ------------------------------------------------------------
     async def load_state(self, instance_id: str) -> SavedState | None:
@@ -136,6 +140,8 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
         context = self._state_context(instance_id, self.program or program)
         self.last_status = status
         if blob is None:
+            if self._cancel_pending is not None:
+                self._deliver_pending_cancel(None)
             return None
         state = unsign(blob, context)
         stack = state.get("stack")
@@ -144,6 +150,8 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
         self._loaded_frame = frames[0] if self._loaded_layout else None  # a migration updates its fingerprint
         if status == Status.CANCELLED:
             state["status"] = CANCELLED
+        if self._cancel_pending is not None:
+            self._deliver_pending_cancel(state)
         return state
 
     async def save_state(self, instance_id: str, state: SavedState) -> None:
@@ -178,10 +186,10 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
         stack = state.get("stack")
         frames = list(stack) if stack is not None else []
         columns: dict[str, Any] = {
+            # a failed state keeps the wait of its last checkpoint (for a retry); the row waits for nothing
             "state": blob, "status": status, "steps": state.get("steps", 0),
-            "wait_kind": wait.get("kind", "") or "", "waiting_for": wait.get("event") or "",
-            "wake_at": to_datetime(wait.get("due")), "attempts": 0, "updated_at": now,
-            "position": frames[-1].position()[:500] if frames else "",
+            **(wait_columns(state) if status != Status.FAILED else _NO_WAIT),
+            "attempts": 0, "updated_at": now, "position": frames[-1].position()[:500] if frames else "",
         }
         layout = frames[0].layout_hash if frames else None
         if layout:
@@ -197,6 +205,13 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
             columns.update(result=jsonable(state.get("result")), finished_at=now)
         elif status == Status.FAILED:
             columns.update(error=describe_error(state.get("error")), finished_at=now)
+            # The failed instance keeps its last checkpoint: a retry continues from there, so nothing the failed
+            # run did after it is kept: its uncommitted writes are rolled back and the events it took stay in
+            # the inbox, to be taken again.
+            self.discard_step_writes_sync(instance_id)
+            self._consumed = []
+        elif status == Status.CANCELLED:
+            columns.update(error=cancel_text(state), finished_at=now)
 
         kinds = []
         if self._loaded_layout and columns.get("layout_hash", self._loaded_layout) != self._loaded_layout:
@@ -206,8 +221,11 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
         if self.last_status == Status.PAUSED and not self._resumed:
             kinds.append((HistoryKind.RESUMED, Status.RUNNING, ""))
         self._resumed = True
-        if status in (Status.PAUSED, Status.COMPLETED, Status.FAILED):
-            detail = {Status.PAUSED: _wait_text(wait), Status.FAILED: columns.get("error", "")[-2000:]}.get(status, "")
+        if status == Status.PAUSED and retry_backoff(state):
+            kinds.append((HistoryKind.RETRYING, status, retry_text(state)))
+        elif status in (Status.PAUSED, Status.COMPLETED, Status.FAILED, Status.CANCELLED):
+            detail = {Status.PAUSED: _wait_text(wait), Status.FAILED: columns.get("error", "")[-2000:],
+                      Status.CANCELLED: columns.get("error", "")[-2000:]}.get(status, "")
             kinds.append((HistoryKind(status.value), status, detail))
 
         kept = None if keep is None else (keep, columns["steps"], blob)
@@ -224,6 +242,7 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
         self.last_wait = wait if status == Status.PAUSED else None
         self.saves += 1
         self.transitions.extend((k.value, st.value, d) for k, st, d in kinds)
+        self._check_cancel(instance_id, status)
 
     def _write_one_statement(self, instance_id: str, columns: dict, kinds: list, now: datetime) -> None:
         """A checkpoint under the executor's lease on PostgreSQL: row, consumed events and history in one
@@ -382,6 +401,31 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
             self.db.add_history(instance_id, HistoryKind.EVENT_REJECTED, self.last_status or Status.RUNNING,
                                 f"event {event_name!r} #{event_id} rejected: {reason}", self.worker_id, now)
 
+    async def discard_step_writes(self, instance_id: str) -> None:
+        """The core's hook when a step raised: roll back the step's uncommitted ORM writes (see
+        :meth:`discard_step_writes_sync`)."""
+        if self.inline:
+            return hidden_loop_call(self.discard_step_writes_sync, instance_id)
+        await sync_to_async(self.discard_step_writes_sync, thread_sensitive=True)(instance_id)
+
+    def discard_step_writes_sync(self, instance_id: str) -> None:
+        """Roll back what the failed step wrote, so that neither a retry attempt nor the program's ``except``
+        commits half of it with the next checkpoint.
+
+        Only in the transaction the executor manages (``commit``): it holds nothing but this step's writes,
+        as the previous checkpoint committed. Inside a caller's ``atomic`` block the caller decides. Events a
+        human-task wait rejected since the last checkpoint were written in the same transaction: they are
+        written again, so that the rejected events do not come back to the inbox.
+        """
+        if not self.commit:
+            return
+        conn = self.db.connection
+        if conn.connection is None or conn.get_autocommit() or conn.in_atomic_block:
+            return
+        conn.rollback()
+        for record in self._rejected:
+            self._write_rejection(*record)
+
     @property
     def uncommitted_rejections(self) -> bool:
         """Events rejected since the last checkpoint, in the executor's transaction (not committed yet)."""
@@ -397,6 +441,49 @@ class DjangoOrchestrationBackend(OrchestrationBackend):
     def publish_event(self, instance_id: str, event_name: str, payload: Any = None) -> None:
         """Deliver an event (see :func:`durable_django.publish_event`)."""
         publish_event(instance_id, event_name, payload, using=self.using)
+
+
+def retry_backoff(state: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The step retry a state waits for (``state["retry"]``, while its wait is the backoff timer), or None."""
+    retry = state.get("retry")
+    wait = state.get("wait") or {}
+    return retry if retry and wait.get("retry") and wait.get("kind") == "timer" else None
+
+
+def retry_text(state: Mapping[str, Any]) -> str:
+    """The history's line for a step retry's backoff: which attempt failed, why, and when the next one runs."""
+    retry = retry_backoff(state) or {}
+    due = to_datetime((state.get("wait") or {}).get("due"))
+    attempt, most = int(retry.get("attempt") or 2), retry.get("max_attempts") or "?"
+    return (f"step {retry.get('step', '?')} failed (attempt {attempt - 1} of {most}): {retry.get('error', '')}; "
+            f"next attempt at {due.isoformat() if due else 'an unknown time'}")[:4000]
+
+
+def retry_status(state: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A step retry's backoff the state is paused in, for people: the step, the attempt that failed and the
+    next one, the most attempts, the last error and when the next attempt runs (None: not in a backoff)."""
+    retry = retry_backoff(state)
+    if retry is None:
+        return None
+    attempt = int(retry.get("attempt") or 2)
+    due = to_datetime((state.get("wait") or {}).get("due"))
+    return {"step": str(retry.get("step", "?")), "attempt": attempt, "failed_attempt": attempt - 1,
+            "max_attempts": retry.get("max_attempts"), "error": str(retry.get("error", "")),
+            "next_at": due.isoformat() if due else None}
+
+
+def wait_columns(state: Mapping[str, Any]) -> dict[str, Any]:
+    """The row's copies of the state's wait: ``wait_kind``, ``waiting_for``, ``wake_at``.
+
+    A step retry's backoff is a timer whose ``waiting_for`` says which attempt comes next.
+    """
+    wait: Mapping[str, Any] = state.get("wait") or {}
+    waiting_for = wait.get("event") or ""
+    retry = retry_backoff(state)
+    if retry is not None:
+        waiting_for = f"retry {retry.get('step', '?')} (attempt {retry.get('attempt')}/{retry.get('max_attempts')})"
+    return {"wait_kind": wait.get("kind", "") or "", "waiting_for": waiting_for[:200],
+            "wake_at": to_datetime(wait.get("due"))}
 
 
 def _wait_text(wait: Mapping[str, Any]) -> str:

@@ -38,6 +38,7 @@ def check_settings(app_configs=None, **kwargs) -> list:
         errors.append(Error(f"DURABLE['CLOCK_SYNC_SECONDS'] must be a number >= 0, got {sync!r}.",
                             hint="0 means each worker's own clock; the default 60 follows the database's clock.",
                             id="durable_django.E003"))
+    errors += _check_cancel(user)
     for name in ("MAX_ATTEMPTS", "SWEEP_BATCH", "MAX_ROUNDS", "BATCH_SIZE"):
         value = user.get(name, DEFAULTS[name])
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -76,6 +77,22 @@ def check_settings(app_configs=None, **kwargs) -> list:
     if isinstance(lease, int | float) and isinstance(sweep, int | float) and lease < 2:
         errors.append(Warning("DURABLE['LEASE_SECONDS'] below 2 s: a slow step will look like a dead worker.",
                               id="durable_django.W001"))
+    return errors
+
+
+def _check_cancel(user: dict) -> list:
+    """The cancellation settings: finite numbers (a NaN would never compare, so nothing would be forced)."""
+    errors: list[CheckMessage] = []
+    grace = user.get("CANCEL_GRACE_SECONDS", DEFAULTS["CANCEL_GRACE_SECONDS"])
+    if not isinstance(grace, int | float) or isinstance(grace, bool) or not 0 < grace < 10 ** 9:
+        errors.append(Error(f"DURABLE['CANCEL_GRACE_SECONDS'] must be a positive number of seconds (below 1e9), "
+                            f"got {grace!r}.", hint="After it, an instance still cleaning up after a cancel is "
+                            "ended at once by the sweep; the default is 300.", id="durable_django.E003"))
+    check = user.get("CANCEL_CHECK_SECONDS", DEFAULTS["CANCEL_CHECK_SECONDS"])
+    if not isinstance(check, int | float) or isinstance(check, bool) or not 0 <= check < 10 ** 9:
+        errors.append(Error(f"DURABLE['CANCEL_CHECK_SECONDS'] must be a number >= 0, got {check!r}.",
+                            hint="0 reads the cancel flag at every checkpoint; the default 1.0 at most once a "
+                                 "second.", id="durable_django.E003"))
     return errors
 
 

@@ -93,6 +93,14 @@ DEFAULTS: dict[str, Any] = {
     # A worker running a batch hands the instances it has not started yet
     # back to the queue after this many seconds (other workers pick them up).
     "BATCH_SECONDS": 1.0,
+    # Cancellation (docs/failures.md, "Cancellation"): cancel() raises InstanceCancelled inside the
+    # program at its current await so that its except/finally blocks can clean up. An instance still
+    # cleaning up this many seconds after the request is ended "cancelled" by the sweep, running
+    # nothing more (as cancel(force=True) does at once).
+    "CANCEL_GRACE_SECONDS": 300,
+    # How often (seconds) a worker running an instance reads its cancel flag, at a checkpoint (one
+    # SELECT of the row; none once a cancel is known). 0: at every checkpoint.
+    "CANCEL_CHECK_SECONDS": 1.0,
     # Checkpoint history for forks (docs/fork.md): keep the last N checkpoints
     # of every instance (an int >= 1; True: all of them) in DurableCheckpoint
     # rows, written in the checkpoint's transaction. None: each program's own

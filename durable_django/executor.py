@@ -77,8 +77,17 @@ def run_claimed(row: _Claimed, worker_id: str) -> tuple[str, Mapping[str, Any] |
     backend.lease_expires_at = row.lease_expires_at
     migrate = programs.migrator_for(row.program, row.program_version, program)
     hook = durable_settings.ON_CHECKPOINT
+    options: dict[str, Any] = {}
+    deadline = leases._as_datetime(row.deadline)
+    if deadline is not None:
+        options["deadline"] = deadline.timestamp()  # POSIX seconds, as the runtime's clock
     runtime = program.runtime(backend, instance_id, migrate=migrate, clock=clock.time,
-                              on_checkpoint=import_string(hook) if hook else None)
+                              on_checkpoint=import_string(hook) if hook else None, **options)
+    requested = row.cancel_requested_at is not None
+    # A cancel requested before this run: InstanceCancelled at the program's current await (delivered when
+    # the state is loaded, unless the program is already cleaning up after it); else the backend reads the
+    # row's flag at checkpoints and asks the runtime to cancel once it is set.
+    backend.watch_cancel(runtime.request_cancel, (row.cancel_reason or "") if requested else None)
     outcome: str
     error: Exception | None = None
     run = wakeups.begin_run(instance_id, worker_id)
@@ -123,6 +132,8 @@ def run_claimed(row: _Claimed, worker_id: str) -> tuple[str, Mapping[str, Any] |
         _release(instance_id, worker_id)  # the wait was not over: nothing ran
     elif outcome == Status.PAUSED and backend.last_status != Status.PAUSED:
         _release(instance_id, worker_id)
+    if outcome == Status.PAUSED and backend.cancel_missed:
+        wakeups.schedule(instance_id)  # a cancel requested during the run, learnt at its pause: deliver it
 
     for kind, status, detail in backend.transitions:
         signals.send_transition(kind, instance_id, status, row.program, detail=detail)

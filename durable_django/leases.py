@@ -72,6 +72,11 @@ class _Claimed:
     attempts: int
     state: bytes | memoryview | None
     arguments: bytes | memoryview | None
+    #: a cancel requested by durable_django.cancel() (None: none); read raw, see _as_datetime
+    cancel_requested_at: datetime | str | None
+    cancel_reason: str
+    #: the instance's deadline (None: none); read raw, see _as_datetime
+    deadline: datetime | str | None
     #: flow control (durable_django.flowcontrol): the instance's priority and per-key limit key
     priority: int
     flow_key: str

@@ -20,9 +20,11 @@ import inspect
 import json
 import math
 import re
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
+from django.utils import timezone
 
 from .conf import durable_settings
 from .exceptions import InvalidInput, InvalidPayload
@@ -225,3 +227,42 @@ def parse_json(text: str | bytes, what: str = "JSON") -> Any:
 def max_request_bytes() -> int:
     """The largest publish request body read: a payload at the limit, plus room for the name and key."""
     return durable_settings.MAX_PAYLOAD_BYTES + 8192
+
+
+#: A deadline as start() takes it: a timedelta or seconds from now, or an aware datetime.
+Deadline = timedelta | float | int | datetime
+#: The latest deadline a column can hold with room to spare (the core's due times stop at the year 9999).
+_LATEST = datetime(9000, 1, 1).timestamp()
+
+
+def check_deadline(value: Any, now: datetime, what: str = "deadline") -> datetime | None:
+    """``value`` (a ``timedelta``, seconds, or an aware ``datetime``; None: no deadline) as an aware datetime.
+
+    ``TypeError`` for another type (a bool, a string, a ``date``...); :class:`InvalidInput` for a deadline
+    that has already passed, a length that is not positive or not finite, or a naive datetime (whose
+    time zone would be a guess). ``now``: the database's time (``durable_django.clock.now``).
+    """
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise InvalidInput(f"the {what} {value!r} is a naive datetime: give an aware one (e.g. "
+                               "timezone.now() + timedelta(hours=1)), a timedelta or a number of seconds")
+        at = value
+    elif isinstance(value, timedelta) or (isinstance(value, int | float) and not isinstance(value, bool)):
+        seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+        if not math.isfinite(seconds) or seconds <= 0:
+            raise InvalidInput(f"the {what} must be a positive, finite length of time, got {value!r}")
+        if now.timestamp() + seconds >= _LATEST:
+            raise InvalidInput(f"the {what} {value!r} is too far in the future")
+        at = now + timedelta(seconds=seconds)
+    else:
+        raise TypeError(f"the {what} must be a timedelta, a number of seconds or an aware datetime, got "
+                        f"{type(value).__name__} {value!r}"[:300])
+    if now.tzinfo is None and at.tzinfo is not None:  # USE_TZ = False: the columns hold naive local times
+        at = timezone.make_naive(at)
+    if at <= now:
+        raise InvalidInput(f"the {what} {at.isoformat()} has already passed (it is {now.isoformat()})")
+    if at.timestamp() >= _LATEST:
+        raise InvalidInput(f"the {what} {at.isoformat()} is too far in the future")
+    return at

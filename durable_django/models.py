@@ -127,6 +127,9 @@ class DurableInstance(models.Model):
             # writes, such as updated_at: the checkpoint UPDATE would stop being HOT.)
             models.Index(fields=["object_id"], name="durable_inst_object_id"),
             models.Index(fields=["-created_at"], name="durable_inst_created"),
+            # The sweep's cancellations (durable_django.cancellation): only the few rows with a cancel requested.
+            models.Index(fields=["cancel_requested_at"], condition=Q(cancel_requested_at__isnull=False),
+                         name="durable_inst_cancel_req"),
             # Flow control: the next instances waiting for a slot of a limit, highest priority first.
             models.Index(fields=["flow_waiting", "-priority", "created_at"], name="durable_inst_flow_wait"),
         ]

@@ -17,8 +17,10 @@ from django.db import models, transaction
 from django.utils import timezone
 
 from durable import SavedState
+from durable.state import reopen_failed
 
 from . import db, signals
+from .backend import wait_columns
 from .exceptions import InstanceFinished, StateUnreadable, UnknownInstance, state_error
 from .forks import fork as _fork
 from .limits import check_instance_id
@@ -37,28 +39,67 @@ class ConcurrentChange(Exception):
 
 
 def retry(instance_id: str, *, actor: str = "") -> DurableInstance:
-    """Run a failed instance again from the start, with its stored arguments.
+    """Continue a failed instance from its last checkpoint (after its code or data was fixed).
 
-    The core keeps no checkpoint of a failed run (its stack is cleared), so a
-    retry starts over: steps that completed before the failure run again.
+    The core keeps the failed run's last checkpoint (stack, locals and wait) in
+    the state blob, marked failed. The blob is marked runnable again (paused
+    when the checkpoint was a pause, else running), the error is cleared and a
+    worker is woken: completed steps never run again, the failed step runs
+    again, the wait it was paused on is checked again. A row failed before
+    failed instances kept their checkpoint (no stack) starts over from its
+    stored arguments. Raises :class:`UnknownInstance`, :class:`InstanceFinished`
+    (not failed) and :class:`StateUnreadable` (the blob fails its check or its
+    code cannot be loaded).
     """
     check_instance_id(instance_id)
     with transaction.atomic(using=db.alias()):
-        inst = DurableInstance.objects.select_for_update().defer("state").filter(pk=instance_id).first()
+        inst = DurableInstance.objects.select_for_update().filter(pk=instance_id).first()
         if inst is None:
             raise UnknownInstance(instance_id)
         if inst.status != Status.FAILED:
             raise InstanceFinished(instance_id, inst.status, "retry (only failed instances can be retried)")
+        resumed = _runnable_again(inst)
+        if resumed is None:
+            columns: dict[str, Any] = {"status": Status.PENDING, "state": None, "wait_kind": "", "waiting_for": "",
+                                       "wake_at": None, "position": ""}
+            detail = "retried from the start"
+        else:
+            state, blob, failed_at = resumed
+            position = list(state["stack"])[-1].position()[:500]
+            columns = {"status": Status.PAUSED if state.get("wait") else Status.RUNNING, "state": blob,
+                       "position": position, **wait_columns(state)}
+            detail = f"retried from the last checkpoint at {position}" + (
+                f" (it had failed at {failed_at})" if failed_at else "")
         DurableInstance.objects.filter(pk=instance_id, status=Status.FAILED).update(
-            status=Status.PENDING, state=None, error="", result=None, finished_at=None, wait_kind="",
-            waiting_for="", wake_at=None, position="", attempts=0, lease_owner="", lease_expires_at=None,
-            updated_at=timezone.now(), version=models.F("version") + 1)
-        DurableHistory.objects.create(instance=inst, kind=HistoryKind.OPERATOR, status=Status.PENDING,
-                                      detail="retried from the start", actor=actor)
-    signal_after_commit("started", instance_id, Status.PENDING, inst.program)
+            error="", result=None, finished_at=None, attempts=0, lease_owner="", lease_expires_at=None,
+            updated_at=timezone.now(), version=models.F("version") + 1, **columns)
+        DurableHistory.objects.create(instance=inst, kind=HistoryKind.OPERATOR, status=columns["status"],
+                                      detail=detail, actor=actor)
+    if resumed is None:
+        signal_after_commit("started", instance_id, Status.PENDING, inst.program)
+    else:
+        signal_after_commit("operator", instance_id, columns["status"], inst.program, detail=detail)
     schedule(instance_id)
     inst.refresh_from_db()
     return inst
+
+
+def _runnable_again(inst: DurableInstance) -> tuple[SavedState, bytes, str] | None:
+    """The failed state made runnable again, its new signed blob and where it had failed; None when it kept
+    no checkpoint."""
+    if inst.state is None:
+        return None
+    context = blob_context(inst.instance_id, inst.program, STATE)
+    try:
+        state: SavedState = unsign(inst.state, context)
+    except Exception as exc:
+        raise StateUnreadable(inst.instance_id, inst.status, state_error(exc)) from exc
+    if not state.get("stack"):
+        return None  # failed before failed instances kept their last checkpoint: start over
+    # the core's way: the wait of the last checkpoint is waited for again, a step in backoff gets fresh attempts
+    failed_at = str(state.get("failed_at") or "")
+    state = reopen_failed(state, inst.instance_id)
+    return state, sign(state, context), failed_at
 
 
 def is_jsonable(value: Any) -> bool:

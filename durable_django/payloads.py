@@ -6,6 +6,7 @@ from typing import Any
 
 from durable import SavedState, StateTamperedError
 
+from .backend import retry_status
 from .models import DurableInstance
 from .signing import STATE, blob_context, unsign
 
@@ -40,6 +41,9 @@ def instance_detail(inst: DurableInstance) -> dict[str, Any]:
     data = instance_summary(inst)
     data["result"] = inst.result
     data["error"] = inst.error
+    data["deadline"] = _iso(inst.deadline)
+    data["cancel_requested_at"] = _iso(inst.cancel_requested_at)
+    data["cancel_reason"] = inst.cancel_reason
     data["events"] = [
         {"id": e.id, "name": e.name, "payload": e.payload, "idempotency_key": e.idempotency_key,
          "created_at": _iso(e.created_at), "consumed_at": _iso(e.consumed_at), "publisher_id": e.publisher_id,
@@ -49,6 +53,7 @@ def instance_detail(inst: DurableInstance) -> dict[str, Any]:
         {"kind": h.kind, "status": h.status, "detail": h.detail, "actor": h.actor, "at": _iso(h.at)}
         for h in inst.history.order_by("id")]
     data["stack"] = None
+    data["retrying"] = None
     if inst.state is not None:
         try:
             state: SavedState = unsign(inst.state, blob_context(inst.instance_id, inst.program, STATE))
@@ -57,6 +62,7 @@ def instance_detail(inst: DurableInstance) -> dict[str, Any]:
         except Exception as exc:  # code gone or changed: cannot unpickle frames
             data["stack"] = {"error": f"cannot load state: {type(exc).__name__}: {exc}"}
         else:
+            data["retrying"] = retry_status(state)
             stack = state.get("stack")
             data["stack"] = [
                 {"position": fr.position(),

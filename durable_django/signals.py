@@ -5,6 +5,7 @@ Every signal is sent with ``sender=DurableInstance`` and keyword arguments
 of them with ``kind`` (the specific signal's name without ``instance_``) and
 ``status``. Extra arguments: ``instance_paused`` gets ``detail`` (what it waits
 for), ``instance_failed`` and ``instance_suspended`` get ``detail`` (the error),
+``instance_cancel_requested`` and ``instance_cancelled`` get ``detail`` (the reason),
 ``event_published`` gets ``event`` (the :class:`DurableEvent`).
 
 This module loads no models (the sender is looked up when a signal is sent),
@@ -36,6 +37,7 @@ instance_paused = Signal()
 instance_completed = Signal()
 instance_failed = Signal()
 instance_cancelled = Signal()
+instance_cancel_requested = Signal()
 instance_suspended = Signal()
 instance_recovered = Signal()
 instance_migrated = Signal()
@@ -46,7 +48,8 @@ sweep_finished = Signal()
 _BY_KIND = {
     "started": instance_started, "resumed": instance_resumed, "paused": instance_paused,
     "completed": instance_completed, "failed": instance_failed, "cancelled": instance_cancelled,
-    "suspended": instance_suspended, "recovered": instance_recovered, "migrated": instance_migrated,
+    "cancel_requested": instance_cancel_requested, "suspended": instance_suspended,
+    "recovered": instance_recovered, "migrated": instance_migrated,
     "event_published": event_published,
 }
 

@@ -32,7 +32,7 @@ from django.test import override_settings
 from durable import DurableProgram
 from durable.testing import FakeClock, HistoryEntry, history_mismatch
 
-from . import api, clock, worker
+from . import api, cancellation, clock, worker
 from .backend import to_datetime
 from .models import FINISHED, DurableEvent, DurableHistory, DurableInstance, Status
 from .signals import instance_transition
@@ -151,19 +151,23 @@ class DurableTestEnv:
             api.publish_event(instance_id, name, payload, idempotency_key, actor=actor)
         return self.instance(instance_id)
 
-    def cancel(self, instance_id: str, reason: str = "", *, actor: str = "") -> DurableInstance:
-        """``durable_django.cancel(...)``: the instance never runs again."""
+    def cancel(self, instance_id: str, reason: str = "", *, actor: str = "", force: bool = False) -> DurableInstance:
+        """``durable_django.cancel(...)``: its cleanup (``except``/``finally``) runs now, to its end or its next
+        pause; with ``force`` (or a second time) it ends ``cancelled`` at once."""
         with self.eagerly():
-            api.cancel(instance_id, reason, actor=actor)
+            api.cancel(instance_id, reason, actor=actor, force=force)
         return self.instance(instance_id)
 
     def settle(self) -> list[str]:
         """Run every instance that can run now (pending, due, or with its awaited event in the inbox) until none
-        can; returns the ids run, in order."""
+        can; returns the ids run, in order. As the sweep does, a cancellation requested more than
+        ``CANCEL_GRACE_SECONDS`` ago (on the fake clock) that has not ended its instance ends it first."""
         self._check_active()
         ran: list[str] = []
         stalled: set[str] = set()  # ran and found nothing to do (its wait not over): not again in this settle
         for _ in range(self.max_rounds):
+            with self.eagerly():
+                cancellation.force_expired(clock.now())
             ids = [iid for iid in worker.due_instances(clock.now()) if iid not in stalled]
             if not ids:
                 return ran

@@ -24,7 +24,7 @@ from datetime import datetime
 from django.db import DatabaseError
 from django.db.models import F, Q
 
-from . import clock, flowcontrol, leases, signals
+from . import cancellation, clock, flowcontrol, leases, signals
 from .backend import to_datetime
 from .conf import durable_settings
 from .db import ops
@@ -150,11 +150,11 @@ def _send_back(instance_ids: list[str]) -> None:
 
 
 def due_instances(now: datetime | None = None, limit: int | None = None) -> list[str]:
-    """Ids the sweep would wake: due timers, stuck or abandoned runs, pending events.
+    """Ids the sweep would wake: due timers, stuck or abandoned runs, cancel requests not delivered, pending events.
 
-    Three queries, each served by an index (status+wake_at, status+lease,
-    the partial index of unconsumed events), rather than one OR over the
-    whole table.
+    Four queries, each served by an index (status+wake_at, status+lease, the
+    status part of the latter for the paused ones with a cancel request, the
+    partial index of unconsumed events), rather than one OR over the whole table.
     """
     if now is None:
         clock.sync()
@@ -166,6 +166,7 @@ def due_instances(now: datetime | None = None, limit: int | None = None) -> list
     for qs in (
         rows.due(now).filter(free).order_by("wake_at"),
         rows.stuck(now).order_by("lease_expires_at"),
+        cancellation.undelivered(now).order_by("cancel_requested_at"),
     ):
         ids.update(dict.fromkeys(qs.values_list("pk", flat=True)[: limit - len(ids)]))
         if len(ids) >= limit:
@@ -187,9 +188,14 @@ def sweep(*, now: datetime | None = None, dry_run: bool = False, inline: bool = 
           limit: int | None = None) -> list[str]:
     """Wake every instance that should run and does not (the guarantee behind ETAs and lost messages).
 
+    Before that, an instance whose cancellation was requested more than ``CANCEL_GRACE_SECONDS`` ago and
+    has not ended it is ended ``cancelled`` (:func:`durable_django.cancellation.force_expired`).
+
     With ``inline`` the instances are run here, one after the other, instead of
     being sent to Celery.
     """
+    if not dry_run:  # first: a cancellation that outlived CANCEL_GRACE_SECONDS ends now, not woken below
+        cancellation.force_expired(now, limit)
     ids = due_instances(now, limit)
     if dry_run:
         return ids

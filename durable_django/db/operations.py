@@ -33,7 +33,8 @@ _RESULT = DurableInstance._meta.get_field("result")
 CHECKPOINT_REFUSED = (Status.CANCELLED, Status.SUSPENDED, Status.COMPLETED, Status.FAILED)
 #: The columns of an instance row a claim reads (see ``durable_django.leases._Claimed``).
 CLAIM_COLUMNS = ("instance_id", "program", "program_version", "status", "version", "lease_owner",
-                 "lease_expires_at", "attempts", "state", "arguments", "priority", "flow_key")
+                 "lease_expires_at", "attempts", "state", "arguments", "cancel_requested_at", "cancel_reason",
+                 "deadline", "priority", "flow_key")
 HISTORY_COLUMNS = ("instance_id", "kind", "status", "detail", "actor", "at")
 #: (name, unique, columns) of the full indexes that stand in for the event table's partial ones (see
 #: ``Operations.replace_partial_indexes``)
@@ -259,6 +260,11 @@ class Operations:
         with self.cursor(conn) as cur:
             cur.execute(sql, [instance_id, name])
             return cur.fetchone() is not None
+
+    def cancel_flag(self, instance_id: str) -> tuple[Any, str] | None:
+        """(cancel_requested_at, cancel_reason) of an instance, or None: what a running worker reads at a
+        checkpoint to learn of a cancel requested meanwhile (see ``durable_django.backend``)."""
+        return self._read_row("cancel-flag", ("cancel_requested_at", "cancel_reason"), instance_id)
 
     def instance_status(self, instance_id: str) -> tuple[str, str] | None:
         """(status, program) of an instance, or None."""

@@ -1,5 +1,6 @@
 import asyncio
 import importlib
+import inspect
 import sys
 import textwrap
 import uuid
@@ -28,3 +29,13 @@ def make_module(tmp_path, monkeypatch):
     yield make
     for name in created:
         sys.modules.pop(name, None)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem):
+    """Run ``async def`` tests in a fresh event loop (no pytest-asyncio in the venv)."""
+    if not inspect.iscoroutinefunction(pyfuncitem.obj):
+        return None
+    names = pyfuncitem._fixtureinfo.argnames
+    asyncio.run(pyfuncitem.obj(**{n: pyfuncitem.funcargs[n] for n in names}))
+    return True

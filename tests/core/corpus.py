@@ -12,6 +12,9 @@ Conventions:
 * Trace entries are deep copies (a program may mutate a value after recording it).
 * ``wait_for_event`` is the real durable primitive; the plain-Python run swaps in a stand-in that returns the
   case's payload (see ``plain_events``).
+* ``await flaky(label, fails, value)`` is a step with a retry policy (:data:`RETRY`) that fails (``ValueError``)
+  its first ``fails`` attempts; each attempt records ``(label, "attempt", n)``. The plain-Python run swaps in
+  :func:`plain_flaky`, the same retry loop written by hand (issue 13).
 
 Each ``@case(...)`` registers one run of the decorated function with those arguments.
 """
@@ -22,7 +25,7 @@ import copy
 from dataclasses import dataclass, field
 
 import durable
-from durable import sleep, wait_for_event
+from durable import RetryPolicy, current_attempt, sleep, wait_for_event
 
 TRACE: list = []
 _CRASH = {"at": None, "count": 0}
@@ -101,16 +104,66 @@ def plain_events(events: dict):
     async def fake_sleep(seconds):
         return None
 
-    globals().update(wait_for_event=fake_wait, sleep=fake_sleep)
+    globals().update(wait_for_event=fake_wait, sleep=fake_sleep, flaky=plain_flaky,
+                     current_attempt=lambda: _ATTEMPT[0])
     try:
         yield
     finally:
-        globals().update(wait_for_event=durable.wait_for_event, sleep=durable.sleep)
+        globals().update(wait_for_event=durable.wait_for_event, sleep=durable.sleep, flaky=_durable_flaky,
+                         current_attempt=durable.current_attempt)
 
 
 async def leaf(value):
     """A native awaitable (asyncio.sleep) run as one step, returning ``value``."""
     return await asyncio.sleep(0, result=value)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# a retried step (issue 13) and its plain-Python oracle
+
+#: The policy of ``flaky``: durable timers of ~1s, ~2s between its attempts (the drivers' clocks jump to them).
+MAX_ATTEMPTS = 3
+RETRY = RetryPolicy(max_attempts=MAX_ATTEMPTS, initial_interval=1.0, backoff=2.0, max_interval=10.0, jitter=0.1,
+                    non_retryable=(KeyError,))
+_ATTEMPT = [1]  # the attempt of the plain-Python retry loop (what current_attempt() says in a durable run)
+
+
+async def _flaky_body(label, fails, value):
+    _CRASH["count"] += 1
+    if _CRASH["count"] == _CRASH["at"]:
+        _CRASH["at"] = None
+        raise Crash(label)
+    attempt = current_attempt()
+    TRACE.append((label, "attempt", attempt))
+    if attempt <= fails:
+        raise ValueError(f"{label} failed attempt {attempt}")
+    if value == "non-retryable":
+        raise KeyError(label)
+    return value
+
+
+@durable.step(retry=RETRY)
+async def flaky(label, fails, value=None):
+    """Fails (ValueError) on its first ``fails`` attempts, then returns ``value`` (KeyError for "non-retryable")."""
+    return await _flaky_body(label, fails, value)
+
+
+_durable_flaky = flaky
+
+
+async def plain_flaky(label, fails, value=None):
+    """The oracle of ``flaky``: RETRY's loop written by hand (KeyError is not retried)."""
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        _ATTEMPT[0] = attempt
+        try:
+            return await _flaky_body(label, fails, value)
+        except KeyError:
+            raise
+        except Exception:
+            if attempt == MAX_ATTEMPTS:
+                raise
+        finally:
+            _ATTEMPT[0] = 1
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1290,6 +1343,86 @@ async def imports_captured_by_closures(n):
         return js.loads(v[:-1])["v"]
 
     return (first, again(await step("second", dump(n + 1))))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# retried steps (issue 13): RETRY's durable timers vs the same loop written by hand, with compensations
+
+
+@case(2)
+async def retried_step_succeeds(x):
+    a = await step("before", x)
+    b = await flaky("charge", 2, a + 1)  # fails twice, the third attempt succeeds
+    c = await step("after", b * 2)
+    return (a, b, c)
+
+
+@case(4)
+async def retried_step_exhausted_compensated(x):
+    await step("reserve", x)
+    try:
+        paid = await flaky("pay", 5, x)  # never succeeds: the third attempt's ValueError reaches the except
+    except ValueError as e:
+        await step("release", str(e))
+        paid = None
+    finally:
+        await step("audit", x)
+    return paid
+
+
+@case(3)
+async def retried_steps_in_loop_with_finally(n):
+    got = []
+    for i in range(n):
+        try:
+            got.append(await flaky(f"item{i}", i % 3, i))
+        finally:
+            note("tried", i)
+    return got
+
+
+async def charge_card(order, fails):
+    try:
+        r = await flaky("card", fails, order)
+        return await step("receipt", r)
+    except ValueError:
+        await step("refund", order)
+        raise
+
+
+@case(7, 1, events={"ship": "box"})
+@case(7, 3, id="retried_steps_in_a_saga_card_fails")
+async def retried_steps_in_a_saga(order, card_fails):
+    done = []
+    try:
+        done.append(await charge_card(order, card_fails))
+        shipped = await wait_for_event("ship")
+        done.append(await flaky("label", 1, shipped))
+        done.append(await flaky("notify", 3, "late"))  # exhausted
+    except ValueError as e:
+        for item in reversed(done):
+            await step("undo", item)
+        return ("compensated", str(e), done)
+    return ("ok", done)
+
+
+@case(5)
+async def non_retryable_raised_at_once(x):
+    try:
+        await flaky("lookup", 0, "non-retryable")
+    except KeyError as e:
+        await step("fallback", str(e))
+    finally:
+        await step("cleanup", x)
+    return await flaky("second", 2, x)
+
+
+@case(1)
+async def retried_step_exhausted_uncaught(x):
+    try:
+        await flaky("doomed", 3, x)
+    finally:
+        await step("finally", x)
 
 
 # ---------------------------------------------------------------------------------------------------------------

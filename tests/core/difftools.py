@@ -12,10 +12,18 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from pathlib import Path
 
-from durable import DiskStateStore, DurableBackend, DurableRuntime, InMemoryStateStore, PauseForEventException
+from durable import (
+    DiskStateStore,
+    DurableBackend,
+    DurableRuntime,
+    InMemoryStateStore,
+    PauseForEventException,
+    TimerPause,
+)
 
 MAX_ROUNDS = 200
 
@@ -28,22 +36,54 @@ def outcome_of(fn):
         return ("err", type(exc).__name__, str(exc))
 
 
+class Clock:
+    """A runtime clock that starts at the real time and jumps to a timer's due time when asked (no sleeping)."""
+
+    def __init__(self, now: float | None = None) -> None:
+        self.now = time.time() if now is None else now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def skip_to(self, due: float) -> None:
+        self.now = max(self.now, due)
+
+
 async def drive(program, backend, iid, args, kwargs, events, on_checkpoint=None, fresh_backend=None):
     """Run an instance until it completes or fails, publishing each awaited event when it pauses.
 
+    A durable timer (a retry's backoff) is skipped: the runtime's clock jumps to its due time.
     ``fresh_backend()`` (optional) gives a new backend object for every round after a pause. Returns the
     program's result (raises its error).
     """
+    clock = Clock()
     for _ in range(MAX_ROUNDS):
-        rt = DurableRuntime(backend, iid, on_checkpoint=on_checkpoint)
+        rt = DurableRuntime(backend, iid, on_checkpoint=on_checkpoint, clock=clock)
         try:
             return await rt.run(program, args, kwargs)
+        except TimerPause as pause:
+            assert pause.due is not None and pause.due > clock.now, pause
+            clock.skip_to(pause.due)
+            if fresh_backend is not None:
+                backend = fresh_backend()
         except PauseForEventException as pause:
             if pause.event not in events:
                 raise AssertionError(f"paused for unexpected event {pause.event!r}") from None
             backend.publish_event(iid, pause.event, events[pause.event])
             if fresh_backend is not None:
                 backend = fresh_backend()
+    raise AssertionError("instance did not finish")
+
+
+async def run_skipping_timers(program, backend, iid, args, kwargs, on_checkpoint=None):
+    """Run an instance to its end or its first event pause; durable timers (retry backoffs) are skipped."""
+    clock = Clock()
+    for _ in range(MAX_ROUNDS):
+        try:
+            return await DurableRuntime(backend, iid, on_checkpoint=on_checkpoint, clock=clock).run(program, args,
+                                                                                                     kwargs)
+        except TimerPause as pause:
+            clock.skip_to(pause.due)
     raise AssertionError("instance did not finish")
 
 

@@ -18,6 +18,9 @@ the variables cells shared with closures that are called after later pauses (a d
 ``multi_await=True`` also produces expressions with two awaits, and compound operands evaluated before an await
 in the same expression (``(x + 1) * await step(...)``); ``mid_chain=True`` adds chained comparisons with an
 await in the middle. (Both were compiler bugs, BUG-1 and BUG-9 in /tmp/difffail.md.)
+
+``retries=True`` adds ``await flaky(label, fails, value)``: a step with a retry policy that fails its first
+``fails`` (0-3) attempts; 3 exhausts its three attempts and raises ``ValueError`` at the await (issue 13).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from hypothesis import strategies as st
 HEADER = '''\
 import contextlib
 
-from {corpus} import step, note
+from {corpus} import flaky, step, note
 from durable import wait_for_event
 
 
@@ -65,8 +68,10 @@ class _Fn:
 
 
 class _Gen:
-    def __init__(self, draw, multi_await: bool, max_stmts: int, mid_chain: bool = False) -> None:
+    def __init__(self, draw, multi_await: bool, max_stmts: int, mid_chain: bool = False,
+                 retries: bool = False) -> None:
         self.draw = draw
+        self.retries = retries
         self.multi = multi_await
         self.mid_chain = mid_chain
         self.n = 0
@@ -98,7 +103,11 @@ class _Gen:
 
     def awaited(self, names) -> str:
         kinds = ["step", "step", "step", "helper", "event"] + ([] if self.fn.is_sub else ["sub"])
+        if self.retries:
+            kinds = ["flaky"] + kinds + ["flaky"] * 3  # first: what hypothesis draws most
         kind = self.pick(kinds)
+        if kind == "flaky":
+            return f'await flaky("{self.label()}", {self.pick([1, 2, 3, 0])}, {self.arith(names)})'
         if kind == "helper":
             return f'await helper("{self.label()}", {self.arith(names)})'
         if kind == "sub":
@@ -291,9 +300,10 @@ class _Gen:
 
 
 @st.composite
-def programs(draw, corpus_module: str, multi_await: bool = False, max_stmts: int = 14, mid_chain: bool = False) -> str:
+def programs(draw, corpus_module: str, multi_await: bool = False, max_stmts: int = 14, mid_chain: bool = False,
+             retries: bool = False) -> str:
     """Source text of a module defining ``async def prog(x, y)`` (plus ``helper``, ``ctx`` and ``sub``)."""
-    g = _Gen(draw, multi_await, max_stmts, mid_chain)
+    g = _Gen(draw, multi_await, max_stmts, mid_chain, retries)
     sub = g.function("async def sub(label, a, b):", ["c = 0", "acc = [0]", "note(label, (a, b))"],
                      _Fn(("a", "b", "c"), ["a", "b", "c", "acc[0]"], "(a + b + c + acc[0]) % 97", True),
                      max(2, max_stmts // 3))

@@ -33,6 +33,7 @@ from .difftools import (
     new_id,
     outcome_of,
     resume_in_subprocess,
+    run_skipping_timers,
 )
 
 MODES = ("straight", "crash_at_checkpoint", "crash_mid_step", "disk_every_checkpoint")
@@ -119,7 +120,7 @@ def test_differential(case, mode, tmp_path):
         for name, payload in case.events.items():
             backend.publish_event("early", name, payload)
         args, kwargs = copy.deepcopy((case.args, case.kwargs))
-        out = outcome_of(lambda: DurableRuntime(backend, "early").run(program_for(case.fn), args, kwargs))
+        out = outcome_of(lambda: run_skipping_timers(program_for(case.fn), backend, "early", args, kwargs))
         assert out == expected
         assert corpus.TRACE == expected_trace
         assert backend.pending_events("early") == []
@@ -191,7 +192,8 @@ def test_differential(case, mode, tmp_path):
 
 
 SUBPROCESS_CASES = ["closure_sees_reassignment", "events_in_loop_and_finally", "methods", "nested_call_pauses",
-                    "lambdas_and_comprehensions", "try_all_clauses_raise", "exceptions_cross_frames"]
+                    "lambdas_and_comprehensions", "try_all_clauses_raise", "exceptions_cross_frames",
+                    "retried_steps_in_a_saga", "retried_step_exhausted_compensated"]
 
 
 @pytest.mark.parametrize("case_id", SUBPROCESS_CASES)

@@ -10,6 +10,7 @@ import hashlib
 import importlib.util
 import logging
 import sys
+from collections import Counter
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -21,11 +22,12 @@ from durable import (
     DurableRuntime,
     InMemoryStateStore,
     PauseForEventException,
+    TimerPause,
     make_durable,
 )
 
 from . import corpus
-from .difftools import resume_in_subprocess
+from .difftools import Clock, resume_in_subprocess
 from .progen import EVENT_PAYLOAD, programs
 
 MAX_CRASH_POINTS = 12
@@ -71,11 +73,16 @@ def plain(mod, args, queue=None):
         return EVENT_PAYLOAD if queue is None else queue.pop(0)
 
     real, mod.wait_for_event = mod.wait_for_event, fake_wait
+    real_flaky, mod.flaky = mod.flaky, corpus.plain_flaky  # the retry loop written by hand
     try:
-        out = outcome(lambda: mod.prog(*args))
+        with corpus.plain_events({}):
+            out = outcome(lambda: mod.prog(*args))
     finally:
-        mod.wait_for_event = real
+        mod.wait_for_event, mod.flaky = real, real_flaky
     return out, list(corpus.TRACE)
+
+
+TIMERS_SKIPPED = [0]  # retry backoffs skipped by durable_run (the grammar's coverage test reads it)
 
 
 def durable_run(program, store, iid, args, crash_at=None, crash_at_step=None, queued=False):
@@ -91,9 +98,14 @@ def durable_run(program, store, iid, args, crash_at=None, crash_at_step=None, qu
             raise corpus.Crash("checkpoint")
 
     async def go():
+        clock = Clock()
         for _ in range(500):
             try:
-                return await DurableRuntime(DurableBackend(store), iid, on_checkpoint=hook).run(program, args, {})
+                return await DurableRuntime(DurableBackend(store), iid, on_checkpoint=hook,
+                                            clock=clock).run(program, args, {})
+            except TimerPause as pause:  # a retry's backoff: skip it
+                clock.skip_to(pause.due)
+                TIMERS_SKIPPED[0] += 1
             except PauseForEventException as pause:
                 assert pause.event == "ev" and not queued, pause
                 DurableBackend(store).publish_event(iid, "ev", EVENT_PAYLOAD)
@@ -219,6 +231,40 @@ def test_generated_programs_with_awaits_inside_chained_comparisons(src, args, fr
     check_program(src, args, gen_dir, frac)
 
 
+@settings(SETTINGS, max_examples=100)
+@given(src=programs(corpus.__name__, retries=True), args=ARGS, frac=st.floats(0, 1))
+def test_generated_programs_with_retried_steps(src, args, frac, gen_dir):
+    """``flaky`` steps (retry policy, durable backoff timers) vs the same retry loop written by hand."""
+    assume("await flaky(" in src)
+    check_program(src, args, gen_dir, frac)
+
+
+@settings(SETTINGS, max_examples=3)
+@given(src=programs(corpus.__name__, retries=True), args=ARGS, frac=st.floats(0, 1))
+def test_generated_programs_with_retried_steps_resume_in_fresh_process(src, args, frac, gen_dir, tmp_path_factory):
+    assume("await flaky(" in src)
+    _resume_in_fresh_process(src, args, frac, gen_dir, tmp_path_factory)
+
+
+def test_generated_retry_programs_back_off_and_exhaust(gen_dir):
+    """The retry grammar is not vacuous: many programs pause on backoff timers, some exhaust a step."""
+    seen = Counter()
+
+    @settings(max_examples=30, deadline=None, derandomize=True, database=None)
+    @given(src=programs(corpus.__name__, retries=True), args=ARGS)
+    def collect(src, args):
+        mod = load(src, gen_dir)
+        corpus.reset()
+        TIMERS_SKIPPED[0] = 0
+        durable_run(compile_program(mod.prog), InMemoryStateStore(), "g", args)
+        seen["programs"] += 1
+        seen["backed off"] += TIMERS_SKIPPED[0] > 0
+        seen["exhausted"] += any(e[1:] == ("attempt", 3) for e in corpus.TRACE if len(e) == 3)
+
+    collect()
+    assert seen["backed off"] >= 10 and seen["exhausted"] >= 3, seen
+
+
 def test_generator_makes_valid_varied_programs(gen_dir):
     """The generator's output compiles, and covers the grammar's compound statements."""
     seen = set()
@@ -241,6 +287,10 @@ def test_generator_makes_valid_varied_programs(gen_dir):
 @given(src=programs(corpus.__name__), args=ARGS, frac=st.floats(0, 1))
 def test_generated_programs_resume_in_fresh_process(src, args, frac, gen_dir, tmp_path_factory):
     """Crash somewhere, then finish the instance in a new interpreter from a DiskStateStore."""
+    _resume_in_fresh_process(src, args, frac, gen_dir, tmp_path_factory)
+
+
+def _resume_in_fresh_process(src, args, frac, gen_dir, tmp_path_factory):
     mod = load(src, gen_dir)
     expected, expected_trace = plain(mod, args)
     program = compile_program(mod.prog)

@@ -52,6 +52,11 @@ DATABASES["other"] = _other
 # The crash tests give their worker subprocesses a checkpoint hook (tests/django/test_crash_exhaustive.py).
 DURABLE = {**DURABLE, "QUEUE": os.environ["DURABLE_TEST_QUEUE"], "ETA_MAX_SECONDS": 60,
            "ON_CHECKPOINT": os.environ.get("DURABLE_TEST_ON_CHECKPOINT") or None}
+# The cancellation tests give their worker subprocesses (and scheduler) short cancel settings
+# (tests/django/test_cancellation.py).
+for _name in ("CANCEL_CHECK_SECONDS", "CANCEL_GRACE_SECONDS"):
+    if os.environ.get(f"DURABLE_TEST_{_name}"):
+        DURABLE[_name] = float(os.environ[f"DURABLE_TEST_{_name}"])
 # No remote control: workers then leave no pidbox bindings in a shared Redis (nothing in the tests uses it).
 CELERY_WORKER_ENABLE_REMOTE_CONTROL = False
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

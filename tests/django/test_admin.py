@@ -213,7 +213,9 @@ def test_actions_need_their_permissions(inline, uid):
     r = canceller.post(CHANGELIST, {"action": "cancel_selected", "_selected_action": [uid]})
     assert r.status_code == 302
     assert DurableInstance.objects.get(pk=uid).status == Status.CANCELLED
-    assert DurableHistory.objects.filter(instance_id=uid, kind="cancelled", actor="canceller").exists()
+    # requested by the operator; the program (no cleanup) then ended cancelled in the inline run
+    assert DurableHistory.objects.filter(instance_id=uid, kind="cancel_requested", actor="canceller").exists()
+    assert DurableHistory.objects.filter(instance_id=uid, kind="cancelled").exists()
 
 
 def test_publish_form_validates_json_and_resumes(inline, uid):
@@ -238,12 +240,16 @@ def test_resume_and_retry_actions(inline, uid):
     op = staff("op", "resume_durableinstance")
     assert "action-retry" in op.get(detail_url(uid)).content.decode()
     assert op.post(op_url(uid, "retry")).status_code == 302
+    # it continued from its last checkpoint (the wait), took the same event again and failed again
     row = DurableInstance.objects.get(pk=uid)
-    assert row.status == Status.PAUSED and row.waiting_for == "boom" and row.error == ""
-    assert DurableHistory.objects.filter(instance_id=uid, detail="retried from the start", actor="op").exists()
-    assert op.post(op_url(uid, "resume")).status_code == 302
-    assert DurableInstance.objects.get(pk=uid).status == Status.PAUSED  # nothing arrived: still waits
-    r = op.post(CHANGELIST, {"action": "resume_selected", "_selected_action": [uid]})
+    assert row.status == Status.FAILED and "kaput" in row.error
+    retried = DurableHistory.objects.get(instance_id=uid, kind="operator", actor="op")
+    assert retried.detail.startswith("retried from the last checkpoint at ") and "explode" in retried.detail
+    waiting = f"{uid}-w"
+    dd.start(explode, instance_id=waiting)
+    assert op.post(op_url(waiting, "resume")).status_code == 302
+    assert DurableInstance.objects.get(pk=waiting).status == Status.PAUSED  # nothing arrived: still waits
+    r = op.post(CHANGELIST, {"action": "resume_selected", "_selected_action": [waiting]})
     assert r.status_code == 302
 
 

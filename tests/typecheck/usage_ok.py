@@ -7,7 +7,7 @@ file and expects no error. See docs/typing.md.
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, assert_type
 
 from django.contrib.auth.models import User
@@ -74,6 +74,10 @@ def django_calls(user: User) -> None:
     assert_type(dd.starter(order, instance_id="order-2", link=user)(2, express=True), DurableInstance)
     assert_type(dd.publish_event("order-1", "paid", {"amount": 10}, actor=user), DurableEvent)
     assert_type(dd.cancel("order-1", "no longer needed"), DurableInstance)
+    assert_type(dd.cancel("order-1", "now", actor="ops", force=True), DurableInstance)
+    assert_type(dd.start(durable_greet, "Ada", deadline=3600), DurableInstance)
+    assert_type(dd.start(order, 1, deadline=timedelta(hours=2), instance_id="order-3"), DurableInstance)
+    assert_type(dd.starter(order, deadline=datetime(2030, 1, 1, tzinfo=UTC))(3, express=True), DurableInstance)
     assert_type(dd.resume("order-1"), DurableInstance | str)
     assert_type(dd.get_instance("order-1"), DurableInstance)
     _order_shape: Callable[[int], Coroutine[Any, Any, list[str]]] = dd.register(order).instance()

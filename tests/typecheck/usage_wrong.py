@@ -49,6 +49,8 @@ def django_calls(user: User) -> None:
     dd.starter(order, instance_id="o-1", link=user)()  # error
     dd.starter(order, instance_id="o-1")("1")  # error
     dd.cancel(42)  # error
+    dd.start(hello, "Ada", deadline="soon")  # error
+    dd.starter(order, deadline="soon")(1)  # error
     dd.publish_event("order-1")  # error
     dd.strat(hello, "Ada")  # error
     dd.register(lambda: None)  # error

@@ -35,9 +35,15 @@ class Command(BaseCommand):
                 self.stdout.write(json.dumps(data, indent=2, default=str))
                 return
             for key, value in data.items():
-                if key in ("events", "history", "stack"):
+                if key in ("events", "history", "stack", "retrying"):
                     continue
                 self.stdout.write(f"{key:>16}: {value}")
+            retrying = data["retrying"]
+            if retrying:  # paused in a step retry's backoff
+                self.stdout.write(f"{'retrying':>16}: step {retrying['step']}, attempt {retrying['failed_attempt']} of "
+                                  f"{retrying['max_attempts']} failed; attempt {retrying['attempt']} at "
+                                  f"{retrying['next_at']}")
+                self.stdout.write(f"{'last error':>16}: {retrying['error']}")
             self.stdout.write("stack:")
             stack = data["stack"]
             if isinstance(stack, dict):  # the state could not be read: say why, show the rest of the row

@@ -136,7 +136,7 @@ bind(Order, "approved", when=lambda order, **kw: order.status == "approved",
 
 @db_step
 def cancel_self_then_write(instance_id: str, key: str) -> None:
-    """Cancel our own instance from another connection, then write: the checkpoint must refuse and roll back."""
+    """Force-cancel our own instance from another connection, then write: the checkpoint must refuse and roll back."""
     import threading
 
     from django.db import connection
@@ -145,7 +145,7 @@ def cancel_self_then_write(instance_id: str, key: str) -> None:
 
     def other():
         try:
-            cancel(instance_id, "from another connection")
+            cancel(instance_id, "from another connection", force=True)
         finally:
             connection.close()
 
@@ -432,7 +432,10 @@ class PermanentError(Exception):
     """What a step raises that no retry fixes (its policy lists it as non-retryable)."""
 
 
-@durable.step(retry=durable.RetryPolicy(max_attempts=3, initial_interval=0.2, jitter=0, non_retryable=(PermanentError,)))
+SAGA_RETRY = durable.RetryPolicy(max_attempts=3, initial_interval=0.2, jitter=0, non_retryable=(PermanentError,))
+
+
+@durable.step(retry=SAGA_RETRY)
 @db_step
 def flaky_effect(key: str, label: str) -> int:
     """Write ``label``, then fail on the first two attempts (the write is rolled back each time)."""
@@ -443,7 +446,7 @@ def flaky_effect(key: str, label: str) -> int:
     return SideEffect.objects.filter(key=key).count()
 
 
-@durable.step(retry=durable.RetryPolicy(max_attempts=3, initial_interval=0.2, jitter=0, non_retryable=(PermanentError,)))
+@durable.step(retry=SAGA_RETRY)
 @db_step
 def doomed_effect(key: str, label: str) -> int:
     """Write ``label``, then fail for good: the write never commits."""
