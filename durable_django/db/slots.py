@@ -32,25 +32,36 @@ def _holding(qn, hold: str) -> str:
     return f"{runnable} AND i.{qn('lease_owner')} <> '' AND i.{qn('lease_expires_at')} > %s"
 
 
+def _slots_and_holders(qn) -> str:
+    """FROM: the slots ``s``, each with its holder's instance row ``i`` (a primary-key lookup per slot)."""
+    return (f"{qn(DurableSlot._meta.db_table)} s LEFT JOIN {qn(DurableInstance._meta.db_table)} i "
+            f"ON i.{qn('instance_id')} = s.{qn('holder')}")
+
+
 def _free(qn, hold: str) -> str:
-    """SQL: slot ``s`` may be taken by the instance in the first parameter (params: holder, [now])."""
-    inst = qn(DurableInstance._meta.db_table)
-    return (f"(s.{qn('holder')} = '' OR s.{qn('holder')} = %s OR NOT EXISTS (SELECT 1 FROM {inst} i "
-            f"WHERE i.{qn('instance_id')} = s.{qn('holder')} AND {_holding(qn, hold)}))")
+    """SQL: slot ``s`` (holder row ``i``) may be taken by the instance in the first parameter (params: it, [now])."""
+    return (f"(s.{qn('holder')} = '' OR s.{qn('holder')} = %s OR i.{qn('instance_id')} IS NULL "
+            f"OR NOT COALESCE(({_holding(qn, hold)}), FALSE))")
 
 
 def _candidates_sql(qn, hold: str) -> str:
-    table = qn(DurableSlot._meta.db_table)
-    return (f"SELECT s.{qn('id')}, s.{qn('version')} FROM {table} s WHERE s.{qn('limit_key')} = %s "
+    return (f"SELECT s.{qn('id')}, s.{qn('version')} FROM {_slots_and_holders(qn)} WHERE s.{qn('limit_key')} = %s "
             f"AND s.{qn('slot')} < %s AND {_free(qn, hold)} "
             f"ORDER BY CASE WHEN s.{qn('holder')} = %s THEN 0 ELSE 1 END, s.{qn('slot')}")
 
 
-def _take_sql(qn, hold: str) -> str:
-    """One statement: pick a free slot and take it, conditional on its version as the pick read it."""
+def _take_sql(qn, hold: str, detached: bool) -> str:
+    """One statement: pick a free slot and take it, conditional on its version as the pick read it.
+
+    ``detached`` (PostgreSQL, autocommit): it does not wait for its WAL flush, as the claim does not (see
+    ``durable_django.db.postgresql``): a slot needs no durability, since the run's first checkpoint commits
+    synchronously after it, and after a database crash the instance is simply claimed and given a slot again.
+    """
     table = qn(DurableSlot._meta.db_table)
-    return (f"UPDATE {table} SET {qn('holder')} = %s, {qn('version')} = {table}.{qn('version')} + 1, "
-            f"{qn('taken_at')} = %s FROM ({_candidates_sql(qn, hold)} LIMIT 1) c "
+    nosync = "nosync AS (SELECT set_config('synchronous_commit', 'off', true)), " if detached else ""
+    return (f"WITH {nosync}c AS ({_candidates_sql(qn, hold)} LIMIT 1) "
+            f"UPDATE {table} SET {qn('holder')} = %s, {qn('version')} = {table}.{qn('version')} + 1, "
+            f"{qn('taken_at')} = %s FROM c{', nosync' if detached else ''} "
             f"WHERE {table}.{qn('id')} = c.{qn('id')} AND {table}.{qn('version')} = c.{qn('version')} "
             f"RETURNING {table}.{qn('id')}")
 
@@ -69,9 +80,10 @@ def take_slot(db: Operations, limit_key: str, size: int, instance_id: str, hold:
     at = conn.ops.adapt_datetimefield_value(now)
     head = [limit_key, size, *_params(hold, instance_id, at), instance_id]
     if db.features.update_returning and conn.vendor in ("postgresql", "sqlite"):
-        sql = db._statement(conn, "slot-take", _take_sql, hold)
+        detached = conn.vendor == "postgresql" and conn.get_autocommit() and not conn.in_atomic_block
+        sql = db._statement(conn, "slot-take", _take_sql, hold, detached)
         with db.cursor(conn) as cur:
-            cur.execute(sql, [instance_id, at, *head])
+            cur.execute(sql, [*head, instance_id, at])
             row = cur.fetchone()
         return None if row is None else int(row[0])
     # The generic path: the pick, then the compare-and-swap (MySQL cannot UPDATE ... FROM its own table).
@@ -94,9 +106,8 @@ def slot_counts(db: Operations, limit_key: str, size: int, hold: str, now: datet
     at = conn.ops.adapt_datetimefield_value(now)
 
     def build(qn, hold: str) -> str:
-        table = qn(DurableSlot._meta.db_table)
-        return (f"SELECT COUNT(*), COALESCE(SUM(CASE WHEN {_free(qn, hold)} THEN 1 ELSE 0 END), 0) FROM {table} s "
-                f"WHERE s.{qn('limit_key')} = %s AND s.{qn('slot')} < %s")
+        return (f"SELECT COUNT(*), COALESCE(SUM(CASE WHEN {_free(qn, hold)} THEN 1 ELSE 0 END), 0) "
+                f"FROM {_slots_and_holders(qn)} WHERE s.{qn('limit_key')} = %s AND s.{qn('slot')} < %s")
 
     sql = db._statement(conn, "slot-counts", build, hold)
     with conn.cursor() as cur:
