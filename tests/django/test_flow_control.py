@@ -232,3 +232,11 @@ def test_the_admin_shows_what_waits_for_a_slot(inline, admin_client):
     assert second in page and first not in page
     assert "a slot of exclusive_until_done" in page
     assert "waits for a slot" in page  # the filter's choice
+
+
+def test_the_example_limits_expenses_per_employee():
+    """The example project declares a limit on its expense process (example_project/expenses/flow_control.py)."""
+    from example_project.expenses.durable_programs import expense_approval
+
+    found = flowcontrol.limits_for(durable_django.programs.path_of(expense_approval))
+    assert (found.concurrency, found.per_key, found.hold) == (10, 1, "running")
