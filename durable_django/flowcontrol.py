@@ -36,7 +36,7 @@ from django.core.signals import setting_changed
 from django.db.models import Case, F, Value, When
 from django.utils.module_loading import import_string
 
-from . import clock, programs, wakeups
+from . import clock, leases, programs, wakeups
 from .conf import durable_settings
 from .db import ops
 from .db import slots as sql
@@ -143,7 +143,9 @@ def limit(program: Any = None, /, *, concurrency: int | None = None, key: Callab
                      per_key_rate=parse_rate(per_key_rate), priority=priority, queue=queue, hold=hold)
 
     def declare(prog: T) -> T:
+        global _by_program
         _declared[programs.path_of(prog)] = options  # type: ignore[arg-type]
+        _by_program = None
         return prog
 
     return declare(program) if program is not None else declare
@@ -169,10 +171,23 @@ def limits_for(path: str) -> Limits | None:
     return found
 
 
+def program_limits() -> list[tuple[str, int, str]]:
+    """Every known program-wide concurrency limit as (program, size, hold): what the claim on PostgreSQL takes a
+    slot of in its own statement (:func:`durable_django.db.slots.claim_with_slot`)."""
+    global _by_program
+    if _by_program is None:
+        merged = {**_declared, **_settings_limits()}
+        _by_program = [(path, o.concurrency, o.hold) for path, o in sorted(merged.items()) if o.concurrency]
+    return _by_program
+
+
+_by_program: list[tuple[str, int, str]] | None = None
+
+
 def _reload(*, setting: str, **kwargs: Any) -> None:
-    global _from_settings
+    global _from_settings, _by_program
     if setting == "DURABLE":
-        _from_settings = None
+        _from_settings = _by_program = None
 
 
 setting_changed.connect(_reload, dispatch_uid="durable_django.flowcontrol.reload")
@@ -278,6 +293,9 @@ def admit(row: _Claimed, worker_id: str) -> bool:
     now = clock.now()
     taken: list[int] = []
     for limit_key, size in _slot_keys(row, options):
+        if limit_key == row.program and row.slot is not None:  # taken by the claim itself (PostgreSQL)
+            taken.append(row.slot)
+            continue
         slot = _take(db, limit_key, size, row.instance_id, options.hold, now)
         if slot is None:
             if taken:
@@ -410,5 +428,6 @@ def running(program: str, key: str | None = None) -> list[str]:
 
 
 def connect() -> None:
-    """Give the wake-ups their router (called by the app's ``ready()``)."""
+    """Give the wake-ups their router and the claim the programs' limits (called by the app's ``ready()``)."""
     wakeups.connect_router(functools.partial(route))
+    leases.slot_limits = program_limits

@@ -11,6 +11,7 @@ with a conditional UPDATE.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -161,3 +162,46 @@ def take_rate(db: Operations, limit_key: str, window: int, count: int) -> bool:
         rows.filter(limit_key=limit_key, window__lt=window - 10).delete()  # old windows (recent ones stay visible)
         return True
     return False
+
+
+# -- PostgreSQL: the claim and the program's slot in one statement ---------------------------------------------------
+def _claim_with_slot_sql(qn, detached: bool) -> str:
+    """The claim's UPDATE (as :func:`durable_django.db.postgresql._claim_batch_sql`) and, for a program in the
+    limits passed as arrays (program, size, hold), the take of a free slot, in one round trip; the slot's id is the
+    last column (NULL: the program has no limit, no slot was free, or its slots do not exist yet)."""
+    from .postgresql import _claim_batch_sql
+
+    slot, inst = qn(DurableSlot._meta.db_table), qn(DurableInstance._meta.db_table)
+    finished = f"i.{qn('status')} IN ({_quoted(RUNNABLE)})"
+    running = (f"{finished} AND i.{qn('lease_owner')} <> '' AND i.{qn('lease_expires_at')} > %s")
+    nosync = "nosync AS (SELECT set_config('synchronous_commit', 'off', true)), " if detached else ""
+    return (
+        f"WITH {nosync}claimed AS ({_claim_batch_sql(qn, False)}), "
+        f"lim AS (SELECT c.{qn('instance_id')} AS iid, l.program, l.size, l.hold FROM claimed c "
+        f"JOIN unnest(%s::text[], %s::int[], %s::text[]) AS l(program, size, hold) ON l.program = c.{qn('program')}), "
+        f"pick AS (SELECT s.{qn('id')} AS id, s.{qn('version')} AS version, lim.iid FROM lim "
+        f"JOIN {slot} s ON s.{qn('limit_key')} = lim.program AND s.{qn('slot')} < lim.size "
+        f"LEFT JOIN {inst} i ON i.{qn('instance_id')} = s.{qn('holder')} "
+        f"WHERE s.{qn('holder')} = '' OR s.{qn('holder')} = lim.iid OR i.{qn('instance_id')} IS NULL "
+        f"OR NOT COALESCE(CASE WHEN lim.hold = '{FINISHED}' THEN {finished} ELSE {running} END, FALSE) "
+        f"ORDER BY CASE WHEN s.{qn('holder')} = lim.iid THEN 0 ELSE 1 END, s.{qn('slot')} LIMIT 1), "
+        f"took AS (UPDATE {slot} SET {qn('holder')} = pick.iid, {qn('version')} = {slot}.{qn('version')} + 1, "
+        f"{qn('taken_at')} = %s FROM pick WHERE {slot}.{qn('id')} = pick.id AND {slot}.{qn('version')} = pick.version "
+        f"RETURNING {slot}.{qn('id')}) "
+        f"SELECT claimed.*, (SELECT took.{qn('id')} FROM took) FROM claimed{', nosync' if detached else ''}")
+
+
+def claim_with_slot(db: Operations, instance_id: str, worker_id: str, now: datetime, expires: datetime,
+                    max_attempts: int, limits: Sequence[tuple[str, int, str]]) -> list[tuple]:
+    """PostgreSQL: claim ``instance_id`` and take a slot of its program's concurrency limit (one of ``limits``:
+    (program, size, hold)) in one statement: what the claim of a limited program costs instead of two round
+    trips. Rows as ``claim_batch``'s, plus the slot's id (or None)."""
+    conn = db.connection
+    detached = conn.get_autocommit() and not conn.in_atomic_block
+    sql = db._statement(conn, "claim-slot", _claim_with_slot_sql, detached)
+    adapt = conn.ops.adapt_datetimefield_value
+    programs, sizes, holds = (list(x) for x in zip(*limits, strict=True))
+    with db.cursor(conn) as cur:
+        cur.execute(sql, [worker_id, adapt(expires), adapt(now), [instance_id], max_attempts, programs, sizes, holds,
+                          adapt(now), adapt(now)])
+        return cur.fetchall()
