@@ -240,3 +240,26 @@ def test_the_example_limits_expenses_per_employee():
 
     found = flowcontrol.limits_for(durable_django.programs.path_of(expense_approval))
     assert (found.concurrency, found.per_key, found.hold) == (10, 1, "running")
+
+
+def test_on_postgresql_the_claim_takes_the_slot_itself(settings):
+    """One round trip: the claim's statement also takes a slot of the program's limit; when none is free it takes
+    none, and the instance waits."""
+    from django.db import connection
+
+    from durable_django import leases
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the one-statement claim with a slot is PostgreSQL's")
+    first = durable_django.start(fp.exclusive, "a").pk
+    second = durable_django.start(fp.exclusive, "b").pk
+    flowcontrol.limits_for(PATH + "exclusive")
+    assert (PATH + "exclusive", 1, "running") in flowcontrol.program_limits()
+    row = leases._claim(first, "w1")
+    assert row.slot is None and flowcontrol.admit(row, "w1")  # the first use creates the slots
+    leases._release(first, "w1")
+    row = leases._claim(first, "w1")
+    assert row.slot is not None and flowcontrol.admit(row, "w1")
+    other = leases._claim(second, "w2")
+    assert other.slot is None and not flowcontrol.admit(other, "w2")
+    assert DurableInstance.objects.get(pk=second).flow_waiting == PATH + "exclusive"
