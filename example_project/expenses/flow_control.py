@@ -1,8 +1,8 @@
 """Flow control of the expense process (docs/flow-control.md).
 
 At most 10 expense approvals run at once, and one at a time per employee (their steps write the employee's
-expenses; the waits for a manager or for finance hold no slot: ``hold="running"``, the default). Imported by the app's ``ready()``, in every process (web and
-workers). Operations can override it in ``DURABLE["LIMITS"]`` without a deploy.
+expenses). The waits for a manager or for finance hold no slot (``hold="running"``, the default). Imported by
+the app's ``ready()``, in every process (web and workers); ``DURABLE["LIMITS"]`` can override it without a deploy.
 """
 
 from __future__ import annotations
