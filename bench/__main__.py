@@ -11,7 +11,8 @@ suites: ``peers`` (against DBOS, django-durable and the seed package),
 ``faults`` (fault injection: killed workers, broker restart), ``load``
 (100,000 waiting instances on PostgreSQL) and ``soak`` (1,000,000 one-step
 processes through 2 workers: memory, throughput, rows left after
-``durable_purge``); see ``bench/README.md``.
+``durable_purge``) and ``telemetry`` (per-step cost with spans, metrics and
+logs on against off; :mod:`bench.telemetry`); see ``bench/README.md``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .common.results import report
 
 #: ``python -m bench <name> ...`` runs ``bench.<module>.main(argv)``.
 SUITES = {"django": "django_bench", "peers": "peers", "faults": "faults", "load": "load", "soak": "soak",
+          "telemetry": "telemetry", "schedules": "schedules",
           "flow": "flowcontrol"}
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "core.json"

@@ -503,3 +503,5 @@ if HUMAN_TASKS:
                      f"group {obj.assignee_group}" if obj.assignee_group_id else "",
                      f"permission {obj.permission}" if obj.permission else ""]
             return " or ".join(p for p in parts if p)
+
+from . import scheduleadmin  # noqa: E402,F401  (registers the schedules' admin: durable_django.scheduleadmin)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
 from django.utils.module_loading import autodiscover_modules
 
 
@@ -13,7 +14,7 @@ class DurableDjangoConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks, flowcontrol, live, tasks, wakeups, worker  # noqa: F401  (checks registers the system checks)
+        from . import checks, flowcontrol, live, tasks, telemetry, wakeups, worker  # noqa: F401  (checks: the checks)
 
         # Wake-ups look the Celery tasks up by name (tasks is imported above so that they are registered) and
         # run an instance in this process with RUN_INLINE through the worker's entry point.
@@ -24,5 +25,14 @@ class DurableDjangoConfig(AppConfig):
         # workers). Idempotent: connected under a dispatch_uid, so a second ready() adds nothing.
         live.connect()
 
+        # Spans, metrics and logs when DURABLE["TELEMETRY"] turns them on (nothing imported or connected otherwise).
+        telemetry.configure()
+
         # Programs, migrations and model bindings live in <app>/durable_programs.py.
         autodiscover_modules("durable_programs")
+
+        # Schedules declared in code (decorator, DURABLE["SCHEDULES"]) are written to the table after migrate,
+        # never here: ready() must not query the database. Importing the module registers its Celery task.
+        from . import schedules
+
+        post_migrate.connect(schedules._sync_after_migrate, sender=self, dispatch_uid="durable_django.schedules")

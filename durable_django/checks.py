@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import django
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.utils.module_loading import import_string
 
+from . import telemetry
 from .conf import DEFAULTS
 from .limits import EVENT_NAME_COLUMN, INSTANCE_ID_COLUMN
 
@@ -249,6 +252,73 @@ def check_channel_layer(app_configs=None, **kwargs) -> list:
         hint="Use a cross-process layer (channels_redis.core.RedisChannelLayer) in production, or add "
              "'durable_django.W004' to SILENCED_SYSTEM_CHECKS if polling is what you want.",
         id="durable_django.W004")]
+
+
+# -- telemetry (E060-E069) ----------------------------------------------------
+@register(Tags.compatibility)
+def check_telemetry(app_configs=None, **kwargs) -> list:
+    """``DURABLE["TELEMETRY"]``: known keys, booleans, and the libraries that what is on needs (never imported here)."""
+    user = getattr(settings, "DURABLE", {})
+    value = user.get("TELEMETRY", DEFAULTS["TELEMETRY"]) if isinstance(user, dict) else None
+    if value is None:
+        return []
+    if not isinstance(value, dict):
+        return [Error(f"DURABLE['TELEMETRY'] must be a dict such as {{'traces': True}}, got {value!r}.",
+                      id="durable_django.E060")]
+    errors: list = []
+    for key in sorted(set(value) - set(telemetry.KEYS)):
+        errors.append(Error(f"Unknown DURABLE['TELEMETRY'] key {key!r}.",
+                            hint=f"Known keys: {', '.join(telemetry.KEYS)}.", id="durable_django.E060"))
+    for key in ("traces", "metrics", "logs"):
+        if not isinstance(value.get(key, False), bool):
+            errors.append(Error(f"DURABLE['TELEMETRY']['{key}'] must be True or False.", id="durable_django.E060"))
+    for key, module in telemetry.LIBRARIES.items():
+        if value.get(key) is True and importlib.util.find_spec(module.split(".")[0]) is None:
+            extra = "otel" if key == "traces" else "prometheus"
+            errors.append(Error(f"DURABLE['TELEMETRY']['{key}'] is on but {module.split('.')[0]} is not installed.",
+                                hint=f"pip install 'durable-django[{extra}]'", id="durable_django.E061"))
+    if value.get("steps", "spans") not in ("spans", "events"):
+        errors.append(Error("The DURABLE['TELEMETRY'] key 'steps' must be 'spans' (the default) or 'events'.",
+                            id="durable_django.E060"))
+    registry = value.get("registry")
+    if registry is not None and not isinstance(registry, str):
+        errors.append(Error("The DURABLE['TELEMETRY'] key 'registry' must be the dotted path of a CollectorRegistry.",
+                            id="durable_django.E062"))
+    token = value.get("metrics_token")
+    if token is not None and (not isinstance(token, str) or len(token) < 16):
+        errors.append(Error("The DURABLE['TELEMETRY'] key 'metrics_token' must be a string of at least 16 characters.",
+                            id="durable_django.E063"))
+    return errors
+
+
+# -- Schedules (docs/schedules.md): E040-E049 -------------------------------------------------
+@register(Tags.compatibility)
+def check_schedules(app_configs=None, **kwargs) -> list:
+    """``DURABLE["SCHEDULES"]`` entries that could not be synced, the firing interval, and cronsim's presence."""
+    user = getattr(settings, "DURABLE", {})
+    if not isinstance(user, dict):
+        return []
+    errors: list = []
+    declared = user.get("SCHEDULES", DEFAULTS["SCHEDULES"])
+    if not isinstance(declared, dict):
+        errors.append(Error("DURABLE['SCHEDULES'] must be a dict of name -> schedule.", id="durable_django.E040"))
+        declared = {}
+    from .schedules import spec_from_setting
+
+    for name, entry in declared.items():
+        try:
+            spec_from_setting(name, entry)
+        except ImportError:
+            errors.append(Error("Cron schedules need the cronsim package.", hint="pip install 'durable-django[django]'",
+                                id="durable_django.E042"))
+        except ValueError as exc:
+            errors.append(Error(f"DURABLE['SCHEDULES'][{name!r}]: {exc}", id="durable_django.E040"))
+    for name in ("SCHEDULE_INTERVAL", "SCHEDULE_GRACE_SECONDS", "SCHEDULE_BATCH"):
+        value = user.get(name, DEFAULTS[name])
+        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+            errors.append(Error(f"DURABLE['{name}'] must be a positive number, got {value!r}.",
+                                id="durable_django.E041"))
+    return errors
 
 
 # -- flow control (E050-E059) --------------------------------------------------------------------

@@ -118,6 +118,33 @@ DEFAULTS: dict[str, Any] = {
     "MAX_EVENT_NAME_LENGTH": 200,
     # Deepest nesting of JSON parsed from a request body, a form or the command line.
     "MAX_JSON_DEPTH": 32,
+    # -- telemetry (docs/telemetry.md) --
+    # What to emit, a dict of booleans: {"traces": True} (OpenTelemetry spans
+    # per run and per step, needs opentelemetry-api: the [otel] extra; the
+    # project configures the SDK), {"metrics": True} (Prometheus counters,
+    # histograms and gauges, needs prometheus_client: the [prometheus] extra),
+    # {"logs": True} (one record of logger "durable_django" per transition and
+    # failure, with extra fields). Optional keys: "steps" ("spans", the
+    # default: a span per step; "events": an event per step on the run span,
+    # cheaper), "registry" (dotted path of a
+    # prometheus_client CollectorRegistry; default: prometheus_client.REGISTRY)
+    # and "metrics_token" (a bearer token accepted by the /metrics view besides
+    # the view_durableinstance permission). Empty: all off, nothing imported,
+    # no per-step cost.
+    "TELEMETRY": {},
+    # -- Schedules (docs/schedules.md) --
+    # Schedules declared in settings, synced to the DurableSchedule table on migrate and by
+    # `durable_schedules sync`: {"name": {"program": "app.module.fn", "cron": "0 9 * * MON" or
+    # "interval": seconds, "tz": "Europe/Paris", "args": [...], "kwargs": {...}, "overlap": "skip" |
+    # "allow" | "cancel_previous", "catchup": "skip" | "latest" | "all", "max_catchup": 10}}.
+    "SCHEDULES": {},
+    # Seconds between two firings of due schedules (the Celery beat entry "durable-django-schedules"
+    # and `durable_resume --loop`): the precision of a tick.
+    "SCHEDULE_INTERVAL": 5,
+    # Catch-up "skip": a tick fired at most this many seconds late still runs; an older one is skipped.
+    "SCHEDULE_GRACE_SECONDS": 60,
+    # Most schedules one firing starts (the rest wait for the next firing).
+    "SCHEDULE_BATCH": 20000,
     # -- Flow control (docs/flow-control.md) --
     # Limits, priority and queue per program: {"app.module.program": {"concurrency": 5, "key": "customer_id",
     # "per_key": 1, "rate": "10/m", "per_key_rate": "1/s", "priority": 0, "queue": "reports",
@@ -227,15 +254,20 @@ def _secret(value: Any, name: str) -> bytes:
 durable_settings = DurableSettings()
 
 
-def beat_schedule(interval: float | None = None) -> dict:
-    """The Celery beat entry for the periodic sweep; merge it into ``CELERY_BEAT_SCHEDULE``.
+def beat_schedule(interval: float | None = None, schedules_interval: float | None = None) -> dict:
+    """The Celery beat entries for the periodic sweep and the schedules; merge them into ``CELERY_BEAT_SCHEDULE``.
 
-    Importable from a settings module (it touches neither models nor settings
-    unless ``interval`` is omitted).
+    Importable from a settings module (it touches neither models nor
+    settings: omitted intervals are the defaults). ``schedules_interval`` is
+    how often due schedules are fired, so the precision of their ticks.
     """
     if interval is None:
         interval = DEFAULTS["SWEEP_INTERVAL"]
-    return {"durable-django-sweep": {"task": "durable_django.sweep", "schedule": float(interval)}}
+    if schedules_interval is None:
+        schedules_interval = DEFAULTS["SCHEDULE_INTERVAL"]
+    return {"durable-django-sweep": {"task": "durable_django.sweep", "schedule": float(interval)},
+            "durable-django-schedules": {"task": "durable_django.fire_schedules",
+                                         "schedule": float(schedules_interval)}}
 
 
 def _reload(*, setting: str, **kwargs: Any) -> None:

@@ -29,7 +29,7 @@ from django.utils.module_loading import import_string
 
 from durable import CheckpointException, CodeChangedError, InstanceCancelled, PauseForEventException, StateTamperedError
 
-from . import clock, db, eventloop, leases, programs, signals, wakeups
+from . import clock, db, eventloop, leases, programs, signals, telemetry, wakeups
 from .backend import DjangoOrchestrationBackend, describe_error
 from .conf import durable_settings
 from .exceptions import LeaseLost, UnknownProgram
@@ -45,6 +45,19 @@ SKIPPED, LOST = "skipped", "lease-lost"
 
 def run_claimed(row: _Claimed, worker_id: str) -> tuple[str, Mapping[str, Any] | None]:
     """Run a claimed instance; returns its outcome and, when our own checkpoint paused it, the wait."""
+    if not telemetry.active:  # off: one check per run, nothing per step
+        return _run_claimed(row, worker_id, None)
+    tele = telemetry.begin_run(row.instance_id, row.program, row.state is None, row.attempts)
+    try:
+        outcome, wait = _run_claimed(row, worker_id, tele)
+    except BaseException as exc:
+        tele.end("error", exc)
+        raise
+    tele.end(outcome)
+    return outcome, wait
+
+
+def _run_claimed(row: _Claimed, worker_id: str, tele: telemetry.Run | None) -> tuple[str, Mapping[str, Any] | None]:
     instance_id = row.instance_id
     try:
         # The signatures are checked before the program's path is even imported: they bind the blobs to this
@@ -77,12 +90,15 @@ def run_claimed(row: _Claimed, worker_id: str) -> tuple[str, Mapping[str, Any] |
     backend.lease_expires_at = row.lease_expires_at
     migrate = programs.migrator_for(row.program, row.program_version, program)
     hook = durable_settings.ON_CHECKPOINT
+    on_checkpoint = import_string(hook) if hook else None
+    if tele is not None:  # telemetry on: a span and a latency per step (durable_django.telemetry)
+        on_checkpoint = tele.hook(lambda: backend.last_status, on_checkpoint)
     options: dict[str, Any] = {}
     deadline = leases._as_datetime(row.deadline)
     if deadline is not None:
         options["deadline"] = deadline.timestamp()  # POSIX seconds, as the runtime's clock
     runtime = program.runtime(backend, instance_id, migrate=migrate, clock=clock.time,
-                              on_checkpoint=import_string(hook) if hook else None, **options)
+                              on_checkpoint=on_checkpoint, **options)
     requested = row.cancel_requested_at is not None
     # A cancel requested before this run: InstanceCancelled at the program's current await (delivered when
     # the state is loaded, unless the program is already cleaning up after it); else the backend reads the

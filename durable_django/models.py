@@ -247,6 +247,87 @@ class DurableCheckpoint(models.Model):
         return f"{self.instance_id} #{self.step}"
 
 
+class DurableTrace(models.Model):
+    """Telemetry of one instance (written only with ``DURABLE["TELEMETRY"]`` on): the trace it belongs to.
+
+    ``context`` is the W3C trace context of the ``start()`` caller's span, so that every run, days later and on
+    any worker, joins that trace; ``pending`` holds the publishes not yet seen by a run (their trace contexts
+    become span links of the run they wake, their times the wake-up latency).
+    """
+
+    instance = models.OneToOneField(DurableInstance, on_delete=models.CASCADE, primary_key=True,
+                                    related_name="trace")
+    context = models.JSONField(_("trace context"), default=dict, blank=True)
+    started_at = models.FloatField(_("started at (epoch seconds)"), null=True, blank=True)
+    pending = models.JSONField(_("publishes not yet seen by a run"), default=list, blank=True)
+
+    class Meta:
+        verbose_name = _("durable trace context")
+        verbose_name_plural = _("durable trace contexts")
+
+    def __str__(self) -> str:
+        return f"{self.instance_id}: {self.context.get('traceparent', '')}"
+
+
+# -- Schedules (durable_django.schedules, docs/schedules.md) ------------------------------------------------
+class Overlap(models.TextChoices):
+    """What a tick does while the schedule's previous instance has not finished."""
+
+    SKIP = "skip", _("Skip the tick")
+    ALLOW = "allow", _("Start anyway")
+    CANCEL_PREVIOUS = "cancel_previous", _("Cancel the previous instance")
+
+
+class Catchup(models.TextChoices):
+    """Which missed ticks a schedule fires after downtime (the scheduler stopped, the schedule was late)."""
+
+    SKIP = "skip", _("Skip missed ticks")
+    LATEST = "latest", _("Run the latest missed tick once")
+    ALL = "all", _("Run all missed ticks (up to max_catchup)")
+
+
+class DurableSchedule(models.Model):
+    """A program started on a cron expression or a fixed interval; one instance per tick.
+
+    ``next_run_at`` is the next tick (UTC); the firing advances it with a
+    compare-and-set, and the tick's instance id is ``<name>@<tick in UTC>``,
+    so two schedulers never start a tick twice.
+    """
+
+    name = models.CharField(_("name"), max_length=100, unique=True)
+    program = models.CharField(_("program"), max_length=255, help_text=_("Dotted path of the durable program."))
+    args = models.JSONField(_("arguments"), default=list, blank=True, encoder=DjangoJSONEncoder)
+    kwargs = models.JSONField(_("keyword arguments"), default=dict, blank=True, encoder=DjangoJSONEncoder)
+    cron = models.CharField(_("cron"), max_length=100, blank=True, default="",
+                            help_text=_('A cron expression, e.g. "0 9 * * MON" (5 fields, or 6 with seconds first).'))
+    interval_seconds = models.PositiveIntegerField(_("interval (seconds)"), null=True, blank=True,
+                                                   help_text=_("Instead of cron: every this many seconds."))
+    timezone = models.CharField(_("time zone"), max_length=64, default="UTC",
+                                help_text=_("IANA name the cron expression is read in, e.g. Europe/Paris."))
+    paused = models.BooleanField(_("paused"), default=False)
+    overlap = models.CharField(_("overlap"), max_length=16, choices=Overlap.choices, default=Overlap.SKIP)
+    catchup = models.CharField(_("catch-up"), max_length=8, choices=Catchup.choices, default=Catchup.SKIP)
+    max_catchup = models.PositiveIntegerField(_("max catch-up ticks"), default=10)
+    next_run_at = models.DateTimeField(_("next run at"), null=True, blank=True)
+    last_run_at = models.DateTimeField(_("last tick fired"), null=True, blank=True)
+    last_instance_id = models.CharField(_("last instance"), max_length=200, blank=True, default="")
+    last_note = models.CharField(_("last note"), max_length=500, blank=True, default="",
+                                 help_text=_("Why the last tick was skipped, or the error that paused it."))
+    declared = models.BooleanField(_("declared in code"), default=False, editable=False,
+                                   help_text=_("Declared by a decorator or DURABLE['SCHEDULES']: synced from code."))
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("durable schedule")
+        verbose_name_plural = _("durable schedules")
+        ordering = ("name",)
+        indexes = [models.Index(fields=["paused", "next_run_at"], name="durable_sched_due")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
 # -- flow control (durable_django.flowcontrol) -------------------------------------------------------------------
 class DurableSlot(models.Model):
     """One slot of a concurrency limit: held by the instance named in ``holder`` while that instance holds it.

@@ -207,6 +207,15 @@ DURABLE: dict[str, Any] = {
     "RUN_INLINE": os.environ.get("DURABLE_RUN_INLINE", "0") == "1",
 }
 CELERY_BEAT_SCHEDULE = {**beat_schedule(DURABLE["SWEEP_INTERVAL"])}
+# Telemetry (docs/telemetry.md), off by default. DURABLE_TELEMETRY=console: spans printed to the console, the
+# metrics at /durable/metrics (for staff, or with DURABLE_METRICS_TOKEN as a bearer token), logs at INFO.
+if os.environ.get("DURABLE_TELEMETRY") == "console":
+    from example_project.telemetry import install as _install_telemetry
+
+    _install_telemetry()
+    DURABLE["TELEMETRY"] = {"traces": True, "metrics": True, "logs": True}
+    if os.environ.get("DURABLE_METRICS_TOKEN"):
+        DURABLE["TELEMETRY"]["metrics_token"] = os.environ["DURABLE_METRICS_TOKEN"]
 
 LOGGING = {
     "version": 1,

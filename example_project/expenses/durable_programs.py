@@ -124,3 +124,7 @@ async def expense_approval(expense_id: int):
 
     reference = await record_payment(expense_id)
     return {"paid": reference}
+
+
+# The weekly reminder schedule (reminders.py): imported here so that autodiscovery declares it.
+from .reminders import weekly_expense_reminder  # noqa: E402,F401

@@ -62,3 +62,9 @@ CELERY_WORKER_ENABLE_REMOTE_CONTROL = False
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # The example project's pages plus the async views of tests/django/test_async_api.py (also under daphne).
 ROOT_URLCONF = "tests.django.urls"
+# The telemetry tests' worker subprocesses: spans on, exported to a file (tests/django/test_telemetry.py).
+if os.environ.get("DURABLE_TEST_OTEL_FILE"):
+    from tests.django.otel_file import install as _install_otel  # noqa: E402
+
+    _install_otel(os.environ["DURABLE_TEST_OTEL_FILE"])
+    DURABLE = {**DURABLE, "TELEMETRY": {"traces": True, "logs": True}}

@@ -9,7 +9,7 @@ import time
 from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError, InterfaceError, OperationalError, connections
 
-from durable_django import worker
+from durable_django import schedules, worker
 from durable_django.api import get_instance, resume
 from durable_django.conf import durable_settings
 from durable_django.exceptions import DurableDjangoError
@@ -29,6 +29,8 @@ class Command(BaseCommand):
         parser.add_argument("--interval", type=float, default=None, help="Seconds between sweeps (--loop).")
         parser.add_argument("--limit", type=int, default=None, help="At most this many instances per sweep.")
         parser.add_argument("--iterations", type=int, default=None, help="Stop after this many sweeps (--loop).")
+        parser.add_argument("--no-schedules", action="store_true",
+                            help="Do not fire due schedules after each sweep (docs/schedules.md).")
 
     def check(self, *args, **kwargs):
         """Only the checks that need no database: the scheduler starts while the database is down and sweeps
@@ -47,6 +49,12 @@ class Command(BaseCommand):
         while True:
             try:
                 ids = worker.sweep(dry_run=opts["dry_run"], inline=opts["sync"], limit=opts["limit"])
+                if not (opts["dry_run"] or opts["no_schedules"]):
+                    fired = schedules.fire_due()
+                    if fired:
+                        self.stdout.write(f"{len(fired)} scheduled instance(s) started.")
+                    for iid in fired if opts["sync"] and not durable_settings.RUN_INLINE else ():
+                        worker.run_instance(iid)  # --sync: here too, not through Celery
             except (OperationalError, InterfaceError) as exc:
                 if not opts["loop"]:
                     raise

@@ -51,7 +51,10 @@ USERS = {
     "dave": ("dave-demo", [], ["expenses.approve_escalated"], False, False, "director: escalated approvals"),
     "operator": ("operator-demo", [], ["durable_django.view_durableinstance", "durable_django.resume_durableinstance",
                                        "durable_django.cancel_durableinstance", "durable_django.publish_durableevent",
-                                       "durable_django.edit_locals_durableinstance"], True, False,
+                                       "durable_django.edit_locals_durableinstance",
+                                       # the schedules' admin: see, pause and resume the weekly reminder
+                                       "durable_django.view_durableschedule", "durable_django.change_durableschedule"],
+                 True, False,
                  "operator: the durable instances admin"),
     "admin": ("admin-demo", [], [], True, True, "superuser"),
 }
