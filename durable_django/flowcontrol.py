@@ -289,6 +289,8 @@ def admit(row: _Claimed, worker_id: str) -> bool:
     options = limits_for(row.program)
     if options is None or not options.gates:
         return True
+    if row.cancel_requested_at is not None:  # a cancellation does not wait for a slot: its cleanup runs now
+        return True
     db = ops()
     now = clock.now()
     taken: list[int] = []

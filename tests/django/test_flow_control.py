@@ -263,3 +263,12 @@ def test_on_postgresql_the_claim_takes_the_slot_itself(settings):
     other = leases._claim(second, "w2")
     assert other.slot is None and not flowcontrol.admit(other, "w2")
     assert DurableInstance.objects.get(pk=second).flow_waiting == PATH + "exclusive"
+
+
+def test_a_cancellation_does_not_wait_for_a_slot(inline):
+    first = durable_django.start(fp.exclusive_until_done, "first").pk
+    second = durable_django.start(fp.exclusive_until_done, "second").pk
+    assert DurableInstance.objects.get(pk=second).flow_waiting
+    durable_django.cancel(second, "not needed")
+    assert DurableInstance.objects.get(pk=second).status == Status.CANCELLED
+    assert DurableInstance.objects.get(pk=first).status == Status.PAUSED  # still holds its slot
