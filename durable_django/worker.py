@@ -46,7 +46,8 @@ def run_instance(instance_id: str, worker_id: str | None = None) -> str:
     """Run ``instance_id`` until it pauses, completes, fails, is cancelled or suspended.
 
     Returns the final status, or ``"skipped"`` when another worker holds the
-    lease or there is nothing to run. Rows only change under a lease.
+    lease or there is nothing to run, or ``"waiting"`` when it is over a flow-control
+    limit and waits for a slot (docs/flow-control.md). Rows only change under a lease.
     Database errors (``OperationalError``...) propagate after the lease is
     released, so Celery can retry; program errors become a failed instance.
     """

@@ -272,3 +272,13 @@ def test_a_cancellation_does_not_wait_for_a_slot(inline):
     durable_django.cancel(second, "not needed")
     assert DurableInstance.objects.get(pk=second).status == Status.CANCELLED
     assert DurableInstance.objects.get(pk=first).status == Status.PAUSED  # still holds its slot
+
+
+@pytest.mark.parametrize("mode, expected", [(True, 7), ("inverted", 2)])
+def test_message_priority_follows_the_instance_priority(settings, mode, expected):
+    settings.DURABLE = {**settings.DURABLE, "MESSAGE_PRIORITY": mode}
+    inst = durable_django.start(fp.prioritised, "m", priority=7)
+    low = durable_django.start(fp.prioritised, "n", priority=-3)
+    routes = flowcontrol.route([inst.pk, low.pk])
+    assert routes[inst.pk] == {"priority": expected}
+    assert routes[low.pk] == {"priority": 0 if mode is True else 9}
