@@ -21,7 +21,6 @@ limit, highest priority first, and the sweep is the safety net.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import inspect
 import logging
@@ -227,7 +226,10 @@ def start_fields(path: str, fn: Callable[..., Any], args: Sequence[Any], kwargs:
                                "DURABLE['QUEUES'] (or give the program queue= with durable_django.limit())")
         fields["queue"] = queue
     if priority is not None:
-        Limits(priority=priority)  # validates it
+        try:
+            Limits(priority=priority)  # validates it
+        except ValueError as exc:
+            raise InvalidInput(f"start(priority=...): {exc}") from None
         fields["priority"] = priority
     elif options is not None and options.priority:
         fields["priority"] = options.priority
@@ -431,5 +433,5 @@ def running(program: str, key: str | None = None) -> list[str]:
 
 def connect() -> None:
     """Give the wake-ups their router and the claim the programs' limits (called by the app's ``ready()``)."""
-    wakeups.connect_router(functools.partial(route))
+    wakeups.connect_router(route)
     leases.slot_limits = program_limits

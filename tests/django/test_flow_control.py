@@ -85,6 +85,8 @@ def test_start_queue_is_a_reserved_option(settings):
     to a queue that a worker is known to consume, or is refused."""
     with pytest.raises(InvalidInput, match="QUEUES"):
         durable_django.start(fp.prioritised, "a", queue="nobody-listens")
+    with pytest.raises(InvalidInput, match="priority"):
+        durable_django.start(fp.prioritised, "a", priority=1 << 20)
     assert not DurableInstance.objects.exists()
     settings.DURABLE = {**settings.DURABLE, "QUEUES": ["reports"]}
     inst = durable_django.start(fp.prioritised, "a", queue="reports", priority=3)
