@@ -171,7 +171,7 @@ def test_a_rate_limit_across_workers(worker_factory):
                    .values_list("window", "count"))
     assert sum(c for _, c in windows) == 7 and all(c <= 3 for _, c in windows) and len(windows) >= 3
     starts = sorted(FlowMark.objects.filter(tag__startswith="r").values_list("start", flat=True))
-    assert starts[-1] - starts[0] > 2.0  # 7 starts at 3 per 2 s span at least two window boundaries
+    assert starts[-1] - starts[0] > 1.9  # 7 starts at 3 per 2 s: at least one whole window (less a step's delay)
 
 
 @pytest.mark.timeout(120)
