@@ -138,10 +138,12 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     a = ap.parse_args(argv)
     name = f"durable_bench_flow_{uuid.uuid4().hex[:10]}"
+    broker = os.environ.get("DURABLE_BENCH_BROKER", "redis://127.0.0.1:6379/9")
     queue = f"durable-bench-flow-{uuid.uuid4().hex[:8]}"
     pg_admin(PG_ADMIN, f'CREATE DATABASE "{name}"')
     tmp = a.out.with_suffix(".child.json")
     env = {**os.environ, "DURABLE_BENCH_DB": "pg", "DURABLE_BENCH_PG_NAME": name, "DURABLE_BENCH_QUEUE": queue,
+           "CELERY_BROKER_URL": broker,  # where start()'s wake-ups go, and what is purged at the end
            "DJANGO_SETTINGS_MODULE": "bench.django_settings",
            "DURABLE_BENCH_DURABLE": json.dumps({"LIMITS": {LIMITED: {"concurrency": 10}}}),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
@@ -155,7 +157,7 @@ def main(argv: list[str]) -> None:
         drop_database(PG_ADMIN, name)
         from .redis_keys import purge_queue
 
-        purge_queue(os.environ.get("DURABLE_BENCH_BROKER", "redis://127.0.0.1:6379/9"), queue)
+        purge_queue(broker, queue)
     res["meta"] = {**run_meta(), "quick": a.quick, "target_claim_ratio": TARGET}
     res["ok"] = res["complete"]
     report(res, format_table(res), a.out, check_ok=True)
