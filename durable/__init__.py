@@ -32,6 +32,7 @@ from .exceptions import (
 from .history import fork, list_checkpoints
 from .primitives import sleep, sleep_until, wait_for_event
 from .program import DurableProgram, declared_program, make_durable
+from .progress import get_status, publish, published, set_status
 from .retries import RetryPolicy, Step, current_attempt, step
 from .runtime import DurableRuntime
 from .stack import CallStack, FunctionCall
@@ -46,6 +47,6 @@ __all__ = [
     "DurableError", "DurableProgram", "DurableRuntime", "EventTimeout", "FunctionCall", "InMemoryStateStore",
     "InstanceCancelled", "OrchestrationBackend", "PauseForEventException", "RetryPolicy", "SavedState", "Step",
     "StateStore", "StateTamperedError", "StepTimeout", "TimerPause", "UnsignedStateWarning", "WaitInfo",
-    "current_attempt", "declared_program", "fork", "list_checkpoints", "make_durable", "signing", "sleep",
-    "sleep_until", "step", "wait_for_event",
+    "current_attempt", "declared_program", "fork", "get_status", "list_checkpoints", "make_durable", "publish",
+    "published", "set_status", "signing", "sleep", "sleep_until", "step", "wait_for_event",
 ]

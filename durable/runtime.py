@@ -25,6 +25,7 @@ from .exceptions import (
 from .history import supports_history
 from .interrupts import Interrupts, as_posix
 from .primitives import TimerRequest, WaitRequest
+from .progress import current_runtime
 from .retries import RetryPolicy, Step
 from .stack import CallStack, FunctionCall, check_code, transformer
 from .state import CANCELLED, COMPLETED, FAILED, RUNNING, RetryInfo, SavedState, reopen_failed
@@ -120,7 +121,7 @@ class DurableRuntime(Attempts, Interrupts, Endings):
             self._options(state, program)
             self.state = state
             self._arm()
-            return await self._drive(None)
+            return await self._drive_current(None)
         state = self._loaded(state)
         status = state["status"]
         if status == COMPLETED:
@@ -166,7 +167,7 @@ class DurableRuntime(Attempts, Interrupts, Endings):
         """Run a hand-built call stack (e.g. a script call with appended chunks)."""
         self.state = new_state(stack, name)
         self._arm()
-        return await self._drive(None)
+        return await self._drive_current(None)
 
     def _loaded(self, loaded: Any) -> SavedState:
         if not isinstance(loaded, dict):
@@ -211,9 +212,18 @@ class DurableRuntime(Attempts, Interrupts, Endings):
                 retry = None
             state["wait"] = None
             state["status"] = RUNNING
-        return await self._drive(throw, retry)
+        return await self._drive_current(throw, retry)
 
     # -- the step loop ----------------------------------------------------
+    async def _drive_current(self, throw: BaseException | None, retry: RetryInfo | None = None) -> Any:
+        """:meth:`_drive` with this runtime as the current one (what ``durable.set_status()`` writes to):
+        one context variable set per run, none per step."""
+        token = current_runtime.set(self)
+        try:
+            return await self._drive(throw, retry)
+        finally:
+            current_runtime.reset(token)
+
     async def _drive(self, throw: BaseException | None, retry: RetryInfo | None = None) -> Any:
         state = self._live()
         stack: CallStack = state["stack"]

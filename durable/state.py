@@ -96,6 +96,12 @@ class SavedState(TypedDict):
     failed_wait: NotRequired[WaitInfo | None]
     #: ``(instance id, step)`` of the checkpoint a forked instance was made from.
     forked_from: NotRequired[tuple[str, int]]
+    #: The custom status the program reported last with ``durable.set_status()`` (JSON), saved with the next
+    #: checkpoint; a new object only when it changes (hosts compare by identity to skip unchanged writes).
+    progress: NotRequired[Any]
+    #: Values the program published with ``durable.publish(key, value)`` (JSON), by key; replaced by a new
+    #: dict whenever a value changes (see :mod:`durable.progress`).
+    published: NotRequired[dict[str, Any]]
 
 
 def reopen_failed(state: SavedState, instance_id: str) -> SavedState:

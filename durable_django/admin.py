@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from types import SimpleNamespace
+from typing import Any
 from urllib.parse import quote as urlquote
 
 from django.apps import apps as django_apps
@@ -43,6 +44,7 @@ from django.utils.formats import date_format
 from django.utils.html import format_html
 
 from durable import StateTamperedError
+from durable.progress import describe
 
 from . import api, clock, operations
 from .answers import publish_answer
@@ -62,7 +64,7 @@ if HUMAN_TASKS:
     from .humantasks.sync import answer
 
 LIST_FIELDS = ("instance_id", "program", "status", "wait_kind", "waiting_for", "wake_at", "updated_at", "attempts",
-               "created_at", "content_type_id", "object_id", "cancel_requested_at",
+               "created_at", "content_type_id", "object_id", "cancel_requested_at", "progress",
                "flow_waiting")
 #: "app_label.model:pk" in the search box finds the instances linked to that object.
 _OBJECT_RE = re.compile(r"^(?P<app>\w+)\.(?P<model>\w+):(?P<pk>.+)$")
@@ -176,10 +178,23 @@ def _short_time(at) -> str:
     return f"{date_format(local, 'SHORT_DATE_FORMAT')} {local:%H:%M}"
 
 
+def _progress_line(value: Any) -> str:
+    """What the program reported last (durable.set_status), short: the stage and percentage of the usual dict;
+    the whole status in the tooltip."""
+    if value is None:
+        return ""
+    short = value
+    if isinstance(value, dict) and ("stage" in value or "percent" in value):
+        short = {k: v for k, v in value.items() if k in ("stage", "percent")}
+    return format_html('<small class="durable-progress" title="{}">{}</small>', describe(value, 1000),
+                       describe(short, 30))
+
+
 @admin.register(DurableInstance)
 class DurableInstanceAdmin(ForkAdminMixin, SafeInputAdmin):
     # Five short columns, so that the list fits a 1280 px screen beside the admin's sidebar and the filters: the
-    # wake time is in "waits for", failed attempts in the status, the linked object under the program.
+    # wake time is in "waits for", failed attempts and the reported progress in the status, the linked object
+    # under the program.
     list_display = ("instance_id", "program_name", "status_badge", "waits_for", "updated")
     list_filter = ("status", ProgramFilter, WaitFilter, FlowFilter, LinkedTypeFilter)
     # Case-sensitive lookups, so that the primary key's and object_id's indexes serve them (UPPER() would scan).
@@ -231,7 +246,7 @@ class DurableInstanceAdmin(ForkAdminMixin, SafeInputAdmin):
         linked = _linked_label(obj)
         return format_html("{}<br><small>{}</small>", name, linked) if linked else name
 
-    @admin.display(description="status", ordering="status")
+    @admin.display(description="status / progress", ordering="status")
     def status_badge(self, obj: DurableInstance) -> str:
         colours: dict[str, str] = {
             Status.COMPLETED: "#2a7", Status.FAILED: "#c33", Status.SUSPENDED: "#c70", Status.CANCELLED: "#888",
@@ -243,7 +258,8 @@ class DurableInstanceAdmin(ForkAdminMixin, SafeInputAdmin):
         if obj.attempts:
             badge = format_html('{} <small title="failed attempts">({} attempt{})</small>', badge, obj.attempts,
                                 "" if obj.attempts == 1 else "s")
-        return badge
+        progress = _progress_line(obj.progress)
+        return format_html("{}<br>{}", badge, progress) if progress else badge
 
     @admin.display(description="updated", ordering="updated_at")
     def updated(self, obj: DurableInstance) -> str:

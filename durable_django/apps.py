@@ -14,7 +14,7 @@ class DurableDjangoConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks, flowcontrol, live, tasks, telemetry, wakeups, worker  # noqa: F401  (checks: the checks)
+        from . import checks, flowcontrol, live, progress, tasks, telemetry, wakeups, worker  # noqa: F401  (checks)
 
         # Wake-ups look the Celery tasks up by name (tasks is imported above so that they are registered) and
         # run an instance in this process with RUN_INLINE through the worker's entry point.
@@ -27,6 +27,9 @@ class DurableDjangoConfig(AppConfig):
 
         # Spans, metrics and logs when DURABLE["TELEMETRY"] turns them on (nothing imported or connected otherwise).
         telemetry.configure()
+
+        # The size limits of durable.set_status()/durable.publish() come from the DURABLE settings.
+        progress.apply_settings()
 
         # Programs, migrations and model bindings live in <app>/durable_programs.py.
         autodiscover_modules("durable_programs")

@@ -113,6 +113,9 @@ class DjangoOrchestrationBackend(CancelWatch, OrchestrationBackend):
         self.last_wait: Mapping[str, Any] | None = None
         #: values of the rarely changing columns written by the last checkpoint (see _update_sql).
         self._written: dict[str, Any] = {}
+        #: the state's ``progress`` and ``published`` objects as last loaded or written: the checkpoint writes
+        #: those columns only when the state holds another object (durable.progress makes a new one on change).
+        self._progress_written: tuple[Any, Any] = (None, None)
         #: the row's (state, status, program) read by the executor's claim, used once instead of a SELECT.
         self.prefetched: tuple | None = None
         #: (name, id, payload) of the oldest unconsumed event the instance waits for, read by the claim
@@ -134,6 +137,7 @@ class DjangoOrchestrationBackend(CancelWatch, OrchestrationBackend):
             row = DurableInstance.objects.filter(pk=instance_id).values_list("state", "status", "program").first()
         self._consumed = []
         self._written = {}
+        self._progress_written = (None, None)
         if row is None:
             return None
         blob, status, program = row
@@ -152,6 +156,7 @@ class DjangoOrchestrationBackend(CancelWatch, OrchestrationBackend):
             state["status"] = CANCELLED
         if self._cancel_pending is not None:
             self._deliver_pending_cancel(state)
+        self._progress_written = (state.get("progress"), state.get("published"))
         return state
 
     async def save_state(self, instance_id: str, state: SavedState) -> None:
@@ -191,6 +196,11 @@ class DjangoOrchestrationBackend(CancelWatch, OrchestrationBackend):
             **(wait_columns(state) if status != Status.FAILED else _NO_WAIT),
             "attempts": 0, "updated_at": now, "position": frames[-1].position()[:500] if frames else "",
         }
+        progress = (state.get("progress"), state.get("published"))
+        if progress[0] is not self._progress_written[0]:  # identity: no comparison on the hot path
+            columns["progress"] = progress[0]
+        if progress[1] is not self._progress_written[1]:
+            columns["published"] = progress[1]
         layout = frames[0].layout_hash if frames else None
         if layout:
             columns["layout_hash"] = layout
@@ -236,6 +246,7 @@ class DjangoOrchestrationBackend(CancelWatch, OrchestrationBackend):
         if "lease_expires_at" in columns:
             self.lease_expires_at = columns["lease_expires_at"]
         self._written = {k: columns.get(k) for k in _STICKY}
+        self._progress_written = progress
         self._consumed = []
         self._rejected = []
         self.last_status = status

@@ -10,8 +10,9 @@ from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.utils.module_loading import import_string
 
 from . import telemetry
-from .conf import DEFAULTS
+from .conf import DEFAULTS, durable_settings
 from .limits import EVENT_NAME_COLUMN, INSTANCE_ID_COLUMN
+from .schedules import spec_from_setting
 
 
 @register(Tags.compatibility)
@@ -303,8 +304,6 @@ def check_schedules(app_configs=None, **kwargs) -> list:
     if not isinstance(declared, dict):
         errors.append(Error("DURABLE['SCHEDULES'] must be a dict of name -> schedule.", id="durable_django.E040"))
         declared = {}
-    from .schedules import spec_from_setting
-
     for name, entry in declared.items():
         try:
             spec_from_setting(name, entry)
@@ -318,6 +317,24 @@ def check_schedules(app_configs=None, **kwargs) -> list:
         if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
             errors.append(Error(f"DURABLE['{name}'] must be a positive number, got {value!r}.",
                                 id="durable_django.E041"))
+    return errors
+
+
+# -- Progress from inside a process (docs/progress.md): E070-E079 ------------------------------
+@register(Tags.compatibility)
+def check_progress_settings(app_configs=None, **kwargs) -> list:
+    """The progress limits (docs/progress.md): integers in range (E070), a positive poll interval (E071)."""
+    user = durable_settings.user_settings()
+    errors: list[CheckMessage] = []
+    for name, low in (("MAX_STATUS_BYTES", 2), ("MAX_PUBLISHED_KEYS", 1)):
+        value = user.get(name, DEFAULTS[name])
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            errors.append(Error(f"DURABLE['{name}'] must be an integer of at least {low}, got {value!r}.",
+                                id="durable_django.E070"))
+    interval = user.get("VALUE_POLL_MAX_INTERVAL", DEFAULTS["VALUE_POLL_MAX_INTERVAL"])
+    if not isinstance(interval, int | float) or isinstance(interval, bool) or not 0 < interval <= 3600:
+        errors.append(Error(f"DURABLE['VALUE_POLL_MAX_INTERVAL'] must be a number of seconds above 0 (at most "
+                            f"3600), got {interval!r}.", id="durable_django.E071"))
     return errors
 
 

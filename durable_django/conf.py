@@ -145,6 +145,16 @@ DEFAULTS: dict[str, Any] = {
     "SCHEDULE_GRACE_SECONDS": 60,
     # Most schedules one firing starts (the rest wait for the next firing).
     "SCHEDULE_BATCH": 20000,
+    # -- Progress from inside a process (docs/progress.md) --
+    # Largest custom status (durable.set_status) or published value (durable.publish), in bytes of its
+    # JSON text: it is saved with every checkpoint, so keep it a summary. Larger values are refused where
+    # the program sets them.
+    "MAX_STATUS_BYTES": 4096,
+    # Most keys one instance may publish with durable.publish().
+    "MAX_PUBLISHED_KEYS": 100,
+    # get_value()/aget_value(): the longest pause between two reads of the row while waiting for a value
+    # (seconds); the first pauses are shorter (backoff from 0.02 s).
+    "VALUE_POLL_MAX_INTERVAL": 1.0,
     # -- Flow control (docs/flow-control.md) --
     # Limits, priority and queue per program: {"app.module.program": {"concurrency": 5, "key": "customer_id",
     # "per_key": 1, "rate": "10/m", "per_key_rate": "1/s", "priority": 0, "queue": "reports",

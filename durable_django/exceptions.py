@@ -79,3 +79,11 @@ __all__ = [
     "DurableDjangoError", "UnknownInstance", "UnknownProgram", "InvalidPayload", "InvalidInput", "InstanceFinished",
     "InstanceExists", "LeaseLost", "InstanceCancelled", "StateUnreadable",
 ]
+
+
+class ValueTimeout(DurableDjangoError, TimeoutError):
+    """``get_value`` reached its deadline before the instance published the key (see docs/progress.md)."""
+
+
+class ValueNotPublished(DurableDjangoError, LookupError):
+    """``get_value`` waited for a key that the instance, now finished, never published: it never will."""

@@ -154,7 +154,9 @@ def fork(instance_id: str, step: int, *, new_instance_id: str | None = None, loc
                     wait_kind=columns.get("kind", "") or "", waiting_for=columns.get("event") or "",
                     wake_at=to_datetime(columns.get("due")), deadline=to_datetime(state.get("deadline")),
                     content_type_id=source["content_type_id"],
-                    object_id=source["object_id"])
+                    object_id=source["object_id"],
+                    # what the program had reported at that checkpoint (durable.set_status / publish)
+                    progress=state.get("progress"), published=state.get("published"))
         except IntegrityError:
             raise InstanceExists(f"durable instance {new_id!r} already exists; choose another id for the fork") \
                 from None

@@ -19,6 +19,8 @@ from typing import Any
 
 from asgiref.sync import async_to_sync
 
+from durable.progress import describe
+
 from .conf import durable_settings
 from .models import FINISHED, DurableInstance
 from .signals import instance_transition
@@ -30,7 +32,7 @@ ALL_GROUP = "durable.instances"
 #: Columns read for a status message: never ``state`` (no unpickling, no large blobs).
 STATUS_FIELDS = ("instance_id", "program", "status", "wait_kind", "waiting_for", "wake_at", "position", "steps",
                  "attempts", "version", "error", "created_at", "updated_at", "finished_at", "content_type_id",
-                 "object_id")
+                 "object_id", "progress")
 
 
 def instance_group(instance_id: str) -> str:
@@ -55,6 +57,8 @@ def status_payload(row: dict[str, Any]) -> dict[str, Any]:
         "created_at": _iso(row["created_at"]), "updated_at": _iso(row["updated_at"]),
         "finished_at": _iso(row["finished_at"]),
         "object": f"{row['content_type_id']}:{row['object_id']}" if row.get("content_type_id") else None,
+        # what the program reported with durable.set_status(): the JSON value and a line for people
+        "progress": row.get("progress"), "progress_text": describe(row.get("progress")),
     }
 
 

@@ -17,6 +17,8 @@ from django.db import models
 from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
 
+from durable.progress import describe
+
 
 class Status(models.TextChoices):
     """An instance's status; ``suspended`` waits for a person (see its ``error``)."""
@@ -97,6 +99,12 @@ class DurableInstance(models.Model):
     cancel_reason = models.TextField(_("cancel reason"), blank=True, default="")
     deadline = models.DateTimeField(_("deadline"), null=True, blank=True,
                                     help_text=_("When DeadlineExceeded is raised in the program."))
+    # Progress reported from inside (durable.set_status / durable.publish), copied from the state by the
+    # checkpoint that saved it, only when it changed (see durable_django.progress).
+    progress = models.JSONField(_("progress"), null=True, blank=True, encoder=DjangoJSONEncoder,
+                                help_text=_("The custom status the program reported last (durable.set_status)."))
+    published = models.JSONField(_("published values"), null=True, blank=True, encoder=DjangoJSONEncoder,
+                                 help_text=_("Values the program published for others to wait on (durable.publish)."))
     content_type = models.ForeignKey(ContentType, null=True, blank=True, on_delete=models.SET_NULL,
                                      related_name="+")
     object_id = models.CharField(_("object id"), max_length=64, blank=True, default="")
@@ -147,6 +155,11 @@ class DurableInstance(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in FINISHED
+
+    @property
+    def progress_text(self) -> str:
+        """The reported status (``progress``) as one line for people, e.g. "payment · 80%"."""
+        return describe(self.progress)
 
 
 class DurableEvent(models.Model):

@@ -49,6 +49,7 @@ from . import api, clock, db, programs
 from .conf import durable_settings
 from .exceptions import DurableDjangoError, InstanceFinished, UnknownInstance
 from .models import FINISHED, Catchup, DurableInstance, DurableSchedule, Overlap
+from .tasks import drop_broken_connections
 
 log = logging.getLogger("durable_django")
 
@@ -410,7 +411,5 @@ def _overlap(row: DurableSchedule, previous: str, iid: str) -> str:
 @shared_task(name="durable_django.fire_schedules", ignore_result=True)
 def fire_schedules() -> int:
     """Periodic (beat entry ``durable-django-schedules``): start the instances of the due ticks."""
-    from .tasks import _drop_broken_connections
-
-    _drop_broken_connections()
+    drop_broken_connections()
     return len(fire_due())

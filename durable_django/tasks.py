@@ -47,7 +47,7 @@ class ClockRequest(Request):
              retry_backoff=True, retry_backoff_max=60, max_retries=8)
 def run_instance(self, instance_id: str) -> str:
     """Run one instance until it pauses or finishes (a no-op when another worker holds it)."""
-    _drop_broken_connections()
+    drop_broken_connections()
     return worker.run_instance(instance_id, worker_id=f"{self.request.hostname}:{worker.new_worker_id()}")
 
 
@@ -60,18 +60,18 @@ def run_instances(self, instance_ids: list[str]) -> dict[str, str]:
     Celery's per-message cost and the claim are paid once per batch; see
     :func:`durable_django.worker.run_batch`.
     """
-    _drop_broken_connections()
+    drop_broken_connections()
     return worker.run_batch(instance_ids, worker_id=f"{self.request.hostname}:{worker.new_worker_id()}")
 
 
 @shared_task(name="durable_django.sweep", ignore_result=True)
 def sweep() -> int:
     """Periodic: wake due timers, abandoned runs and instances with a pending event."""
-    _drop_broken_connections()  # else, with CELERY_DB_REUSE_MAX, every sweep after a database restart fails
+    drop_broken_connections()  # else, with CELERY_DB_REUSE_MAX, every sweep after a database restart fails
     return len(worker.sweep())
 
 
-def _drop_broken_connections() -> None:
+def drop_broken_connections() -> None:
     """Close connections a previous task left broken (what Django does between requests).
 
     With ``CELERY_DB_REUSE_MAX`` Celery keeps the worker's connections across

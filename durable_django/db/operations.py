@@ -27,7 +27,9 @@ from .statements import statement
 
 _PAYLOAD = DurableEvent._meta.get_field("payload")
 _PUBLISHER = DurableEvent._meta.get_field("publisher")
-_RESULT = DurableInstance._meta.get_field("result")
+#: The JSON columns a checkpoint may write (adapted by their field, not passed raw).
+_JSON_COLUMNS: dict[str, Any] = {name: DurableInstance._meta.get_field(name)
+                                 for name in ("result", "progress", "published")}
 
 #: Statuses in which a checkpoint must not write (checked by every checkpoint's UPDATE).
 CHECKPOINT_REFUSED = (Status.CANCELLED, Status.SUSPENDED, Status.COMPLETED, Status.FAILED)
@@ -203,8 +205,11 @@ class Operations:
         adapt = conn.ops.adapt_datetimefield_value
         params = [adapt(v) if isinstance(v, datetime) else (str(v) if isinstance(v, Status) else v)
                   for v in columns.values()]
-        if "result" in columns:  # JSON column: the backend's JSON adapter
-            params[list(columns).index("result")] = _RESULT.get_db_prep_save(columns["result"], conn)
+        if "result" in columns or "progress" in columns or "published" in columns:  # rare: no loop otherwise
+            for i, name in enumerate(columns):
+                field = _JSON_COLUMNS.get(name)
+                if field is not None:  # JSON column: the backend's JSON adapter
+                    params[i] = field.get_db_prep_save(columns[name], conn)
         return params
 
     def consume_events(self, event_ids: Sequence[int], now: datetime) -> None:

@@ -25,6 +25,7 @@ from durable_django import db_step
 from durable_django.models import DurableEvent
 
 from .models import Expense, Payment
+from .progress import report
 
 FINANCE_THRESHOLD = Decimal("1000")
 DECISION_FORM = "example_project.expenses.forms.DecisionForm"
@@ -92,37 +93,45 @@ async def expense_approval(expense_id: int):
     await set_state(expense_id, Expense.State.AWAITING_MANAGER)
     if expense["by_manager"]:  # a manager's own expense: the director approves it, never a fellow manager's vote
         approver = "director"
+        report("director")
         decision = await wait_for_event("manager_decision", permission=DIRECTOR, exclude_user=submitter,
                                         form=DECISION_FORM,
                                         title=f"Director approval (submitted by a manager). {title}")
     else:
         approver = "manager"
+        report("manager")
         decision = await wait_for_event("manager_decision", group=MANAGERS, exclude_user=submitter,
                                         form=DECISION_FORM, title=f"Manager approval. {title}")
     if decision["decision"] != "approve":
+        report("rejected")
         await set_state(expense_id, Expense.State.REJECTED, decision, by=approver, event="manager_decision")
         return "rejected"
 
     if Decimal(expense["amount"]) >= FINANCE_THRESHOLD:
         await set_state(expense_id, Expense.State.AWAITING_FINANCE, decision, by=approver, event="manager_decision")
+        report("finance")
         try:
             decision = await wait_for_event("finance_decision", timeout=escalate_after(), group="finance",
                                             exclude_user=submitter, form=DECISION_FORM,
                                             title=f"Finance approval. {title}")
         except EventTimeout:
+            report("escalated")
             await set_state(expense_id, Expense.State.ESCALATED)
             decision = await wait_for_event("finance_decision", group="finance", permission=DIRECTOR,
                                             exclude_user=submitter, form=DECISION_FORM,
                                             title=f"ESCALATED: finance approval overdue. {title}")
         # finance, or on escalation the director: set_state records whoever answered
         if decision["decision"] != "approve":
+            report("rejected")
             await set_state(expense_id, Expense.State.REJECTED, decision, event="finance_decision")
             return "rejected"
         await set_state(expense_id, Expense.State.APPROVED, decision, event="finance_decision")
     else:
         await set_state(expense_id, Expense.State.APPROVED, decision, by=approver, event="manager_decision")
 
+    report("paying")
     reference = await record_payment(expense_id)
+    report("paid")
     return {"paid": reference}
 
 

@@ -472,11 +472,10 @@ def test_example_weekly_reminder_is_synced_and_counts_waiting_expenses(db):
 
 
 def test_beat_entry_and_task_fire_what_is_due(no_schedules, monkeypatch):
-    from durable_django import tasks
     from durable_django.conf import beat_schedule
 
     # (it would close the test's connection, which is inside the test's transaction)
-    monkeypatch.setattr(tasks, "_drop_broken_connections", lambda: None)
+    monkeypatch.setattr(schedules, "drop_broken_connections", lambda: None)
 
     entry = beat_schedule(30, schedules_interval=2)["durable-django-schedules"]
     assert entry == {"task": "durable_django.fire_schedules", "schedule": 2.0}

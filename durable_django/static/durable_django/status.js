@@ -5,6 +5,8 @@
  * The element gets data-status="<status>" and data-version="<n>" so CSS and tests can follow it, and
  * data-tone="<tone>" when the message has a "tone" (a project's consumer adds it: "positive", "negative",
  * "neutral" colour the outcome, which the process status alone cannot tell: a completed process may have said no).
+ * A <progress data-progress> descendant follows the "percent" of the status the process reports
+ * (durable.set_status({"percent": 80, ...}): the message's "progress"); [data-field="progress_text"] shows it as text.
  * Reconnects with backoff; each connection starts with a fresh snapshot from the server.
  * Elements marked data-durable-refresh (with an id) are re-fetched from the current URL when the
  * instance's version changes (a history table, a timeline), so they follow without a page reload.
@@ -27,6 +29,10 @@
       el.querySelectorAll("[data-field]").forEach(function (node) {
         var value = inst[node.getAttribute("data-field")];
         node.textContent = (value === null || value === undefined || value === "") ? "-" : String(value);
+      });
+      el.querySelectorAll("progress[data-progress]").forEach(function (bar) {
+        var p = inst.progress;
+        if (p && typeof p.percent === "number") { bar.value = p.percent; }
       });
       if (el.getAttribute("data-rendered-version") !== String(inst.version)) {
         el.setAttribute("data-rendered-version", inst.version);

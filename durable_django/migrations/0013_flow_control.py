@@ -7,7 +7,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('contenttypes', '0002_remove_content_type_name'),
-        ('durable_django', '0011_schedules'),
+        ('durable_django', '0012_progress'),
     ]
 
     operations = [
