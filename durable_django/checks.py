@@ -11,6 +11,7 @@ from django.utils.module_loading import import_string
 
 from . import telemetry
 from .conf import DEFAULTS, durable_settings
+from .flowcontrol import Limits
 from .limits import EVENT_NAME_COLUMN, INSTANCE_ID_COLUMN
 from .schedules import spec_from_setting
 
@@ -342,8 +343,6 @@ def check_progress_settings(app_configs=None, **kwargs) -> list:
 @register(Tags.compatibility)
 def check_flow_control(app_configs=None, **kwargs) -> list:
     """``DURABLE["LIMITS"]``, ``QUEUES`` and ``MESSAGE_PRIORITY`` (docs/flow-control.md)."""
-    from .flowcontrol import Limits
-
     user = getattr(settings, "DURABLE", {})
     if not isinstance(user, dict):
         return []

@@ -20,6 +20,7 @@ from django.db.models import F
 
 from ..models import RUNNABLE, DurableInstance, DurableRateWindow, DurableSlot
 from .operations import Operations, _quoted
+from .postgresql import _claim_batch_sql
 
 #: How a slot's holder still holds it: while it runs under a live lease, or until it finishes.
 RUNNING, FINISHED = "running", "finished"
@@ -169,8 +170,6 @@ def _claim_with_slot_sql(qn, detached: bool) -> str:
     """The claim's UPDATE (as :func:`durable_django.db.postgresql._claim_batch_sql`) and, for a program in the
     limits passed as arrays (program, size, hold), the take of a free slot, in one round trip; the slot's id is the
     last column (NULL: the program has no limit, no slot was free, or its slots do not exist yet)."""
-    from .postgresql import _claim_batch_sql
-
     slot, inst = qn(DurableSlot._meta.db_table), qn(DurableInstance._meta.db_table)
     finished = f"i.{qn('status')} IN ({_quoted(RUNNABLE)})"
     running = (f"{finished} AND i.{qn('lease_owner')} <> '' AND i.{qn('lease_expires_at')} > %s")
