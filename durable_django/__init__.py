@@ -36,6 +36,7 @@ if TYPE_CHECKING:
         starter,
     )
     from .bindings import bind
+    from .flowcontrol import limit
     from .programs import register, register_migration
     from .progress import aget_value, get_value, get_values, published_value
     from .schedules import schedule
@@ -49,13 +50,14 @@ _API = {
     "aget_instance": "api",
     "register_migration": "programs", "register": "programs",
     "get_value": "progress", "aget_value": "progress", "get_values": "progress", "published_value": "progress",
-    "bind": "bindings", "db_step": "steps", "schedule": "schedules", "sweep": "worker", "run_instance": "worker",
+    "bind": "bindings", "limit": "flowcontrol", "db_step": "steps", "schedule": "schedules", "sweep": "worker",
+    "run_instance": "worker",
 }
 __all__ = [
     "Starter", "acancel", "aget_instance", "aget_value", "apublish_event", "aresult", "aresume", "astart",
-    "bind", "cancel", "db_step", "get_instance", "get_value", "get_values", "publish_event", "published_value",
-    "register", "register_migration", "result", "resume", "run_instance", "schedule", "start", "starter",
-    "sweep",
+    "bind", "cancel", "db_step", "get_instance", "get_value", "get_values", "limit", "publish_event",
+    "published_value", "register", "register_migration", "result", "resume", "run_instance", "schedule", "start",
+    "starter", "sweep",
 ]
 
 if not TYPE_CHECKING:  # a type checker would otherwise take every missing name for Any

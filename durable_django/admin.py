@@ -64,7 +64,8 @@ if HUMAN_TASKS:
     from .humantasks.sync import answer
 
 LIST_FIELDS = ("instance_id", "program", "status", "wait_kind", "waiting_for", "wake_at", "updated_at", "attempts",
-               "created_at", "content_type_id", "object_id", "cancel_requested_at", "progress")
+               "created_at", "content_type_id", "object_id", "cancel_requested_at", "progress",
+               "flow_waiting")
 #: "app_label.model:pk" in the search box finds the instances linked to that object.
 _OBJECT_RE = re.compile(r"^(?P<app>\w+)\.(?P<model>\w+):(?P<pk>.+)$")
 HISTORY_LIMIT = 300
@@ -123,6 +124,23 @@ class WaitFilter(admin.SimpleListFilter):
         return queryset
 
 
+class FlowFilter(admin.SimpleListFilter):
+    """Flow control (docs/flow-control.md): what waits for a concurrency slot or for its rate limit."""
+
+    title = "flow control"
+    parameter_name = "flow"
+
+    def lookups(self, request, model_admin):
+        return [("slot", "waits for a slot"), ("rate", "waits for its rate limit")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "slot":
+            return queryset.exclude(flow_waiting="").exclude(flow_waiting__startswith="rate:")
+        if self.value() == "rate":
+            return queryset.filter(flow_waiting__startswith="rate:")
+        return queryset
+
+
 class SafeInputAdmin(admin.ModelAdmin):
     """Refuses what the database cannot compare (NUL characters): a 400, not a ``DataError`` and a 500.
 
@@ -178,7 +196,7 @@ class DurableInstanceAdmin(ForkAdminMixin, SafeInputAdmin):
     # wake time is in "waits for", failed attempts and the reported progress in the status, the linked object
     # under the program.
     list_display = ("instance_id", "program_name", "status_badge", "waits_for", "updated")
-    list_filter = ("status", ProgramFilter, WaitFilter, LinkedTypeFilter)
+    list_filter = ("status", ProgramFilter, WaitFilter, FlowFilter, LinkedTypeFilter)
     # Case-sensitive lookups, so that the primary key's and object_id's indexes serve them (UPPER() would scan).
     search_fields = ("instance_id__startswith", "object_id__exact")
     search_help_text = "Instance id (prefix), linked object id, or app_label.model:pk of a linked object."
@@ -249,6 +267,10 @@ class DurableInstanceAdmin(ForkAdminMixin, SafeInputAdmin):
 
     @admin.display(description="waits for", ordering="wake_at")
     def waits_for(self, obj: DurableInstance) -> str:
+        if obj.flow_waiting:  # flow control: over a concurrency or rate limit (docs/flow-control.md)
+            limit = obj.flow_waiting.removeprefix("rate:")
+            what = "rate limit" if obj.flow_waiting.startswith("rate:") else "a slot of"
+            return format_html('<span title="{}">{} {}</span>', obj.flow_waiting, what, limit.rsplit(".", 1)[-1])
         if obj.status != Status.PAUSED:
             return ""
         when = f" until {_short_time(obj.wake_at)}" if obj.wake_at else ""

@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from durable import CheckpointException, DurableError, DurableProgram, InstanceCancelled
 
-from . import cancellation, clock, db, limits, programs, worker
+from . import cancellation, clock, db, flowcontrol, limits, programs, worker
 from .events import actor_name, apublish_event, publish_event, publisher_of
 from .exceptions import InstanceExists, InstanceFinished, InvalidPayload, UnknownInstance, UnknownProgram
 from .limits import Deadline
@@ -89,35 +89,48 @@ def start(program: AnyProgram, /, *args: Any, **kwargs: Any) -> DurableInstance:
     not fit the program's signature, or a ``deadline`` of another type;
     :class:`InvalidPayload` for arguments that cannot be pickled or exceed
     ``MAX_ARGUMENT_BYTES``; :class:`InvalidInput` (a ``ValueError``) for a bad
-    ``instance_id`` or a deadline that has passed. Nothing is stored in any of these cases.
+    ``instance_id``, a deadline that has passed, or a ``queue`` that no worker is known
+    to consume. Nothing is stored in any of these cases.
+
+    Reserved keywords (never passed to the program): ``instance_id``, ``link``,
+    ``deadline``, ``queue`` (the Celery queue of this instance's wake-ups, instead
+    of its program's; it must be listed in ``DURABLE["QUEUES"]`` or be a
+    program's queue) and ``priority`` (an int, higher first; default: its
+    program's). See docs/flow-control.md.
     """
     instance_id: str | None = kwargs.pop("instance_id", None)
     link: models.Model | None = kwargs.pop("link", None)
     deadline: Deadline | None = kwargs.pop("deadline", None)
-    return _start(program, args, kwargs, instance_id, link, deadline)
+    flow = {"queue": kwargs.pop("queue", None), "priority": kwargs.pop("priority", None)}
+    return _start(program, args, kwargs, instance_id, link, deadline, **flow)
 
 
 class Starter(Generic[P]):
     """:func:`start` for one program with its options fixed; see :func:`starter`."""
 
     def __init__(self, program: DurableProgram[P, Any], instance_id: str | None, link: models.Model | None,
-                 deadline: Deadline | None = None) -> None:
+                 deadline: Deadline | None = None, queue: str | None = None, priority: int | None = None) -> None:
         self.program, self.instance_id, self.link, self.deadline = program, instance_id, link, deadline
+        self.queue, self.priority = queue, priority
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> DurableInstance:
-        return _start(self.program, args, kwargs, self.instance_id, self.link, self.deadline)
+        return _start(self.program, args, kwargs, self.instance_id, self.link, self.deadline, self.queue,
+                      self.priority)
 
 
 def starter(program: DurableProgram[P, Any], /, *, instance_id: str | None = None,
-            link: models.Model | None = None, deadline: Deadline | None = None) -> Starter[P]:
+            link: models.Model | None = None, deadline: Deadline | None = None, queue: str | None = None,
+            priority: int | None = None) -> Starter[P]:
     """``starter(program, instance_id=i, link=obj, deadline=d)(*args, **kwargs)`` is ``start(program, *args,
     instance_id=i, link=obj, deadline=d, **kwargs)`` in a form whose arguments a type checker checks against the
-    program's signature. A relative ``deadline`` (seconds, a timedelta) counts from each call."""
-    return Starter(program, instance_id, link, deadline)
+    program's signature. A relative ``deadline`` (seconds, a timedelta) counts from each call. ``queue`` and
+    ``priority``: as in :func:`start` (flow control)."""
+    return Starter(program, instance_id, link, deadline, queue, priority)
 
 
 def _start(program: AnyProgram, args: tuple[Any, ...], kwargs: dict[str, Any], instance_id: str | None,
-           link: models.Model | None, deadline: Deadline | None = None) -> DurableInstance:
+           link: models.Model | None, deadline: Deadline | None = None, queue: str | None = None,
+           priority: int | None = None) -> DurableInstance:
     path = limits.check_text(programs.path_of(program), "program path", limits.PROGRAM_COLUMN)
     resolved = programs.resolve(path)
     if not isinstance(program, str):
@@ -139,6 +152,7 @@ def _start(program: AnyProgram, args: tuple[Any, ...], kwargs: dict[str, Any], i
     fields: dict[str, Any] = {
         "program": path, "program_version": programs.program_version(resolved), "arguments": arguments,
         "layout_hash": resolved.compiled.layout_hash, "status": Status.PENDING, "deadline": deadline_at,
+        **flowcontrol.start_fields(path, resolved.fn, args, kwargs, queue, priority),
     }
     if link is not None:
         fields["content_type"] = ContentType.objects.get_for_model(link)
@@ -278,7 +292,10 @@ async def astart(program: AnyProgram, /, *args: Any, **kwargs: Any) -> DurableIn
     instance_id: str | None = kwargs.pop("instance_id", None)
     link: models.Model | None = kwargs.pop("link", None)
     deadline: Deadline | None = kwargs.pop("deadline", None)
-    return await sync_to_async(_start, thread_sensitive=True)(program, args, kwargs, instance_id, link, deadline)
+    queue: str | None = kwargs.pop("queue", None)
+    priority: int | None = kwargs.pop("priority", None)
+    return await sync_to_async(_start, thread_sensitive=True)(program, args, kwargs, instance_id, link, deadline,
+                                                              queue, priority)
 
 
 async def acancel(instance_id: str, reason: str = "", *, actor: str = "", force: bool = False) -> DurableInstance:

@@ -14,11 +14,12 @@ class DurableDjangoConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks, live, progress, tasks, telemetry, wakeups, worker  # noqa: F401  (checks: the checks)
+        from . import checks, flowcontrol, live, progress, tasks, telemetry, wakeups, worker  # noqa: F401  (checks)
 
         # Wake-ups look the Celery tasks up by name (tasks is imported above so that they are registered) and
         # run an instance in this process with RUN_INLINE through the worker's entry point.
         wakeups.connect(run_inline=worker.run_instance)
+        flowcontrol.connect()  # wake-ups go to their program's queue, with its priority
 
         # Push every transition to the channel layer, in every process that loads the project (web, ASGI,
         # workers). Idempotent: connected under a dispatch_uid, so a second ready() adds nothing.

@@ -11,6 +11,7 @@ from django.utils.module_loading import import_string
 
 from . import telemetry
 from .conf import DEFAULTS, durable_settings
+from .flowcontrol import Limits
 from .limits import EVENT_NAME_COLUMN, INSTANCE_ID_COLUMN
 from .schedules import spec_from_setting
 
@@ -335,4 +336,35 @@ def check_progress_settings(app_configs=None, **kwargs) -> list:
     if not isinstance(interval, int | float) or isinstance(interval, bool) or not 0 < interval <= 3600:
         errors.append(Error(f"DURABLE['VALUE_POLL_MAX_INTERVAL'] must be a number of seconds above 0 (at most "
                             f"3600), got {interval!r}.", id="durable_django.E071"))
+    return errors
+
+
+# -- flow control (E050-E059) --------------------------------------------------------------------
+@register(Tags.compatibility)
+def check_flow_control(app_configs=None, **kwargs) -> list:
+    """``DURABLE["LIMITS"]``, ``QUEUES`` and ``MESSAGE_PRIORITY`` (docs/flow-control.md)."""
+    user = getattr(settings, "DURABLE", {})
+    if not isinstance(user, dict):
+        return []
+    errors: list = []
+    limits = user.get("LIMITS", {})
+    if not isinstance(limits, dict):
+        errors.append(Error("DURABLE['LIMITS'] must be a dict of program path -> options.", id="durable_django.E050"))
+        limits = {}
+    for path, options in limits.items():
+        if not isinstance(options, dict):
+            errors.append(Error(f"DURABLE['LIMITS'][{path!r}] must be a dict of options.", id="durable_django.E050"))
+            continue
+        try:
+            Limits.build(options)
+        except (TypeError, ValueError, ImportError) as exc:
+            errors.append(Error(f"DURABLE['LIMITS'][{path!r}]: {exc}", hint="See docs/flow-control.md.",
+                                id="durable_django.E051"))
+    queues = user.get("QUEUES", [])
+    if isinstance(queues, str) or not isinstance(queues, list | tuple) or not all(
+            isinstance(q, str) and q for q in queues):
+        errors.append(Error("DURABLE['QUEUES'] must be a list of queue names.", id="durable_django.E052"))
+    if user.get("MESSAGE_PRIORITY", False) not in (False, True, "inverted"):
+        errors.append(Error("DURABLE['MESSAGE_PRIORITY'] must be False, True or 'inverted'.",
+                            id="durable_django.E053"))
     return errors

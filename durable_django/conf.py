@@ -155,6 +155,18 @@ DEFAULTS: dict[str, Any] = {
     # get_value()/aget_value(): the longest pause between two reads of the row while waiting for a value
     # (seconds); the first pauses are shorter (backoff from 0.02 s).
     "VALUE_POLL_MAX_INTERVAL": 1.0,
+    # -- Flow control (docs/flow-control.md) --
+    # Limits, priority and queue per program: {"app.module.program": {"concurrency": 5, "key": "customer_id",
+    # "per_key": 1, "rate": "10/m", "per_key_rate": "1/s", "priority": 0, "queue": "reports",
+    # "hold": "running"}}. "key" is an argument name or the dotted path of a function of the start
+    # arguments. These win over durable_django.limit() declarations in code.
+    "LIMITS": {},
+    # Queues start(..., queue=) may route a single instance to (besides the programs' own queues and QUEUE):
+    # a queue no worker consumes would leave the instance pending forever, so other names are refused.
+    "QUEUES": [],
+    # Celery message priority of wake-ups, from the instances' priorities clamped to 0..9: False (none),
+    # True (higher first: RabbitMQ queues with x-max-priority), or "inverted" (lower first: the Redis transport).
+    "MESSAGE_PRIORITY": False,
 }
 
 _KEY_SALT = b"durable_django.state-signing"

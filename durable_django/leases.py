@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,7 +30,7 @@ from django.utils.dateparse import parse_datetime
 
 from . import clock, signals
 from .conf import durable_settings
-from .db import ops
+from .db import ops, slots
 from .models import RUNNABLE, DurableHistory, DurableInstance, HistoryKind, Status
 
 log = logging.getLogger("durable_django")
@@ -77,10 +78,19 @@ class _Claimed:
     cancel_reason: str
     #: the instance's deadline (None: none); read raw, see _as_datetime
     deadline: datetime | str | None
+    #: flow control (durable_django.flowcontrol): the instance's priority and per-key limit key
+    priority: int
+    flow_key: str
     #: the awaited event, read by the claim on PostgreSQL (None: not read, or none was there yet)
     waiting_for: str = ""
     event_id: int | None = None
     event_payload: Any = None
+    #: the slot of its program's concurrency limit taken by the claim itself (PostgreSQL; see flowcontrol)
+    slot: int | None = None
+
+
+#: () -> the programs' concurrency limits as (program, size, hold); set by durable_django.flowcontrol.connect()
+slot_limits: Callable[[], list[tuple[str, int, str]]] | None = None
 
 
 def _as_datetime(value) -> datetime | None:
@@ -110,7 +120,13 @@ def _claim_free(instance_ids: list[str], worker_id: str) -> list[_Claimed]:
     now = clock.now()
     expires = lease_expiry(now)
     out = []
-    for values in db.claim_batch(list(instance_ids), worker_id, now, expires, durable_settings.MAX_ATTEMPTS):
+    limits = slot_limits() if slot_limits is not None and len(instance_ids) == 1 else None
+    if limits and db.connection.vendor == "postgresql":  # a limited program's slot in the same round trip
+        rows = slots.claim_with_slot(db, instance_ids[0], worker_id, now, expires, durable_settings.MAX_ATTEMPTS,
+                                     limits)
+    else:
+        rows = db.claim_batch(list(instance_ids), worker_id, now, expires, durable_settings.MAX_ATTEMPTS)
+    for values in rows:
         row = _Claimed(*values)
         row.lease_expires_at = expires
         out.append(row)

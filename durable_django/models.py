@@ -109,6 +109,15 @@ class DurableInstance(models.Model):
                                      related_name="+")
     object_id = models.CharField(_("object id"), max_length=64, blank=True, default="")
     content_object = GenericForeignKey("content_type", "object_id")
+    # Flow control (durable_django.flowcontrol): set at start, from the program's limits or start()'s options.
+    priority = models.SmallIntegerField(_("priority"), default=0,
+                                        help_text=_("Higher runs first where a worker picks among many."))
+    queue = models.CharField(_("queue"), max_length=100, blank=True, default="",
+                             help_text=_("Celery queue of this instance's wake-ups (empty: its program's)."))
+    flow_key = models.CharField(_("limit key"), max_length=200, blank=True, default="",
+                                help_text=_("The per-key concurrency or rate limit's key, from the start arguments."))
+    flow_waiting = models.CharField(_("waits for a slot"), max_length=255, blank=True, default="",
+                                    help_text=_("The limit it waits for (a concurrency slot or the rate)."))
 
     objects = DurableInstanceQuerySet.as_manager()
 
@@ -129,6 +138,8 @@ class DurableInstance(models.Model):
             # The sweep's cancellations (durable_django.cancellation): only the few rows with a cancel requested.
             models.Index(fields=["cancel_requested_at"], condition=Q(cancel_requested_at__isnull=False),
                          name="durable_inst_cancel_req"),
+            # Flow control: the next instances waiting for a slot of a limit, highest priority first.
+            models.Index(fields=["flow_waiting", "-priority", "created_at"], name="durable_inst_flow_wait"),
         ]
         permissions = [
             ("resume_durableinstance", "Can resume durable instances"),
@@ -328,3 +339,43 @@ class DurableSchedule(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+# -- flow control (durable_django.flowcontrol) -------------------------------------------------------------------
+class DurableSlot(models.Model):
+    """One slot of a concurrency limit: held by the instance named in ``holder`` while that instance holds it.
+
+    Whether the holder still holds it is read from the holder's own row (its lease, or, for limits that count
+    until the end, its status), so a killed worker's slot frees when its lease expires, with no write. Taken by a
+    conditional UPDATE on ``version`` (compare-and-swap), so two workers never take the same slot.
+    """
+
+    limit_key = models.CharField(_("limit"), max_length=255)
+    slot = models.PositiveIntegerField(_("slot"))
+    holder = models.CharField(_("held by"), max_length=200, blank=True, default="")
+    version = models.PositiveIntegerField(_("version"), default=0)
+    taken_at = models.DateTimeField(_("taken at"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("concurrency slot")
+        verbose_name_plural = _("concurrency slots")
+        constraints = [models.UniqueConstraint(fields=["limit_key", "slot"], name="durable_slot_key")]
+
+    def __str__(self) -> str:
+        return f"{self.limit_key}#{self.slot}"
+
+
+class DurableRateWindow(models.Model):
+    """How many instances of a rate limit started in one fixed window of time (its number since the epoch)."""
+
+    limit_key = models.CharField(_("limit"), max_length=255)
+    window = models.BigIntegerField(_("window"))
+    count = models.PositiveIntegerField(_("count"), default=0)
+
+    class Meta:
+        verbose_name = _("rate limit window")
+        verbose_name_plural = _("rate limit windows")
+        constraints = [models.UniqueConstraint(fields=["limit_key", "window"], name="durable_rate_window")]
+
+    def __str__(self) -> str:
+        return f"{self.limit_key}@{self.window}: {self.count}"

@@ -42,12 +42,24 @@ RUN_INSTANCE, RUN_INSTANCES = "durable_django.run_instance", "durable_django.run
 
 _local = threading.local()
 _runner: Callable[[str], Any] | None = None
+#: instance ids -> the Celery options of each one's wake-up (its queue, priority); see durable_django.flowcontrol
+_router: Callable[[list[str]], dict[str, dict[str, Any]]] | None = None
 
 
 def connect(*, run_inline: Callable[[str], Any]) -> None:
     """Set the function that runs an instance in this process with ``RUN_INLINE`` (called by the app's ``ready()``)."""
     global _runner
     _runner = run_inline
+
+
+def connect_router(route: Callable[[list[str]], dict[str, dict[str, Any]]]) -> None:
+    """Set the function that gives each instance's wake-up its queue and priority (flow control)."""
+    global _router
+    _router = route
+
+
+def _routes(instance_ids: list[str]) -> dict[str, dict[str, Any]]:
+    return _router(instance_ids) if _router is not None else {}
 
 
 def _inline_runner() -> Callable[[str], Any]:
@@ -173,7 +185,7 @@ def _options(eta: datetime | None = None) -> dict[str, Any]:
 
 def send_task(instance_id: str, *, eta: datetime | None = None) -> bool:
     """Send one wake-up; False (logged) when the broker cannot take it."""
-    return _send(_task(RUN_INSTANCE), (instance_id,), _options(eta))
+    return _send(_task(RUN_INSTANCE), (instance_id,), {**_options(eta), **_routes([instance_id]).get(instance_id, {})})
 
 
 def send_tasks(instance_ids: list[str]) -> int:
@@ -183,12 +195,20 @@ def send_tasks(instance_ids: list[str]) -> int:
     refuses (the others would wait for the same outage, one retry policy each).
     """
     size = max(1, int(durable_settings.BATCH_SIZE))
-    for k in range(0, len(instance_ids), size):
-        chunk = instance_ids[k:k + size]
-        sent = send_task(chunk[0]) if len(chunk) == 1 else _send(_task(RUN_INSTANCES), (chunk,), _options())
-        if not sent:
-            return k
-    return len(instance_ids)
+    routes = _routes(instance_ids)
+    groups: dict[tuple, list[str]] = {}
+    for iid in instance_ids:  # one message per queue (and priority) of the instances' programs
+        groups.setdefault(tuple(sorted(routes.get(iid, {}).items())), []).append(iid)
+    done = 0
+    for route, ids in groups.items():
+        options = {**_options(), **dict(route)}
+        for k in range(0, len(ids), size):
+            chunk = ids[k:k + size]
+            if not _send(_task(RUN_INSTANCE if len(chunk) == 1 else RUN_INSTANCES),
+                         (chunk[0] if len(chunk) == 1 else chunk,), options):
+                return done
+            done += len(chunk)
+    return done
 
 
 def _send(task, args: tuple, options: dict[str, Any]) -> bool:

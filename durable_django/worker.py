@@ -24,7 +24,7 @@ from datetime import datetime
 from django.db import DatabaseError
 from django.db.models import F, Q
 
-from . import cancellation, clock, leases, signals
+from . import cancellation, clock, flowcontrol, leases, signals
 from .backend import to_datetime
 from .conf import durable_settings
 from .db import ops
@@ -46,7 +46,8 @@ def run_instance(instance_id: str, worker_id: str | None = None) -> str:
     """Run ``instance_id`` until it pauses, completes, fails, is cancelled or suspended.
 
     Returns the final status, or ``"skipped"`` when another worker holds the
-    lease or there is nothing to run. Rows only change under a lease.
+    lease or there is nothing to run, or ``"waiting"`` when it is over a flow-control
+    limit and waits for a slot (docs/flow-control.md). Rows only change under a lease.
     Database errors (``OperationalError``...) propagate after the lease is
     released, so Celery can retry; program errors become a failed instance.
     """
@@ -60,7 +61,14 @@ def _run_instance(instance_id: str, worker_id: str, claimed: _Claimed | None = N
         row, claimed = claimed or leases._claim(instance_id, worker_id), None
         if row is None:
             return outcome
-        outcome, wait = run_claimed(row, worker_id)
+        if not flowcontrol.admit(row, worker_id):  # over a limit: it waits without holding this worker
+            return flowcontrol.WAITING
+        ended = "error"
+        try:
+            outcome, wait = run_claimed(row, worker_id)
+            ended = outcome
+        finally:
+            flowcontrol.after_run(row, ended)  # wakes the next instance waiting for the slot it freed
         if outcome != Status.PAUSED:
             return outcome
         # An event published while we were running may have committed before our
@@ -100,6 +108,8 @@ def run_batch(instance_ids: list[str], worker_id: str | None = None) -> dict[str
     worker_id = worker_id or new_worker_id()
     ids = list(dict.fromkeys(instance_ids))
     claimed = {row.instance_id: row for row in leases._claim_free(ids, worker_id)}
+    if any(row.priority for row in claimed.values()):  # highest priority first (stable)
+        ids.sort(key=lambda iid: -claimed[iid].priority if iid in claimed else 0)
     heartbeat = leases.heartbeat() if claimed else None
     if heartbeat is not None:
         for iid in claimed:
@@ -152,7 +162,7 @@ def due_instances(now: datetime | None = None, limit: int | None = None) -> list
         now = clock.now()
     limit = limit or durable_settings.SWEEP_BATCH
     free = Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now)
-    rows = DurableInstance.objects
+    rows = DurableInstance.objects.filter(flow_waiting="")  # those waiting for a slot: flowcontrol.due_waiting
     ids: dict[str, None] = {}
     for qs in (
         rows.due(now).filter(free).order_by("wake_at"),
@@ -161,8 +171,10 @@ def due_instances(now: datetime | None = None, limit: int | None = None) -> list
     ):
         ids.update(dict.fromkeys(qs.values_list("pk", flat=True)[: limit - len(ids)]))
         if len(ids) >= limit:
-            return list(ids)
+            return flowcontrol.by_priority(list(ids))
+    ids.update(dict.fromkeys(flowcontrol.due_waiting(now, limit - len(ids))))
     waiting = (DurableEvent.objects.filter(consumed_at__isnull=True, instance__status=Status.PAUSED,
+                                           instance__flow_waiting="",
                                            instance__wait_kind="event", instance__waiting_for=F("name"))
                .filter(Q(instance__lease_expires_at__isnull=True) | Q(instance__lease_expires_at__lt=now))
                .order_by("id").values_list("instance_id", flat=True))
@@ -170,7 +182,7 @@ def due_instances(now: datetime | None = None, limit: int | None = None) -> list
         ids[iid] = None
         if len(ids) >= limit:
             break
-    return list(ids)
+    return flowcontrol.by_priority(list(ids))
 
 
 def sweep(*, now: datetime | None = None, dry_run: bool = False, inline: bool = False,

@@ -36,7 +36,7 @@ CHECKPOINT_REFUSED = (Status.CANCELLED, Status.SUSPENDED, Status.COMPLETED, Stat
 #: The columns of an instance row a claim reads (see ``durable_django.leases._Claimed``).
 CLAIM_COLUMNS = ("instance_id", "program", "program_version", "status", "version", "lease_owner",
                  "lease_expires_at", "attempts", "state", "arguments", "cancel_requested_at", "cancel_reason",
-                 "deadline")
+                 "deadline", "priority", "flow_key")
 HISTORY_COLUMNS = ("instance_id", "kind", "status", "detail", "actor", "at")
 #: (name, unique, columns) of the full indexes that stand in for the event table's partial ones (see
 #: ``Operations.replace_partial_indexes``)
@@ -60,8 +60,9 @@ def pending_to_running(qn) -> str:
 
 
 def claim_set(qn) -> str:
-    """The SET clause of every claim: owner, expiry, attempt, version, time."""
-    return (f"{pending_to_running(qn)}, {qn('lease_owner')} = %s, {qn('lease_expires_at')} = %s, "
+    """The SET clause of every claim: owner, expiry, attempt, version, time (and no longer waiting for a slot)."""
+    return (f"{pending_to_running(qn)}, {qn('flow_waiting')} = '', "
+            f"{qn('lease_owner')} = %s, {qn('lease_expires_at')} = %s, "
             f"{qn('attempts')} = {qn('attempts')} + 1, {qn('version')} = {qn('version')} + 1, {qn('updated_at')} = %s")
 
 

@@ -10,6 +10,6 @@ class ExpensesConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import receivers
+        from . import flow_control, receivers  # noqa: F401  (flow_control declares the process's limits)
 
         receivers.connect()

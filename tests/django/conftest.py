@@ -83,7 +83,8 @@ def worker_factory(request, transactional_db, tmp_path):
 
     workers: list[Worker] = []
 
-    def start(name: str | None = None, extra_env: dict | None = None, wait: bool = True) -> Worker:
+    def start(name: str | None = None, extra_env: dict | None = None, wait: bool = True,
+              queues: str | None = None) -> Worker:
         name = name or f"w{len(workers) + 1}-{uuid.uuid4().hex[:6]}"
         log = tmp_path / f"{name}.log"
         env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.django.settings",
@@ -91,7 +92,7 @@ def worker_factory(request, transactional_db, tmp_path):
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         cmd = [sys.executable, "-m", "celery", "-A", "example_project", "worker", "--pool=solo",
                "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel=INFO",
-               "-Q", settings.DURABLE["QUEUE"], "-n", f"{name}@%h"]
+               "-Q", queues or settings.DURABLE["QUEUE"], "-n", f"{name}@%h"]
         fh = open(log, "wb")
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
         fh.close()

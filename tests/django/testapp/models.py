@@ -11,3 +11,12 @@ class SideEffect(models.Model):
 class Order(models.Model):
     status = models.CharField(max_length=20, default="new")
     total = models.IntegerField(default=0)
+
+
+class FlowMark(models.Model):
+    """One step of a flow-controlled test program: when it started and ended (tests/django/test_flow_control.py)."""
+
+    tag = models.CharField(max_length=100, db_index=True)
+    key = models.CharField(max_length=100, blank=True, default="")
+    start = models.FloatField()
+    end = models.FloatField()
