@@ -183,9 +183,14 @@ def _options(eta: datetime | None = None) -> dict[str, Any]:
     return options
 
 
-def send_task(instance_id: str, *, eta: datetime | None = None) -> bool:
-    """Send one wake-up; False (logged) when the broker cannot take it."""
-    return _send(_task(RUN_INSTANCE), (instance_id,), {**_options(eta), **_routes([instance_id]).get(instance_id, {})})
+def send_task(instance_id: str, *, eta: datetime | None = None, route: dict[str, Any] | None = None) -> bool:
+    """Send one wake-up; False (logged) when the broker cannot take it.
+
+    ``route``: its queue and priority when the caller has them (else they are looked up).
+    """
+    if route is None:
+        route = _routes([instance_id]).get(instance_id, {})
+    return _send(_task(RUN_INSTANCE), (instance_id,), {**_options(eta), **route})
 
 
 def send_tasks(instance_ids: list[str]) -> int:
@@ -204,8 +209,11 @@ def send_tasks(instance_ids: list[str]) -> int:
         options = {**_options(), **dict(route)}
         for k in range(0, len(ids), size):
             chunk = ids[k:k + size]
-            if not _send(_task(RUN_INSTANCE if len(chunk) == 1 else RUN_INSTANCES),
-                         (chunk[0] if len(chunk) == 1 else chunk,), options):
+            if len(chunk) == 1:
+                sent = send_task(chunk[0], route=dict(route))
+            else:
+                sent = _send(_task(RUN_INSTANCES), (chunk,), options)
+            if not sent:
                 return done
             done += len(chunk)
     return done
