@@ -18,12 +18,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from django.db.models import Q
-
 from durable import SavedState
 from durable import signing as core_signing
 
+from . import clock
 from .conf import durable_settings
+from .db import ops
 from .models import DurableCheckpoint, Status
 from .signing import CHECKPOINT, STATE, blob_context, resign, sign, unsign, verified
 
@@ -76,14 +76,8 @@ def checkpoint_blob(instance_id: str, program: str, state: SavedState | None = N
 
 
 def write(instance_id: str, step: int, state: Mapping[str, Any], keep: int, blob: bytes, *, using: str) -> None:
-    """Insert checkpoint ``step`` and prune, in the caller's transaction: one DELETE, one INSERT."""
-    rows = DurableCheckpoint.objects.using(using).filter(instance_id=instance_id)
-    gone = Q(step__gte=step)
-    if keep > 0:
-        gone |= Q(step__lte=step - keep)
-    rows.filter(gone).delete()  # no signals, nothing refers to the rows: Django's one-statement fast delete
-    DurableCheckpoint(instance_id=instance_id, step=step, status=status_of(state), position=position_of(state),
-                      state=blob).save(using=using, force_insert=True)
+    """Insert checkpoint ``step`` and prune, in the caller's transaction: one DELETE, one INSERT (cached SQL)."""
+    ops(using).keep_checkpoint(instance_id, step, keep, status_of(state), position_of(state), blob, clock.now())
 
 
 def listing(instance_id: str, *, using: str | None = None, limit: int | None = None) -> list[dict]:

@@ -21,7 +21,16 @@ from django.db import connections, transaction
 from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
-from ..models import FINISHED, RUNNABLE, DurableEvent, DurableHistory, DurableInstance, HistoryKind, Status
+from ..models import (
+    FINISHED,
+    RUNNABLE,
+    DurableCheckpoint,
+    DurableEvent,
+    DurableHistory,
+    DurableInstance,
+    HistoryKind,
+    Status,
+)
 from .features import Features
 from .statements import statement
 
@@ -38,6 +47,7 @@ CLAIM_COLUMNS = ("instance_id", "program", "program_version", "status", "version
                  "lease_expires_at", "attempts", "state", "arguments", "cancel_requested_at", "cancel_reason",
                  "deadline", "priority", "flow_key")
 HISTORY_COLUMNS = ("instance_id", "kind", "status", "detail", "actor", "at")
+CHECKPOINT_COLUMNS = ("instance_id", "step", "status", "position", "created_at", "state")
 #: (name, unique, columns) of the full indexes that stand in for the event table's partial ones (see
 #: ``Operations.replace_partial_indexes``)
 _PARTIAL_SUBSTITUTES = (("durable_event_idem_full", True, ("instance_id", "idempotency_key")),
@@ -234,6 +244,23 @@ class Operations:
         at = conn.ops.adapt_datetimefield_value(now or timezone.now())
         with self.cursor(conn) as cur:
             cur.execute(sql, [instance_id, str(kind), str(status), detail or "", (actor or "")[:255], at])
+
+    def keep_checkpoint(self, instance_id: str, step: int, keep: int, status: str, position: str, blob: bytes,
+                        now: datetime) -> None:
+        """Keep checkpoint ``step`` of an instance with history: drop the rows it replaces (a step number
+        reused after a retry or a crash) and the one that falls out of the last ``keep`` (none when ``keep``
+        is -1), then insert it. Two cached statements, in the caller's transaction."""
+        conn = self.connection
+        delete = self._statement(conn, "checkpoint-prune", lambda qn: (
+            f"DELETE FROM {qn(DurableCheckpoint._meta.db_table)} WHERE {qn('instance_id')} = %s "
+            f"AND ({qn('step')} >= %s OR {qn('step')} <= %s)"))
+        insert = self._statement(conn, "checkpoint-keep", lambda qn: (
+            f"INSERT INTO {qn(DurableCheckpoint._meta.db_table)} ({', '.join(map(qn, CHECKPOINT_COLUMNS))}) "
+            f"VALUES ({_in(len(CHECKPOINT_COLUMNS))})"))
+        with self.cursor(conn) as cur:
+            cur.execute(delete, [instance_id, step, step - keep if keep > 0 else -1])
+            cur.execute(insert, [instance_id, step, status, position[:500], conn.ops.adapt_datetimefield_value(now),
+                                 DurableCheckpoint._meta.get_field("state").get_db_prep_value(blob, conn)])
 
     # -- events ------------------------------------------------------------------------
     def next_event(self, instance_id: str, name: str, skip: Sequence[int] = ()) -> tuple[int, Any] | None:
