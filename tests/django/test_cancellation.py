@@ -261,6 +261,35 @@ def test_cancel_of_a_running_instance_is_raised_at_its_next_await(uid, settings,
 
 
 @pytest.mark.django_db(transaction=True)
+def test_cancel_with_a_step_in_progress_in_a_nested_call_runs_both_finally_blocks(uid, settings, monkeypatch,
+                                                                                   tmp_path):
+    settings.DURABLE = {**settings.DURABLE, "CANCEL_CHECK_SECONDS": 0}
+    monkeypatch.setattr("durable_django.wakeups.send_task", lambda iid, **kw: None)
+    monkeypatch.setattr("durable_django.wakeups.send_tasks", lambda ids, **kw: None)
+    dd.start(progs.nested_gated, uid, str(tmp_path), instance_id=uid)
+    outcome: list[str] = []
+
+    def run() -> None:
+        try:
+            outcome.append(worker.run_instance(uid))
+        finally:
+            connection.close()
+
+    t = threading.Thread(target=run)
+    t.start()
+    try:
+        wait_until(lambda: (tmp_path / f"{uid}.entered").exists(), timeout=30, message="the step to begin")
+        dd.cancel(uid, "stop")
+    finally:
+        (tmp_path / f"{uid}.go").touch()
+        t.join(60)
+    assert outcome == [Status.CANCELLED]
+    # the step in progress committed with its checkpoint; then the inner frame's finally, then the outer one's
+    assert notes(uid) == ["gated step", "inner-finally", "outer-finally"]
+    assert DurableInstance.objects.get(pk=uid).status == Status.CANCELLED
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_cancel_learnt_at_the_checkpoint_that_pauses_is_delivered_by_a_new_run(inline, uid, settings):
     """The worker reads the flag at the pause's checkpoint, when the program can no longer get it: it wakes the
     instance again, and that run raises the cancellation at the wait."""

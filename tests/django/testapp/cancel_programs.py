@@ -85,6 +85,24 @@ async def gated_then_more(key: str, gate_dir: str):
         await note(key, "finally")
 
 
+async def inner_gated(key: str, gate_dir: str):
+    """A nested durable call whose step is in progress when the cancel comes."""
+    try:
+        await gated(key, gate_dir)
+        await note(key, "inner after the gate")
+    finally:
+        await note(key, "inner-finally")
+
+
+@make_durable
+async def nested_gated(key: str, gate_dir: str):
+    try:
+        await inner_gated(key, gate_dir)
+        return "finished"
+    finally:
+        await note(key, "outer-finally")
+
+
 @make_durable
 async def deadline_wait(key: str):
     """Waits far longer than its deadline allows; catches DeadlineExceeded and records it."""
