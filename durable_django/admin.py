@@ -246,7 +246,7 @@ class DurableInstanceAdmin(ForkAdminMixin, SafeInputAdmin):
         linked = _linked_label(obj)
         return format_html("{}<br><small>{}</small>", name, linked) if linked else name
 
-    @admin.display(description="status / progress", ordering="status")
+    @admin.display(description="status", ordering="status")
     def status_badge(self, obj: DurableInstance) -> str:
         colours: dict[str, str] = {
             Status.COMPLETED: "#2a7", Status.FAILED: "#c33", Status.SUSPENDED: "#c70", Status.CANCELLED: "#888",
