@@ -233,12 +233,12 @@ def test_cancel_of_a_pending_instance_runs_its_cleanup(uid, settings, monkeypatc
     assert notes(uid) == ["inner-finally", "outer-finally"]  # raised at the first await, before its step ran
 
 
-@pytest.mark.django_db(transaction=True)
-def test_cancel_of_a_running_instance_is_raised_at_its_next_await(uid, settings, monkeypatch, tmp_path):
-    settings.DURABLE = {**settings.DURABLE, "CANCEL_CHECK_SECONDS": 0}
-    monkeypatch.setattr("durable_django.wakeups.send_task", lambda iid, **kw: None)
-    monkeypatch.setattr("durable_django.wakeups.send_tasks", lambda ids, **kw: None)
-    dd.start(progs.gated_then_more, uid, str(tmp_path), instance_id=uid)
+def cancel_while_the_step_runs(uid: str, program, gate_dir, reason: str) -> str:
+    """Run ``program`` on a worker thread; cancel it while its gated step is in progress; return the run's outcome.
+
+    The worker holds the instance, so the cancel is a request that the worker reads at its next checkpoint.
+    """
+    dd.start(program, uid, str(gate_dir), instance_id=uid)
     outcome: list[str] = []
 
     def run() -> None:
@@ -250,40 +250,33 @@ def test_cancel_of_a_running_instance_is_raised_at_its_next_await(uid, settings,
     t = threading.Thread(target=run)
     t.start()
     try:
-        wait_until(lambda: (tmp_path / f"{uid}.entered").exists(), timeout=30, message="the step to begin")
-        inst = dd.cancel(uid, "too late")  # the worker holds it: a request, read at its next checkpoint
+        wait_until(lambda: (gate_dir / f"{uid}.entered").exists(), timeout=30, message="the step to begin")
+        inst = dd.cancel(uid, reason)
         assert inst.status == Status.RUNNING and inst.cancel_requested_at is not None
     finally:
-        (tmp_path / f"{uid}.go").touch()
+        (gate_dir / f"{uid}.go").touch()
         t.join(60)
-    assert outcome == [Status.CANCELLED]
+    assert len(outcome) == 1, "the run did not end"
+    return outcome[0]
+
+
+@pytest.fixture
+def captured_wakeups(settings, monkeypatch):
+    """Flags read at every checkpoint; wake-ups not sent (the test runs the instance itself)."""
+    settings.DURABLE = {**settings.DURABLE, "CANCEL_CHECK_SECONDS": 0}
+    monkeypatch.setattr("durable_django.wakeups.send_task", lambda iid, **kw: None)
+    monkeypatch.setattr("durable_django.wakeups.send_tasks", lambda ids, **kw: None)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_cancel_of_a_running_instance_is_raised_at_its_next_await(uid, captured_wakeups, tmp_path):
+    assert cancel_while_the_step_runs(uid, progs.gated_then_more, tmp_path, "too late") == Status.CANCELLED
     assert notes(uid) == ["gated step", "finally"]  # the step in progress completed; the next one never ran
 
 
 @pytest.mark.django_db(transaction=True)
-def test_cancel_with_a_step_in_progress_in_a_nested_call_runs_both_finally_blocks(uid, settings, monkeypatch,
-                                                                                   tmp_path):
-    settings.DURABLE = {**settings.DURABLE, "CANCEL_CHECK_SECONDS": 0}
-    monkeypatch.setattr("durable_django.wakeups.send_task", lambda iid, **kw: None)
-    monkeypatch.setattr("durable_django.wakeups.send_tasks", lambda ids, **kw: None)
-    dd.start(progs.nested_gated, uid, str(tmp_path), instance_id=uid)
-    outcome: list[str] = []
-
-    def run() -> None:
-        try:
-            outcome.append(worker.run_instance(uid))
-        finally:
-            connection.close()
-
-    t = threading.Thread(target=run)
-    t.start()
-    try:
-        wait_until(lambda: (tmp_path / f"{uid}.entered").exists(), timeout=30, message="the step to begin")
-        dd.cancel(uid, "stop")
-    finally:
-        (tmp_path / f"{uid}.go").touch()
-        t.join(60)
-    assert outcome == [Status.CANCELLED]
+def test_cancel_with_a_step_in_progress_in_a_nested_call_runs_both_finally_blocks(uid, captured_wakeups, tmp_path):
+    assert cancel_while_the_step_runs(uid, progs.nested_gated, tmp_path, "stop") == Status.CANCELLED
     # the step in progress committed with its checkpoint; then the inner frame's finally, then the outer one's
     assert notes(uid) == ["gated step", "inner-finally", "outer-finally"]
     assert DurableInstance.objects.get(pk=uid).status == Status.CANCELLED
