@@ -28,6 +28,21 @@ PATH = "tests.django.testapp.flow_programs."
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _purge_the_queues_it_routes_to():
+    """The wake-ups these tests route to queues of their own (and to Celery's default one) are not left in a
+    shared broker: the queues are purged once the module is done."""
+    yield
+    from example_project.celery import app
+
+    with app.connection_for_write() as conn:
+        for queue in ("reports", "celery", fp.FLOW_QUEUE):
+            try:
+                conn.default_channel.queue_purge(queue)
+            except Exception:  # noqa: BLE001 - a queue that was never declared: nothing to purge
+                pass
+
+
 def max_overlap(marks) -> int:
     """The largest number of [start, end] intervals that contain one instant."""
     points = sorted([(m.start, 1) for m in marks] + [(m.end, -1) for m in marks], key=lambda p: (p[0], p[1]))
