@@ -305,7 +305,7 @@ class DurableRuntime(Attempts, Interrupts, Endings):
                         _, value, throw = await self._begin_wait(aw)
                     elif self.retry is not None:
                         value, throw = await self._step(func, args, kwargs, first=aw)
-                    else:
+                    else:  # the common step, awaited here (as for AWAIT below): no extra coroutine per step
                         try:
                             value = await aw
                         except PauseForEventException:
