@@ -29,6 +29,8 @@ from .exceptions import (
     TimerPause,
     UnsignedStateWarning,
 )
+from .children import ChildHandle, start_child
+from .gathering import first, gather
 from .history import fork, list_checkpoints
 from .primitives import sleep, sleep_until, wait_for_event
 from .program import DurableProgram, declared_program, make_durable
@@ -42,11 +44,11 @@ from .store import BlobStore, DiskStateStore, InMemoryStateStore, StateStore
 __version__ = "0.1.0"
 
 __all__ = [
-    "BlobStore", "CallStack", "Cell", "CheckpointException", "CodeBlock", "CodeChangedError", "CompileError",
+    "BlobStore", "CallStack", "Cell", "ChildHandle", "CheckpointException", "CodeBlock", "CodeChangedError", "CompileError",
     "CompiledFunction", "DeadlineExceeded", "DiskStateStore", "DurableAstTransformer", "DurableBackend",
     "DurableError", "DurableProgram", "DurableRuntime", "EventTimeout", "FunctionCall", "InMemoryStateStore",
     "InstanceCancelled", "OrchestrationBackend", "PauseForEventException", "RetryPolicy", "SavedState", "Step",
     "StateStore", "StateTamperedError", "StepTimeout", "TimerPause", "UnsignedStateWarning", "WaitInfo",
-    "current_attempt", "declared_program", "fork", "get_status", "list_checkpoints", "make_durable", "publish",
-    "published", "set_status", "signing", "sleep", "sleep_until", "step", "wait_for_event",
+    "current_attempt", "declared_program", "first", "fork", "gather", "get_status", "list_checkpoints", "make_durable", "publish",
+    "published", "set_status", "signing", "sleep", "sleep_until", "start_child", "step", "wait_for_event",
 ]

@@ -11,7 +11,7 @@ from typing import Any, TypedDict
 
 from . import signing
 from .exceptions import PauseForEventException, UnsignedStateWarning
-from .state import SavedState
+from .state import SavedState, branch_key, current_branch
 from .store import INBOX_PREFIX as _INBOX
 from .store import STATE_PREFIX as _STATE
 from .store import BlobStore, InMemoryStateStore, StateStore, blob_fast_path, check_store
@@ -174,6 +174,9 @@ class DurableBackend(OrchestrationBackend):
         #: Where the event inboxes are kept: the store's blobs, or this process's memory.
         self._blobs: BlobStore = state_store if isinstance(state_store, BlobStore) else InMemoryStateStore()
         self._consumed: dict[str, set[int]] = {}
+        #: (instance id, branch) -> the events a parallel branch took since its last checkpoint (a subset of
+        #: ``_consumed[instance id]``): recorded by that branch's checkpoint, not by the instance's.
+        self._taken: dict[tuple[str, str], set[int]] = {}
         self._lock = threading.RLock()
 
     @property
@@ -231,6 +234,8 @@ class DurableBackend(OrchestrationBackend):
 
     async def save_state(self, instance_id: str, state: SavedState) -> None:
         done = self._consumed.get(instance_id)
+        if done and self._taken:  # events a branch took are recorded by the branch's checkpoint
+            done = done.difference(*(s for (iid, _), s in self._taken.items() if iid == instance_id))
         # the events this step consumed go into the stored copy only: the caller's dict stays as it is
         blob = None
         if self._fast:
@@ -245,10 +250,55 @@ class DurableBackend(OrchestrationBackend):
                 await saved
         if done:
             self._prune(instance_id, done)
-            self._consumed[instance_id] = set()
+            self._consumed[instance_id] -= done
         keep = state.get("history")
         if keep is not None:
             self._keep_checkpoint(instance_id, state, keep, blob)
+
+    # -- parallel branches (see durable.branches) ------------------------------
+    async def load_branch(self, instance_id: str, branch: str) -> SavedState | None:
+        """The last checkpoint of a parallel branch of the instance, or None."""
+        key = branch_key(_check_id(instance_id), branch)
+        if self._fast:
+            blob = self._blobs.load_blob(_STATE + key)
+            state = None if blob is None else signing.loads(blob, self.signing_key)
+        else:
+            store: Any = self.store
+            state = store.load(key)
+            if inspect.isawaitable(state):
+                state = await state
+            state = None if state is None else dict(state)
+        if state is None:
+            return None
+        done = set(state.pop("consumed", None) or ())
+        if done:  # a crash came between the branch's checkpoint and the removal of the events it took
+            self._prune(instance_id, done)
+        loaded: SavedState = state
+        return loaded
+
+    async def save_branch(self, instance_id: str, branch: str, state: SavedState) -> None:
+        """Save a parallel branch's checkpoint, with the events it took (then removed from the inbox)."""
+        key = branch_key(_check_id(instance_id), branch)
+        taken = self._taken.pop((instance_id, branch), None)
+        if self._fast:
+            self._blobs.save_blob(_STATE + key, signing.dumps({**state, "consumed": sorted(taken)} if taken else state,
+                                                              self.signing_key))
+        else:
+            store: Any = self.store
+            saved = store.save(key, {**state, "consumed": sorted(taken)} if taken and self._blobs is self.store
+                               else state)
+            if saved is not None and inspect.isawaitable(saved):
+                await saved
+        if taken:
+            self._prune(instance_id, taken)
+            self._consumed.get(instance_id, set()).difference_update(taken)
+
+    async def delete_branches(self, instance_id: str, branches: list[str]) -> None:
+        """Forget the states of branches whose group ended (a store that cannot delete keeps them)."""
+        if isinstance(self.store, BlobStore):
+            for branch in branches:
+                self.store.delete_blob(self.store.state_key(branch_key(instance_id, branch)))
+                self._taken.pop((instance_id, branch), None)
 
     # -- checkpoint history (see durable.history) ---------------------------
     def _keep_checkpoint(self, instance_id: str, state: SavedState, keep: int, blob: bytes | None) -> None:
@@ -338,6 +388,9 @@ class DurableBackend(OrchestrationBackend):
         for seq, name, payload in box["events"]:
             if name == event_name and seq not in done:
                 done.add(seq)
+                branch = current_branch.get()
+                if branch is not None:
+                    self._taken.setdefault((instance_id, branch), set()).add(seq)
                 return payload
         raise PauseForEventException(event_name, instance_id=instance_id)
 

@@ -18,7 +18,7 @@ from .backend import OrchestrationBackend
 from .exceptions import CheckpointException, DurableError
 from .retries import RetryPolicy
 from .stack import FunctionCall
-from .state import SavedState
+from .state import FAILED, SavedState
 from .tracebacks import runtime_file
 
 runtime_file(__file__)  # frames of this module are the runtime's own (see durable.tracebacks)
@@ -41,6 +41,21 @@ class Checkpoints:
     _deadline: float | None
     _watch: bool
     _raised_at: tuple[FunctionCall, int] | None
+    branch: str | None
+    _dropped: list[str] | None
+    _ended: bool
+
+    async def _save_branch(self, state: SavedState) -> None:
+        """Save a branch's checkpoint (see :class:`durable.branches.Branches`)."""
+        raise NotImplementedError
+
+    async def _drop_branches(self) -> None:
+        """Delete the states of the branches of a group that ended (see :class:`durable.branches.Branches`)."""
+        raise NotImplementedError
+
+    async def _load_own(self) -> SavedState | None:
+        """This runtime's last checkpoint: the instance's, or its branch's."""
+        raise NotImplementedError
 
     def _interruption(self) -> BaseException | None:
         """The cancellation or deadline to raise at this await (see :class:`durable.interrupts.Interrupts`)."""
@@ -57,9 +72,14 @@ class Checkpoints:
         state = self._live()
         state["steps"] += 1
         try:
-            await self._io.save_state(self.instance_id, state)
+            if self.branch is None:
+                await self._io.save_state(self.instance_id, state)
+            else:
+                await self._save_branch(state)
         except CheckpointException as exc:
             raise _diagnose(state, exc) from exc
+        if self._dropped is not None and state["status"] != FAILED:
+            await self._drop_branches()
         if self.on_checkpoint is not None:
             self.on_checkpoint(self.instance_id, state["steps"])
 

@@ -6,23 +6,25 @@ import logging
 import pickle
 from typing import Any
 
-from .checkpoints import Checkpoints
+from .children import Children
 from .exceptions import CheckpointException, DurableError, InstanceCancelled
 from .serialization import pickled
 from .stack import CallStack, FunctionCall
-from .state import CANCELLED, COMPLETED, FAILED, PAUSED, RUNNING, SavedState
-from .tracebacks import remember, restore, runtime_file
+from .state import CANCELLED, COMPLETED, FAILED, PAUSED, RUNNING, SavedState, stored_error
+from .tracebacks import remember, runtime_file
 
 runtime_file(__file__)  # frames of this module are the runtime's own (see durable.tracebacks)
 
 log = logging.getLogger("durable")
 
 
-class Endings(Checkpoints):
+class Endings(Children):
     """The runtime's last checkpoint of an instance (a mixin of :class:`~durable.DurableRuntime`)."""
 
     async def _finish(self, value: Any) -> Any:
         state = self._live()
+        if state.get("children") and self._waited_children():
+            await self._close_later(("ok", value))
         stack = state["stack"]
         state.update({"status": COMPLETED, "result": value, "stack": CallStack([]), "wait": None})
         try:
@@ -37,6 +39,8 @@ class Endings(Checkpoints):
                 state.update({"status": RUNNING, "result": None, "stack": stack, "steps": state["steps"] - 1})
                 await self._checkpoint()
             raise CheckpointException(f"the result of type {type(value).__name__} cannot be saved: {exc}") from exc
+        self._ended = True
+        await self._after_end()
         return value
 
     async def _finish_failed(self, exc: BaseException) -> Any:
@@ -61,6 +65,8 @@ class Endings(Checkpoints):
             failed["failed_at"] = _where(exc, *self._raised_at)
         self.state = failed
         await self._checkpoint()
+        self._ended = True
+        await self._after_end()
         raise exc
 
     async def _last_checkpoint(self) -> SavedState:
@@ -74,7 +80,7 @@ class Endings(Checkpoints):
         state = self._live()
         self._deferred = None
         try:
-            loaded = await self._io.load_state(self.instance_id)
+            loaded = await self._load_own()
         except Exception:  # e.g. a function defined inside another cannot be compiled again from a blob
             log.warning("instance %s: its last checkpoint cannot be read back; it fails without one to retry from",
                         self.instance_id, exc_info=True)
@@ -97,14 +103,24 @@ class Endings(Checkpoints):
         remember(exc)
         state.update({"status": CANCELLED, "error": exc, "stack": CallStack([]), "wait": None})
         state.pop("retry", None)
+        group = state.pop("group", None)
+        if group:  # forced while its branches were live: they end with it
+            self._dropped = list(group["branches"])
         await self._checkpoint()
+        self._ended = True
+        await self._after_end()
         raise exc
 
+    async def _after_end(self) -> None:
+        """The instance ended: close its children, tell its parent (see :mod:`durable.children`)."""
+        state = self._live()
+        if self.branch is not None:
+            return
+        if state.get("children"):
+            await self._close_children()
+        if state.get("parent"):
+            await self._notify_parent()
 
-
-def stored_error(state: SavedState) -> BaseException:
-    err = state.get("error")
-    return restore(err) if isinstance(err, BaseException) else DurableError(str(err))
 
 
 def _where(exc: BaseException, frame: FunctionCall, pc: int) -> str:

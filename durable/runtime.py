@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import os
@@ -12,7 +13,9 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, cast
 
-from .attempts import Attempts, pause_in_step
+from .attempts import pause_in_step
+from .branches import Branches
+from .children import ChildHandle, StartChild
 from .backend import OrchestrationBackend, as_async_backend
 from .blocks import AWAIT, CALL, EXCEPT, NEXT, RETURN, THROW, origin
 from .endings import Endings, stored_error
@@ -24,6 +27,7 @@ from .exceptions import (
 )
 from .history import supports_history
 from .interrupts import Interrupts, as_posix
+from .gathering import GatherRequest, from_asyncio
 from .primitives import TimerRequest, WaitRequest
 from .progress import current_runtime
 from .retries import RetryPolicy, Step
@@ -70,7 +74,7 @@ def _durable_code(func: types.FunctionType) -> Any:
     return result
 
 
-class DurableRuntime(Attempts, Interrupts, Endings):
+class DurableRuntime(Branches, Endings, Interrupts):
     """Runs one instance: restores its state, drives its stack, persists it.
 
     ``clock`` (POSIX seconds) is injectable for tests of timers;
@@ -106,6 +110,15 @@ class DurableRuntime(Attempts, Interrupts, Endings):
         self._watch = False
         #: (frame, pc) where the last exception was raised in the program: where a failed instance failed.
         self._raised_at: tuple[FunctionCall, int] | None = None
+        #: Parallel branches (see durable.branches): this runtime's branch path (None: the instance itself),
+        #: the instance's runtime, the running group's branch runtimes, branch states to delete.
+        self.branch: str | None = None
+        self.root: DurableRuntime = self
+        self._subs: dict[str, DurableRuntime] | None = None
+        self._dropped: list[str] | None = None
+        self._ended = False
+        #: ``(parent instance id, parent-close policy)`` of a new child instance (see durable.children).
+        self.parent: tuple[str, str] | None = None
 
     # -- entry points -----------------------------------------------------
     async def run(self, program: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
@@ -185,6 +198,8 @@ class DurableRuntime(Attempts, Interrupts, Endings):
             deadline = self.clock() + relative
         if deadline is not None:
             state["deadline"] = deadline
+        if self.parent is not None:
+            state["parent"] = self.parent
         history = getattr(program, "history", None)
         if history is not None:
             if not supports_history(self.backend):
@@ -197,6 +212,18 @@ class DurableRuntime(Attempts, Interrupts, Endings):
         for frame in state["stack"]:
             check_code(frame, self.migrate)
         self._arm()
+        closing = state.get("closing")
+        if closing is not None:  # it returned; children it waits for were running (see durable.children)
+            wait = state.get("wait")
+            if wait is not None:
+                await self._check_wait(wait)
+            state.update({"wait": None, "status": RUNNING})
+            state.pop("closing")
+            return await self._finish(closing[1])
+        if state.get("group") is not None:  # parallel branches: their waits are theirs (see durable.branches)
+            state["wait"] = None
+            state["status"] = RUNNING
+            return await self._drive_current(None, group=True)
         throw = None
         retry = None
         wait = state.get("wait")
@@ -215,24 +242,29 @@ class DurableRuntime(Attempts, Interrupts, Endings):
         return await self._drive_current(throw, retry)
 
     # -- the step loop ----------------------------------------------------
-    async def _drive_current(self, throw: BaseException | None, retry: RetryInfo | None = None) -> Any:
-        """:meth:`_drive` with this runtime as the current one (what ``durable.set_status()`` writes to):
-        one context variable set per run, none per step."""
-        token = current_runtime.set(self)
+    async def _drive_current(self, throw: BaseException | None, retry: RetryInfo | None = None,
+                             group: bool = False) -> Any:
+        """:meth:`_drive` with the instance's runtime as the current one (what ``durable.set_status()`` writes
+        to): one context variable set per run, none per step."""
+        token = current_runtime.set(self.root)
         try:
-            return await self._drive(throw, retry)
+            return await self._drive(throw, retry, group)
         finally:
             current_runtime.reset(token)
 
-    async def _drive(self, throw: BaseException | None, retry: RetryInfo | None = None) -> Any:
+    async def _drive(self, throw: BaseException | None, retry: RetryInfo | None = None, group: bool = False) -> Any:
         state = self._live()
         stack: CallStack = state["stack"]
         frames = stack.frames
         fr = frames[-1]
         blocks, L = fr.blocks, fr.locals
-        if retry is not None:  # the next attempt of a step, after its backoff
-            func, args, kwargs = retry["call"]
-            value, throw = await self._step(func, args, kwargs, retry["attempt"])
+        if retry is not None or group:  # the next attempt of a step, after its backoff; or a group's branches
+            if group:
+                value, throw = await self._resume_group()
+            else:
+                assert retry is not None
+                func, args, kwargs = retry["call"]
+                value, throw = await self._step(func, args, kwargs, retry["attempt"])
             if throw is None:
                 if fr.tmp is not None:
                     L[fr.tmp] = value
@@ -296,13 +328,13 @@ class DurableRuntime(Attempts, Interrupts, Endings):
                     value, throw = await self._step(func, args, kwargs)
                 else:
                     try:
-                        aw = func(*args, **kwargs)
+                        aw = func(*args, **kwargs) if func is not _asyncio_gather else from_asyncio(args, kwargs)
                     except Exception as exc:
                         aw, throw = None, exc
                     if throw is not None:
                         pass
-                    elif aw.__class__ is WaitRequest or aw.__class__ is TimerRequest:
-                        _, value, throw = await self._begin_wait(aw)
+                    elif aw.__class__ in _REQUESTS:
+                        value, throw = await self._request(aw)
                     elif self.retry is not None:
                         value, throw = await self._step(func, args, kwargs, first=aw)
                     else:  # the common step, awaited here (as for AWAIT below): no extra coroutine per step
@@ -319,8 +351,8 @@ class DurableRuntime(Attempts, Interrupts, Endings):
                     throw = self._interruption()
                 if throw is not None:
                     getattr(aw, "close", _nothing)()  # a coroutine that will not run: no "never awaited" warning
-                elif aw.__class__ is WaitRequest or aw.__class__ is TimerRequest:
-                    _, value, throw = await self._begin_wait(aw)
+                elif aw.__class__ in _REQUESTS:
+                    value, throw = await self._request(aw)
                 else:
                     try:
                         value = await aw
@@ -368,6 +400,17 @@ class DurableRuntime(Attempts, Interrupts, Endings):
             if not self._defer(fr, frames):
                 await self._checkpoint()
 
+    async def _request(self, req: Any) -> tuple[Any, BaseException | None]:
+        """What durable code awaits that is not a step: a wait, a group of branches (value, exception)."""
+        if req.__class__ is GatherRequest:
+            return await self._group(req)
+        if req.__class__ is StartChild:
+            return await self._start_child(req)
+        if req.__class__ is ChildHandle:
+            return await self._await_children({"kind": "child", "child": req.instance_id, "due": None})
+        _, value, throw = await self._begin_wait(req)
+        return value, throw
+
     def _defer(self, fr: FunctionCall, frames: list[FunctionCall]) -> bool:
         """Leave the checkpoint after a step to the completion when only a bare return follows?
 
@@ -410,6 +453,12 @@ class DurableRuntime(Attempts, Interrupts, Endings):
             if frames:
                 unwind(exc, frames[-1])
         return None, None, None, True
+
+#: What the step loop hands to :meth:`DurableRuntime._request` instead of awaiting it.
+_REQUESTS = frozenset({WaitRequest, TimerRequest, GatherRequest, StartChild, ChildHandle})
+#: ``asyncio.gather`` awaited in durable code runs as :func:`durable.gather`, never called (it would start tasks).
+_asyncio_gather = asyncio.gather
+
 
 def new_state(stack: CallStack, name: str) -> SavedState:
     return {"format": 1, "status": RUNNING, "program": name, "stack": stack, "wait": None,

@@ -14,9 +14,11 @@ exactly the keys below.
 ``NotRequired`` only in evaluated annotations on Python 3.11.)
 """
 
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Final, Literal, NotRequired, TypedDict
 
-from .exceptions import DurableError
+from .exceptions import DurableError, InstanceCancelled
+from .tracebacks import restore
 
 if TYPE_CHECKING:
     from .stack import CallStack
@@ -34,8 +36,9 @@ CANCELLED: Final = "cancelled"
 class WaitInfo(TypedDict):
     """What a paused instance waits for (``SavedState["wait"]``)."""
 
-    #: ``"timer"`` (``sleep``/``sleep_until``) or ``"event"`` (``wait_for_event``).
-    kind: Literal["timer", "event"]
+    #: ``"timer"`` (``sleep``/``sleep_until``), ``"event"`` (``wait_for_event``), ``"child"`` (``await child``)
+    #: or ``"branches"`` (parallel branches: the wait of each paused one is in ``waits``).
+    kind: Literal["timer", "event", "child", "children", "branches"]
     #: POSIX seconds: when a timer fires, or when an event wait times out (None: no timeout).
     due: float | None
     #: The awaited event's name (event waits only).
@@ -46,6 +49,17 @@ class WaitInfo(TypedDict):
     deadline: NotRequired[bool]
     #: True for the backoff timer before the next attempt of a step (see ``SavedState["retry"]``).
     retry: NotRequired[bool]
+    #: The awaited child instance's id (child waits only).
+    child: NotRequired[str]
+    #: The awaited children's ids (``"children"`` waits: ``gather``/``first`` of child handles only), with the
+    #: group's ``mode`` and ``return_exceptions``.
+    children: NotRequired[list[str]]
+    mode: NotRequired[Literal["all", "first"]]
+    return_exceptions: NotRequired[bool]
+    #: The branch's path, in a ``waits`` entry of a ``"branches"`` wait.
+    branch: NotRequired[str]
+    #: Every paused branch's wait (``"branches"`` waits only), each with its ``branch``; ``due`` is the earliest.
+    waits: NotRequired[list["WaitInfo"]]
 
 
 class RetryInfo(TypedDict):
@@ -59,6 +73,30 @@ class RetryInfo(TypedDict):
     #: The step's name and the error of the attempt that failed (for people).
     step: str
     error: str
+
+
+class GroupInfo(TypedDict):
+    """A ``gather``/``first`` in progress (``SavedState["group"]``)."""
+
+    #: ``"all"`` (gather) or ``"first"``.
+    mode: Literal["all", "first"]
+    return_exceptions: bool
+    #: The branches' paths, in the order of the awaitables.
+    branches: list[str]
+    #: ``(function, args, kwargs)`` of each branch: how it starts again if it never saved a checkpoint.
+    calls: list[tuple[Any, tuple[Any, ...], dict[str, Any]]]
+    #: The branch whose end decided the outcome (a failure, or the first to end), once one did: the others
+    #: are cancelled.
+    decided: str | None
+
+
+class ChildInfo(TypedDict):
+    """A child instance a parent started (``SavedState["children"]``)."""
+
+    #: ``"cancel"``, ``"abandon"`` or ``"wait"``: what happens to it when the parent ends first.
+    on_parent_close: str
+    #: The child's program (pickled by reference), to cancel it in the core.
+    program: Any
 
 
 class SavedState(TypedDict):
@@ -102,6 +140,20 @@ class SavedState(TypedDict):
     #: Values the program published with ``durable.publish(key, value)`` (JSON), by key; replaced by a new
     #: dict whenever a value changes (see :mod:`durable.progress`).
     published: NotRequired[dict[str, Any]]
+    #: How many groups of parallel branches this call stack started (numbers the next group's branches).
+    groups: NotRequired[int]
+    #: The group of parallel branches the innermost frame awaits, while it runs (see :mod:`durable.branches`).
+    group: NotRequired["GroupInfo | None"]
+    #: Child instances started and not yet awaited to their end: child id -> what to do with it when this
+    #: instance ends (see :mod:`durable.children`).
+    children: NotRequired[dict[str, "ChildInfo"]]
+    #: ``(parent instance id, parent-close policy)`` of a child instance.
+    parent: NotRequired[tuple[str, str]]
+    #: How many children this instance started (numbers the next default child id).
+    spawned: NotRequired[int]
+    #: The outcome of a program that returned while children with the ``"wait"`` policy still run: the instance
+    #: ends with it once they have.
+    closing: NotRequired[tuple[str, Any]]
 
 
 def reopen_failed(state: SavedState, instance_id: str) -> SavedState:
@@ -124,3 +176,33 @@ def reopen_failed(state: SavedState, instance_id: str) -> SavedState:
     state.update({"status": PAUSED if wait else RUNNING, "wait": wait, "error": None})
     return state
 
+
+
+#: The branch whose steps run in this context (its path, e.g. ``"0.1"``), None outside parallel branches. A
+#: backend reads it in ``wait_for_event`` to record an event as taken by that branch, so that the branch's own
+#: checkpoint (``save_branch``), not another branch's, removes it from the inbox (see :mod:`durable.branches`).
+current_branch: ContextVar[str | None] = ContextVar("durable.current_branch", default=None)
+
+
+def branch_key(instance_id: str, branch: str) -> str:
+    """The key under which a backend without branch storage of its own saves a branch's state."""
+    return f"{instance_id}/branch:{branch}"
+
+
+def ended_outcome(state: SavedState) -> tuple[str, Any] | None:
+    """How an instance (or a branch) ended, from its saved state: ("ok", result), ("err", exception),
+    ("cancelled", exception); None while it has not."""
+    status = state["status"]
+    if status == COMPLETED:
+        return "ok", state["result"]
+    if status == FAILED:
+        return "err", stored_error(state)
+    if status == CANCELLED:
+        err = state.get("error")
+        return "cancelled", err if isinstance(err, BaseException) else InstanceCancelled(str(err))
+    return None
+
+
+def stored_error(state: SavedState) -> BaseException:
+    err = state.get("error")
+    return restore(err) if isinstance(err, BaseException) else DurableError(str(err))

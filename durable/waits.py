@@ -19,6 +19,8 @@ class Waits(Checkpoints):
     async def _check_wait(self, wait: WaitInfo) -> tuple[Any, BaseException | None]:
         """Return (value, exception-to-throw) if the wait is over; else raise the pause again."""
         due = wait.get("due")
+        if wait["kind"] in ("child", "children"):
+            return await self._check_children(wait)
         if wait["kind"] == "timer":
             if due is None:
                 raise DurableError(f"instance {self.instance_id!r}: a timer wait without a due time")
@@ -39,6 +41,10 @@ class Waits(Checkpoints):
                     return None, self._interruption()
                 return None, EventTimeout(f"event {event!r} did not arrive in time")
             raise PauseForEventException(event, due=due, instance_id=self.instance_id) from None
+
+    async def _check_children(self, wait: WaitInfo) -> tuple[Any, BaseException | None]:
+        """A child wait's outcome, or the pause again (see :class:`durable.children.Children`)."""
+        raise NotImplementedError
 
     async def _begin_wait(self, req: WaitRequest | TimerRequest) -> tuple[bool, Any, BaseException | None]:
         """Try to satisfy a new wait now; otherwise record it and pause."""

@@ -1,0 +1,328 @@
+"""Parallel branches: a group of call stacks that run, pause and end on their own.
+
+``await durable.gather(a(), b())`` in durable code starts a *group*: each
+awaitable becomes a branch, driven by a runtime of its own (the same class,
+with ``branch`` set to its path, e.g. ``"0.1"``: group 0, awaitable 1;
+nested groups add ``/``). A branch checkpoints only its own call stack, under
+its own key (the backend's ``save_branch``), so a checkpoint costs the same
+with one live branch or a hundred. Its steps run concurrently with the other
+branches' (asyncio tasks in the worker), and it pauses on an event or a timer
+without holding the others up.
+
+The awaiting frame's runtime (the *parent*) records the group in its state
+(``state["group"]``: the branches and how each starts) in one checkpoint
+before any branch runs, then waits for the branches:
+
+* a failure (``gather``) or the first end (``first``) *decides* the group: the
+  parent saves which branch decided it, then cancels the others (each gets
+  :class:`~durable.InstanceCancelled` at its current await; its ``finally``
+  blocks run, checkpointed like any code);
+* when every branch has ended, the outcome is raised or returned at the
+  parent's await, and the branches' states are deleted after the parent's next
+  checkpoint: the saved state holds only live branches;
+* when some branches are paused and none can go on, the parent pauses too,
+  with a ``"branches"`` wait that lists every paused branch's wait (its due
+  time is the earliest). Resumed, it loads the branches and continues those
+  whose wait is over.
+
+A cancellation of the instance reaches every live branch; the deadline is
+raised in each (each branch's waits end at it). A crash loses nothing: a
+branch resumes from its own last checkpoint, one that never saved one starts
+again from its call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from .attempts import Attempts
+from .exceptions import PauseForEventException, TimerPause
+from .children import ChildHandle, Children
+from .gathering import GatherRequest, _ready
+from .stack import CallStack, FunctionCall
+from .state import (
+    CANCELLED,
+    GroupInfo,
+    SavedState,
+    WaitInfo,
+    branch_key,
+    ended_outcome,
+    current_branch,
+)
+from .tracebacks import runtime_file
+
+if TYPE_CHECKING:
+    from .runtime import DurableRuntime
+
+runtime_file(__file__)  # frames of this module are the runtime's own (see durable.tracebacks)
+
+#: A branch's outcome: ("ok", value), ("err", exception), ("cancelled", exception) or ("paused", None).
+Outcome = tuple[str, Any]
+
+
+async def branch_root(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The outermost frame of every branch: the branch's call, awaited as durable code awaits anything."""
+    return await func(*args, **kwargs)
+
+
+class Branches(Attempts, Children):
+    """Groups of parallel branches (a mixin of :class:`~durable.DurableRuntime`)."""
+
+    #: This runtime's branch path; None for the instance itself.
+    branch: str | None
+    #: The runtime of the instance (itself when it is not a branch): what ``set_status()`` writes to.
+    root: Any
+    #: The runtimes of the running group's branches, by path (None when no group runs).
+    _subs: dict[str, Any] | None
+    #: Branch states to delete after the next checkpoint (their group ended).
+    _dropped: list[str] | None
+    #: Set once this runtime saved its last checkpoint (completed, failed or cancelled).
+    _ended: bool
+
+    # -- storage: the instance's own key, or the branch's ----------------------------
+    async def _load_own(self) -> SavedState | None:
+        if self.branch is None:
+            return await self._io.load_state(self.instance_id)
+        load = getattr(self._io, "load_branch", None)
+        if load is not None:
+            loaded: SavedState | None = await load(self.instance_id, self.branch)
+            return loaded
+        return await self._io.load_state(branch_key(self.instance_id, self.branch))
+
+    async def _save_branch(self, state: SavedState) -> None:
+        save = getattr(self._io, "save_branch", None)
+        assert self.branch is not None
+        if save is not None:
+            await save(self.instance_id, self.branch, state)
+        else:
+            await self._io.save_state(branch_key(self.instance_id, self.branch), state)
+
+    async def _drop_branches(self) -> None:
+        paths, self._dropped = self._dropped, None
+        drop = getattr(self._io, "delete_branches", None)
+        if drop is not None and paths:
+            await drop(self.instance_id, paths)
+
+    def request_cancel(self, reason: str = "") -> None:
+        """Raise :class:`~durable.InstanceCancelled` in the program at its next await, and in every live branch
+        (safe from any thread)."""
+        super().request_cancel(reason)  # type: ignore[misc]  # Interrupts.request_cancel, later in the MRO
+        for sub in list((self._subs or {}).values()):
+            if not sub._ended:
+                sub.request_cancel(self._cancel or reason)
+
+    # -- a new group ----------------------------------------------------------
+    async def _group(self, req: GatherRequest) -> tuple[Any, BaseException | None]:
+        """Run ``req``'s awaitables as branches: (value, None) or (None, exception to raise at the await)."""
+        try:
+            calls = req.calls()
+        except Exception as exc:
+            return None, exc
+        state = self._live()
+        seq = state.get("groups", 0)
+        state["groups"] = seq + 1
+        prefix = f"{self.branch}/" if self.branch is not None else ""
+        paths = [f"{prefix}{seq}.{i}" for i in range(len(calls))]
+        group: GroupInfo = {"mode": req.mode, "return_exceptions": req.return_exceptions, "branches": paths,
+                            "calls": calls, "decided": None}
+        if not calls:
+            return [], None
+        if all(func is _ready and args[0].__class__ is ChildHandle for func, args, _ in calls):
+            # children only: one wait on all of them, no branch (see durable.children)
+            return await self._await_children({
+                "kind": "children", "due": None, "children": [args[0].instance_id for _, args, _ in calls],
+                "mode": req.mode, "return_exceptions": req.return_exceptions})
+        state["group"] = group
+        await self._checkpoint()  # the group is on record before any branch runs
+        runs = {path: self._sub(path).start_branch(call) for path, call in zip(paths, calls)}
+        return await self._run_group(group, runs, {})
+
+    async def _resume_group(self) -> tuple[Any, BaseException | None]:
+        """Go on with the group the saved state records: load each branch, continue those not ended."""
+        state = self._live()
+        group = state.get("group")
+        assert group is not None
+        runs: dict[str, Any] = {}
+        outcomes: dict[str, Outcome] = {}
+        cancel = self._group_cancel(group)
+        for path, call in zip(group["branches"], group["calls"]):
+            sub = self._sub(path)
+            loaded = await sub._load_own()
+            if loaded is None:
+                runs[path] = sub.start_branch(call, cancel)
+                continue
+            ended = ended_outcome(sub._loaded(loaded))
+            if ended is not None:
+                outcomes[path] = ended
+                sub._ended = True
+            else:
+                runs[path] = sub.continue_branch(loaded, cancel)
+        return await self._run_group(group, runs, outcomes)
+
+    def _sub(self, path: str) -> DurableRuntime:
+        sub: DurableRuntime = type(self)(self.backend, self.instance_id, clock=self.clock,  # type: ignore[call-arg]
+                                         on_checkpoint=self.on_checkpoint, migrate=getattr(self, "migrate", None))
+        sub.branch = path
+        sub.root = self.root
+        sub.retry = self.retry
+        deadline = self._live().get("deadline")
+        sub.deadline = None if self._live().get("deadline_hit") else deadline
+        if self._subs is None:
+            self._subs = {}
+        self._subs[path] = sub
+        return sub
+
+    def _group_cancel(self, group: GroupInfo) -> str | None:
+        """The reason to cancel the group's live branches with, if they are to be cancelled."""
+        if self._cancel is not None:
+            return self._cancel
+        decided = group["decided"]
+        if decided is not None:
+            return f"branch {decided} of instance {self.instance_id!r} decided its group"
+        return None
+
+    # -- driving a group ------------------------------------------------------
+    async def _run_group(self, group: GroupInfo, runs: dict[str, Any],
+                         outcomes: dict[str, Outcome]) -> tuple[Any, BaseException | None]:
+        subs = self._subs or {}
+        pending: dict[asyncio.Future[Outcome], str] = {}
+        try:
+            while True:
+                for path, run in runs.items():
+                    pending[asyncio.ensure_future(_outcome(subs[path], run))] = path
+                runs = {}
+                while pending:
+                    done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                    for task in done:
+                        path = pending.pop(task)
+                        outcomes[path] = task.result()  # a crash (not the branch's error) propagates from here
+                        if group["decided"] is None and _decides(group, outcomes[path]):
+                            group["decided"] = path
+                            await self._checkpoint()  # which branch decided, on record before the others stop
+                            runs.update(self._cancel_others(group, outcomes, pending))
+                    for path, run in runs.items():
+                        pending[asyncio.ensure_future(_outcome(subs[path], run))] = path
+                    runs = {}
+                if self._cancel is not None or (self._deadline is not None and self.clock() >= self._deadline):
+                    # the instance is cancelled (or past its deadline): paused branches are cancelled too
+                    reason = self._cancel or f"the deadline of instance {self.instance_id!r} passed"
+                    runs = {path: sub.cancel_branch(reason) for path, sub in subs.items()
+                            if outcomes.get(path, ("paused",))[0] == "paused" and not sub._cancelled_by_group}
+                    if runs:
+                        continue
+                break
+        finally:
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+        paused = [path for path in group["branches"] if outcomes[path][0] == "paused"]
+        if paused:
+            await self._pause_group([(path, subs[path]) for path in paused])
+        self._subs = None
+        state = self._live()
+        state["group"] = None
+        self._dropped = list(group["branches"])
+        if self._watch:
+            stop = self._interruption()
+            if stop is not None:  # raised at the await instead of the group's outcome
+                return None, stop
+        return _resolve(group, outcomes)
+
+    def _cancel_others(self, group: GroupInfo, outcomes: dict[str, Outcome],
+                       pending: dict[asyncio.Future[Outcome], str]) -> dict[str, Any]:
+        """Cancel the branches still live once one decided the group: running ones at their next await, paused
+        ones now (returned: runs to drive)."""
+        reason = self._group_cancel(group) or ""
+        running = set(pending.values())
+        runs = {}
+        for path, sub in (self._subs or {}).items():
+            if sub._ended or path == group["decided"]:
+                continue
+            if path in running:
+                sub.request_cancel(reason)
+            elif outcomes.get(path, ("paused",))[0] == "paused":
+                runs[path] = sub.cancel_branch(reason)
+        return runs
+
+    async def _pause_group(self, paused: list[tuple[str, Any]]) -> None:
+        """Every live branch is paused: pause the instance on all their waits (raises the pause)."""
+        waits: list[WaitInfo] = []
+        for path, sub in paused:
+            wait = dict(sub._live().get("wait") or {"kind": "event", "due": None})
+            wait["branch"] = path
+            waits.append(wait)  # type: ignore[arg-type]
+        dues = [w["due"] for w in waits if w.get("due") is not None]
+        due = min(dues) if dues else None  # type: ignore[type-var]
+        events = [w.get("event") for w in waits if w["kind"] != "timer"]
+        pause = (TimerPause(None, due=due, instance_id=self.instance_id) if not events
+                 else PauseForEventException(events[0], due=due, instance_id=self.instance_id))
+        self._subs = None
+        await self._pause({"kind": "branches", "due": due, "waits": waits}, pause)
+
+    # -- a branch's own entry points -------------------------------------------
+    _cancelled_by_group = False
+
+    async def start_branch(self, call: tuple[Any, tuple[Any, ...], dict[str, Any]], cancel: str | None = None) -> Any:
+        """Run a new branch from its call."""
+        from_root = self.root._live()
+        self._start = (branch_root, call, {})
+        frame = FunctionCall.start(branch_root, call)
+        self.state = {"format": 1, "status": "running", "program": from_root["program"], "stack": CallStack([frame]),
+                      "wait": None, "result": None, "error": None, "steps": 0}
+        if self.deadline is not None:
+            self.state["deadline"] = self.deadline
+        if cancel is not None:
+            self.request_cancel(cancel)
+            self._cancelled_by_group = True
+        self._arm()
+        return await self._drive(None)
+
+    async def continue_branch(self, state: SavedState, cancel: str | None = None) -> Any:
+        """Go on with a branch loaded from its last checkpoint."""
+        if cancel is not None and state.get("cancel") is None:
+            self.request_cancel(cancel)
+            self._cancelled_by_group = True
+        return await self._continue(state)
+
+    async def cancel_branch(self, reason: str) -> Any:
+        """Cancel a paused branch: raise the cancellation at its wait, run its cleanup."""
+        self._cancelled_by_group = True
+        state = self._live()
+        if state.get("cancel") is None:
+            self.request_cancel(reason)
+        return await self._continue(state)
+
+
+async def _outcome(sub: Any, run: Any) -> Outcome:
+    """Drive one branch to its end or its pause. A crash (an error that is not the branch's outcome, e.g. a
+    failed write) propagates."""
+    token = current_branch.set(sub.branch)
+    try:
+        return "ok", await run
+    except PauseForEventException:
+        return "paused", None
+    except BaseException as exc:
+        if sub._ended:
+            return ("cancelled" if sub._live()["status"] == CANCELLED else "err"), exc
+        raise
+    finally:
+        current_branch.reset(token)
+
+
+def _decides(group: GroupInfo, outcome: Outcome) -> bool:
+    kind = outcome[0]
+    if kind == "paused":
+        return False
+    if group["mode"] == "first":
+        return True
+    return kind != "ok" and not group["return_exceptions"]
+
+
+def _resolve(group: GroupInfo, outcomes: dict[str, Outcome]) -> tuple[Any, BaseException | None]:
+    decided = group["decided"]
+    if decided is not None:
+        kind, value = outcomes[decided]
+        return (value, None) if kind == "ok" else (None, value)
+    return [outcomes[path][1] for path in group["branches"]], None
