@@ -31,7 +31,8 @@ PUBLIC_API = durable/__init__.py durable/runtime.py durable/primitives.py durabl
 	durable/backend.py durable/store.py durable/signing.py durable_django/__init__.py durable_django/api.py \
 	durable_django/programs.py durable_django/bindings.py durable_django/steps.py durable_django/worker.py \
 	durable_django/exceptions.py durable_django/events.py durable/testing.py durable/tracebacks.py durable/debug.py \
-	durable_django/testing.py durable_django/pytest_plugin.py durable/progress.py durable_django/progress.py
+	durable_django/testing.py durable_django/pytest_plugin.py durable/progress.py durable_django/progress.py \
+	durable/gathering.py durable/children.py
 MYPY_STRICT = $(PY) -m mypy --strict --follow-imports=silent $(PUBLIC_API)
 
 test: $(VENV)/.installed

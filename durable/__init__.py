@@ -14,6 +14,7 @@ modules :mod:`durable.signing` (the signed blob format), :mod:`durable.state`
 from . import signing
 from .backend import DurableBackend, OrchestrationBackend
 from .blocks import Cell, CodeBlock, CompiledFunction
+from .children import ChildHandle, start_child
 from .compiler import DurableAstTransformer
 from .exceptions import (
     CheckpointException,
@@ -29,7 +30,6 @@ from .exceptions import (
     TimerPause,
     UnsignedStateWarning,
 )
-from .children import ChildHandle, start_child
 from .gathering import first, gather
 from .history import fork, list_checkpoints
 from .primitives import sleep, sleep_until, wait_for_event
@@ -44,11 +44,12 @@ from .store import BlobStore, DiskStateStore, InMemoryStateStore, StateStore
 __version__ = "0.1.0"
 
 __all__ = [
-    "BlobStore", "CallStack", "Cell", "ChildHandle", "CheckpointException", "CodeBlock", "CodeChangedError", "CompileError",
-    "CompiledFunction", "DeadlineExceeded", "DiskStateStore", "DurableAstTransformer", "DurableBackend",
-    "DurableError", "DurableProgram", "DurableRuntime", "EventTimeout", "FunctionCall", "InMemoryStateStore",
-    "InstanceCancelled", "OrchestrationBackend", "PauseForEventException", "RetryPolicy", "SavedState", "Step",
-    "StateStore", "StateTamperedError", "StepTimeout", "TimerPause", "UnsignedStateWarning", "WaitInfo",
-    "current_attempt", "declared_program", "first", "fork", "gather", "get_status", "list_checkpoints", "make_durable", "publish",
-    "published", "set_status", "signing", "sleep", "sleep_until", "start_child", "step", "wait_for_event",
+    "BlobStore", "CallStack", "Cell", "CheckpointException", "ChildHandle", "CodeBlock", "CodeChangedError",
+    "CompileError", "CompiledFunction", "DeadlineExceeded", "DiskStateStore", "DurableAstTransformer",
+    "DurableBackend", "DurableError", "DurableProgram", "DurableRuntime", "EventTimeout", "FunctionCall",
+    "InMemoryStateStore", "InstanceCancelled", "OrchestrationBackend", "PauseForEventException", "RetryPolicy",
+    "SavedState", "StateStore", "StateTamperedError", "Step", "StepTimeout", "TimerPause", "UnsignedStateWarning",
+    "WaitInfo", "current_attempt", "declared_program", "first", "fork", "gather", "get_status", "list_checkpoints",
+    "make_durable", "publish", "published", "set_status", "signing", "sleep", "sleep_until", "start_child", "step",
+    "wait_for_event",
 ]

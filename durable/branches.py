@@ -37,8 +37,8 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from .attempts import Attempts
-from .exceptions import PauseForEventException, TimerPause
 from .children import ChildHandle, Children
+from .exceptions import PauseForEventException, TimerPause
 from .gathering import GatherRequest, _ready
 from .stack import CallStack, FunctionCall
 from .state import (
@@ -47,8 +47,8 @@ from .state import (
     SavedState,
     WaitInfo,
     branch_key,
-    ended_outcome,
     current_branch,
+    ended_outcome,
 )
 from .tracebacks import runtime_file
 
@@ -79,6 +79,11 @@ class Branches(Attempts, Children):
     _dropped: list[str] | None
     #: Set once this runtime saved its last checkpoint (completed, failed or cancelled).
     _ended: bool
+
+    if TYPE_CHECKING:  # defined by DurableRuntime and its other mixins
+        def _arm(self) -> None: ...
+        async def _drive(self, throw: BaseException | None) -> Any: ...
+        async def _continue(self, state: SavedState) -> Any: ...
 
     # -- storage: the instance's own key, or the branch's ----------------------------
     async def _load_own(self) -> SavedState | None:
@@ -161,7 +166,7 @@ class Branches(Attempts, Children):
         return await self._run_group(group, runs, outcomes)
 
     def _sub(self, path: str) -> DurableRuntime:
-        sub: DurableRuntime = type(self)(self.backend, self.instance_id, clock=self.clock,  # type: ignore[call-arg]
+        sub: Any = type(self)(self.backend, self.instance_id, clock=self.clock,  # type: ignore[call-arg]
                                          on_checkpoint=self.on_checkpoint, migrate=getattr(self, "migrate", None))
         sub.branch = path
         sub.root = self.root

@@ -146,7 +146,7 @@ class Children(Waits):
             if not parent or parent[0] != self.instance_id:
                 raise DurableError(f"instance {child_id!r} already exists and is not a child of {self.instance_id!r}")
             return
-        child = type(self)(self.backend, child_id, clock=self.clock)  # type: ignore[call-arg]
+        child: Any = type(self)(self.backend, child_id, clock=self.clock)  # type: ignore[call-arg]
         child.parent = (self.instance_id, req.on_parent_close)
         try:
             await child.run(req.program, req.args, req.kwargs)
@@ -228,7 +228,7 @@ class Children(Waits):
             if host is not None:
                 await _maybe(host(child_id, reason))
                 continue
-            child = type(self)(self.backend, child_id, clock=self.clock)  # type: ignore[call-arg]
+            child: Any = type(self)(self.backend, child_id, clock=self.clock)  # type: ignore[call-arg]
             try:
                 await child.cancel(children[child_id]["program"], reason)
             except Exception:  # noqa: S110 - the child's end is in its own state

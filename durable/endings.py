@@ -10,7 +10,7 @@ from .children import Children
 from .exceptions import CheckpointException, DurableError, InstanceCancelled
 from .serialization import pickled
 from .stack import CallStack, FunctionCall
-from .state import CANCELLED, COMPLETED, FAILED, PAUSED, RUNNING, SavedState, stored_error
+from .state import CANCELLED, COMPLETED, FAILED, PAUSED, RUNNING, SavedState
 from .tracebacks import remember, runtime_file
 
 runtime_file(__file__)  # frames of this module are the runtime's own (see durable.tracebacks)

@@ -130,7 +130,7 @@ def branch_call(aw: Any) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
     raise TypeError(f"a durable branch must be awaitable, got {type(aw).__name__} {aw!r}")
 
 
-def _coroutine_call(coro: types.CoroutineType) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+def _coroutine_call(coro: types.CoroutineType[Any, Any, Any]) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
     frame = coro.cr_frame
     if frame is None or inspect.getcoroutinestate(coro) != inspect.CORO_CREATED:
         raise RuntimeError(f"{coro.__qualname__}() was already awaited: a durable branch takes a coroutine that has "
@@ -152,7 +152,7 @@ def _coroutine_call(coro: types.CoroutineType) -> tuple[Any, tuple[Any, ...], di
     return func, args, kwargs
 
 
-def _function_of(coro: types.CoroutineType, code: types.CodeType, globals_: dict[str, Any],
+def _function_of(coro: types.CoroutineType[Any, Any, Any], code: types.CodeType, globals_: dict[str, Any],
                  values: dict[str, Any]) -> Any:
     """The function whose call made ``coro``: by its module and name, else rebuilt from its code.
 

@@ -14,25 +14,25 @@ from datetime import datetime
 from typing import Any, cast
 
 from .attempts import pause_in_step
-from .branches import Branches
-from .children import ChildHandle, StartChild
 from .backend import OrchestrationBackend, as_async_backend
 from .blocks import AWAIT, CALL, EXCEPT, NEXT, RETURN, THROW, origin
-from .endings import Endings, stored_error
+from .branches import Branches
+from .children import ChildHandle, StartChild
+from .endings import Endings
 from .exceptions import (
     CompileError,
     DurableError,
     InstanceCancelled,
     PauseForEventException,
 )
+from .gathering import GatherRequest, from_asyncio
 from .history import supports_history
 from .interrupts import Interrupts, as_posix
-from .gathering import GatherRequest, from_asyncio
 from .primitives import TimerRequest, WaitRequest
 from .progress import current_runtime
 from .retries import RetryPolicy, Step
 from .stack import CallStack, FunctionCall, check_code, transformer
-from .state import CANCELLED, COMPLETED, FAILED, RUNNING, RetryInfo, SavedState, reopen_failed
+from .state import CANCELLED, COMPLETED, FAILED, RUNNING, RetryInfo, SavedState, reopen_failed, stored_error
 from .tracebacks import enter, runtime_file, unwind
 
 log = logging.getLogger("durable")
@@ -328,7 +328,7 @@ class DurableRuntime(Branches, Endings, Interrupts):
                     value, throw = await self._step(func, args, kwargs)
                 else:
                     try:
-                        aw = func(*args, **kwargs) if func is not _asyncio_gather else from_asyncio(args, kwargs)
+                        aw: Any = func(*args, **kwargs) if func is not _asyncio_gather else from_asyncio(args, kwargs)
                     except Exception as exc:
                         aw, throw = None, exc
                     if throw is not None:

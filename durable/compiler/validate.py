@@ -2,7 +2,8 @@
 
 Takes the parsed ``async def`` and refuses what cannot be checkpointed (async
 generators, ``async for``/``async with``, awaits inside ``with``, ``match``,
-``try/except*``, comprehensions, decorators and defaults), raising
+``try/except*``, comprehensions, decorators and defaults, tasks started with
+``asyncio.create_task``/``ensure_future`` and ``asyncio.wait``), raising
 :class:`~durable.CompileError` with file and line. Produces nothing else; the
 tree is unchanged.
 
@@ -24,6 +25,29 @@ def compile_error(msg: str, node: ast.AST | None, filename: str) -> CompileError
 
 def _has_await(node: ast.AST) -> bool:
     return any(isinstance(n, ast.Await) for n in ast.walk(node))
+
+
+#: Calls that start asyncio tasks (which cannot be saved in a checkpoint), and the durable form to use instead.
+_TASKS = {
+    "create_task": "await durable.gather(...) to run calls as parallel branches (durable.first(...) for the first "
+                   "to finish), or durable.start_child(...) for a separate process",
+    "ensure_future": "await durable.gather(...) to run calls as parallel branches (durable.first(...) for the first "
+                     "to finish), or durable.start_child(...) for a separate process",
+    "wait": "await durable.gather(...) for all of them, or durable.first(...) for the first to finish",
+}
+
+
+def _task_call(node: ast.AST) -> str | None:
+    """The name of an ``asyncio.create_task(...)``-like call (``asyncio.wait`` only when written so), or None."""
+    if not isinstance(node, ast.Call):
+        return None
+    f = node.func
+    if isinstance(f, ast.Attribute) and f.attr in _TASKS:
+        if f.attr != "wait" or (isinstance(f.value, ast.Name) and f.value.id == "asyncio"):
+            return f"{ast.unparse(f)}()"
+    if isinstance(f, ast.Name) and f.id in ("create_task", "ensure_future"):
+        return f"{f.id}()"
+    return None
 
 
 def validate(fn_node: ast.AsyncFunctionDef, filename: str) -> None:
@@ -65,6 +89,11 @@ def validate(fn_node: ast.AsyncFunctionDef, filename: str) -> None:
                     raise compile_error("await inside a comprehension cannot be checkpointed; use a for loop", child,
                                         filename)
                 continue
+            task = _task_call(child)
+            if task is not None:
+                name = task.rstrip("()").rpartition(".")[2]
+                raise compile_error(f"{task} runs a task the instance cannot checkpoint; use {_TASKS[name]}",
+                                    child, filename)
             if isinstance(child, ast.Await) or is_pause_raise(child):
                 if ctx:
                     what = "await" if isinstance(child, ast.Await) else "raise PauseForEventException"

@@ -36,6 +36,23 @@ CASES = {
                 case 1:
                     await g()
     ''',
+    "asyncio.create_task": '''
+        async def f(x):
+            t = asyncio.create_task(g(x))
+            return await t
+    ''',
+    "ensure_future": '''
+        async def f(x):
+            await asyncio.ensure_future(g(x))
+    ''',
+    "loop.create_task": '''
+        async def f(x):
+            await asyncio.get_running_loop().create_task(g(x))
+    ''',
+    "asyncio.wait": '''
+        async def f(x):
+            done, pending = await asyncio.wait([g(x)], return_when=asyncio.FIRST_COMPLETED)
+    ''',
     "pause inside with": '''
         async def f(x):
             with x:
@@ -46,13 +63,21 @@ CASES = {
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_refused_with_file_and_line(make_module, name):
-    header = "from durable import PauseForEventException\nasync def g(*a):\n    pass\n"
+    header = "import asyncio\nfrom durable import PauseForEventException\nasync def g(*a):\n    pass\n"
     mod = make_module(header + textwrap.dedent(CASES[name]))
     with pytest.raises(CompileError) as e:
         make_durable(mod.f)
     assert mod.__file__ in str(e.value)
     line = int(str(e.value).split(mod.__file__ + ":")[1].split(":")[0])
-    assert 5 <= line <= 10
+    assert 6 <= line <= 11
+
+
+@pytest.mark.parametrize("name", ["asyncio.create_task", "ensure_future", "loop.create_task", "asyncio.wait"])
+def test_tasks_are_refused_with_the_durable_form(make_module, name):
+    mod = make_module("import asyncio\nasync def g(*a):\n    pass\n" + textwrap.dedent(CASES[name]))
+    with pytest.raises(CompileError, match=r"durable\.first\(\.\.\.\)") as e:
+        make_durable(mod.f)
+    assert f"{mod.__file__}:5:" in str(e.value)
 
 
 def test_not_async_is_refused():
