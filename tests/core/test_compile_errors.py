@@ -77,7 +77,7 @@ def test_tasks_are_refused_with_the_durable_form(make_module, name):
     mod = make_module("import asyncio\nasync def g(*a):\n    pass\n" + textwrap.dedent(CASES[name]))
     with pytest.raises(CompileError, match=r"durable\.first\(\.\.\.\)") as e:
         make_durable(mod.f)
-    assert f"{mod.__file__}:5:" in str(e.value)
+    assert f"{mod.__file__}:6:" in str(e.value)
 
 
 def test_not_async_is_refused():
