@@ -29,7 +29,7 @@ from .common.results import report
 #: ``python -m bench <name> ...`` runs ``bench.<module>.main(argv)``.
 SUITES = {"django": "django_bench", "peers": "peers", "faults": "faults", "load": "load", "soak": "soak",
           "telemetry": "telemetry", "schedules": "schedules", "progress": "progress_bench",
-          "flow": "flowcontrol", "failures": "failures"}
+          "flow": "flowcontrol", "failures": "failures", "concurrency": "concurrency"}
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "core.json"
 

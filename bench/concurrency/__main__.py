@@ -1,0 +1,5 @@
+"""``python -m bench.concurrency``: the suite, or (``--child django``) its Django child."""
+
+from .run import main
+
+main()

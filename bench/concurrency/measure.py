@@ -1,0 +1,166 @@
+"""The core parts of the concurrency benchmark: a branch's checkpoint with 1, 10 and 100 live branches, and
+the sizes of the saved states.
+
+Everything runs in one process and one event loop. The variants (the runner
+alone as an instance, and in groups of each size) run interleaved in rotating
+order, so drift on a noisy machine hits them alike. A run's figure is the
+median gap between the runner's consecutive steps (its first ``skip`` gaps
+left out); a variant is reported as the best (minimum) and the median of its
+runs, with their spread, and ratios use the best ones. Every run is then
+finished (the events published, the instance run to its end) and its result
+checked, so a fast but wrong runtime cannot produce a figure.
+"""
+
+from __future__ import annotations
+
+import gc
+import tempfile
+from typing import Any
+
+from durable import DiskStateStore, DurableBackend, InMemoryStateStore
+from durable.state import branch_key, current_branch
+
+from ..common.stats import median
+from . import workloads
+from .setup import BRANCHES_TARGET, INSTANCE, ConcConfig
+
+#: A signing key for the disk store (as a user would pass one: the blobs are checked before unpickling).
+DISK_KEY = b"durable-bench-concurrency-not-secret"
+#: The variant of the runner without a group (an instance of its own).
+SOLO = "solo"
+
+
+def _rotated(keys: list[Any], r: int) -> list[Any]:
+    """``keys`` starting at a different one each repeat, so no variant always runs first."""
+    shift = r % len(keys)
+    return keys[shift:] + keys[:shift]
+
+
+def step_gaps_us(skip: int) -> list[float]:
+    """µs between consecutive runs of the runner's step noted in :data:`workloads.STAMPS` (first ``skip``
+    gaps left out)."""
+    s = workloads.STAMPS
+    return [(b - a) * 1e6 for a, b in zip(s, s[1:])][skip:]
+
+
+def figures(samples: list[float]) -> dict[str, Any]:
+    """Best, median and spread (max - min, as a share of the best) of a variant's per-run figures."""
+    best = min(samples)
+    return {"best": best, "median": median(samples), "max": max(samples),
+            "spread": (max(samples) - best) / best if best else float("nan"), "samples": samples}
+
+
+def finish(backend: DurableBackend, n: int, k: int) -> int:
+    """Publish the events the paused branches wait for (payload ``i``); the caller runs the instance again."""
+    for i in range(n - 1):
+        backend.publish_event(INSTANCE, workloads.event_name(i), i)
+    return workloads.expected(n, k)
+
+
+async def one_run(backend: DurableBackend, key: Any, k: int, skip: int) -> float:
+    """Run one variant (``SOLO`` or a branch count) with ``k`` runner steps; its median step gap in µs. The
+    instance is finished and its result checked."""
+    workloads.STAMPS.clear()
+    if key == SOLO:
+        got = await workloads.solo_program(k, orchestration_backend=backend, instance_id=INSTANCE)
+        gaps, want = step_gaps_us(skip), k * (k - 1) // 2
+    else:
+        n = int(key)
+        try:
+            got = await workloads.fan_program(n, k, orchestration_backend=backend, instance_id=INSTANCE)
+        except Exception as exc:  # paused on the other branches' events: the expected outcome for n > 1
+            if n == 1 or type(exc).__name__ != "PauseForEventException":
+                raise
+            got = None
+        gaps = step_gaps_us(skip)
+        want = finish(backend, n, k)
+        if got is None:
+            got = await workloads.fan_program(n, k, orchestration_backend=backend, instance_id=INSTANCE)
+    if got != want:
+        raise AssertionError(f"variant {key} returned {got!r}, expected {want!r}")
+    if len(gaps) < 1:
+        raise AssertionError(f"variant {key}: the runner noted {len(workloads.STAMPS)} steps of {k}")
+    return median(gaps)
+
+
+async def part_checkpoint(cfg: ConcConfig, store: str) -> dict[str, Any]:
+    """µs per step of the runner branch with each number of live branches, on ``store`` ("memory", "disk")."""
+    k = cfg.memory_steps if store == "memory" else cfg.disk_steps
+    repeats = cfg.repeats if store == "memory" else cfg.disk_repeats
+    keys: list[Any] = [SOLO, *cfg.branches]
+    samples: dict[str, list[float]] = {str(key): [] for key in keys}
+    for r in range(cfg.warmup + repeats):
+        gc.collect()
+        for key in _rotated(keys, r):
+            with tempfile.TemporaryDirectory(prefix="durable-conc-") as tmp:
+                backend = (DurableBackend(InMemoryStateStore()) if store == "memory"
+                           else DurableBackend(DiskStateStore(tmp), signing_key=DISK_KEY))
+                us = await one_run(backend, key, k, cfg.skip)
+            if r >= cfg.warmup:
+                samples[str(key)].append(us)
+    fig = {key: figures(v) for key, v in samples.items()}
+    lo, hi = str(cfg.branches[0]), str(cfg.branches[-1])
+    ratio = fig[hi]["best"] / fig[lo]["best"]
+    return {
+        "store": store, "runner_steps": k, "repeats": repeats, "branches": list(cfg.branches),
+        "us_per_step": fig,
+        "ratios": {key: fig[key]["best"] / fig[lo]["best"] for key in fig},
+        "ratios_median": {key: fig[key]["median"] / fig[lo]["median"] for key in fig},
+        "ratio": ratio, "target": BRANCHES_TARGET, "meets_target": ratio <= BRANCHES_TARGET,
+    }
+
+
+# -- part 2: state sizes ---------------------------------------------------------------------------
+async def part_sizes(cfg: ConcConfig) -> dict[str, Any]:
+    """Bytes of the parent's saved state and of each branch's, with each number of live branches, noted at
+    every checkpoint of the runner branch (InMemoryStateStore: the blobs as stored)."""
+    k = max(cfg.memory_steps, 20)
+    out = []
+    for n in cfg.branches:
+        backend = DurableBackend(InMemoryStateStore())
+        data = backend.store._data  # type: ignore[attr-defined]
+        runner_path = f"0.{n - 1}"
+        parent_key = f"state:{INSTANCE}"
+        runner_key = f"state:{branch_key(INSTANCE, runner_path)}"
+        seen: list[tuple[int, int]] = []  # (runner's state bytes, parent's state bytes) at each runner checkpoint
+
+        def hook(_iid: str, _step: int, path: str = runner_path, rk: str = runner_key, seen: list = seen) -> None:
+            if current_branch.get() == path:
+                seen.append((len(data[rk]), len(data[parent_key])))
+
+        program = workloads.fan_program
+        runtime = program.runtime(backend, INSTANCE, on_checkpoint=hook)
+        workloads.STAMPS.clear()
+        paused = False
+        try:
+            await runtime.run(program, (n, k), {})
+        except Exception as exc:
+            if n == 1 or type(exc).__name__ != "PauseForEventException":
+                raise
+            paused = True
+        holds = [len(data[f"state:{branch_key(INSTANCE, f'0.{i}')}"]) for i in range(n - 1)]
+        at_pause = len(data[parent_key])
+        runner_sizes = [s for s, _ in seen[:-1]]  # the last one is the branch's end (its result, no stack)
+        parent_sizes = [p for _, p in seen]
+        want = finish(backend, n, k)
+        got = await program(n, k, orchestration_backend=backend, instance_id=INSTANCE)
+        if got != want:
+            raise AssertionError(f"fan({n}, {k}) returned {got!r}, expected {want!r}")
+        left = sorted(key for key in data if "/branch:" in key)
+        out.append({
+            "branches": n, "runner_checkpoints": len(seen), "runner_steps": k,
+            "runner_bytes": {"first": runner_sizes[0], "last": runner_sizes[-1], "min": min(runner_sizes),
+                             "max": max(runner_sizes), "end": seen[-1][0]},
+            "parent_bytes_during": {"min": min(parent_sizes), "max": max(parent_sizes)},
+            "parent_bytes_paused": at_pause if paused else None,
+            "held_branch_bytes": {"n": len(holds), "min": min(holds, default=0), "max": max(holds, default=0),
+                                  "total": sum(holds)},
+            "branch_states_left_after_end": len(left),
+            "parent_bytes_end": len(data[parent_key]),
+        })
+    flat = all(p["runner_bytes"]["max"] - p["runner_bytes"]["min"] <= 16
+               and p["parent_bytes_during"]["max"] == p["parent_bytes_during"]["min"] for p in out)
+    runner = [p["runner_bytes"]["max"] for p in out]
+    return {"points": out, "flat_per_checkpoint": flat,
+            "runner_bytes_ratio": runner[-1] / runner[0], "ok": flat and all(
+                p["branch_states_left_after_end"] == 0 for p in out)}

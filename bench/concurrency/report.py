@@ -1,0 +1,101 @@
+"""The concurrency benchmark's results as a plain-text table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _cols(*cells: str) -> str:
+    return "".join(c.rjust(13) for c in cells)
+
+
+def _ok(flag: bool) -> str:
+    return "PASS" if flag else "MISS"
+
+
+def _label(key: str) -> str:
+    return "no group (instance)" if key == "solo" else f"{int(key):,} live branch{'es' if key != '1' else ''}"
+
+
+def _checkpoint_rows(part: dict[str, Any], unit: str = "µs") -> list[tuple[str, str]]:
+    rows = [("variant", _cols(f"best {unit}", f"median {unit}", "spread", "ratio best", "ratio med"))]
+    for key, fig in part["us_per_step"].items():
+        rows.append((_label(key), _cols(f"{fig['best']:,.1f}", f"{fig['median']:,.1f}", f"{fig['spread']:.0%}",
+                                        f"{part['ratios'][key]:.2f}x", f"{part['ratios_median'][key]:.2f}x")))
+    lo, hi = part["branches"][0], part["branches"][-1]
+    rows.append((f"{hi} branches / {lo} (best)",
+                 f"{part['ratio']:.2f}x  target <= {part['target']:g}x: {_ok(part['meets_target'])}"))
+    return rows
+
+
+def format_table(res: dict[str, Any]) -> str:
+    """Print-ready table of :func:`bench.concurrency.run.run`'s results."""
+    meta = res["meta"]
+    rows: list[tuple[str, str]] = []
+
+    def section(title: str) -> None:
+        rows.append(("", ""))
+        rows.append((f"== {title}", ""))
+
+    names = {"memory": "InMemoryStateStore", "disk": "DiskStateStore (fsync, signed)"}
+    for store, part in res["checkpoint"].items():
+        section(f"1. a branch's step + checkpoint with N live branches, core, {names[store]} "
+                f"(runner: {part['runner_steps']:,} steps; median gap per run, best / median of {part['repeats']})")
+        rows += _checkpoint_rows(part)
+    for db, part in res.get("django", {}).items():
+        if "skipped" in part or "error" in part:
+            why = part.get("skipped") or part.get("error") or ""
+            rows.append((f"Django/{db}", ("skipped: " if "skipped" in part else "ERROR: ")
+                         + why.strip().splitlines()[-1][:110]))
+            continue
+        section(f"1'. the same on Django/{db} ({part['storage']}; runner: {part['runner_steps']:,} steps, "
+                f"best / median of {part['repeats']})")
+        rows += _checkpoint_rows(part)
+        rows.append(("rows written per runner step (statements)", str(part.get("statements_per_step", "-"))))
+
+    sz = res["sizes"]
+    section("2. saved state sizes (core, bytes; noted at every checkpoint of the running branch)")
+    rows.append(("live branches", _cols("runner", "runner end", "parent run", "parent pause", "each held",
+                                        "held total")))
+    for p in sz["points"]:
+        rb, held = p["runner_bytes"], p["held_branch_bytes"]
+        paused = "-" if p["parent_bytes_paused"] is None else f"{p['parent_bytes_paused']:,}"
+        rows.append((f"{p['branches']:,}", _cols(f"{rb['min']:,}-{rb['max']:,}", f"{rb['end']:,}",
+                                                 f"{p['parent_bytes_during']['max']:,}", paused,
+                                                 f"{held['max']:,}" if held["n"] else "-", f"{held['total']:,}")))
+    rows += [("runner state: flat per checkpoint, parent unchanged", "yes" if sz["flat_per_checkpoint"] else "NO"),
+             ("runner state at 100 / at 1 branch", f"{sz['runner_bytes_ratio']:.2f}x")]
+    for db, part in res.get("django", {}).items():
+        rs = part.get("rows")
+        if rs:
+            rows.append((f"Django/{db} rows at {rs['branches']} branches",
+                         f"instance state {rs['instance_bytes']:,} B, runner branch {rs['runner_bytes']['min']:,}-"
+                         f"{rs['runner_bytes']['max']:,} B, each held {rs['held_bytes_max']:,} B "
+                         f"({rs['branch_rows']} branch rows)"))
+
+    fo = res.get("fanout")
+    if fo is not None:
+        if "skipped" in fo or "error" in fo:
+            why = fo.get("skipped") or fo.get("error") or ""
+            rows.append(("fan-out", ("skipped: " if "skipped" in fo else "ERROR: ") + why.strip().splitlines()[-1][:110]))
+        else:
+            section(f"3. {fo['children']:,} children of one parent vs {fo['children']:,} independent instances "
+                    f"({fo['child_steps']} steps each; {fo['workers']} Celery workers, PostgreSQL; "
+                    f"{fo['rounds']} round(s))")
+            rows.append(("variant", _cols("best s", "median s", "per s (best)")))
+            for key, label in (("children", "fan-out/fan-in (start_child + gather)"),
+                               ("independent", "independent instances (dd.start)")):
+                f = fo[key]
+                rows.append((label, _cols(f"{f['best']:.2f}", f"{f['median']:.2f}",
+                                          f"{fo['children'] / f['best']:,.0f}")))
+            rows.append(("children / independent (best)",
+                         f"{fo['ratio']:.2f}x (medians {fo['ratio_median']:.2f}x)  target <= {fo['target']:g}x: "
+                         f"{_ok(fo['meets_target'])}"))
+
+    width = max(len(k) for k, v in rows if v) + 2
+    head = (f"concurrency benchmark  {'(quick)' if meta['quick'] else '(full)'}  {meta['date_utc']}  "
+            f"Python {meta['python']}  nproc={meta['nproc']}  git {meta['git']}  {meta['elapsed_s']:.1f} s")
+    lines = [head]
+    for k, v in rows:
+        lines.append(k if not v else f"  {k.ljust(width)}{v}")
+    return "\n".join(lines)
