@@ -38,17 +38,19 @@ from typing import TYPE_CHECKING, Any
 
 from .attempts import Attempts
 from .children import ChildHandle, Children
-from .exceptions import PauseForEventException, TimerPause
+from .exceptions import DurableError, PauseForEventException, TimerPause
 from .gathering import GatherRequest, _ready
 from .stack import CallStack, FunctionCall
 from .state import (
     CANCELLED,
+    FAILED,
     GroupInfo,
     SavedState,
     WaitInfo,
     branch_key,
     current_branch,
     ended_outcome,
+    reopen_failed,
 )
 from .tracebacks import runtime_file
 
@@ -164,6 +166,32 @@ class Branches(Attempts, Children):
             else:
                 runs[path] = sub.continue_branch(loaded, cancel)
         return await self._run_group(group, runs, outcomes)
+
+    async def _reopen_group(self) -> None:
+        """A retry of an instance a branch's failure ended: that branch goes on from its last checkpoint, the
+        branches it cancelled start over from their calls, those that completed keep their results."""
+        group = self._live().get("group")
+        assert group is not None
+        decided = group["decided"]
+        group["decided"] = None
+        restart = []
+        for path in group["branches"]:
+            sub = self._sub(path)
+            loaded = await sub._load_own()
+            if loaded is None:
+                continue
+            status = loaded["status"]
+            if status == FAILED and path == decided:
+                await sub._save_branch(reopen_failed(loaded, f"{self.instance_id} branch {path}"))
+            elif status in (FAILED, CANCELLED):
+                restart.append(path)
+        self._subs = None
+        if restart:
+            drop = getattr(self._io, "delete_branches", None)
+            if drop is None:
+                raise DurableError(f"{type(self.backend).__name__} cannot delete branch states: the branches a "
+                                   "failed branch cancelled cannot start over")
+            await drop(self.instance_id, restart)
 
     def _sub(self, path: str) -> DurableRuntime:
         sub: Any = type(self)(self.backend, self.instance_id, clock=self.clock,  # type: ignore[call-arg]

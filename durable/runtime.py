@@ -155,6 +155,8 @@ class DurableRuntime(Branches, Endings, Interrupts):
         if state["status"] != FAILED:
             raise DurableError(f"instance {self.instance_id!r} is {state['status']}: only a failed instance is retried")
         reopen_failed(state, self.instance_id)
+        if state.get("group"):
+            await self._reopen_group()
         return await self._continue(state)
 
     async def cancel(self, program: Any, reason: str = "", *, force: bool = False) -> Any:
