@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gc
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 from durable import DiskStateStore, DurableBackend, InMemoryStateStore
@@ -111,11 +112,21 @@ async def part_checkpoint(cfg: ConcConfig, store: str) -> dict[str, Any]:
 
 
 # -- part 2: state sizes ---------------------------------------------------------------------------
+def _size_hook(data: dict[str, bytes], path: str, runner_key: str, parent_key: str,
+               seen: list[tuple[int, int]]) -> Callable[[str, int], None]:
+    """An ``on_checkpoint`` hook noting (runner's state bytes, parent's state bytes) at each of the runner
+    branch's checkpoints (the branch saving is the one ``current_branch`` names)."""
+    def hook(_iid: str, _step: int) -> None:
+        if current_branch.get() == path:
+            seen.append((len(data[runner_key]), len(data[parent_key])))
+    return hook
+
+
 async def part_sizes(cfg: ConcConfig) -> dict[str, Any]:
     """Bytes of the parent's saved state and of each branch's, with each number of live branches, noted at
     every checkpoint of the runner branch (InMemoryStateStore: the blobs as stored)."""
     k = max(cfg.memory_steps, 20)
-    out = []
+    out: list[dict[str, Any]] = []
     for n in cfg.branches:
         backend = DurableBackend(InMemoryStateStore())
         data = backend.store._data  # type: ignore[attr-defined]
@@ -124,10 +135,7 @@ async def part_sizes(cfg: ConcConfig) -> dict[str, Any]:
         runner_key = f"state:{branch_key(INSTANCE, runner_path)}"
         seen: list[tuple[int, int]] = []  # (runner's state bytes, parent's state bytes) at each runner checkpoint
 
-        def hook(_iid: str, _step: int, path: str = runner_path, rk: str = runner_key, seen: list = seen) -> None:
-            if current_branch.get() == path:
-                seen.append((len(data[rk]), len(data[parent_key])))
-
+        hook = _size_hook(data, runner_path, runner_key, parent_key, seen)
         program = workloads.fan_program
         runtime = program.runtime(backend, INSTANCE, on_checkpoint=hook)
         workloads.STAMPS.clear()

@@ -77,7 +77,8 @@ def format_table(res: dict[str, Any]) -> str:
     if fo is not None:
         if "skipped" in fo or "error" in fo:
             why = fo.get("skipped") or fo.get("error") or ""
-            rows.append(("fan-out", ("skipped: " if "skipped" in fo else "ERROR: ") + why.strip().splitlines()[-1][:110]))
+            rows.append(("fan-out", ("skipped: " if "skipped" in fo else "ERROR: ")
+                         + why.strip().splitlines()[-1][:110]))
         else:
             section(f"3. {fo['children']:,} children of one parent vs {fo['children']:,} independent instances "
                     f"({fo['child_steps']} steps each; {fo['workers']} Celery workers, PostgreSQL; "

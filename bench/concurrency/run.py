@@ -12,6 +12,7 @@ from typing import Any
 
 from ..common.results import report
 from ..core import machine
+from . import django_part, fanout
 from .measure import part_checkpoint, part_sizes
 from .report import format_table
 from .setup import DEFAULT_OUT, FULL, QUICK, ConcConfig
@@ -32,13 +33,9 @@ def run(cfg: ConcConfig) -> dict[str, Any]:
     res: dict[str, Any] = {"meta": {**machine(), "quick": cfg.quick, "config": asdict(cfg)}}
     res.update(asyncio.run(_core(cfg)))
     if cfg.django:
-        from .django_part import run_child
-
-        res["django"] = {db: run_child(cfg, db) for db in cfg.django}
+        res["django"] = {db: django_part.run_child(cfg, db) for db in cfg.django}
     if cfg.fanout_rounds:
-        from .fanout import run_fanout
-
-        res["fanout"] = run_fanout(cfg)
+        res["fanout"] = fanout.run_fanout(cfg)
     res["ok"] = res["sizes"]["ok"] and all("error" not in d for d in res.get("django", {}).values()) and (
         "error" not in res.get("fanout", {}))
     res["meta"]["elapsed_s"] = time.perf_counter() - t0
@@ -49,9 +46,8 @@ def main(argv: list[str] | None = None, cfg: ConcConfig | None = None) -> dict[s
     """``python -m bench concurrency [--quick] [--no-django] [--no-fanout] [--db sqlite,pg] [--out PATH]``."""
     argv = sys.argv[1:] if argv is None else argv
     if "--child" in argv:
-        from .django_part import child_main
-
-        child_main(argv)
+        child = fanout if argv[argv.index("--child") + 1:][:1] == ["fanout"] else django_part
+        child.child_main(argv)
         return {}
     ap = argparse.ArgumentParser(prog="python -m bench concurrency", description=DESCRIPTION)
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")

@@ -48,6 +48,19 @@ async def fan(n: int, k: int) -> int:
     return sum(results)
 
 
+async def runner_then_wait(k: int) -> int:
+    """The runner, then a wait for ``"stop"``: paused with its ``k`` steps behind it (state sizes against k)."""
+    acc = await runner(k)
+    stop: int = await wait_for_event("stop")
+    return acc + stop
+
+
+async def fan_paused(n: int, k: int) -> int:
+    """:func:`fan` whose runner pauses after its steps (so every branch's state is kept and can be measured)."""
+    results = await durable.gather(*[hold(event_name(i)) for i in range(n - 1)], runner_then_wait(k))
+    return sum(results)
+
+
 async def solo(k: int) -> int:
     """The runner as an instance of its own (no group): the reference checkpoint."""
     return await runner(k)
@@ -92,6 +105,7 @@ def fan_out_expected(n: int, steps: int) -> int:
 
 
 fan_program = make_durable(fan)
+fan_paused_program = make_durable(fan_paused)
 solo_program = make_durable(solo)
 work_program = make_durable(work)
 fan_out_program = make_durable(fan_out)
