@@ -132,7 +132,8 @@ def _independent(n: int, steps: int, workers: Any, timeout: float) -> float:
             dd.start(workloads.work_program, i, steps, instance_id=f"{prefix}{i}")
     wait_for(lambda: _done(prefix, n, workers), timeout, f"{n} independent instances", interval=0.02)
     took = time.perf_counter() - t0
-    got = sum(int(inst.result) for inst in DurableInstance.objects.filter(pk__startswith=prefix).only("result"))
+    results: list[Any] = [inst.result for inst in DurableInstance.objects.filter(pk__startswith=prefix).only("result")]
+    got = sum(results)
     if got != workloads.fan_out_expected(n, steps):
         raise AssertionError(f"{n} independent instances sum to {got!r}, not {workloads.fan_out_expected(n, steps)!r}")
     return took

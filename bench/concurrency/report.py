@@ -37,7 +37,8 @@ def format_table(res: dict[str, Any]) -> str:
         rows.append(("", ""))
         rows.append((f"== {title}", ""))
 
-    names = {"memory": "InMemoryStateStore", "disk": "DiskStateStore (fsync, signed)"}
+    names = {"memory": "InMemoryStateStore", "disk": "DiskStateStore (fsync, signed)",
+             "tmpfs": "DiskStateStore on tmpfs (no device fsync, signed)"}
     for store, part in res["checkpoint"].items():
         section(f"1. a branch's step + checkpoint with N live branches, core, {names[store]} "
                 f"(runner: {part['runner_steps']:,} steps; median gap per run, best / median of {part['repeats']})")

@@ -13,7 +13,7 @@ from typing import Any
 from ..common.results import report
 from ..core import machine
 from . import django_part, fanout
-from .measure import part_checkpoint, part_sizes
+from .measure import TMPFS, part_checkpoint, part_sizes
 from .report import format_table
 from .setup import DEFAULT_OUT, FULL, QUICK, ConcConfig
 
@@ -22,8 +22,8 @@ DESCRIPTION = ("Parallel branches and children: a branch's checkpoint with 1, 10
 
 
 async def _core(cfg: ConcConfig) -> dict[str, Any]:
-    return {"checkpoint": {"memory": await part_checkpoint(cfg, "memory"),
-                           "disk": await part_checkpoint(cfg, "disk")},
+    stores = ["memory", "disk"] + (["tmpfs"] if TMPFS is not None else [])
+    return {"checkpoint": {store: await part_checkpoint(cfg, store) for store in stores},
             "sizes": await part_sizes(cfg)}
 
 
