@@ -16,10 +16,12 @@ from __future__ import annotations
 import gc
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from typing import Any
 
 from durable import DiskStateStore, DurableBackend, InMemoryStateStore
+from durable.exceptions import PauseForEventException
 from durable.state import branch_key, current_branch
 
 from ..common.stats import median
@@ -61,30 +63,33 @@ def finish(backend: DurableBackend, n: int, k: int) -> int:
     return workloads.expected(n, k)
 
 
-async def one_run(backend: DurableBackend, key: Any, k: int, skip: int) -> float:
-    """Run one variant (``SOLO`` or a branch count) with ``k`` runner steps; its median step gap in µs. The
-    instance is finished and its result checked."""
+async def one_run(backend: DurableBackend, key: Any, k: int, skip: int) -> tuple[float, float]:
+    """Run one variant (``SOLO`` or a branch count) with ``k`` runner steps: (its median step gap, µs from
+    the call to the runner's first step: the group started, the other branches paused). The instance is
+    finished and its result checked."""
     workloads.STAMPS.clear()
+    t0 = time.perf_counter()
     if key == SOLO:
         got = await workloads.solo_program(k, orchestration_backend=backend, instance_id=INSTANCE)
-        gaps, want = step_gaps_us(skip), k * (k - 1) // 2
+        want = k * (k - 1) // 2
     else:
         n = int(key)
         try:
             got = await workloads.fan_program(n, k, orchestration_backend=backend, instance_id=INSTANCE)
-        except Exception as exc:  # paused on the other branches' events: the expected outcome for n > 1
-            if n == 1 or type(exc).__name__ != "PauseForEventException":
+        except PauseForEventException:  # paused on the other branches' events: the expected outcome for n > 1
+            if n == 1:
                 raise
             got = None
-        gaps = step_gaps_us(skip)
         want = finish(backend, n, k)
-        if got is None:
-            got = await workloads.fan_program(n, k, orchestration_backend=backend, instance_id=INSTANCE)
+    gaps = step_gaps_us(skip)
+    if not gaps:
+        raise AssertionError(f"variant {key}: the runner noted {len(workloads.STAMPS)} steps of {k}")
+    start_us = (workloads.STAMPS[0] - t0) * 1e6
+    if got is None:
+        got = await workloads.fan_program(int(key), k, orchestration_backend=backend, instance_id=INSTANCE)
     if got != want:
         raise AssertionError(f"variant {key} returned {got!r}, expected {want!r}")
-    if len(gaps) < 1:
-        raise AssertionError(f"variant {key}: the runner noted {len(workloads.STAMPS)} steps of {k}")
-    return median(gaps)
+    return median(gaps), start_us
 
 
 async def part_checkpoint(cfg: ConcConfig, store: str) -> dict[str, Any]:
@@ -96,15 +101,17 @@ async def part_checkpoint(cfg: ConcConfig, store: str) -> dict[str, Any]:
     folder = TMPFS if store == "tmpfs" else None
     keys: list[Any] = [SOLO, *cfg.branches]
     samples: dict[str, list[float]] = {str(key): [] for key in keys}
+    starts: dict[str, list[float]] = {str(key): [] for key in keys}
     for r in range(cfg.warmup + repeats):
         gc.collect()
         for key in _rotated(keys, r):
             with tempfile.TemporaryDirectory(prefix="durable-conc-", dir=folder) as tmp:
                 backend = (DurableBackend(InMemoryStateStore()) if store == "memory"
                            else DurableBackend(DiskStateStore(tmp), signing_key=DISK_KEY))
-                us = await one_run(backend, key, k, cfg.skip)
+                us, start_us = await one_run(backend, key, k, cfg.skip)
             if r >= cfg.warmup:
                 samples[str(key)].append(us)
+                starts[str(key)].append(start_us)
     fig = {key: figures(v) for key, v in samples.items()}
     lo, hi = str(cfg.branches[0]), str(cfg.branches[-1])
     ratio = fig[hi]["best"] / fig[lo]["best"]
@@ -114,6 +121,7 @@ async def part_checkpoint(cfg: ConcConfig, store: str) -> dict[str, Any]:
         "ratios": {key: fig[key]["best"] / fig[lo]["best"] for key in fig},
         "ratios_median": {key: fig[key]["median"] / fig[lo]["median"] for key in fig},
         "ratio": ratio, "target": BRANCHES_TARGET, "meets_target": ratio <= BRANCHES_TARGET,
+        "start_us": {key: figures(v) for key, v in starts.items()},
     }
 
 
@@ -148,8 +156,8 @@ async def part_sizes(cfg: ConcConfig) -> dict[str, Any]:
         paused = False
         try:
             await runtime.run(program, (n, k), {})
-        except Exception as exc:
-            if n == 1 or type(exc).__name__ != "PauseForEventException":
+        except PauseForEventException:
+            if n == 1:
                 raise
             paused = True
         holds = [len(data[f"state:{branch_key(INSTANCE, f'0.{i}')}"]) for i in range(n - 1)]

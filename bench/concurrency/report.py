@@ -25,6 +25,10 @@ def _checkpoint_rows(part: dict[str, Any], unit: str = "µs") -> list[tuple[str,
     lo, hi = part["branches"][0], part["branches"][-1]
     rows.append((f"{hi} branches / {lo} (best)",
                  f"{part['ratio']:.2f}x  target <= {part['target']:g}x: {_ok(part['meets_target'])}"))
+    starts = part.get("start_us")
+    if starts:
+        rows.append(("start to the runner's first step (best)", "  ".join(
+            f"{_label(key).split(' live')[0]}: {fig['best'] / 1e3:,.2f} ms" for key, fig in starts.items())))
     return rows
 
 
