@@ -63,13 +63,13 @@ def run_child(cfg: ConcConfig, db: str, timeout: float = 900.0) -> dict[str, Any
 
 
 def _branch_rows() -> tuple[Any, str]:
-    """The app's model of branch states and its column naming the instance; (None, "") without one."""
+    """The app's model of branch states and its column naming the branch; (None, "") without one."""
     from django.apps import apps
 
     for model in apps.get_app_config("durable_django").get_models():
         fields = {f.name for f in model._meta.get_fields()}
-        if "branch" in fields and "state" in fields:
-            return model, ("instance" if "instance" in fields else "instance_id")
+        if "state" in fields and "instance" in fields and fields & {"branch", "path"}:
+            return model, ("path" if "path" in fields else "branch")
     return None, ""
 
 
@@ -79,10 +79,10 @@ def _sizes(iid: str) -> dict[str, Any]:
 
     from durable_django.models import DurableInstance
 
-    model, col = _branch_rows()
+    model, path = _branch_rows()
     inst = DurableInstance.objects.filter(pk=iid).annotate(n=Length("state")).values_list("n", flat=True).first()
     if model is not None:
-        rows = dict(model.objects.filter(**{col: iid}).annotate(n=Length("state")).values_list("branch", "n"))
+        rows = dict(model.objects.filter(instance_id=iid).annotate(n=Length("state")).values_list(path, "n"))
     else:  # the branch states are somewhere else: only the instance's row is measured
         rows = {}
     return {"instance": inst or 0, "branches": rows}

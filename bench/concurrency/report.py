@@ -43,7 +43,7 @@ def format_table(res: dict[str, Any]) -> str:
 
     names = {"memory": "InMemoryStateStore", "disk": "DiskStateStore (fsync, signed)",
              "tmpfs": "DiskStateStore on tmpfs (no device fsync, signed)"}
-    for store, part in res["checkpoint"].items():
+    for store, part in res.get("checkpoint", {}).items():
         section(f"1. a branch's step + checkpoint with N live branches, core, {names[store]} "
                 f"(runner: {part['runner_steps']:,} steps; median gap per run, best / median of {part['repeats']})")
         rows += _checkpoint_rows(part)
@@ -58,25 +58,29 @@ def format_table(res: dict[str, Any]) -> str:
         rows += _checkpoint_rows(part)
         rows.append(("rows written per runner step (statements)", str(part.get("statements_per_step", "-"))))
 
-    sz = res["sizes"]
-    section("2. saved state sizes (core, bytes; noted at every checkpoint of the running branch)")
-    rows.append(("live branches", _cols("runner", "runner end", "parent run", "parent pause", "each held",
-                                        "held total")))
+    sz = res.get("sizes", {"points": []})
+    section("2. saved state sizes (bytes; core: noted at every checkpoint of the running branch)")
+    if sz["points"]:
+        rows.append(("live branches", _cols("runner", "runner end", "parent run", "parent pause", "each held",
+                                            "held total")))
     for p in sz["points"]:
         rb, held = p["runner_bytes"], p["held_branch_bytes"]
         paused = "-" if p["parent_bytes_paused"] is None else f"{p['parent_bytes_paused']:,}"
         rows.append((f"{p['branches']:,}", _cols(f"{rb['min']:,}-{rb['max']:,}", f"{rb['end']:,}",
                                                  f"{p['parent_bytes_during']['max']:,}", paused,
                                                  f"{held['max']:,}" if held["n"] else "-", f"{held['total']:,}")))
-    rows += [("runner state: flat per checkpoint, parent unchanged", "yes" if sz["flat_per_checkpoint"] else "NO"),
-             ("runner state at 100 / at 1 branch", f"{sz['runner_bytes_ratio']:.2f}x")]
+    if sz["points"]:
+        rows += [("runner state: flat per checkpoint, parent unchanged",
+                  "yes" if sz["flat_per_checkpoint"] else "NO"),
+                 ("runner state at 100 / at 1 branch", f"{sz['runner_bytes_ratio']:.2f}x")]
     for db, part in res.get("django", {}).items():
         rs = part.get("rows")
         if rs:
+            steps = " and ".join(f"{s:,}" for s in rs["runner_steps"])
             rows.append((f"Django/{db} rows at {rs['branches']} branches",
-                         f"instance state {rs['instance_bytes']:,} B, runner branch {rs['runner_bytes']['min']:,}-"
-                         f"{rs['runner_bytes']['max']:,} B, each held {rs['held_bytes_max']:,} B "
-                         f"({rs['branch_rows']} branch rows)"))
+                         f"instance state {rs['instance_bytes']:,} B, runner branch (paused after {steps} steps) "
+                         f"{' / '.join(f'{b:,}' for b in rs['runner_bytes']['by_steps'])} B, each held "
+                         f"{rs['held_bytes_max']:,} B ({rs['branch_rows']} branch rows)"))
 
     fo = res.get("fanout")
     if fo is not None:

@@ -31,12 +31,13 @@ def run(cfg: ConcConfig) -> dict[str, Any]:
     """Every part of the suite with the sizes of ``cfg``; the JSON-ready results."""
     t0 = time.perf_counter()
     res: dict[str, Any] = {"meta": {**machine(), "quick": cfg.quick, "config": asdict(cfg)}}
-    res.update(asyncio.run(_core(cfg)))
+    if cfg.core:
+        res.update(asyncio.run(_core(cfg)))
     if cfg.django:
         res["django"] = {db: django_part.run_child(cfg, db) for db in cfg.django}
     if cfg.fanout_rounds:
         res["fanout"] = fanout.run_fanout(cfg)
-    res["ok"] = res["sizes"]["ok"] and all("error" not in d for d in res.get("django", {}).values()) and (
+    res["ok"] = res.get("sizes", {}).get("ok", True) and all("error" not in d for d in res.get("django", {}).values()) and (
         "error" not in res.get("fanout", {}))
     res["meta"]["elapsed_s"] = time.perf_counter() - t0
     return res
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None, cfg: ConcConfig | None = None) -> dict[s
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     ap.add_argument("--no-django", action="store_true", help="leave out the Django parts (checkpoint and fan-out)")
     ap.add_argument("--no-fanout", action="store_true", help="leave out the fan-out part (Celery, PostgreSQL)")
+    ap.add_argument("--no-core", action="store_true", help="leave out the core parts (only the Django ones)")
     ap.add_argument("--db", default=None, help="databases of the Django checkpoint part (default sqlite,pg)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON output (default {DEFAULT_OUT})")
     args = ap.parse_args(argv)
@@ -61,6 +63,8 @@ def main(argv: list[str] | None = None, cfg: ConcConfig | None = None) -> dict[s
         cfg = replace(cfg, django=tuple(d for d in args.db.split(",") if d))
     if args.no_django:
         cfg = replace(cfg, django=(), fanout_rounds=0)
+    if args.no_core:
+        cfg = replace(cfg, core=False)
     if args.no_fanout:
         cfg = replace(cfg, fanout_rounds=0)
     res = run(cfg)

@@ -33,6 +33,7 @@ class ConcConfig:
     child_steps: int           # checkpointed steps of each child
     workers: int               # Celery workers of part 3
     fanout_rounds: int         # part 3 rounds (fan-out and independent alternate); 0 leaves it out
+    core: bool = True          # parts 1 and 2 on the core (False: only the Django parts)
 
 
 FULL = ConcConfig(quick=False, branches=(1, 10, 100), memory_steps=2_000, disk_steps=200, repeats=15,
