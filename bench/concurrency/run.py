@@ -37,8 +37,8 @@ def run(cfg: ConcConfig) -> dict[str, Any]:
         res["django"] = {db: django_part.run_child(cfg, db) for db in cfg.django}
     if cfg.fanout_rounds:
         res["fanout"] = fanout.run_fanout(cfg)
-    res["ok"] = res.get("sizes", {}).get("ok", True) and all("error" not in d for d in res.get("django", {}).values()) and (
-        "error" not in res.get("fanout", {}))
+    broke = [part for part in [*res.get("django", {}).values(), res.get("fanout", {})] if "error" in part]
+    res["ok"] = res.get("sizes", {}).get("ok", True) and not broke
     res["meta"]["elapsed_s"] = time.perf_counter() - t0
     return res
 
