@@ -90,7 +90,7 @@ def _sizes(iid: str) -> dict[str, Any]:
 
 def child(steps: int, repeats: int, warmup: int, skip: int, branches: list[int]) -> dict[str, Any]:
     """The child's measurement (Django is set up by the caller)."""
-    from django.db import connection, reset_queries
+    from django.db import connection, reset_queries, transaction
     from django.test import override_settings
     from django.test.utils import CaptureQueriesContext
 
@@ -104,10 +104,11 @@ def child(steps: int, repeats: int, warmup: int, skip: int, branches: list[int])
     storage = "the app's branch storage (save_branch)"
 
     def finish(iid: str, n: int, k: int, stop: bool = False) -> None:
-        for i in range(n - 1):
-            dd.publish_event(iid, workloads.event_name(i), i)
-        if stop:
-            dd.publish_event(iid, "stop", 0)
+        with transaction.atomic():  # one wake-up at the commit, not a run (loading every branch) per event
+            for i in range(n - 1):
+                dd.publish_event(iid, workloads.event_name(i), i)
+            if stop:
+                dd.publish_event(iid, "stop", 0)
         inst = DurableInstance.objects.get(pk=iid)
         want = workloads.expected(n, k)
         if inst.status != Status.COMPLETED or dd.result(iid) != want:
