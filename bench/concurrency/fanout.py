@@ -164,7 +164,7 @@ def child(n: int, steps: int, workers_n: int, rounds: int, logdir: Path) -> dict
     best = {k: min(v) for k, v in samples.items()}
     ratio = best["children"] / best["independent"]
     return {
-        "children": n, "child_steps": steps, "workers": workers_n, "rounds": rounds,
+        "n_children": n, "child_steps": steps, "workers": workers_n, "rounds": rounds,
         **{k: {"best": best[k], "median": median(v), "samples": v} for k, v in samples.items()},
         "ratio": ratio, "ratio_median": median(samples["children"]) / median(samples["independent"]),
         "target": FANOUT_TARGET, "meets_target": ratio <= FANOUT_TARGET,

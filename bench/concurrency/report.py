@@ -89,7 +89,7 @@ def format_table(res: dict[str, Any]) -> str:
             rows.append(("fan-out", ("skipped: " if "skipped" in fo else "ERROR: ")
                          + why.strip().splitlines()[-1][:110]))
         else:
-            section(f"3. {fo['children']:,} children of one parent vs {fo['children']:,} independent instances "
+            section(f"3. {fo['n_children']:,} children of one parent vs {fo['n_children']:,} independent instances "
                     f"({fo['child_steps']} steps each; {fo['workers']} Celery workers, PostgreSQL; "
                     f"{fo['rounds']} round(s))")
             rows.append(("variant", _cols("best s", "median s", "per s (best)")))
@@ -97,7 +97,7 @@ def format_table(res: dict[str, Any]) -> str:
                                ("independent", "independent instances (dd.start)")):
                 f = fo[key]
                 rows.append((label, _cols(f"{f['best']:.2f}", f"{f['median']:.2f}",
-                                          f"{fo['children'] / f['best']:,.0f}")))
+                                          f"{fo['n_children'] / f['best']:,.0f}")))
             rows.append(("children / independent (best)",
                          f"{fo['ratio']:.2f}x (medians {fo['ratio_median']:.2f}x)  target <= {fo['target']:g}x: "
                          f"{_ok(fo['meets_target'])}"))

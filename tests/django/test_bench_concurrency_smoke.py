@@ -52,7 +52,7 @@ def test_quick_concurrency_bench_runs_its_django_parts(tmp_path):
     fo = res["fanout"]
     if fo.get("skipped") != NO_CHILDREN:
         assert "skipped" not in fo and "error" not in fo, fo
-        assert fo["children"] == res["meta"]["config"]["children"] and fo["workers"] == 2
+        assert fo["n_children"] == res["meta"]["config"]["children"] and fo["workers"] == 2
         for key in ("children", "independent"):
             assert len(fo[key]["samples"]) == fo["rounds"] and fo[key]["best"] > 0
         assert fo["ratio"] > 0
