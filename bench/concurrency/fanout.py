@@ -98,8 +98,24 @@ def _done(prefix: str, count: int, workers: Any) -> bool:
     return DurableInstance.objects.filter(pk__startswith=prefix, status=Status.COMPLETED).count() >= count
 
 
-def _children(n: int, steps: int, workers: Any, timeout: float) -> float:
-    """Seconds from the parent's start to its end; the parent's result and its children checked."""
+def _phases(parent: str, prefix: str) -> dict[str, float]:
+    """Where a fan-out's time went, from the rows' timestamps (s): the parent starting its children (its
+    creation to the last child's), the children's ends after the last start, the parent's end after theirs."""
+    from django.db.models import Max
+
+    from durable_django.models import DurableInstance
+
+    row = DurableInstance.objects.filter(pk=parent).values("created_at", "finished_at").get()
+    kids = DurableInstance.objects.filter(pk__startswith=prefix).exclude(pk=parent).aggregate(
+        started=Max("created_at"), ended=Max("finished_at"))
+    return {"spawn_s": (kids["started"] - row["created_at"]).total_seconds(),
+            "children_after_spawn_s": (kids["ended"] - kids["started"]).total_seconds(),
+            "parent_after_children_s": (row["finished_at"] - kids["ended"]).total_seconds()}
+
+
+def _children(n: int, steps: int, workers: Any, timeout: float, phases: list[dict[str, float]]) -> float:
+    """Seconds from the parent's start to its end (its phases appended to ``phases``); the parent's result
+    and its children checked."""
     import durable_django as dd
 
     from ..django_bench.setup import durable_queue
@@ -113,10 +129,11 @@ def _children(n: int, steps: int, workers: Any, timeout: float) -> float:
     got, want = dd.result(iid), workloads.fan_out_expected(n, steps)
     if got != want:
         raise AssertionError(f"fan_out({n}, {steps}) returned {got!r}, expected {want!r}")
+    phases.append(_phases(iid, iid))
     return took
 
 
-def _independent(n: int, steps: int, workers: Any, timeout: float) -> float:
+def _independent(n: int, steps: int, workers: Any, timeout: float, _phases: list[dict[str, float]]) -> float:
     """Seconds from the first start to the last instance's end; their results checked."""
     from django.db import transaction
 
@@ -149,16 +166,17 @@ def child(n: int, steps: int, workers_n: int, rounds: int, logdir: Path) -> dict
         return {"skipped": NO_CHILDREN}
     timeout = 120 + n * steps * 0.2
     samples: dict[str, list[float]] = {"children": [], "independent": []}
+    phases: list[dict[str, float]] = []
     workers = Workers(logdir)
     try:
         workers.start_variant(workers_n, VARIANT)
-        _independent(min(n, 50), steps, workers, timeout)  # warm-up: imports, connections, prepared statements
-        _children(min(n, 50), steps, workers, timeout)
+        _independent(min(n, 50), steps, workers, timeout, [])  # warm-up: imports, connections, prepared statements
+        _children(min(n, 50), steps, workers, timeout, [])
         for r in range(rounds):
             order = ["children", "independent"] if r % 2 == 0 else ["independent", "children"]
             for key in order:
                 run = _children if key == "children" else _independent
-                samples[key].append(run(n, steps, workers, timeout))
+                samples[key].append(run(n, steps, workers, timeout, phases))
     finally:
         workers.stop()
     best = {k: min(v) for k, v in samples.items()}
@@ -168,6 +186,7 @@ def child(n: int, steps: int, workers_n: int, rounds: int, logdir: Path) -> dict
         **{k: {"best": best[k], "median": median(v), "samples": v} for k, v in samples.items()},
         "ratio": ratio, "ratio_median": median(samples["children"]) / median(samples["independent"]),
         "target": FANOUT_TARGET, "meets_target": ratio <= FANOUT_TARGET,
+        "phases": phases, "phases_best": phases[samples["children"].index(best["children"])],
     }
 
 

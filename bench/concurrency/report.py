@@ -59,7 +59,8 @@ def format_table(res: dict[str, Any]) -> str:
         rows.append(("rows written per runner step (statements)", str(part.get("statements_per_step", "-"))))
 
     sz = res.get("sizes", {"points": []})
-    section("2. saved state sizes (bytes; core: noted at every checkpoint of the running branch)")
+    if sz["points"] or any(part.get("rows") for part in res.get("django", {}).values()):
+        section("2. saved state sizes (bytes; core: noted at every checkpoint of the running branch)")
     if sz["points"]:
         rows.append(("live branches", _cols("runner", "runner end", "parent run", "parent pause", "each held",
                                             "held total")))
@@ -98,6 +99,12 @@ def format_table(res: dict[str, Any]) -> str:
                 f = fo[key]
                 rows.append((label, _cols(f"{f['best']:.2f}", f"{f['median']:.2f}",
                                           f"{fo['n_children'] / f['best']:,.0f}")))
+            ph = fo.get("phases_best")
+            if ph:
+                rows.append(("  of the best fan-out (row timestamps)",
+                             f"starting the children {ph['spawn_s']:.2f} s, children ending after the last start "
+                             f"{ph['children_after_spawn_s']:.2f} s, parent's end after theirs "
+                             f"{ph['parent_after_children_s']:.2f} s"))
             rows.append(("children / independent (best)",
                          f"{fo['ratio']:.2f}x (medians {fo['ratio_median']:.2f}x)  target <= {fo['target']:g}x: "
                          f"{_ok(fo['meets_target'])}"))
