@@ -63,9 +63,6 @@ from .state import (
 )
 from .tracebacks import runtime_file
 
-if TYPE_CHECKING:
-    from .runtime import DurableRuntime
-
 runtime_file(__file__)  # frames of this module are the runtime's own (see durable.tracebacks)
 
 #: A branch's outcome: ("ok", value), ("err", exception), ("cancelled", exception) or ("paused", None).
@@ -194,6 +191,7 @@ class Branches(Attempts, Children):
             if ended is not None:
                 outcomes[path] = ended
                 sub._ended = True
+                self._adopt_children(sub)
             else:
                 runs[path] = sub.continue_branch(loaded, cancel)
         return await self._run_group(group, runs, outcomes)
@@ -224,7 +222,8 @@ class Branches(Attempts, Children):
                                    "failed branch cancelled cannot start over")
             await drop(self.instance_id, restart)
 
-    def _sub(self, path: str) -> DurableRuntime:
+    def _sub(self, path: str) -> Any:
+        """A runtime of this instance's class for branch ``path`` (a DurableRuntime)."""
         sub: Any = type(self)(self.backend, self.instance_id, clock=self.clock,  # type: ignore[call-arg]
                                          on_checkpoint=self.on_checkpoint, migrate=getattr(self, "migrate", None))
         sub.branch = path
@@ -236,6 +235,14 @@ class Branches(Attempts, Children):
             self._subs = {}
         self._subs[path] = sub
         return sub
+
+    def _adopt_children(self, sub: Any) -> None:
+        """A branch ended: the children it started and did not await are this call stack's now (their
+        parent-close policy applies when the instance ends; saved with this stack's next checkpoint)."""
+        children = sub._live().get("children")
+        if children:
+            state = self._live()
+            state["children"] = {**(state.get("children") or {}), **children}
 
     def _group_cancel(self, group: GroupInfo) -> str | None:
         """The reason to cancel the group's live branches with, if they are to be cancelled."""
@@ -267,6 +274,8 @@ class Branches(Attempts, Children):
                     path = pending.pop(task)
                     outcomes[path] = task.result()  # a crash (not the branch's error) propagates from here
                     sub = subs[path]
+                    if outcomes[path][0] != "paused":
+                        self._adopt_children(sub)
                     if outcomes[path][0] == "paused" and sub._cancel is not None:
                         # cancelled while it was beginning its wait: the cancellation is raised at that wait now
                         drive({path: sub.cancel_branch(sub._cancel)})
