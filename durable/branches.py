@@ -251,23 +251,30 @@ class Branches(Attempts, Children):
                          outcomes: dict[str, Outcome]) -> tuple[Any, BaseException | None]:
         subs = self._subs or {}
         pending: dict[asyncio.Future[Outcome], str] = {}
+        ended: asyncio.Queue[asyncio.Future[Outcome]] = asyncio.Queue()  # tasks in the order they end: O(1) each
+
+        def drive(todo: dict[str, Any]) -> None:
+            for path, run in todo.items():
+                task = asyncio.ensure_future(_outcome(subs[path], run))
+                task.add_done_callback(ended.put_nowait)
+                pending[task] = path
+
         try:
             while True:
-                for path, run in runs.items():
-                    pending[asyncio.ensure_future(_outcome(subs[path], run))] = path
-                runs = {}
+                drive(runs)
                 while pending:
-                    done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                    for task in done:
-                        path = pending.pop(task)
-                        outcomes[path] = task.result()  # a crash (not the branch's error) propagates from here
-                        if group["decided"] is None and _decides(group, outcomes[path]):
-                            group["decided"] = path
-                            await self._checkpoint()  # which branch decided, on record before the others stop
-                            runs.update(self._cancel_others(group, outcomes, pending))
-                    for path, run in runs.items():
-                        pending[asyncio.ensure_future(_outcome(subs[path], run))] = path
-                    runs = {}
+                    task = await ended.get()
+                    path = pending.pop(task)
+                    outcomes[path] = task.result()  # a crash (not the branch's error) propagates from here
+                    sub = subs[path]
+                    if outcomes[path][0] == "paused" and sub._cancel is not None:
+                        # cancelled while it was beginning its wait: the cancellation is raised at that wait now
+                        drive({path: sub.cancel_branch(sub._cancel)})
+                        continue
+                    if group["decided"] is None and _decides(group, outcomes[path]):
+                        group["decided"] = path
+                        await self._checkpoint()  # which branch decided, on record before the others stop
+                        drive(self._cancel_others(group, outcomes, pending))
                 if self._cancel is not None or (self._deadline is not None and self.clock() >= self._deadline):
                     # the instance is cancelled (or past its deadline): paused branches are cancelled too
                     reason = self._cancel or f"the deadline of instance {self.instance_id!r} passed"
