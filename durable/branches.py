@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 from .attempts import Attempts
 from .children import ChildHandle, Children
 from .exceptions import DurableError, PauseForEventException, TimerPause
-from .gathering import GatherRequest, _ready
+from .gathering import GatherRequest, _ready, scrub
 from .stack import CallStack, FunctionCall
 from .state import (
     CANCELLED,
@@ -155,6 +155,7 @@ class Branches(Attempts, Children):
         except Exception as exc:
             return None, exc
         state = self._live()
+        scrub(state["stack"].frames[-1].locals, req.aws)
         seq = state.get("groups", 0)
         state["groups"] = seq + 1
         prefix = f"{self.branch}/" if self.branch is not None else ""
