@@ -1666,6 +1666,16 @@ async def gather_of_coroutines_built_in_a_loop(n):
     return await step("after", rs)
 
 
+@case(4)
+async def gather_of_calls_built_in_a_loop(n):
+    """The form that works today: the loop builds (function, args), the coroutines exist only in the call."""
+    calls = []
+    for i in range(n):
+        calls.append((step, (f"L{i}|odd", i)) if i % 2 else (branch_work, (f"L{i}", i)))
+    rs = await durable.gather(*[fn(*args) for fn, args in calls])
+    return await step("after", rs)
+
+
 @case(3)
 async def gathers_in_a_loop(n):
     out = []
