@@ -74,6 +74,25 @@ def has_branches(trace: list) -> bool:
     return any(branch_of(e) for e in trace)
 
 
+def numbering(steps: list[tuple]) -> dict:
+    """Step numbers of the checkpoints of each saved state (the instance's: None, each branch's), in order."""
+    out: dict = {}
+    for key, n in steps:
+        out.setdefault(key, []).append(n)
+    return out
+
+
+def split_lost(trace: list, owners: list, cp_len: dict, kept: int = 0) -> tuple[list, list]:
+    """(what survives a crash, what it lost), as (owner, entry) pairs: an entry is kept when the state it was
+    made in (the instance, or its branch) saved a checkpoint after it (``cp_len``: state -> trace length at its
+    last checkpoint), or when it is among the first ``kept``. Without branches: the trace up to the last
+    checkpoint, and the rest."""
+    saved, lost = [], []
+    for i, (entry, owner) in enumerate(zip(trace, owners, strict=True)):
+        (saved if i < kept or i < cp_len.get(owner, 0) else lost).append((owner, entry))
+    return saved, lost
+
+
 def awaited_events(wait) -> list[str]:
     """The event names a saved wait waits for (every paused branch's, for a group of branches)."""
     if not wait:
@@ -127,7 +146,9 @@ async def drive(program, backend, iid, args, kwargs, events, on_checkpoint=None,
         except PauseForEventException as pause:
             state = await backend.load_state(iid)
             names = [name for name in awaited_events((state or {}).get("wait")) if name in events]
-            if not names:
+            if not names and pause.due is not None and pause.due > clock.now:
+                clock.skip_to(pause.due)  # branches wait for a timer, and for events that never come
+            elif not names:
                 if pause.event not in events:
                     raise AssertionError(f"paused for unexpected event {pause.event!r}") from None
                 names = [pause.event]

@@ -43,9 +43,11 @@ from .difftools import (
     has_branches,
     memory_backend_factory,
     new_id,
+    numbering,
     outcome_of,
     resume_in_subprocess,
     run_skipping_timers,
+    split_lost,
 )
 
 MODES = ("straight", "crash_at_checkpoint", "crash_mid_step", "disk_every_checkpoint")
@@ -94,23 +96,6 @@ class Run:
             if crash_at is not None and self.checkpoints == crash_at:
                 raise corpus.Crash(f"checkpoint {steps}")
         return on_checkpoint
-
-
-def numbering(steps: list[tuple]) -> dict:
-    """Step numbers of the checkpoints of each saved state (the instance's, each branch's), in order."""
-    out: dict = {}
-    for key, n in steps:
-        out.setdefault(key, []).append(n)
-    return out
-
-
-def split_lost(trace: list, owners: list, cp_len: dict) -> tuple[list, list]:
-    """(what survives a crash, what it lost): an entry is kept when the state it was made in (the instance or
-    its branch) saved a checkpoint after it. Without branches: the trace up to the last checkpoint, and the rest."""
-    saved, lost = [], []
-    for i, (entry, owner) in enumerate(zip(trace, owners, strict=True)):
-        (saved if i < cp_len.get(owner, 0) else lost).append((owner, entry))
-    return saved, lost
 
 
 def run_durable(case, backend_factory, iid, crash_at_checkpoint=None, crash_at_step=None, clock=None):
