@@ -1668,7 +1668,7 @@ async def gather_of_coroutines_built_in_a_loop(n):
 
 @case(4)
 async def gather_of_calls_built_in_a_loop(n):
-    """The form that works today: the loop builds (function, args), the coroutines exist only in the call."""
+    """The loop builds (function, args): the coroutines exist only in the call."""
     calls = []
     for i in range(n):
         calls.append((step, (f"L{i}|odd", i)) if i % 2 else (branch_work, (f"L{i}", i)))

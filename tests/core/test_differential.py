@@ -52,11 +52,7 @@ from .difftools import (
 
 MODES = ("straight", "crash_at_checkpoint", "crash_mid_step", "disk_every_checkpoint")
 # case id -> reason, or (case id, mode) -> reason: known compiler bugs (none open)
-XFAIL: dict = {
-    "gather_of_coroutines_built_in_a_loop": "a local list of the coroutines given to gather cannot be checkpointed "
-                                            "(CheckpointException: cannot pickle 'coroutine' object) at the group's "
-                                            "first checkpoint; see NOTES-core-diff.md",
-}
+XFAIL: dict = {}
 
 
 _programs: dict = {}
