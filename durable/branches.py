@@ -181,20 +181,26 @@ class Branches(Attempts, Children):
         assert group is not None
         runs: dict[str, Any] = {}
         outcomes: dict[str, Outcome] = {}
-        cancel = self._group_cancel(group)
+        live: list[tuple[Any, Any, SavedState | None]] = []
         for path, call in zip(group["branches"], group["calls"]):
             sub = self._sub(path)
             loaded = await sub._load_own()
-            if loaded is None:
-                runs[path] = sub.start_branch(call, cancel)
-                continue
-            ended = ended_outcome(sub._loaded(loaded))
+            ended = None if loaded is None else ended_outcome(sub._loaded(loaded))
             if ended is not None:
                 outcomes[path] = ended
                 sub._ended = True
                 self._adopt_children(sub)
             else:
-                runs[path] = sub.continue_branch(loaded, cancel)
+                live.append((sub, call, loaded))
+        for path in group["branches"]:
+            # a branch that ended before a crash, before the group recorded that it decided: it decides now
+            if group["decided"] is None and path in outcomes and _decides(group, outcomes[path]):
+                group["decided"] = path
+                await self._checkpoint()
+        cancel = self._group_cancel(group)
+        for sub, call, loaded in live:
+            runs[sub.branch] = (sub.start_branch(call, cancel) if loaded is None
+                                else sub.continue_branch(loaded, cancel))
         return await self._run_group(group, runs, outcomes)
 
     async def _reopen_group(self) -> None:
