@@ -53,6 +53,7 @@ from .stack import CallStack, FunctionCall
 from .state import (
     CANCELLED,
     FAILED,
+    PAUSED,
     GroupInfo,
     SavedState,
     WaitInfo,
@@ -95,6 +96,7 @@ class Branches(Attempts, Children):
     _ended: bool
     _holding: bool
     _lock: asyncio.Lock | None
+    _paused_on: WaitInfo | None
 
     if TYPE_CHECKING:  # defined by DurableRuntime and its other mixins
         def _arm(self) -> None: ...
@@ -346,6 +348,12 @@ class Branches(Attempts, Children):
         pause = (TimerPause(None, due=due, instance_id=self.instance_id) if not events
                  else PauseForEventException(events[0], due=due, instance_id=self.instance_id))
         self._subs = None
+        before = self._paused_on
+        if before is not None and before.get("waits") == waits:  # resumed, and no branch moved: nothing to save
+            state = self._live()
+            state["wait"], state["status"] = before, PAUSED
+            pause.due = before.get("due")
+            raise pause
         await self._pause({"kind": "branches", "due": due, "waits": waits}, pause)
 
     # -- a branch's own entry points -------------------------------------------
