@@ -48,11 +48,12 @@ from typing import TYPE_CHECKING, Any
 from .attempts import Attempts
 from .children import ChildHandle, Children
 from .exceptions import DurableError, PauseForEventException, TimerPause
-from .gathering import GatherRequest, _ready
+from .gathering import GatherRequest, _ready, scrub
 from .stack import CallStack, FunctionCall
 from .state import (
     CANCELLED,
     FAILED,
+    PAUSED,
     GroupInfo,
     SavedState,
     WaitInfo,
@@ -62,9 +63,6 @@ from .state import (
     reopen_failed,
 )
 from .tracebacks import runtime_file
-
-if TYPE_CHECKING:
-    from .runtime import DurableRuntime
 
 runtime_file(__file__)  # frames of this module are the runtime's own (see durable.tracebacks)
 
@@ -98,6 +96,7 @@ class Branches(Attempts, Children):
     _ended: bool
     _holding: bool
     _lock: asyncio.Lock | None
+    _paused_on: WaitInfo | None
 
     if TYPE_CHECKING:  # defined by DurableRuntime and its other mixins
         def _arm(self) -> None: ...
@@ -158,6 +157,7 @@ class Branches(Attempts, Children):
         except Exception as exc:
             return None, exc
         state = self._live()
+        scrub(state["stack"].frames[-1].locals, req.aws)
         seq = state.get("groups", 0)
         state["groups"] = seq + 1
         prefix = f"{self.branch}/" if self.branch is not None else ""
@@ -183,19 +183,26 @@ class Branches(Attempts, Children):
         assert group is not None
         runs: dict[str, Any] = {}
         outcomes: dict[str, Outcome] = {}
-        cancel = self._group_cancel(group)
+        live: list[tuple[Any, Any, SavedState | None]] = []
         for path, call in zip(group["branches"], group["calls"]):
             sub = self._sub(path)
             loaded = await sub._load_own()
-            if loaded is None:
-                runs[path] = sub.start_branch(call, cancel)
-                continue
-            ended = ended_outcome(sub._loaded(loaded))
+            ended = None if loaded is None else ended_outcome(sub._loaded(loaded))
             if ended is not None:
                 outcomes[path] = ended
                 sub._ended = True
+                self._adopt_children(sub)
             else:
-                runs[path] = sub.continue_branch(loaded, cancel)
+                live.append((sub, call, loaded))
+        for path in group["branches"]:
+            # a branch that ended before a crash, before the group recorded that it decided: it decides now
+            if group["decided"] is None and path in outcomes and _decides(group, outcomes[path]):
+                group["decided"] = path
+                await self._checkpoint()
+        cancel = self._group_cancel(group)
+        for sub, call, loaded in live:
+            runs[sub.branch] = (sub.start_branch(call, cancel) if loaded is None
+                                else sub.continue_branch(loaded, cancel))
         return await self._run_group(group, runs, outcomes)
 
     async def _reopen_group(self) -> None:
@@ -224,7 +231,8 @@ class Branches(Attempts, Children):
                                    "failed branch cancelled cannot start over")
             await drop(self.instance_id, restart)
 
-    def _sub(self, path: str) -> DurableRuntime:
+    def _sub(self, path: str) -> Any:
+        """A runtime of this instance's class for branch ``path`` (a DurableRuntime)."""
         sub: Any = type(self)(self.backend, self.instance_id, clock=self.clock,  # type: ignore[call-arg]
                                          on_checkpoint=self.on_checkpoint, migrate=getattr(self, "migrate", None))
         sub.branch = path
@@ -236,6 +244,14 @@ class Branches(Attempts, Children):
             self._subs = {}
         self._subs[path] = sub
         return sub
+
+    def _adopt_children(self, sub: Any) -> None:
+        """A branch ended: the children it started and did not await are this call stack's now (their
+        parent-close policy applies when the instance ends; saved with this stack's next checkpoint)."""
+        children = sub._live().get("children")
+        if children:
+            state = self._live()
+            state["children"] = {**(state.get("children") or {}), **children}
 
     def _group_cancel(self, group: GroupInfo) -> str | None:
         """The reason to cancel the group's live branches with, if they are to be cancelled."""
@@ -267,6 +283,8 @@ class Branches(Attempts, Children):
                     path = pending.pop(task)
                     outcomes[path] = task.result()  # a crash (not the branch's error) propagates from here
                     sub = subs[path]
+                    if outcomes[path][0] != "paused":
+                        self._adopt_children(sub)
                     if outcomes[path][0] == "paused" and sub._cancel is not None:
                         # cancelled while it was beginning its wait: the cancellation is raised at that wait now
                         drive({path: sub.cancel_branch(sub._cancel)})
@@ -330,6 +348,12 @@ class Branches(Attempts, Children):
         pause = (TimerPause(None, due=due, instance_id=self.instance_id) if not events
                  else PauseForEventException(events[0], due=due, instance_id=self.instance_id))
         self._subs = None
+        before = self._paused_on
+        if before is not None and before.get("waits") == waits:  # resumed, and no branch moved: nothing to save
+            state = self._live()
+            state["wait"], state["status"] = before, PAUSED
+            pause.due = before.get("due")
+            raise pause
         await self._pause({"kind": "branches", "due": due, "waits": waits}, pause)
 
     # -- a branch's own entry points -------------------------------------------
