@@ -817,16 +817,46 @@ async def test_a_crash_after_the_branch_checkpoint_does_not_deliver_the_event_tw
     assert LOG == [("after", "a"), ("after", "b")]
 
 
-async def test_a_crash_after_a_branch_took_an_event_and_another_branch_saved():
-    """Branch 0.1 checkpoints (a step) after branch 0.0 took the event and before 0.0's own checkpoint: the
-    event is recorded with 0.0, not 0.1, so a crash then does not lose it."""
+async def takes_and_holds():
+    got = await wait_for_event("go")
+    await hold("h")  # the event is taken, not yet recorded: this branch has not saved since
+    return got
+
+
+async def _crash_now():
+    if PLAN.pop("crash", None):
+        raise Crash()  # the other branch is still in its step: it dies with the process
+    await _release("h")
+
+
+crash_now = durable.step(_crash_now)
+
+
+async def saves_then_crashes():
+    await wait_for_event("start")
+    await record("b1")  # this branch's checkpoint: it records "start", not the other branch's "go"
+    await crash_now()
+    return "b"
+
+
+@make_durable
+async def taker_and_saver():
+    return await durable.gather(takes_and_holds(), saves_then_crashes())
+
+
+async def test_another_branchs_checkpoint_does_not_record_an_event_this_branch_took():
     backend = new_backend()
-    await pause_of(two_takers, backend, "ev3")
+    await pause_of(taker_and_saver, backend, "ev3")
     backend.publish_event("ev3", "go", 1)
-    PLAN["crash"] = "a"
+    backend.publish_event("ev3", "start", 2)
+    PLAN["crash"] = True
     with pytest.raises(Crash):
-        await two_takers(orchestration_backend=restart(backend), instance_id="ev3")
-    assert restart(backend).pending_events("ev3") == [("go", 1)]
+        await taker_and_saver(orchestration_backend=restart(backend), instance_id="ev3")
+    assert LOG == ["b1"]
+    assert restart(backend).pending_events("ev3") == [("go", 1)], "lost with the crash, or kept twice"
+    assert await taker_and_saver(orchestration_backend=restart(backend), instance_id="ev3") == [1, "b"]
+    assert LOG == ["b1", ("released", "h")]
+    assert restart(backend).pending_events("ev3") == []
 
 
 # -- a fresh process ------------------------------------------------------------------------------------------------
