@@ -311,6 +311,52 @@ async def test_the_saved_state_holds_only_live_branches():
     assert branch_keys(store, "s") == []
 
 
+@make_durable
+async def gathers_in_a_loop(n):
+    out = []
+    for i in range(n):
+        out.append(await durable.gather(waits(f"e{i}"), quick(f"q{i}")))
+    return out
+
+
+async def test_groups_in_a_loop_number_their_branches_and_leave_no_state_behind():
+    store = InMemoryStateStore()
+    backend = new_backend(store)
+    for i in range(3):
+        await pause_of(gathers_in_a_loop, restart(backend), "loop", 3)
+        assert [w["branch"] for w in (await backend.load_state("loop"))["wait"]["waits"]] == [f"{i}.0"]
+        assert branch_keys(store, "loop") == [store.state_key(branch_key("loop", f"{i}.{j}")) for j in (0, 1)]
+        backend.publish_event("loop", f"e{i}", i)
+    got = await gathers_in_a_loop(3, orchestration_backend=restart(backend), instance_id="loop")
+    assert got == [[0, "q0"], [1, "q1"], [2, "q2"]]
+    assert branch_keys(store, "loop") == []
+    assert Counter(LOG) == Counter([f"q{i}" for i in range(3)] + [("got", f"e{i}", i) for i in range(3)])
+
+
+@make_durable
+async def waits_then_squares(x):
+    await wait_for_event("go")
+    await record(("square", x))
+    return x * x
+
+
+@make_durable
+async def gathers_programs():
+    return await durable.gather(waits_then_squares(5), waits_then_squares.fn(6))
+
+
+async def test_a_program_called_in_gather_is_a_nested_durable_call_like_awaiting_it():
+    backend = new_backend()
+    await pause_of(gathers_programs, backend, "gp")
+    waits_ = (await backend.load_state("gp"))["wait"]["waits"]
+    assert [(w["branch"], w["event"]) for w in waits_] == [("0.0", "go"), ("0.1", "go")]
+    assert sorted(backend.store.keys()) == ["state:gp", "state:gp/branch:0.0", "state:gp/branch:0.1"]
+    backend.publish_event("gp", "go")
+    backend.publish_event("gp", "go")
+    assert await gathers_programs(orchestration_backend=restart(backend), instance_id="gp") == [25, 36]
+    assert sorted(LOG) == [("square", 5), ("square", 6)]
+
+
 # -- failures -----------------------------------------------------------------------------------------------------
 
 async def _hold(name):

@@ -7,6 +7,8 @@ again (nothing wakes it: that is the host's ``child_ended``). ``LOG`` is the out
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
 import durable
@@ -327,6 +329,28 @@ async def test_children_started_in_parallel_branches_get_distinct_ids():
     ids = [i for i, _ in got]
     assert len(set(ids)) == 2, f"two branches' children share an id: {ids}"
     assert sorted(LOG) == [("square", 2), ("square", 3)]
+
+
+async def awaits_a_waiting_child(name):
+    child = await start_child(waiting, name, instance_id=f"bw-{name}")
+    return await child
+
+
+@make_durable
+async def branch_waits_for_child():
+    return await durable.gather(awaits_a_waiting_child("k"), square.fn(5))
+
+
+async def test_a_branch_paused_on_its_child_resumes_when_the_child_ended():
+    backend = new_backend()
+    with pytest.raises(PauseForEventException):
+        await branch_waits_for_child(orchestration_backend=backend, instance_id="bw")
+    waits = (await backend.load_state("bw"))["wait"]["waits"]
+    assert [(w["branch"], w["kind"], w["child"]) for w in waits] == [("0.0", "child", "bw-k")]
+    backend.publish_event("bw-k", "k", "K")
+    assert await waiting(orchestration_backend=restart(backend), instance_id="bw-k") == "K"
+    assert await branch_waits_for_child(orchestration_backend=restart(backend), instance_id="bw") == ["K", 25]
+    assert Counter(LOG) == Counter([("square", 5), ("child got", "K"), ("child cleanup", "k")])
 
 
 async def starts_and_leaves(name, policy):
