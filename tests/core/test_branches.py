@@ -542,6 +542,60 @@ async def test_a_cancelled_branch_whose_cleanup_pauses_holds_the_group_until_it_
     assert LOG == ["cleanup start", "cleanup end", ("caught", "late failure")]
 
 
+async def _cleanup_step(tag):
+    if PLAN.pop("crash cleanup", None):
+        raise Crash()
+    LOG.append(("cleanup", tag))
+
+
+cleanup_step = durable.step(_cleanup_step)
+
+
+async def cancelled_with_crashing_cleanup(tag):
+    try:
+        await wait_for_event("never")
+    finally:
+        await cleanup_step(tag)
+
+
+@make_durable
+async def race_with_crash():
+    return await durable.first(cancelled_with_crashing_cleanup("x"), quick("fast"))
+
+
+async def test_a_crash_while_the_losers_clean_up_resumes_their_cleanup_and_keeps_the_winner():
+    backend = new_backend()
+    PLAN["crash cleanup"] = True
+    with pytest.raises(Crash):
+        await race_with_crash(orchestration_backend=backend, instance_id="rc")
+    assert LOG == ["fast"]
+    state = await backend.load_state("rc")
+    assert state["group"]["decided"] == "0.1", "which branch decided was saved before the others were cancelled"
+    assert await race_with_crash(orchestration_backend=restart(backend), instance_id="rc") == "fast"
+    assert LOG == ["fast", ("cleanup", "x")]
+
+
+async def asks(tag):
+    return await wait_for_event(f"approve-{tag}", title=f"Approve {tag}", role="manager")
+
+
+@make_durable
+async def approvals():
+    return await durable.gather(asks("a"), asks("b"))
+
+
+async def test_human_task_metadata_of_each_paused_branch_is_in_the_branches_wait():
+    backend = new_backend()
+    await pause_of(approvals, backend, "ap")
+    waits_ = (await backend.load_state("ap"))["wait"]["waits"]
+    assert [(w["branch"], w["event"], w["meta"]) for w in waits_] == [
+        ("0.0", "approve-a", {"title": "Approve a", "role": "manager"}),
+        ("0.1", "approve-b", {"title": "Approve b", "role": "manager"})]
+    backend.publish_event("ap", "approve-b", "yes b")
+    backend.publish_event("ap", "approve-a", "yes a")
+    assert await approvals(orchestration_backend=restart(backend), instance_id="ap") == ["yes a", "yes b"]
+
+
 async def inner_pair(tag):
     return await durable.gather(quick(tag + "1"), waits(tag))
 
@@ -752,6 +806,42 @@ async def test_deadline_reaches_the_parent_through_paused_branches():
     assert got == "timed out"
     assert LOG[-1] == "parent late"
     assert ("late", "a") in LOG and ("late", "b") in LOG
+
+
+async def _advance(seconds):
+    SHARED["clock"].now += seconds
+    LOG.append(("advance", seconds))
+
+
+advance = durable.step(_advance)
+
+
+async def runs_past_deadline():
+    try:
+        await advance(5)
+        await advance(20)  # the deadline passes during this step: raised at the next await
+        await record("never: past the deadline")
+    finally:
+        await record("runner cleanup")
+
+
+@make_durable(deadline=10.0)
+async def deadline_while_running():
+    try:
+        await durable.gather(runs_past_deadline(), paused_then_cancelled())
+    except DeadlineExceeded:
+        await record("parent late")
+        return "timed out"
+
+
+async def test_deadline_passing_while_a_branch_runs_reaches_the_parent_after_every_cleanup():
+    SHARED["clock"] = clock = Clock(T0)
+    backend = new_backend()
+    got = await deadline_while_running.runtime(backend, "dr", clock=clock).run(deadline_while_running)
+    assert got == "timed out"
+    assert Counter(LOG) == Counter([("advance", 5), ("advance", 20), "runner cleanup", "paused cleanup",
+                                    "paused cleanup 2", "parent late"])
+    assert LOG[-1] == "parent late"
 
 
 # -- retries in a branch ----------------------------------------------------------------------------------------------
