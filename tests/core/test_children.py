@@ -7,12 +7,19 @@ again (nothing wakes it: that is the host's ``child_ended``). ``LOG`` is the out
 
 from __future__ import annotations
 
+import asyncio
+import json
+import subprocess
+import sys
+import textwrap
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
 import durable
 from durable import (
+    DiskStateStore,
     DurableBackend,
     DurableError,
     InMemoryStateStore,
@@ -24,6 +31,7 @@ from durable import (
 )
 from durable.children import CHILD_EVENT, ChildHandle
 
+ROOT = Path(__file__).resolve().parents[2]
 LOG: list = []
 PLAN: dict = {}
 
@@ -430,6 +438,46 @@ async def test_a_child_awaited_to_its_end_is_forgotten_by_the_parent():
     assert await awaited_child_is_not_closed(orchestration_backend=backend, instance_id="af") == "ok"
     assert not (await backend.load_state("af")).get("children")
     assert await status(backend, "af/child-0") == "completed"
+
+
+CHILD = textwrap.dedent('''
+    import asyncio, json, sys
+    from durable import DiskStateStore, DurableBackend, PauseForEventException
+    from tests.core import test_children as m
+
+    async def main(step):
+        backend = DurableBackend(DiskStateStore(sys.argv[1]), signing_key="k")
+        if step == "child":
+            backend.publish_event("kid", "go", "from another process")
+            return await m.waiting(orchestration_backend=backend, instance_id="kid")
+        try:
+            return await m.parent_of_waiting(orchestration_backend=backend, instance_id="disk")
+        except PauseForEventException as p:
+            return ["paused", p.event]
+
+    print(json.dumps({"out": asyncio.run(main(sys.argv[2])), "log": m.LOG}))
+''')
+
+
+def test_a_child_and_its_parent_resume_in_fresh_processes(tmp_path):
+    store = tmp_path / "state"
+    backend = DurableBackend(DiskStateStore(store), signing_key="k")
+    with pytest.raises(PauseForEventException):
+        asyncio.run(parent_of_waiting(orchestration_backend=backend, instance_id="disk"))
+    del backend
+
+    def run(step):
+        out = subprocess.run([sys.executable, "-c", CHILD, str(store), step], capture_output=True, text=True,
+                             cwd=str(ROOT), env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=120)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    assert run("parent") == {"out": ["paused", CHILD_EVENT + "kid"], "log": []}
+    assert run("child") == {"out": "from another process",
+                            "log": [["child got", "from another process"], ["child cleanup", "go"]]}
+    assert run("parent") == {"out": ["done", "from another process"],
+                             "log": [["parent got", "from another process"]]}
+    assert run("parent") == {"out": ["done", "from another process"], "log": []}
 
 
 # -- bad arguments ---------------------------------------------------------------------------------------------------
