@@ -622,6 +622,29 @@ async def test_nested_gather_pauses_with_nested_waits_and_resumes():
     assert branch_keys(backend.store, "n") == []
 
 
+async def inner_fails():
+    try:
+        await durable.gather(paused_then_cancelled(), bad("inner"))
+    finally:
+        await record("inner parent cleanup")
+
+
+@make_durable
+async def nested_failure():
+    try:
+        await durable.gather(inner_fails(), slow_winner())
+    except KeyError as e:
+        return ("caught", e.args[0])
+
+
+async def test_a_failure_in_a_nested_group_cancels_outward_after_every_cleanup():
+    backend = new_backend()
+    assert await nested_failure(orchestration_backend=backend, instance_id="nf") == ("caught", "inner")
+    assert Counter(LOG) == Counter([("bad", "inner"), "paused cleanup", "paused cleanup 2", "inner parent cleanup",
+                                    "slow cleanup"])
+    assert branch_keys(backend.store, "nf") == []
+
+
 @make_durable
 async def with_asyncio_gather():
     first_ = await asyncio.gather(quick("a"), waits("go"))

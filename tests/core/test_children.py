@@ -361,6 +361,26 @@ async def test_a_branch_paused_on_its_child_resumes_when_the_child_ended():
     assert Counter(LOG) == Counter([("square", 5), ("child got", "K"), ("child cleanup", "k")])
 
 
+@make_durable
+async def mixes_handles_and_coroutines():
+    child = await start_child(waiting, "m", instance_id="mix-kid")
+    return await durable.gather(child, square.fn(3), durable.sleep(0))
+
+
+async def test_a_handle_gathered_with_other_awaitables_is_a_branch_of_its_own():
+    backend = new_backend()
+    with pytest.raises(PauseForEventException):
+        await mixes_handles_and_coroutines(orchestration_backend=backend, instance_id="mix")
+    waits = (await backend.load_state("mix"))["wait"]["waits"]
+    assert [(w["branch"], w["kind"], w.get("child")) for w in waits] == [("0.0", "child", "mix-kid")]
+    backend.publish_event("mix-kid", "m", "M")
+    await waiting(orchestration_backend=restart(backend), instance_id="mix-kid")
+    assert await mixes_handles_and_coroutines(orchestration_backend=restart(backend), instance_id="mix") == [
+        "M", 9, None]
+    assert await status(backend, "mix-kid") == "completed"
+    assert LOG == [("square", 3), ("child got", "M"), ("child cleanup", "m")]
+
+
 async def starts_and_leaves(name, policy):
     child = await start_child(waiting, name, instance_id=f"bl-{name}", on_parent_close=policy)
     return child.instance_id
