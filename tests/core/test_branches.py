@@ -784,6 +784,21 @@ async def test_cancel_while_branches_are_paused_runs_their_cleanup_then_the_pare
     assert branch_keys(backend.store, "cp") == []
 
 
+async def test_a_second_cancel_while_branches_clean_up_forces_the_end():
+    store = InMemoryStateStore()
+    backend = new_backend(store)
+    await pause_of(all_paused, backend, "sc")
+    with pytest.raises(PauseForEventException):
+        await all_paused.cancel("sc", orchestration_backend=restart(backend), reason="stop")
+    assert (await backend.load_state("sc"))["cancel"] == "stop"
+    backend.publish_event("sc", "cleanup done")  # even with its event there, the forced instance runs nothing
+    with pytest.raises(InstanceCancelled, match="now"):
+        await all_paused.cancel("sc", orchestration_backend=restart(backend), reason="now")
+    assert "cleanup end" not in LOG and "parent cleanup" not in LOG
+    assert (await backend.load_state("sc"))["status"] == "cancelled"
+    assert branch_keys(store, "sc") == []
+
+
 async def test_force_cancel_deletes_the_branch_states():
     store = InMemoryStateStore()
     backend = new_backend(store)
