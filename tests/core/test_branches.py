@@ -182,6 +182,22 @@ async def test_each_completed_branch_step_is_checkpointed_and_not_run_again_afte
     assert set(before) | set(LOG) == {(t, i) for t in "abc" for i in range(4)} | {"after"}
 
 
+async def test_a_crash_right_after_the_group_is_recorded_starts_every_branch_from_its_call():
+    backend = new_backend()
+
+    def die(_iid, steps):
+        if current_branch.get() is None and steps == 1:
+            raise Crash()
+
+    with pytest.raises(Crash):
+        await three_counters.runtime(backend, "g0", on_checkpoint=die).run(three_counters)
+    assert LOG == []
+    assert (await backend.load_state("g0"))["group"]["branches"] == ["0.0", "0.1", "0.2"]
+    got = await three_counters.runtime(restart(backend), "g0").run(three_counters)
+    assert got == [("a", 6), ("b", 6), ("c", 6)]
+    assert Counter(LOG) == Counter([(t, i) for t in "abc" for i in range(4)] + ["after"])
+
+
 # -- pausing branches ---------------------------------------------------------------------------------------------
 
 async def quick(tag):
@@ -1096,3 +1112,28 @@ async def test_outside_durable_code_gather_and_first_run_with_asyncio():
         durable.first()
     with pytest.raises(TypeError):
         await durable.gather(1)
+
+
+async def pair(x):
+    return await durable.gather(double(x), double(x + 1))
+
+
+@make_durable
+async def nested_no_waits():
+    got = await durable.gather(pair(1), pair(3), return_exceptions=True)
+    try:
+        await asyncio.gather(pair(5), bad("n"))
+    except KeyError as e:
+        got.append(e.args[0])
+    return got
+
+
+@pytest.mark.parametrize("program, args", [(doubles, (4,)), (outcomes_in_place, ()), (rendezvous, ()),
+                                           (nested_no_waits, ())])
+async def test_durable_outcome_equals_the_native_run(program, args):
+    native = await program.fn(*args)
+    native_log = Counter(LOG)
+    SHARED.clear()
+    LOG.clear()
+    assert await program(*args, orchestration_backend=new_backend(), instance_id="n") == native
+    assert Counter(LOG) == native_log
