@@ -321,7 +321,8 @@ class Branches(Attempts, Children):
             if sub._ended or path == group["decided"]:
                 continue
             if path in running:
-                sub.request_cancel(reason)
+                if sub._cancel is None and (sub.state or {}).get("cancel") is None:  # not while it cleans up
+                    sub.request_cancel(reason)
             elif outcomes.get(path, ("paused",))[0] == "paused":
                 runs[path] = sub.cancel_branch(reason)
         return runs
