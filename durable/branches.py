@@ -340,6 +340,8 @@ class Branches(Attempts, Children):
         pause = (TimerPause(None, due=due, instance_id=self.instance_id) if not events
                  else PauseForEventException(events[0], due=due, instance_id=self.instance_id))
         self._subs = None
+        if self._cancel is not None:  # delivered to the branches: on record, so that a second cancel forces the end
+            self._live()["cancel"] = self._cancel
         await self._pause({"kind": "branches", "due": due, "waits": waits}, pause)
 
     # -- a branch's own entry points -------------------------------------------
