@@ -703,6 +703,46 @@ async def test_a_task_is_refused_and_gather_of_nothing_is_an_empty_list():
     assert await gathers_nothing(orchestration_backend=new_backend(), instance_id="z") == ([], [])
 
 
+async def _fails_once(tag):
+    LOG.append(tag)
+    if PLAN.get("fail") == tag:
+        del PLAN["fail"]
+        raise ConnectionError(f"{tag} down")
+    return tag
+
+
+fails_once = durable.step(_fails_once)
+
+
+async def two_steps(tag):
+    await record((tag, 0))
+    return await fails_once(tag)
+
+
+@make_durable
+async def retried_after_branch_failure():
+    return await durable.gather(two_steps("a"), two_steps("b"), slow_winner())
+
+
+async def test_retrying_an_instance_a_branch_failure_ended_continues_that_branch():
+    backend = new_backend()
+    PLAN["fail"] = "b"
+    # branch a completes; b fails at its second step; the paused branch is cancelled
+    with pytest.raises(ConnectionError):
+        await retried_after_branch_failure(orchestration_backend=backend, instance_id="rt")
+    assert LOG == [("a", 0), "a", ("b", 0), "b", "slow cleanup"]
+    assert (await backend.load_state("rt"))["status"] == "failed"
+    LOG.clear()
+    with pytest.raises(PauseForEventException):  # the cancelled branch starts over: it waits again
+        await retried_after_branch_failure.retry("rt", orchestration_backend=restart(backend))
+    assert LOG == ["b"], "a kept its result, b went on from its last checkpoint"
+    backend.publish_event("rt", "slow")
+    got = await retried_after_branch_failure(orchestration_backend=restart(backend), instance_id="rt")
+    assert got == ["a", "b", "slow"]
+    assert LOG == ["b", "slow cleanup"]
+    assert branch_keys(backend.store, "rt") == []
+
+
 # -- cancelling and deadlines ---------------------------------------------------------------------------------------
 
 async def _cancel_me():
