@@ -330,7 +330,8 @@ class Branches(Attempts, Children):
             if sub._ended or path == group["decided"]:
                 continue
             if path in running:
-                sub.request_cancel(reason)
+                if sub._cancel is None and (sub.state or {}).get("cancel") is None:  # not while it cleans up
+                    sub.request_cancel(reason)
             elif outcomes.get(path, ("paused",))[0] == "paused":
                 runs[path] = sub.cancel_branch(reason)
         return runs
@@ -348,9 +349,11 @@ class Branches(Attempts, Children):
         pause = (TimerPause(None, due=due, instance_id=self.instance_id) if not events
                  else PauseForEventException(events[0], due=due, instance_id=self.instance_id))
         self._subs = None
+        if self._cancel is not None:  # delivered to the branches: on record, so that a second cancel forces the end
+            self._live()["cancel"] = self._cancel
         before = self._paused_on
-        if before is not None and before.get("waits") == waits:  # resumed, and no branch moved: nothing to save
-            state = self._live()
+        if before is not None and self._cancel is None and before.get("waits") == waits:
+            state = self._live()  # resumed, and no branch moved: nothing to save
             state["wait"], state["status"] = before, PAUSED
             pause.due = before.get("due")
             raise pause

@@ -190,6 +190,10 @@ def _coroutine_call(coro: types.CoroutineType[Any, Any, Any]) -> tuple[Any, tupl
         extra += 1
     if flags & inspect.CO_VARKEYWORDS:
         kwargs.update(values[names[extra]])
+    program = args[0] if args else None
+    if getattr(type(program), "_durable_program", False) and func is type(program).__call__:
+        # ``program(x)``: the program's call, as ``await program(x)`` is in durable code (a nested durable call)
+        return program, args[1:], kwargs
     return func, args, kwargs
 
 
