@@ -199,9 +199,12 @@ class Branches(Attempts, Children):
                 runs = {}
                 while pending:
                     done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                    for task in done:
-                        path = pending.pop(task)
+                    # all of them out of `pending` first: none runs any more (a paused one is cancelled by a run of
+                    # its own in _cancel_others, not at its next await)
+                    ended = [(task, pending.pop(task)) for task in done]
+                    for task, path in ended:
                         outcomes[path] = task.result()  # a crash (not the branch's error) propagates from here
+                    for _, path in ended:
                         if group["decided"] is None and _decides(group, outcomes[path]):
                             group["decided"] = path
                             await self._checkpoint()  # which branch decided, on record before the others stop
