@@ -1,0 +1,157 @@
+"""Parallel branches (``durable.gather``/``first``) in the Django app: branch rows, waits, wake-ups.
+
+The inline tests run each instance in the test process when its transaction
+commits (``RUN_INLINE``); the worker tests use real Celery workers (and kill
+one mid-group). See durable_django/branches.py.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+
+import durable_django as dd
+from durable_django.models import DurableBranch, DurableEvent, DurableHistory, DurableInstance, Status
+from durable_django.worker import due_instances, run_instance
+from tests.django.conftest import wait_until
+from tests.django.testapp import branch_programs as bp
+from tests.django.testapp.models import SideEffect
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(240)]
+
+
+def row(iid: str) -> DurableInstance:
+    return DurableInstance.objects.get(pk=iid)
+
+
+def notes(key: str) -> list[str]:
+    return sorted(SideEffect.objects.filter(key=key).values_list("note", flat=True))
+
+
+def branches(iid: str) -> dict[str, tuple[str, str, str]]:
+    return {b.path: (b.status, b.wait_kind, b.waiting_for) for b in DurableBranch.objects.filter(instance_id=iid)}
+
+
+# -- inline ---------------------------------------------------------------------------------------------------
+def test_two_event_waits_at_once_then_one_by_one(inline, uid):
+    dd.start(bp.two_approvals, uid, instance_id=uid)
+    inst = row(uid)
+    assert (inst.status, inst.wait_kind) == (Status.PAUSED, "branches")
+    assert inst.waiting_for == "event 'manager' (branch 0.0); event 'finance' (branch 0.1)"
+    assert inst.wake_at is None
+    assert branches(uid) == {"0.0": ("paused", "event", "manager"), "0.1": ("paused", "event", "finance")}
+    assert notes(uid) == ["finance-asked", "manager-asked"]
+    assert list(due_instances()) == []  # nothing to wake: no event yet
+
+    dd.publish_event(uid, "finance", "ok-f")
+    inst = row(uid)
+    assert (inst.status, inst.waiting_for) == (Status.PAUSED, "event 'manager' (branch 0.0)")
+    assert branches(uid)["0.1"][0] == "completed"  # it ended; the other still waits
+    assert notes(uid) == ["finance-asked", "finance-got", "manager-asked"]
+
+    dd.publish_event(uid, "manager", "ok-m")
+    inst = row(uid)
+    assert inst.status == Status.COMPLETED, inst.error
+    assert dd.result(uid) == ["ok-m", "ok-f"]
+    assert notes(uid) == ["done", "finance-asked", "finance-got", "manager-asked", "manager-got"]
+    assert not DurableBranch.objects.filter(instance_id=uid).exists()  # deleted when the group ended
+    detail = list(DurableHistory.objects.filter(instance_id=uid, kind="paused").values_list("detail", flat=True))
+    assert detail[0] == "branches: event 'manager' (branch 0.0); event 'finance' (branch 0.1)"
+
+
+def test_an_event_for_no_live_wait_wakes_nothing_in_the_sweep(inline, uid, settings):
+    dd.start(bp.two_approvals, uid, instance_id=uid)
+    settings.DURABLE = {**settings.DURABLE, "RUN_INLINE": False}  # the events stay in the inbox
+    dd.publish_event(uid, "unrelated")
+    assert uid not in due_instances()
+    assert not DurableInstance.objects.with_pending_event().filter(pk=uid).exists()
+    dd.publish_event(uid, "finance", 1)
+    assert uid in due_instances()  # a paused branch waits for it
+    assert DurableInstance.objects.with_pending_event().filter(pk=uid).exists()
+    assert DurableInstance.objects.runnable_now(row(uid).updated_at + timedelta(seconds=1)).filter(pk=uid).exists()
+
+
+def test_failure_in_one_branch_cancels_the_other_and_its_finally_runs(inline, uid):
+    dd.start(bp.failure_cancels_other, uid, instance_id=uid)
+    assert row(uid).waiting_for == "event 'never' (branch 0.0); event 'boom' (branch 0.1)"
+    dd.publish_event(uid, "boom")
+    assert row(uid).status == Status.COMPLETED, row(uid).error
+    assert dd.result(uid) == "boom in a branch"
+    assert notes(uid) == ["caught", "waiter-finally", "waiter-started"]
+    assert not DurableBranch.objects.filter(instance_id=uid).exists()
+
+
+def test_first_returns_the_first_and_cancels_the_other(inline, uid):
+    dd.start(bp.first_of_two, uid, instance_id=uid)
+    assert row(uid).wait_kind == "branches"
+    dd.publish_event(uid, "left", "L")
+    assert row(uid).status == Status.COMPLETED, row(uid).error
+    assert dd.result(uid) == "L"
+    assert notes(uid) == ["left-asked", "left-got", "waiter-finally", "waiter-started"]
+
+
+def test_two_branches_never_take_the_same_event(inline, uid):
+    """Both branches of a nested group wait for events published before they wait: each takes its own."""
+    dd.start(bp.nested, uid, instance_id=uid)
+    inst = row(uid)
+    assert inst.waiting_for == ("[event 'n1' (branch 0.0/0.0); event 'n2' (branch 0.0/0.1)] (branch 0.0); "
+                                "event 'top' (branch 0.1)")
+    assert branches(uid)["0.0/0.0"] == ("paused", "event", "n1")
+    dd.publish_event(uid, "n2", "two")
+    dd.publish_event(uid, "top", "t")
+    assert row(uid).waiting_for == "[event 'n1' (branch 0.0/0.0)] (branch 0.0)"
+    dd.publish_event(uid, "n1", "one")
+    assert row(uid).status == Status.COMPLETED, row(uid).error
+    assert dd.result(uid) == [["one", "two"], "t"]
+    assert not DurableBranch.objects.filter(instance_id=uid).exists()
+
+
+def test_events_of_one_name_for_two_branches_are_taken_one_each(settings, uid):
+    settings.DURABLE = {**settings.DURABLE, "RUN_INLINE": False}
+    dd.start(bp.same_event_twice, uid, instance_id=uid)
+    for payload in ("v1", "v2", "v3"):  # published before any branch waits; the third is one too many
+        dd.publish_event(uid, "vote", payload)
+    assert run_instance(uid) == Status.COMPLETED, row(uid).error
+    assert sorted(dd.result(uid)) == ["v1", "v2"]
+    left = DurableEvent.objects.filter(instance_id=uid, consumed_at__isnull=True).values_list("payload", flat=True)
+    assert list(left) == ["v3"]
+
+
+def test_branch_checkpoints_write_only_their_own_row(inline, uid):
+    """Each branch has a 20 KB local and five steps: the instance row's state holds neither branch's frames, and
+    a branch's checkpoint does not UPDATE the instance row's state."""
+    statements: list[str] = []
+
+    def record(execute, sql, params, many, context):
+        statements.append(sql)
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(record):
+        dd.start(bp.heavy_branches, uid, 5, instance_id=uid)
+    assert row(uid).status == Status.COMPLETED, row(uid).error
+    assert dd.result(uid) == [20_000, 20_000]
+    table = DurableInstance._meta.db_table
+    state_updates = [s for s in statements if s.startswith("UPDATE") and table in s.split("SET")[0]
+                     and '"state"' in s.replace("`", '"')]
+    branch_writes = [s for s in statements if DurableBranch._meta.db_table in s and s.startswith(("UPDATE", "INSERT"))]
+    print(f"\n{len(branch_writes)} branch row writes, {len(state_updates)} instance state UPDATEs")
+    assert len(branch_writes) >= 10  # at least one per step of each branch
+    assert len(state_updates) <= 3, state_updates  # the group's start, its end and the completion
+
+
+def test_branch_rows_hold_the_frames_not_the_instance_row(settings, uid):
+    settings.DURABLE = {**settings.DURABLE, "RUN_INLINE": False}
+    dd.start(bp.heavy_waits, uid, instance_id=uid)
+    assert run_instance(uid) == Status.PAUSED
+    sizes = {b.path: len(bytes(b.state)) for b in DurableBranch.objects.filter(instance_id=uid)}
+    assert set(sizes) == {"0.0", "0.1"} and min(sizes.values()) > 20_000, sizes
+    assert len(bytes(row(uid).state)) < 5_000  # the awaiting frame and the group, no branch's frames
+    dd.publish_event(uid, "y", "Y")
+    assert run_instance(uid) == Status.PAUSED
+    assert len(bytes(row(uid).state)) < 5_000
+    dd.publish_event(uid, "x", "X")
+    assert run_instance(uid) == Status.COMPLETED
+    assert dd.result(uid) == [[20_000, "X"], [20_000, "Y"]]
