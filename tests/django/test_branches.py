@@ -7,6 +7,7 @@ one mid-group). See durable_django/branches.py.
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import timedelta
 
@@ -133,10 +134,13 @@ def test_branch_checkpoints_write_only_their_own_row(inline, uid):
         dd.start(bp.heavy_branches, uid, 5, instance_id=uid)
     assert row(uid).status == Status.COMPLETED, row(uid).error
     assert dd.result(uid) == [20_000, 20_000]
-    table = DurableInstance._meta.db_table
-    state_updates = [s for s in statements if s.startswith("UPDATE") and table in s.split("SET")[0]
-                     and '"state"' in s.replace("`", '"')]
-    branch_writes = [s for s in statements if DurableBranch._meta.db_table in s and s.startswith(("UPDATE", "INSERT"))]
+    def writes(table: str, column: str) -> list[str]:
+        """Statements that UPDATE (or INSERT into) ``table`` and set ``column`` (any vendor's quoting, in a CTE too)."""
+        found = re.compile(rf"(UPDATE|INSERT INTO)\s+[`\"]?{table}[`\"]?\s+(SET\s+|\()[^;]*?[`\"]?\b{column}\b[`\"]?")
+        return [sql for sql in statements if found.search(sql)]
+
+    state_updates = [sql for sql in writes(DurableInstance._meta.db_table, "state") if "INSERT" not in sql[:30]]
+    branch_writes = writes(DurableBranch._meta.db_table, "state")
     print(f"\n{len(branch_writes)} branch row writes, {len(state_updates)} instance state UPDATEs")
     assert len(branch_writes) >= 10  # at least one per step of each branch
     assert len(state_updates) <= 3, state_updates  # the group's start, its end and the completion
@@ -155,3 +159,68 @@ def test_branch_rows_hold_the_frames_not_the_instance_row(settings, uid):
     dd.publish_event(uid, "x", "X")
     assert run_instance(uid) == Status.COMPLETED
     assert dd.result(uid) == [[20_000, "X"], [20_000, "Y"]]
+
+
+# -- real Celery workers ----------------------------------------------------------------------------------------
+def wait_for(iid: str, what, message: str, timeout: float = 60):
+    return wait_until(lambda: what(row(iid)), timeout=timeout,
+                      message=lambda: f"{iid}: {message} (it is {row(iid).status}, {row(iid).waiting_for!r})")
+
+
+def test_worker_two_waits_at_once_one_event_then_the_other(worker_factory, uid):
+    worker_factory()
+    dd.start(bp.two_approvals, uid, instance_id=uid)
+    wait_for(uid, lambda r: r.status == Status.PAUSED and r.wait_kind == "branches", "paused on both branches")
+    assert row(uid).waiting_for == "event 'manager' (branch 0.0); event 'finance' (branch 0.1)"
+    dd.publish_event(uid, "manager", {"by": "m"})
+    wait_for(uid, lambda r: r.waiting_for == "event 'finance' (branch 0.1)", "the manager's branch to go on")
+    assert row(uid).status == Status.PAUSED
+    assert notes(uid) == ["finance-asked", "manager-asked", "manager-got"]  # the other branch still waits
+    dd.publish_event(uid, "finance", {"by": "f"})
+    wait_for(uid, lambda r: r.status == Status.COMPLETED, "completion")
+    assert dd.result(uid) == [{"by": "m"}, {"by": "f"}]
+    assert notes(uid) == ["done", "finance-asked", "finance-got", "manager-asked", "manager-got"]
+    assert not DurableBranch.objects.filter(instance_id=uid).exists()
+
+
+def test_worker_timer_in_one_branch_event_in_the_other(worker_factory, uid):
+    worker_factory()
+    t0 = time.time()
+    dd.start(bp.timer_and_event, uid, 2.0, instance_id=uid)
+    wait_for(uid, lambda r: r.status == Status.PAUSED and r.wait_kind == "branches", "paused on both branches")
+    inst = row(uid)
+    assert inst.waiting_for.startswith("timer until ") and inst.waiting_for.endswith("(branch 0.0); event 'go' "
+                                                                                   "(branch 0.1)")
+    assert inst.wake_at is not None and abs(inst.wake_at.timestamp() - (t0 + 2.0)) < 1.5  # woken at the timer
+    # The timer's wake-up (an ETA message, no sweep here) runs the timer's branch; the other still waits.
+    wait_until(lambda: "timer-done" in notes(uid), timeout=30, message="the timer's branch to go on")
+    assert time.time() - t0 >= 2.0
+    wait_for(uid, lambda r: r.status == Status.PAUSED and r.waiting_for == "event 'go' (branch 0.1)",
+             "the event's branch alone to wait")
+    assert row(uid).wake_at is None
+    dd.publish_event(uid, "go", "went")
+    wait_for(uid, lambda r: r.status == Status.COMPLETED, "completion")
+    assert dd.result(uid) == ["timer", "went"]
+
+
+def test_worker_killed_mid_group_branch_steps_written_once(worker_factory, uid, tmp_path):
+    """Branch b hangs in its second step with its row written (not committed) while branch a goes on; the worker
+    is killed; another worker resumes each branch from its own last checkpoint: every step's row exists once."""
+    hang = tmp_path / "hang"
+    hang.mkdir()
+    victim = worker_factory("victim", extra_env={"DURABLE_TEST_HANG_DIR": str(hang)})
+    dd.start(bp.steps_in_parallel, uid, 4, 1, instance_id=uid)
+    wait_until(lambda: (hang / f"{uid}.entered").exists(), timeout=60, message="branch b's step 1 to start")
+    assert "b-1" not in notes(uid)  # written, not committed
+    committed_before = notes(uid)
+    assert "b-0" in committed_before and "a-0" in committed_before
+    victim.kill()
+    assert notes(uid) == committed_before  # the dead worker's open transaction is gone
+    worker_factory("rescuer")
+    worker_factory.scheduler()  # hands the instance over once the lease expires
+    wait_for(uid, lambda r: r.status == Status.COMPLETED, "completion by the rescuer", timeout=90)
+    assert dd.result(uid) == ["a", "b"]
+    expected = sorted([f"a-{i}" for i in range(4)] + [f"b-{i}" for i in range(4)] + ["end"])
+    assert notes(uid) == expected  # each step's row exactly once
+    kinds = list(DurableHistory.objects.filter(instance_id=uid).values_list("kind", flat=True))
+    assert kinds.count("recovered") == 1
