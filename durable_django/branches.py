@@ -196,3 +196,30 @@ class BranchStore:
             self._consumed.append(event_id)
         else:
             self._taken.setdefault(branch, []).append(event_id)
+
+
+def live_branches(instance: Any) -> list[dict[str, Any]]:
+    """The live branches of an instance for people (the admin's "Branches" section): path, status, position,
+    what each waits for, in path order."""
+    rows = DurableBranch.objects.filter(instance_id=instance.pk).order_by("path").values(
+        "path", "status", "position", "wait_kind", "waiting_for", "wake_at", "steps", "updated_at")
+    return [{**r, "waits_for": _branch_wait(r)} for r in rows]
+
+
+def _branch_wait(row: Mapping[str, Any]) -> str:
+    if row["status"] != Status.PAUSED:
+        return ""
+    if row["wait_kind"] == "event":
+        return f"event {row['waiting_for']!r}"
+    if row["wait_kind"] == "timer":
+        return f"timer until {row['wake_at'].isoformat() if row['wake_at'] else 'an unknown time'}"
+    return row["waiting_for"] or row["wait_kind"]
+
+
+def awaited_event(instance: Any) -> str:
+    """The event a person most likely publishes next: the instance's, or its first paused branch's."""
+    if instance.wait_kind != "branches":
+        return instance.waiting_for
+    return (DurableBranch.objects.filter(instance_id=instance.pk, status=Status.PAUSED, wait_kind="event")
+            .order_by("path").values_list("waiting_for", flat=True).first() or "")
+

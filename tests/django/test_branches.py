@@ -10,11 +10,17 @@ from __future__ import annotations
 import re
 import time
 from datetime import timedelta
+from io import StringIO
 
 import pytest
+from django.contrib.auth.models import User
+from django.core.management import call_command
 from django.db import connection
+from django.test import Client
+from django.urls import reverse
 
 import durable_django as dd
+from durable_django.live import read_status
 from durable_django.models import DurableBranch, DurableEvent, DurableHistory, DurableInstance, Status
 from durable_django.worker import due_instances, run_instance
 from tests.django.conftest import wait_until
@@ -159,6 +165,38 @@ def test_branch_rows_hold_the_frames_not_the_instance_row(settings, uid):
     dd.publish_event(uid, "x", "X")
     assert run_instance(uid) == Status.COMPLETED
     assert dd.result(uid) == [[20_000, "X"], [20_000, "Y"]]
+
+
+def test_admin_page_status_command_and_live_status_show_every_wait(inline, uid):
+    dd.start(bp.two_approvals, uid, instance_id=uid)
+    both = "event 'manager' (branch 0.0); event 'finance' (branch 0.1)"
+    User.objects.create_superuser("root-b", password="pw")
+    client = Client()
+    client.login(username="root-b", password="pw")
+    page = client.get(reverse("admin:durable_django_durableinstance_change", args=[uid])).content.decode()
+    assert "<h2>Branches</h2>" in page
+    section = page.split('id="durable-branches"')[1].split("</table>")[0]
+    assert "<code>0.0</code>" in section and "<code>0.1</code>" in section
+    assert "event &#x27;manager&#x27;" in section and "event &#x27;finance&#x27;" in section
+    assert "approve line" in section  # each branch's position
+    assert 'value="manager"' in page  # the publish form offers a paused branch's event
+    listing = client.get(reverse("admin:durable_django_durableinstance_changelist") + "?waits=branches")
+    assert uid in listing.content.decode()
+
+    out = StringIO()
+    call_command("durable_status", stdout=out)
+    assert any(uid in line and both in line for line in out.getvalue().splitlines())
+    out = StringIO()
+    call_command("durable_status", uid, stdout=out)
+    text = out.getvalue()
+    assert "branches:" in text and "0.0" in text and "waits for event 'manager'" in text
+    assert read_status(uid)["waiting_for"] == both  # what the websocket pushes
+
+    dd.publish_event(uid, "finance", 1)
+    page = client.get(reverse("admin:durable_django_durableinstance_change", args=[uid])).content.decode()
+    section = page.split('id="durable-branches"')[1].split("</table>")[0]
+    assert "completed" in section and "finance" not in section.split("completed")[1].split("</tr>")[0]
+    assert read_status(uid)["waiting_for"] == "event 'manager' (branch 0.0)"
 
 
 # -- real Celery workers ----------------------------------------------------------------------------------------
