@@ -78,9 +78,12 @@ class Attempts(Waits):
                                       f"kept for the next attempt and must be picklable): {err}") from err
 
     async def _discard(self) -> None:
-        """Tell the backend a step failed: it drops the step's writes (the Django app rolls them back)."""
+        """Tell the backend a step failed: it drops the step's writes (the Django app rolls them back).
+
+        Not in a parallel branch: the writes the backend would drop are those of every branch since the last
+        checkpoint, other branches' completed steps included (see :mod:`durable.branches`)."""
         hook = getattr(self._io, "discard_step_writes", None)
-        if hook is not None:
+        if hook is not None and self.branch is None:
             done = hook(self.instance_id)
             if inspect.isawaitable(done):
                 await done

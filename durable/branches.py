@@ -25,6 +25,15 @@ before any branch runs, then waits for the branches:
   time is the earliest). Resumed, it loads the branches and continues those
   whose wait is over.
 
+Branches share the host's resources. A host whose steps write in one
+transaction that the next checkpoint commits (the Django app: ``db_step``)
+marks such a step *exclusive* (``durable_exclusive = True`` on the callable):
+in a branch, it runs only while no other branch has an exclusive step that is
+not yet checkpointed, so one branch's checkpoint never commits another
+branch's writes. Other steps run concurrently. A failed step's writes are not
+dropped by the backend in a branch (``discard_step_writes`` would drop the
+other branches' too); an exclusive step rolls back its own.
+
 A cancellation of the instance reaches every live branch; the deadline is
 raised in each (each branch's waits end at it). A crash loses nothing: a
 branch resumes from its own last checkpoint, one that never saved one starts
@@ -38,27 +47,32 @@ from typing import TYPE_CHECKING, Any
 
 from .attempts import Attempts
 from .children import ChildHandle, Children
-from .exceptions import PauseForEventException, TimerPause
+from .exceptions import DurableError, PauseForEventException, TimerPause
 from .gathering import GatherRequest, _ready
 from .stack import CallStack, FunctionCall
 from .state import (
     CANCELLED,
+    FAILED,
     GroupInfo,
     SavedState,
     WaitInfo,
     branch_key,
     current_branch,
     ended_outcome,
+    reopen_failed,
 )
 from .tracebacks import runtime_file
-
-if TYPE_CHECKING:
-    from .runtime import DurableRuntime
 
 runtime_file(__file__)  # frames of this module are the runtime's own (see durable.tracebacks)
 
 #: A branch's outcome: ("ok", value), ("err", exception), ("cancelled", exception) or ("paused", None).
 Outcome = tuple[str, Any]
+
+
+def exclusive(func: Any) -> bool:
+    """Is ``func`` (or the function of a :func:`durable.step`) an exclusive step (see the module's docstring)?"""
+    return bool(getattr(func, "durable_exclusive", False) or getattr(getattr(func, "fn", None), "durable_exclusive",
+                                                                       False))
 
 
 async def branch_root(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -79,6 +93,8 @@ class Branches(Attempts, Children):
     _dropped: list[str] | None
     #: Set once this runtime saved its last checkpoint (completed, failed or cancelled).
     _ended: bool
+    _holding: bool
+    _lock: asyncio.Lock | None
 
     if TYPE_CHECKING:  # defined by DurableRuntime and its other mixins
         def _arm(self) -> None: ...
@@ -108,6 +124,20 @@ class Branches(Attempts, Children):
         drop = getattr(self._io, "delete_branches", None)
         if drop is not None and paths:
             await drop(self.instance_id, paths)
+
+    async def _hold(self) -> None:
+        """Wait for the instance's lock of exclusive steps; held until this branch's next checkpoint."""
+        if self._holding:
+            return
+        root = self.root
+        if root._lock is None:
+            root._lock = asyncio.Lock()
+        await root._lock.acquire()
+        self._holding = True
+
+    def _release(self) -> None:
+        self._holding = False
+        self.root._lock.release()
 
     def request_cancel(self, reason: str = "") -> None:
         """Raise :class:`~durable.InstanceCancelled` in the program at its next await, and in every live branch
@@ -161,11 +191,39 @@ class Branches(Attempts, Children):
             if ended is not None:
                 outcomes[path] = ended
                 sub._ended = True
+                self._adopt_children(sub)
             else:
                 runs[path] = sub.continue_branch(loaded, cancel)
         return await self._run_group(group, runs, outcomes)
 
-    def _sub(self, path: str) -> DurableRuntime:
+    async def _reopen_group(self) -> None:
+        """A retry of an instance a branch's failure ended: that branch goes on from its last checkpoint, the
+        branches it cancelled start over from their calls, those that completed keep their results."""
+        group = self._live().get("group")
+        assert group is not None
+        decided = group["decided"]
+        group["decided"] = None
+        restart = []
+        for path in group["branches"]:
+            sub = self._sub(path)
+            loaded = await sub._load_own()
+            if loaded is None:
+                continue
+            status = loaded["status"]
+            if status == FAILED and path == decided:
+                await sub._save_branch(reopen_failed(loaded, f"{self.instance_id} branch {path}"))
+            elif status in (FAILED, CANCELLED):
+                restart.append(path)
+        self._subs = None
+        if restart:
+            drop = getattr(self._io, "delete_branches", None)
+            if drop is None:
+                raise DurableError(f"{type(self.backend).__name__} cannot delete branch states: the branches a "
+                                   "failed branch cancelled cannot start over")
+            await drop(self.instance_id, restart)
+
+    def _sub(self, path: str) -> Any:
+        """A runtime of this instance's class for branch ``path`` (a DurableRuntime)."""
         sub: Any = type(self)(self.backend, self.instance_id, clock=self.clock,  # type: ignore[call-arg]
                                          on_checkpoint=self.on_checkpoint, migrate=getattr(self, "migrate", None))
         sub.branch = path
@@ -177,6 +235,14 @@ class Branches(Attempts, Children):
             self._subs = {}
         self._subs[path] = sub
         return sub
+
+    def _adopt_children(self, sub: Any) -> None:
+        """A branch ended: the children it started and did not await are this call stack's now (their
+        parent-close policy applies when the instance ends; saved with this stack's next checkpoint)."""
+        children = sub._live().get("children")
+        if children:
+            state = self._live()
+            state["children"] = {**(state.get("children") or {}), **children}
 
     def _group_cancel(self, group: GroupInfo) -> str | None:
         """The reason to cancel the group's live branches with, if they are to be cancelled."""
@@ -192,26 +258,32 @@ class Branches(Attempts, Children):
                          outcomes: dict[str, Outcome]) -> tuple[Any, BaseException | None]:
         subs = self._subs or {}
         pending: dict[asyncio.Future[Outcome], str] = {}
+        ended: asyncio.Queue[asyncio.Future[Outcome]] = asyncio.Queue()  # tasks in the order they end: O(1) each
+
+        def drive(todo: dict[str, Any]) -> None:
+            for path, run in todo.items():
+                task = asyncio.ensure_future(_outcome(subs[path], run))
+                task.add_done_callback(ended.put_nowait)
+                pending[task] = path
+
         try:
             while True:
-                for path, run in runs.items():
-                    pending[asyncio.ensure_future(_outcome(subs[path], run))] = path
-                runs = {}
+                drive(runs)
                 while pending:
-                    done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                    # all of them out of `pending` first: none runs any more (a paused one is cancelled by a run of
-                    # its own in _cancel_others, not at its next await)
-                    ended = [(task, pending.pop(task)) for task in done]
-                    for task, path in ended:
-                        outcomes[path] = task.result()  # a crash (not the branch's error) propagates from here
-                    for _, path in ended:
-                        if group["decided"] is None and _decides(group, outcomes[path]):
-                            group["decided"] = path
-                            await self._checkpoint()  # which branch decided, on record before the others stop
-                            runs.update(self._cancel_others(group, outcomes, pending))
-                    for path, run in runs.items():
-                        pending[asyncio.ensure_future(_outcome(subs[path], run))] = path
-                    runs = {}
+                    task = await ended.get()
+                    path = pending.pop(task)
+                    outcomes[path] = task.result()  # a crash (not the branch's error) propagates from here
+                    sub = subs[path]
+                    if outcomes[path][0] != "paused":
+                        self._adopt_children(sub)
+                    if outcomes[path][0] == "paused" and sub._cancel is not None:
+                        # cancelled while it was beginning its wait: the cancellation is raised at that wait now
+                        drive({path: sub.cancel_branch(sub._cancel)})
+                        continue
+                    if group["decided"] is None and _decides(group, outcomes[path]):
+                        group["decided"] = path
+                        await self._checkpoint()  # which branch decided, on record before the others stop
+                        drive(self._cancel_others(group, outcomes, pending))
                 if self._cancel is not None or (self._deadline is not None and self.clock() >= self._deadline):
                     # the instance is cancelled (or past its deadline): paused branches are cancelled too
                     reason = self._cancel or f"the deadline of instance {self.instance_id!r} passed"

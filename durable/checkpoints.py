@@ -44,6 +44,11 @@ class Checkpoints:
     branch: str | None
     _dropped: list[str] | None
     _ended: bool
+    _holding: bool
+
+    def _release(self) -> None:
+        """Let the next exclusive step of another branch run (see :class:`durable.branches.Branches`)."""
+        raise NotImplementedError
 
     async def _save_branch(self, state: SavedState) -> None:
         """Save a branch's checkpoint (see :class:`durable.branches.Branches`)."""
@@ -78,6 +83,8 @@ class Checkpoints:
                 await self._save_branch(state)
         except CheckpointException as exc:
             raise _diagnose(state, exc) from exc
+        if self._holding:
+            self._release()
         if self._dropped is not None and state["status"] != FAILED:
             await self._drop_branches()
         if self.on_checkpoint is not None:

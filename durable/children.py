@@ -121,7 +121,8 @@ class Children(Waits):
     async def _start_child(self, req: StartChild) -> tuple[Any, BaseException | None]:
         state = self._live()
         seq = state.get("spawned", 0)
-        child_id = req.instance_id or f"{self.instance_id}/child-{seq}"
+        where = "" if self.branch is None else f"{self.branch.replace('/', '-')}-"  # unique in parallel branches
+        child_id = req.instance_id or f"{self.instance_id}/child-{where}{seq}"
         if child_id == self.instance_id:
             return None, ValueError(f"a child cannot have its parent's instance_id {child_id!r}")
         state["spawned"] = seq + 1

@@ -171,6 +171,7 @@ def _function_of(coro: types.CoroutineType[Any, Any, Any], code: types.CodeType,
     closure = tuple(types.CellType(values[name]) for name in code.co_freevars)
     func = types.FunctionType(code, globals_, code.co_name, None, closure or None)
     func.__qualname__ = qualname
+    func.__durable_origin__ = (code.co_filename, code.co_firstlineno)  # type: ignore[attr-defined]  # see origin()
     return func
 
 

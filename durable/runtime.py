@@ -16,7 +16,7 @@ from typing import Any, cast
 from .attempts import pause_in_step
 from .backend import OrchestrationBackend, as_async_backend
 from .blocks import AWAIT, CALL, EXCEPT, NEXT, RETURN, THROW, origin
-from .branches import Branches
+from .branches import Branches, exclusive
 from .children import ChildHandle, StartChild
 from .endings import Endings
 from .exceptions import (
@@ -117,6 +117,9 @@ class DurableRuntime(Branches, Endings, Interrupts):
         self._subs: dict[str, DurableRuntime] | None = None
         self._dropped: list[str] | None = None
         self._ended = False
+        #: This branch holds the instance's lock of exclusive steps until its next checkpoint (see durable.branches).
+        self._holding = False
+        self._lock: asyncio.Lock | None = None
         #: ``(parent instance id, parent-close policy)`` of a new child instance (see durable.children).
         self.parent: tuple[str, str] | None = None
 
@@ -155,6 +158,8 @@ class DurableRuntime(Branches, Endings, Interrupts):
         if state["status"] != FAILED:
             raise DurableError(f"instance {self.instance_id!r} is {state['status']}: only a failed instance is retried")
         reopen_failed(state, self.instance_id)
+        if state.get("group"):
+            await self._reopen_group()
         return await self._continue(state)
 
     async def cancel(self, program: Any, reason: str = "", *, force: bool = False) -> Any:
@@ -322,6 +327,8 @@ class DurableRuntime(Branches, Endings, Interrupts):
                 # a leaf call: a wait, or a step (with its retry policy)
                 if self._watch:
                     throw = self._interruption()
+                if self.branch is not None and throw is None and exclusive(func):
+                    await self._hold()
                 if throw is not None:
                     pass
                 elif cls is Step:
@@ -433,6 +440,8 @@ class DurableRuntime(Branches, Endings, Interrupts):
         leaves (see :mod:`durable.tracebacks`).
         """
         frames = self._live()["stack"].frames
+        if self._holding:
+            self._release()
         enter(exc, frames[-1] if frames else None, from_block)
         if frames:
             self._raised_at = (frames[-1], frames[-1].pc)

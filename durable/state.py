@@ -15,6 +15,7 @@ exactly the keys below.
 """
 
 from contextvars import ContextVar
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, Literal, NotRequired, TypedDict
 
 from .exceptions import DurableError, InstanceCancelled
@@ -206,3 +207,38 @@ def ended_outcome(state: SavedState) -> tuple[str, Any] | None:
 def stored_error(state: SavedState) -> BaseException:
     err = state.get("error")
     return restore(err) if isinstance(err, BaseException) else DurableError(str(err))
+
+
+def leaf_waits(wait: WaitInfo | None) -> list[WaitInfo]:
+    """Every live wait of a paused instance: its own wait, or each paused branch's (nested groups flattened;
+    each entry keeps its ``branch`` path). What screens list as "waiting for"."""
+    if not wait:
+        return []
+    if wait.get("kind") != "branches":
+        return [wait]
+    out: list[WaitInfo] = []
+    for inner in wait.get("waits") or ():
+        out.extend(leaf_waits(inner))
+    return out
+
+
+def describe_waits(wait: WaitInfo | None) -> str:
+    """A wait in words, for people and the history: ``event 'approve'``, ``timer until <iso time>``, ``child
+    'id'``; each live wait of parallel branches, with its branch, separated by ``; ``."""
+    parts = []
+    for leaf in leaf_waits(wait):
+        due = leaf.get("due")
+        until = "" if due is None else datetime.fromtimestamp(due, tz=UTC).isoformat()
+        kind = leaf.get("kind")
+        if kind == "timer":
+            text = f"timer until {until}"
+        elif kind == "child":
+            text = f"child {leaf.get('child')!r}"
+        elif kind == "children":
+            ids = leaf.get("children") or []
+            text = f"{len(ids)} children" if len(ids) != 1 else f"child {ids[0]!r}"
+        else:
+            text = f"event {leaf.get('event')!r}" + (f" until {until}" if until else "")
+        branch = leaf.get("branch")
+        parts.append(f"{text} (branch {branch})" if branch is not None else text)
+    return "; ".join(parts)

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple, TypeVar
 from .backend import DurableBackend, OrchestrationBackend
 from .exceptions import InstanceCancelled, PauseForEventException
 from .program import DurableProgram
-from .state import CANCELLED, COMPLETED, FAILED, PAUSED, RUNNING, SavedState
+from .state import CANCELLED, COMPLETED, FAILED, PAUSED, RUNNING, SavedState, describe_waits, leaf_waits
 
 __all__ = ["DurableTestEnv", "FakeClock", "HistoryEntry", "Snapshot", "describe_wait", "history_mismatch"]
 
@@ -104,7 +104,7 @@ class Snapshot:
     instance_id: str
     #: ``paused``, ``completed``, ``failed``, ``cancelled`` (or ``running`` if a checkpoint could not be saved).
     status: str
-    #: ``"event"``, ``"timer"`` or None when it does not wait.
+    #: ``"event"``, ``"timer"``, ``"child"``, ``"children"``, ``"branches"`` or None when it does not wait.
     wait_kind: str | None = None
     #: The event it waits for (event waits only).
     waiting_for: str | None = None
@@ -112,6 +112,8 @@ class Snapshot:
     due: float | None = None
     result: Any = None
     error: BaseException | None = None
+    #: Every live wait (parallel branches each have theirs, with their ``branch``), see :func:`leaf_waits`.
+    waits: tuple[Mapping[str, Any], ...] = ()
 
     @property
     def paused(self) -> bool:
@@ -127,14 +129,9 @@ class Snapshot:
 
 
 def describe_wait(wait: Mapping[str, Any] | None) -> str:
-    """A wait in words, as the history records it: ``event 'approve'``, ``timer until <iso time>``."""
-    if not wait:
-        return ""
-    due = wait.get("due")
-    until = "" if due is None else datetime.fromtimestamp(due, tz=UTC).isoformat()
-    if wait.get("kind") == "timer":
-        return f"timer until {until}"
-    return f"event {wait.get('event')!r}" + (f" until {until}" if until else "")
+    """A wait in words, as the history records it: ``event 'approve'``, ``timer until <iso time>``; each wait of
+    parallel branches with its branch (see :func:`durable.state.describe_waits`)."""
+    return describe_waits(wait)  # type: ignore[arg-type]
 
 
 def history_mismatch(actual: list[HistoryEntry], expected: Iterable[str | tuple[str, str]]) -> str | None:
@@ -291,11 +288,31 @@ class DurableTestEnv:
             history.append(HistoryEntry("failed", f"{type(error).__name__}: {error}"))
         snap = Snapshot(iid, status, wait_kind=wait["kind"] if wait else None,
                         waiting_for=wait.get("event") if wait else None, due=wait.get("due") if wait else None,
-                        result=result, error=error)
+                        result=result, error=error, waits=tuple(leaf_waits(wait)))
         self._last[iid] = snap
+        for child, info in ((state.get("children") if state is not None else None) or {}).items():
+            await self._adopt(child, info["program"])
+        parent = state.get("parent") if state is not None else None
+        if parent and status in (COMPLETED, FAILED, CANCELLED) and parent[0] in self._programs:
+            await self._run(parent[0], (), {})  # as a host wakes the parent of a child that ended
         if status == RUNNING and error is not None:
             raise error
         return snap
+
+    async def _adopt(self, child: str, program: DurableProgram[..., Any]) -> None:
+        """A child the program started (run by the core in the same backend): the env publishes to it and runs
+        its timers."""
+        if child in self._programs:
+            return
+        self._programs[child] = program
+        self._history.setdefault(child, [HistoryEntry("started")])
+        state = await self.backend.load_state(child)
+        if state is not None:
+            wait = state.get("wait") if state["status"] == PAUSED else None
+            self._last[child] = Snapshot(child, state["status"], wait_kind=wait["kind"] if wait else None,
+                                         waiting_for=wait.get("event") if wait else None,
+                                         due=wait.get("due") if wait else None, result=state.get("result"),
+                                         waits=tuple(leaf_waits(wait)))
 
     def _program(self, instance_id: str) -> DurableProgram[..., Any]:
         program = self._programs.get(instance_id)
@@ -376,11 +393,10 @@ class DurableTestEnv:
         problem = None
         if not snap.paused:
             problem = f"it is {snap.status}" + (f" ({type(snap.error).__name__}: {snap.error})" if snap.error else "")
-        elif timer and snap.wait_kind != "timer":
-            problem = f"it waits for event {snap.waiting_for!r}"
-        elif not timer and (snap.wait_kind != "event" or (event is not None and snap.waiting_for != event)):
-            problem = ("it sleeps on a timer" if snap.wait_kind == "timer"
-                       else f"it waits for event {snap.waiting_for!r}")
+        elif timer and not any(w.get("kind") == "timer" for w in snap.waits):
+            problem = f"it waits for {describe_wait(_wait_of(snap))}"
+        elif not timer and not any(w.get("kind") == "event" and event in (None, w.get("event")) for w in snap.waits):
+            problem = f"it waits for {describe_wait(_wait_of(snap))}"
         if problem:
             raise AssertionError(f"instance {instance_id!r} should wait for {expected}, but {problem}")
         return snap
@@ -401,6 +417,8 @@ class DurableTestEnv:
 def _wait_of(snap: Snapshot) -> dict[str, Any] | None:
     if not snap.paused:
         return None
+    if snap.wait_kind == "branches":
+        return {"kind": "branches", "due": snap.due, "waits": list(snap.waits)}
     wait: dict[str, Any] = {"kind": snap.wait_kind, "due": snap.due}
     if snap.waiting_for is not None:
         wait["event"] = snap.waiting_for

@@ -15,6 +15,12 @@ checkpoint commits. Two ways get there:
       async def order_process(order_id):
           await reserve(order_id)       # one step; commits with its checkpoint
 
+In parallel branches (``durable.gather``), a ``db_step`` runs alone: no other
+branch's ``db_step`` starts until its checkpoint has committed it, and a
+failure rolls back its own savepoint only. Plain async-ORM writes in a
+branch's step are at least once there (another branch's checkpoint may commit
+them first): write through ``db_step`` in branches.
+
 Do not call the sync ORM directly in durable code (Django refuses it in async
 context), and do not wrap a step in ``sync_to_async(thread_sensitive=False)``
 or ``asyncio.to_thread``: that moves the writes to another connection, which
@@ -29,7 +35,9 @@ from typing import ParamSpec, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.apps import apps
-from django.db import DEFAULT_DB_ALIAS, connections, router
+from django.db import DEFAULT_DB_ALIAS, connections, router, transaction
+
+from durable.state import current_branch
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -44,6 +52,9 @@ def db_step(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
     """
 
     def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        if current_branch.get() is not None:  # other branches' writes may wait for their checkpoints too
+            with transaction.atomic(using=_alias()):
+                return func(*args, **kwargs)
         try:
             return func(*args, **kwargs)
         except BaseException:
@@ -56,7 +67,16 @@ def db_step(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
     def call(*args: P.args, **kwargs: P.kwargs) -> Awaitable[R]:
         return wrapped(*args, **kwargs)
 
+    # In a parallel branch, the step runs alone until its checkpoint commits it (see durable.branches), and a
+    # failure rolls back its savepoint only.
+    call.durable_exclusive = True  # type: ignore[attr-defined]
     return call
+
+
+def _alias() -> str:
+    """The database of the app's rows, as the routers say (this module is imported before the apps are ready, so
+    it looks the model up by name)."""
+    return router.db_for_write(apps.get_model("durable_django", "DurableInstance")) or DEFAULT_DB_ALIAS
 
 
 def _discard_writes() -> None:
@@ -71,6 +91,6 @@ def _discard_writes() -> None:
     :func:`durable_django.db.alias` finds it; this module is imported before
     the apps are ready, so it does not import the models.)
     """
-    conn = connections[router.db_for_write(apps.get_model("durable_django", "DurableInstance")) or DEFAULT_DB_ALIAS]
+    conn = connections[_alias()]
     if conn.connection is not None and not conn.get_autocommit() and not conn.in_atomic_block:
         conn.rollback()

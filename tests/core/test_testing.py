@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from durable import CheckpointException, EventTimeout, make_durable, sleep, wait_for_event
+from durable import CheckpointException, EventTimeout, gather, make_durable, sleep, start_child, wait_for_event
 from durable.testing import DurableTestEnv, FakeClock, HistoryEntry
 
 effects: list = []
@@ -236,3 +236,40 @@ def test_fake_clock():
     with pytest.raises(ValueError, match="only moves forward"):
         clock.advance(-1)
     assert FakeClock().time() == int(FakeClock().time())  # whole seconds: sums of durations stay exact
+
+
+async def _approval(who):
+    return await wait_for_event(who)
+
+
+@make_durable
+async def _kid(n):
+    await sleep(60)
+    return n * 2
+
+
+@make_durable
+async def _parallel_expense():
+    manager, finance = await gather(_approval("manager"), _approval("finance"))
+    child = await start_child(_kid, 5)
+    return manager, finance, await child
+
+
+def test_parallel_waits_and_children_in_the_env():
+    env = DurableTestEnv()
+    snap = env.start(_parallel_expense, instance_id="px")
+    assert snap.wait_kind == "branches"
+    assert [(w["event"], w["branch"]) for w in snap.waits] == [("manager", "0.0"), ("finance", "0.1")]
+    env.assert_waiting("px", "finance")
+    env.assert_waiting("px", "manager")
+    snap = env.publish("px", "manager", "yes")
+    assert [w["event"] for w in snap.waits] == ["finance"]
+    with pytest.raises(AssertionError, match="event 'finance' \\(branch 0.1\\)"):
+        env.assert_waiting("px", "manager")
+    snap = env.publish("px", "finance", "ok")
+    assert snap.wait_kind == "child" and snap.waits[0]["child"] == "px/child-0"
+    env.advance(60)  # the child's timer; its end runs the parent, as a host would
+    assert env.assert_completed("px") == ("yes", "ok", 10)
+    assert env.result("px/child-0") == 10
+    assert ("paused", "event 'manager' (branch 0.0); event 'finance' (branch 0.1)") in [
+        (h.kind, h.detail) for h in env.history("px")]
