@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from durable.state import describe_waits, leaf_waits
+
 #: The ``waiting_for`` column holds at most this many characters.
 _WAITING_FOR = 200
 
@@ -24,46 +26,16 @@ def to_datetime(due: float | None) -> datetime | None:
     return None if due is None else datetime.fromtimestamp(due, tz=UTC)
 
 
-def describe_wait(wait: Mapping[str, Any]) -> str:
-    """One wait for people: "event 'manager'", "timer until ...", "child 'x'", nested branches in brackets."""
-    kind = wait.get("kind")
-    if kind == "event":
-        return f"event {wait.get('event')!r}"
-    if kind == "timer":
-        due = to_datetime(wait.get("due"))
-        return f"timer until {due.isoformat() if due else 'an unknown time'}"
-    if kind == "child":
-        return f"child {wait.get('child')!r}"
-    if kind == "children":
-        return f"children {', '.join(map(repr, wait.get('children') or ()))}"
-    if kind == "branches":
-        return f"[{describe_waits(wait)}]"
-    return str(kind or "")
-
-
-def describe_waits(wait: Mapping[str, Any]) -> str:
-    """A ``"branches"`` wait for people: each paused branch's wait and path, e.g.
-    "event 'manager' (branch 0.0); event 'finance' (branch 0.1)"."""
-    return "; ".join(f"{describe_wait(w)} (branch {w.get('branch')})" for w in wait.get("waits") or ())
-
-
 def event_names(wait: Mapping[str, Any] | None) -> set[str]:
     """The events that end a wait: its own, or (a ``"branches"`` wait) any paused branch's, nested ones too."""
-    if not wait:
-        return set()
-    if wait.get("kind") == "event":
-        return {wait.get("event") or ""}
-    names: set[str] = set()
-    for sub in wait.get("waits") or ():
-        names |= event_names(sub)
-    return names
+    return {leaf.get("event") or "" for leaf in leaf_waits(wait) if leaf.get("kind") == "event"}  # type: ignore[arg-type]
 
 
 def waiting_for(wait: Mapping[str, Any]) -> str:
     """The ``waiting_for`` column of a row whose wait is ``wait`` (the event's name for an event wait: the
     wake-up queries join on it)."""
     if wait.get("kind") == "branches":
-        text = describe_waits(wait)
+        text = describe_waits(wait)  # type: ignore[arg-type]  # a WaitInfo read back from the state
         return text if len(text) <= _WAITING_FOR else text[:_WAITING_FOR - 1] + "…"
     return (wait.get("event") or "")[:_WAITING_FOR]
 
@@ -116,7 +88,7 @@ def wait_text(wait: Mapping[str, Any]) -> str:
     if not wait:
         return ""
     if wait.get("kind") == "branches":
-        return f"branches: {describe_waits(wait)}"
+        return f"branches: {describe_waits(wait)}"  # type: ignore[arg-type]
     due = to_datetime(wait.get("due"))
     if wait.get("kind") == "timer":
         return f"timer until {due.isoformat() if due else 'an unknown time'}"

@@ -104,12 +104,12 @@ def test_two_branches_never_take_the_same_event(inline, uid):
     """Both branches of a nested group wait for events published before they wait: each takes its own."""
     dd.start(bp.nested, uid, instance_id=uid)
     inst = row(uid)
-    assert inst.waiting_for == ("[event 'n1' (branch 0.0/0.0); event 'n2' (branch 0.0/0.1)] (branch 0.0); "
-                                "event 'top' (branch 0.1)")
+    assert inst.waiting_for == "event 'n1' (branch 0.0/0.0); event 'n2' (branch 0.0/0.1); event 'top' (branch 0.1)"
     assert branches(uid)["0.0/0.0"] == ("paused", "event", "n1")
     dd.publish_event(uid, "n2", "two")
     dd.publish_event(uid, "top", "t")
-    assert row(uid).waiting_for == "[event 'n1' (branch 0.0/0.0)] (branch 0.0)"
+    assert row(uid).waiting_for == "event 'n1' (branch 0.0/0.0)"
+    assert branches(uid)["0.0"] == ("paused", "branches", "event 'n1' (branch 0.0/0.0)")
     dd.publish_event(uid, "n1", "one")
     assert row(uid).status == Status.COMPLETED, row(uid).error
     assert dd.result(uid) == [["one", "two"], "t"]
