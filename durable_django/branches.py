@@ -223,3 +223,9 @@ def awaited_event(instance: Any) -> str:
     return (DurableBranch.objects.filter(instance_id=instance.pk, status=Status.PAUSED, wait_kind="event")
             .order_by("path").values_list("waiting_for", flat=True).first() or "")
 
+
+def paused_branch_waits(instance_id: str) -> list[tuple[str, str]]:
+    """(wait kind, event name) of each paused branch's own event or timer wait (nested branches included)."""
+    rows = DurableBranch.objects.filter(instance_id=instance_id, status=Status.PAUSED, wait_kind__in=("event", "timer"))
+    return list(rows.order_by("path").values_list("wait_kind", "waiting_for"))
+

@@ -199,6 +199,22 @@ def test_admin_page_status_command_and_live_status_show_every_wait(inline, uid):
     assert read_status(uid)["waiting_for"] == "event 'manager' (branch 0.0)"
 
 
+def test_test_env_timer_branch_fires_on_advance_and_assert_waiting_sees_branch_waits(durable_env, uid):
+    inst = durable_env.start(bp.timer_and_event, uid, 3600.0, instance_id=uid)
+    assert inst.wait_kind == "branches"
+    durable_env.assert_waiting(uid, "go")  # the event branch's wait
+    durable_env.assert_waiting(uid, timer=True)  # the timer branch's
+    with pytest.raises(AssertionError, match="waiting for timer until .* \\(branch 0.0\\); event 'go'"):
+        durable_env.assert_waiting(uid, "other")
+    assert durable_env.advance(3601) == [uid]  # woken at the timer branch's due time
+    assert "timer-done" in notes(uid)
+    durable_env.assert_waiting(uid, "go")
+    with pytest.raises(AssertionError):
+        durable_env.assert_waiting(uid, timer=True)
+    durable_env.publish(uid, "go", "g")
+    assert durable_env.assert_completed(uid) == ["timer", "g"]
+
+
 # -- real Celery workers ----------------------------------------------------------------------------------------
 def wait_for(iid: str, what, message: str, timeout: float = 60):
     return wait_until(lambda: what(row(iid)), timeout=timeout,
