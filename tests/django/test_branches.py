@@ -20,6 +20,9 @@ from django.test import Client
 from django.urls import reverse
 
 import durable_django as dd
+from durable import CallStack, StateTamperedError
+from durable_django.backend import DjangoOrchestrationBackend
+from durable_django.exceptions import LeaseLost
 from durable_django.live import read_status
 from durable_django.models import DurableBranch, DurableEvent, DurableHistory, DurableInstance, Status
 from durable_django.worker import due_instances, run_instance
@@ -213,6 +216,31 @@ def test_test_env_timer_branch_fires_on_advance_and_assert_waiting_sees_branch_w
         durable_env.assert_waiting(uid, timer=True)
     durable_env.publish(uid, "go", "g")
     assert durable_env.assert_completed(uid) == ["timer", "g"]
+
+
+def test_branch_checkpoint_is_fenced_by_the_lease_and_signed_for_its_path(settings, uid):
+    settings.DURABLE = {**settings.DURABLE, "RUN_INLINE": False}
+    dd.start(bp.two_approvals, uid, instance_id=uid)  # pending: nobody runs it
+    program = row(uid).program
+    state = {"format": 1, "status": "paused", "program": program, "stack": CallStack([]), "steps": 3, "result": None,
+             "error": None, "wait": {"kind": "event", "event": "manager", "due": None}}
+    DurableInstance.objects.filter(pk=uid).update(lease_owner="someone-else")
+    backend = DjangoOrchestrationBackend(worker_id="me", program=program)
+    with pytest.raises(LeaseLost):
+        backend.save_branch_sync(uid, "0.0", state)
+    assert not DurableBranch.objects.filter(instance_id=uid).exists()  # the lost lease wrote nothing
+    DurableInstance.objects.filter(pk=uid).update(lease_owner="me")
+    backend.save_branch_sync(uid, "0.0", state)
+    assert branches(uid) == {"0.0": ("paused", "event", "manager")}
+    assert backend.load_branch_sync(uid, "0.0")["steps"] == 3
+    blob = DurableBranch.objects.get(instance_id=uid, path="0.0").state
+    DurableBranch.objects.create(instance_id=uid, path="0.1", state=blob)  # another branch's valid blob
+    with pytest.raises(StateTamperedError):
+        backend.load_branch_sync(uid, "0.1")
+    DurableInstance.objects.filter(pk=uid).update(status=Status.CANCELLED)  # a cancelled instance: no more writes
+    with pytest.raises(LeaseLost):
+        backend.save_branch_sync(uid, "0.0", {**state, "steps": 4})
+    assert backend.load_branch_sync(uid, "0.0")["steps"] == 3
 
 
 # -- real Celery workers ----------------------------------------------------------------------------------------
