@@ -7,12 +7,14 @@ one mid-group). See durable_django/branches.py.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from datetime import timedelta
 from io import StringIO
 
 import pytest
+from asgiref.sync import sync_to_async
 from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.db import connection
@@ -21,6 +23,7 @@ from django.urls import reverse
 
 import durable_django as dd
 from durable import CallStack, StateTamperedError
+from durable_django import eventloop
 from durable_django.backend import DjangoOrchestrationBackend
 from durable_django.exceptions import LeaseLost
 from durable_django.live import read_status
@@ -241,6 +244,35 @@ def test_branch_checkpoint_is_fenced_by_the_lease_and_signed_for_its_path(settin
     with pytest.raises(LeaseLost):
         backend.save_branch_sync(uid, "0.0", {**state, "steps": 4})
     assert backend.load_branch_sync(uid, "0.0")["steps"] == 3
+
+
+def test_a_sync_call_in_a_run_resumes_its_task_before_any_other_task_runs():
+    """What keeps a step's writes and its branch's checkpoint together: a thread-sensitive call (``db_step``, the
+    async ORM) is done when the awaiting task resumes, with no other task (another branch and its checkpoint)
+    run in between."""
+    order: list[str] = []
+
+    def call() -> None:
+        order.append("call")
+
+    async def step() -> None:
+        await sync_to_async(call)()
+        order.append("after")
+
+    async def other() -> None:
+        for _ in range(5):
+            order.append("other")
+            await asyncio.sleep(0)
+
+    async def main() -> None:
+        await asyncio.gather(other(), step(), other())
+
+    class Backend:
+        inline = False
+
+    eventloop.run(Backend(), main)
+    i = order.index("call")
+    assert order[i + 1] == "after", order
 
 
 # -- real Celery workers ----------------------------------------------------------------------------------------
