@@ -48,7 +48,6 @@ from durable.progress import describe
 
 from . import api, clock, operations
 from .answers import publish_answer
-from .backend import retry_status
 from .branches import awaited_event, live_branches
 from .db import ops
 from .exceptions import DurableDjangoError, InstanceFinished, InvalidInput, UnknownInstance
@@ -57,6 +56,7 @@ from .forms import EditLocalForm, PublishEventForm
 from .limits import bad_character, check_instance_id
 from .models import FINISHED, DurableEvent, DurableHistory, DurableInstance, Status
 from .signing import STATE, blob_context, unsign
+from .waits import retry_status
 
 #: Human tasks (assignment and forms of waits) are enforced when their app is installed.
 HUMAN_TASKS = django_apps.is_installed("durable_django.humantasks")

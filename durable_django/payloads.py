@@ -6,10 +6,10 @@ from typing import Any
 
 from durable import SavedState, StateTamperedError
 
-from .backend import retry_status
 from .branches import live_branches
 from .models import DurableInstance
 from .signing import STATE, blob_context, unsign
+from .waits import retry_status
 
 
 def _iso(value) -> str | None:

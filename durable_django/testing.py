@@ -33,10 +33,10 @@ from durable import DurableProgram
 from durable.testing import FakeClock, HistoryEntry, history_mismatch
 
 from . import api, cancellation, clock, worker
-from .backend import to_datetime
 from .branches import paused_branch_waits
 from .models import FINISHED, DurableEvent, DurableHistory, DurableInstance, Status
 from .signals import instance_transition
+from .waits import to_datetime
 
 __all__ = ["DurableTestEnv", "DurableTestMixin", "FakeClock", "HistoryEntry", "Transition"]
 
