@@ -46,19 +46,21 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from .attempts import Attempts
-from .children import ChildHandle, Children
+from .children import CHILD_EVENT, ChildHandle, Children
 from .exceptions import DurableError, PauseForEventException, TimerPause
-from .gathering import GatherRequest, _ready
+from .gathering import GatherRequest, _ready, scrub
 from .stack import CallStack, FunctionCall
 from .state import (
     CANCELLED,
     FAILED,
+    PAUSED,
     GroupInfo,
     SavedState,
     WaitInfo,
     branch_key,
     current_branch,
     ended_outcome,
+    leaf_waits,
     reopen_failed,
 )
 from .tracebacks import runtime_file
@@ -95,6 +97,7 @@ class Branches(Attempts, Children):
     _ended: bool
     _holding: bool
     _lock: asyncio.Lock | None
+    _paused_on: WaitInfo | None
 
     if TYPE_CHECKING:  # defined by DurableRuntime and its other mixins
         def _arm(self) -> None: ...
@@ -155,6 +158,7 @@ class Branches(Attempts, Children):
         except Exception as exc:
             return None, exc
         state = self._live()
+        scrub(state["stack"].frames[-1].locals, req.aws)
         seq = state.get("groups", 0)
         state["groups"] = seq + 1
         prefix = f"{self.branch}/" if self.branch is not None else ""
@@ -180,20 +184,26 @@ class Branches(Attempts, Children):
         assert group is not None
         runs: dict[str, Any] = {}
         outcomes: dict[str, Outcome] = {}
-        cancel = self._group_cancel(group)
+        live: list[tuple[Any, Any, SavedState | None]] = []
         for path, call in zip(group["branches"], group["calls"]):
             sub = self._sub(path)
             loaded = await sub._load_own()
-            if loaded is None:
-                runs[path] = sub.start_branch(call, cancel)
-                continue
-            ended = ended_outcome(sub._loaded(loaded))
+            ended = None if loaded is None else ended_outcome(sub._loaded(loaded))
             if ended is not None:
                 outcomes[path] = ended
                 sub._ended = True
                 self._adopt_children(sub)
             else:
-                runs[path] = sub.continue_branch(loaded, cancel)
+                live.append((sub, call, loaded))
+        for path in group["branches"]:
+            # a branch that ended before a crash, before the group recorded that it decided: it decides now
+            if group["decided"] is None and path in outcomes and _decides(group, outcomes[path]):
+                group["decided"] = path
+                await self._checkpoint()
+        cancel = self._group_cancel(group)
+        for sub, call, loaded in live:
+            runs[sub.branch] = (sub.start_branch(call, cancel) if loaded is None
+                                else sub.continue_branch(loaded, cancel))
         return await self._run_group(group, runs, outcomes)
 
     async def _reopen_group(self) -> None:
@@ -321,7 +331,8 @@ class Branches(Attempts, Children):
             if sub._ended or path == group["decided"]:
                 continue
             if path in running:
-                sub.request_cancel(reason)
+                if sub._cancel is None and (sub.state or {}).get("cancel") is None:  # not while it cleans up
+                    sub.request_cancel(reason)
             elif outcomes.get(path, ("paused",))[0] == "paused":
                 runs[path] = sub.cancel_branch(reason)
         return runs
@@ -335,10 +346,19 @@ class Branches(Attempts, Children):
             waits.append(wait)  # type: ignore[arg-type]
         dues = [w["due"] for w in waits if w.get("due") is not None]
         due = min(dues) if dues else None  # type: ignore[type-var]
-        events = [w.get("event") for w in waits if w["kind"] != "timer"]
+        events = [w.get("event") or f"{CHILD_EVENT}{w.get('child') or (w.get('children') or ['?'])[0]}"
+                  for w in leaf_waits({"kind": "branches", "due": due, "waits": waits}) if w["kind"] != "timer"]
         pause = (TimerPause(None, due=due, instance_id=self.instance_id) if not events
                  else PauseForEventException(events[0], due=due, instance_id=self.instance_id))
         self._subs = None
+        if self._cancel is not None:  # delivered to the branches: on record, so that a second cancel forces the end
+            self._live()["cancel"] = self._cancel
+        before = self._paused_on
+        if before is not None and self._cancel is None and before.get("waits") == waits:
+            state = self._live()  # resumed, and no branch moved: nothing to save
+            state["wait"], state["status"] = before, PAUSED
+            pause.due = before.get("due")
+            raise pause
         await self._pause({"kind": "branches", "due": due, "waits": waits}, pause)
 
     # -- a branch's own entry points -------------------------------------------

@@ -99,6 +99,47 @@ def from_asyncio(args: tuple[Any, ...], kwargs: dict[str, Any]) -> GatherRequest
     return GatherRequest(args, "all", bool(kwargs.get("return_exceptions", False)))
 
 
+class Spent:
+    """What a local holding a coroutine given to a group holds from then on: the coroutine cannot be saved in a
+    checkpoint (nor awaited again); this can."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        raise RuntimeError(f"{self.name}() was given to a durable gather/first: it runs as a branch, await its "
+                           "result there")
+        yield  # pragma: no cover
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Spent, (self.name,))
+
+    def __repr__(self) -> str:
+        return f"<{self.name}() given to a durable gather>"
+
+
+def scrub(local_vars: dict[str, Any], aws: tuple[Any, ...]) -> None:
+    """Replace the coroutines of ``aws`` where the frame keeps them (a local, or an item of a list, tuple or dict
+    in a local: ``coros = [f(x) for x in xs]; await gather(*coros)``) by :class:`Spent`, so the checkpoint that
+    records the group can save the frame."""
+    spent = {id(aw): Spent(aw.__qualname__) for aw in aws if inspect.iscoroutine(aw)}
+    if not spent:
+        return
+    for name, value in list(local_vars.items()):
+        if id(value) in spent:
+            local_vars[name] = spent[id(value)]
+        elif value.__class__ is list:
+            value[:] = [spent.get(id(item), item) for item in value]
+        elif value.__class__ is tuple and any(id(item) in spent for item in value):
+            local_vars[name] = tuple(spent.get(id(item), item) for item in value)
+        elif value.__class__ is dict:
+            for key, item in value.items():
+                if id(item) in spent:
+                    value[key] = spent[id(item)]
+
+
 def _ready(value: Any) -> Any:
     """A branch's call that hands the runtime ``value`` (a wait, a child, a nested group) to await."""
     return value
@@ -149,6 +190,10 @@ def _coroutine_call(coro: types.CoroutineType[Any, Any, Any]) -> tuple[Any, tupl
         extra += 1
     if flags & inspect.CO_VARKEYWORDS:
         kwargs.update(values[names[extra]])
+    program = args[0] if args else None
+    if getattr(type(program), "_durable_program", False) and func is type(program).__call__:
+        # ``program(x)``: the program's call, as ``await program(x)`` is in durable code (a nested durable call)
+        return program, args[1:], kwargs
     return func, args, kwargs
 
 

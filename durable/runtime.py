@@ -32,7 +32,17 @@ from .primitives import TimerRequest, WaitRequest
 from .progress import current_runtime
 from .retries import RetryPolicy, Step
 from .stack import CallStack, FunctionCall, check_code, transformer
-from .state import CANCELLED, COMPLETED, FAILED, RUNNING, RetryInfo, SavedState, reopen_failed, stored_error
+from .state import (
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    RUNNING,
+    RetryInfo,
+    SavedState,
+    WaitInfo,
+    reopen_failed,
+    stored_error,
+)
 from .tracebacks import enter, runtime_file, unwind
 
 log = logging.getLogger("durable")
@@ -119,6 +129,8 @@ class DurableRuntime(Branches, Endings, Interrupts):
         self._ended = False
         #: This branch holds the instance's lock of exclusive steps until its next checkpoint (see durable.branches).
         self._holding = False
+        #: The "branches" wait a resumed group was paused on (its pause is not saved again when nothing changed).
+        self._paused_on: WaitInfo | None = None
         self._lock: asyncio.Lock | None = None
         #: ``(parent instance id, parent-close policy)`` of a new child instance (see durable.children).
         self.parent: tuple[str, str] | None = None
@@ -219,6 +231,9 @@ class DurableRuntime(Branches, Endings, Interrupts):
         self._arm()
         closing = state.get("closing")
         if closing is not None:  # it returned; children it waits for were running (see durable.children)
+            stop = self._interruption() if self._watch else None
+            if isinstance(stop, InstanceCancelled):  # nothing of the program is left to run: it ends cancelled
+                return await self._finish_cancelled(stop)
             wait = state.get("wait")
             if wait is not None:
                 await self._check_wait(wait)
@@ -226,6 +241,7 @@ class DurableRuntime(Branches, Endings, Interrupts):
             state.pop("closing")
             return await self._finish(closing[1])
         if state.get("group") is not None:  # parallel branches: their waits are theirs (see durable.branches)
+            self._paused_on = state.get("wait")
             state["wait"] = None
             state["status"] = RUNNING
             return await self._drive_current(None, group=True)

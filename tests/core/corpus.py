@@ -16,6 +16,16 @@ Conventions:
   its first ``fails`` attempts; each attempt records ``(label, "attempt", n)``. The plain-Python run swaps in
   :func:`plain_flaky`, the same retry loop written by hand (issue 13).
 
+* Parallel branches (``durable.gather``, ``asyncio.gather``, ``durable.first``): a branch's trace labels read
+  ``"A|x"`` (branch ``A``; nested ``"A|B|x"``), so that traces are compared up to the interleaving of
+  independent branches (see ``difftools.canonical``). ``OWNERS`` holds, for each entry, the durable branch path
+  it was made in (``durable.state.current_branch``; None in plain runs): a crash loses, per branch, what ran
+  since *that branch's* last checkpoint. In plain runs, waiting for an event the case does not publish waits
+  until cancelled (a branch that only ends by being cancelled when another decides its group). A branch
+  cancelled in a durable run gets ``InstanceCancelled`` at its next await, in a plain run ``CancelledError`` in
+  the native await it is suspended at: the corpus cancels only branches that wait for such an event, and
+  branches make no plain effect (``note``) before a native suspension without a checkpoint between them.
+
 Each ``@case(...)`` registers one run of the decorated function with those arguments.
 """
 
@@ -26,8 +36,11 @@ from dataclasses import dataclass, field
 
 import durable
 from durable import RetryPolicy, current_attempt, sleep, wait_for_event
+from durable.state import current_branch
 
 TRACE: list = []
+#: The durable branch path each TRACE entry was made in (None: the instance itself, or a plain run).
+OWNERS: list = []
 _CRASH = {"at": None, "count": 0}
 
 
@@ -37,6 +50,7 @@ class Crash(BaseException):
 
 def reset() -> None:
     TRACE.clear()
+    OWNERS.clear()
     _CRASH["at"] = None
     _CRASH["count"] = 0
 
@@ -55,8 +69,13 @@ def step_calls() -> int:
     return _CRASH["count"]
 
 
+def record(entry) -> None:
+    TRACE.append(entry)
+    OWNERS.append(current_branch.get())
+
+
 def note(label, value=None):
-    TRACE.append((label, copy.deepcopy(value)))
+    record((label, copy.deepcopy(value)))
     return value
 
 
@@ -65,7 +84,7 @@ async def step(label, value=None):
     if _CRASH["count"] == _CRASH["at"]:
         _CRASH["at"] = None
         raise Crash(label)
-    TRACE.append((label, copy.deepcopy(value)))
+    record((label, copy.deepcopy(value)))
     return value
 
 
@@ -99,6 +118,8 @@ def case(*args, id=None, events=None, kwargs=None):
 def plain_events(events: dict):
     """Run plain Python with ``wait_for_event`` returning the case's payloads (and ``sleep`` a no-op)."""
     async def fake_wait(name, timeout=None):
+        if name not in events:  # never published: wait until cancelled
+            await asyncio.get_running_loop().create_future()
         return events[name]
 
     async def fake_sleep(seconds):
@@ -134,7 +155,7 @@ async def _flaky_body(label, fails, value):
         _CRASH["at"] = None
         raise Crash(label)
     attempt = current_attempt()
-    TRACE.append((label, "attempt", attempt))
+    record((label, "attempt", attempt))
     if attempt <= fails:
         raise ValueError(f"{label} failed attempt {attempt}")
     if value == "non-retryable":
@@ -1423,6 +1444,274 @@ async def retried_step_exhausted_uncaught(x):
         await flaky("doomed", 3, x)
     finally:
         await step("finally", x)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# parallel branches (issue 14): durable.gather / asyncio.gather / durable.first vs the same calls run natively
+
+
+async def branch_work(tag, n):
+    """A branch with a loop of steps."""
+    total = 0
+    for i in range(n):
+        total += await step(f"{tag}|i", i)
+    return await step(f"{tag}|total", total)
+
+
+async def waits_forever(tag):
+    """A branch that only ends by being cancelled (its event is never published); its finally is checkpointed."""
+    try:
+        await step(f"{tag}|start", tag)
+        await wait_for_event("never")
+        await step(f"{tag}|unreachable", tag)
+    finally:
+        await step(f"{tag}|finally", tag)
+
+
+async def fails_after(tag, n):
+    for i in range(n):
+        await step(f"{tag}|i", i)
+    raise ValueError(f"{tag} failed after {n}")
+
+
+async def event_branch(tag, name="go"):
+    await step(f"{tag}|before", tag)
+    got = await wait_for_event(name)
+    return await step(f"{tag}|got", got)
+
+
+def shown(results):
+    """Results of return_exceptions=True, comparable (exceptions are not equal to equal exceptions)."""
+    return [f"{type(r).__name__}: {r}" if isinstance(r, BaseException) else r for r in results]
+
+
+@case(3)
+async def gather_results_in_order(n):
+    await step("before", n)
+    r = await durable.gather(branch_work("A", n), step("B|only", 10), leaf(7), branch_work("C", 1))
+    note("gathered", r)
+    empty = await durable.gather()
+    return (r, empty, await step("after", sum(r)))
+
+
+@case(2)
+async def asyncio_gather_in_durable_code(n):
+    r = await asyncio.gather(branch_work("A", n), leaf("x"), step("B|b", n * 2))
+    return await step("after", r)
+
+
+@case(2)
+async def gather_one_fails_others_cancelled(n):
+    try:
+        await durable.gather(waits_forever("A"), fails_after("B", n), branch_work("C", 1), waits_forever("D"))
+    except ValueError as e:
+        await step("caught", str(e))
+    return await step("after", n)
+
+
+@case(1)
+async def gather_failure_uncaught(n):
+    try:
+        return await durable.gather(branch_work("A", n), fail("B|boom"), waits_forever("C"))
+    finally:
+        await step("finally", n)
+
+
+@case(3)
+async def gather_return_exceptions(n):
+    rs = await durable.gather(branch_work("A", n), fails_after("B", 1), fail("C|f", KeyError), leaf(5),
+                              return_exceptions=True)
+    note("shown", shown(rs))
+    return shown(rs)
+
+
+@case(2, events={"go": "ev-payload"})
+async def asyncio_gather_return_exceptions_with_event(n):
+    rs = await asyncio.gather(event_branch("E"), fails_after("F", n), branch_work("W", n), return_exceptions=True)
+    return await step("after", shown(rs))
+
+
+@case(2)
+async def first_one_wins(n):
+    r = await durable.first(waits_forever("A"), branch_work("B", n), waits_forever("C"))
+    await step("won", r)
+    return r
+
+
+@case(1)
+async def first_to_end_fails(n):
+    try:
+        return await durable.first(waits_forever("A"), fails_after("B", n))
+    except ValueError as e:
+        return await step("caught", str(e))
+
+
+@case(events={"go": 11})
+async def first_wins_after_an_event(*_):
+    r = await durable.first(event_branch("E"), waits_forever("W"))
+    return await step("won", r)
+
+
+async def inner_group(tag, n):
+    await step(f"{tag}|start", n)
+    rs = await durable.gather(branch_work(f"{tag}|x", n), branch_work(f"{tag}|y", n + 1))
+    return await step(f"{tag}|sum", sum(rs))
+
+
+async def inner_first(tag):
+    try:
+        return await durable.first(waits_forever(f"{tag}|w"), step(f"{tag}|s|quick", tag))
+    finally:
+        await step(f"{tag}|after", tag)
+
+
+@case(2)
+async def nested_gathers(n):
+    rs = await durable.gather(inner_group("A", n), inner_group("B", 1), step("C|c", 3), inner_first("D"))
+    rs2 = await durable.gather(durable.gather(leaf(1), step("E|e", 2)), step("F|f", 4))
+    return (rs, rs2)
+
+
+async def checked(tag, x):
+    v = await step(f"{tag}|in", x)
+    if v % 2:
+        raise KeyError(f"{tag} odd {v}")
+    return v * 10
+
+
+async def nested_calls(tag, xs):
+    """A branch calling durable functions (that raise) in a loop, with except/else/finally."""
+    out = []
+    for x in xs:
+        try:
+            r = await checked(tag, x)
+        except KeyError as e:
+            out.append(await step(f"{tag}|odd", str(e)))
+        else:
+            out.append(r)
+        finally:
+            await step(f"{tag}|done", x)
+    return out
+
+
+@case([1, 2, 3])
+async def branch_calls_nested_functions(xs):
+    rs = await durable.gather(nested_calls("A", xs), nested_calls("B", list(reversed(xs))), checked("C", 4))
+    return await step("after", rs)
+
+
+async def looping_branch(tag, n):
+    got = []
+    i = 0
+    while True:
+        i += 1
+        if i > n:
+            break
+        if i % 2 == 0:
+            continue
+        got.append(await step(f"{tag}|odd", i))
+    else:
+        await step(f"{tag}|never", i)
+    for j in range(n):
+        for k in range(j):
+            got.append(await step(f"{tag}|pair", (j, k)))
+    return got
+
+
+@case(4)
+async def branches_with_loops(n):
+    return await durable.gather(looping_branch("A", n), looping_branch("B", n - 1), looping_branch("C", 0))
+
+
+@case(3, events={"go": "approved"})
+async def branch_waits_for_event_others_go_on(n):
+    await step("start", n)
+    r = await durable.gather(event_branch("E"), branch_work("W", n), leaf("L"), branch_work("V", 1))
+    return await step("end", r)
+
+
+@case(events={"go": 1, "stop": 2})
+async def two_branches_wait_for_two_events(*_):
+    return await durable.gather(event_branch("E", "go"), event_branch("F", "stop"), step("S|s", 0))
+
+
+async def flaky_branch(tag, fails):
+    v = await flaky(f"{tag}|charge", fails, 42)
+    return await step(f"{tag}|done", v)
+
+
+async def flaky_exhausted_branch(tag):
+    try:
+        return await flaky(f"{tag}|doomed", 5, 0)
+    except ValueError as e:
+        return await step(f"{tag}|gave up", str(e))
+
+
+@case(2)
+async def retried_step_in_a_branch(n):
+    rs = await durable.gather(flaky_branch("R", 2), branch_work("W", n), flaky_exhausted_branch("X"),
+                              flaky("D|direct", 1, "d"))
+    return await step("after", rs)
+
+
+@case(4)
+async def gather_of_coroutines_built_in_a_loop(n):
+    coros = []
+    for i in range(n):
+        if i % 2:
+            coros.append(step(f"L{i}|odd", i))
+        else:
+            coros.append(branch_work(f"L{i}", i))
+    rs = await durable.gather(*coros)
+    return await step("after", rs)
+
+
+@case(4)
+async def gather_of_calls_built_in_a_loop(n):
+    """The loop builds (function, args): the coroutines exist only in the call."""
+    calls = []
+    for i in range(n):
+        calls.append((step, (f"L{i}|odd", i)) if i % 2 else (branch_work, (f"L{i}", i)))
+    rs = await durable.gather(*[fn(*args) for fn, args in calls])
+    return await step("after", rs)
+
+
+@case(3)
+async def gathers_in_a_loop(n):
+    out = []
+    for i in range(n):
+        try:
+            out.append(await durable.gather(step(f"G{i}a|x", i), branch_work(f"G{i}b", i)))
+        finally:
+            note("round", i)
+    return out
+
+
+class Shop:
+    def __init__(self, name):
+        self.name = name
+
+    async def buy(self, item):
+        return await step(f"{self.name}|buy", item)
+
+
+@case("ann")
+async def methods_and_closures_as_branches(owner):
+    shop = Shop(owner)
+    prefix = await step("prefix", "p-")
+
+    async def tagged(tag, v):
+        return await step(f"{tag}|tagged", prefix + v)
+
+    r = await durable.gather(shop.buy("tea"), tagged("T", "x"), Shop("other").buy("cake"))
+    return (r, await step("after", len(r)))
+
+
+@case(2)
+async def gather_result_feeds_first(n):
+    a, b = await durable.gather(branch_work("A", n), step("B|b", 5))
+    w = await durable.first(step("C|c", a + b), waits_forever("D"))
+    return await step("after", (a, b, w))
 
 
 # ---------------------------------------------------------------------------------------------------------------

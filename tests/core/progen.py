@@ -19,6 +19,17 @@ the variables cells shared with closures that are called after later pauses (a d
 in the same expression (``(x + 1) * await step(...)``); ``mid_chain=True`` adds chained comparisons with an
 await in the middle. (Both were compiler bugs, BUG-1 and BUG-9 in /tmp/difffail.md.)
 
+``branches=True`` adds parallel branches to ``prog``: ``total(await durable.gather(...))`` (or
+``asyncio.gather``), with or without ``return_exceptions=True``, and ``await durable.first(...)``, of 2-3 calls
+of ``sub``, ``helper``, ``step`` (``flaky`` with ``retries``) and ``wait_for_event``. The branch labels read
+``"g<n>.<i>|s<m>"`` (``sub`` prefixes its own labels with its ``label`` argument), so traces are compared up to
+the interleaving of branches (``difftools.canonical``). Which branch ends first, or fails first, depends on
+timing: plain asyncio runs a branch to its end (nothing in it suspends), a durable branch pauses on an event or a
+backoff timer and lets the others go on, and a crash stops a branch half-way while others end. So that the native
+run stays the oracle, no group's outcome depends on that order: ``gather`` (or ``asyncio.gather``) without
+``return_exceptions`` only of branches that cannot fail, and ``first`` of one call against waits for an event
+that never comes (``NEVER``; a plain run waits until cancelled).
+
 ``retries=True`` adds ``await flaky(label, fails, value)``: a step with a retry policy that fails its first
 ``fails`` (0-3) attempts; 3 exhausts its three attempts and raises ``ValueError`` at the await (issue 13).
 """
@@ -30,10 +41,19 @@ import hashlib
 from hypothesis import strategies as st
 
 HEADER = '''\
+import asyncio
 import contextlib
 
+import durable
 from {corpus} import flaky, step, note
 from durable import wait_for_event
+
+NEVER = "never"  # an event never published: a branch waiting for it ends only when cancelled
+
+
+def total(results):
+    """The results of a gather as an int (an exception, with return_exceptions=True, by its message)."""
+    return sum(r if isinstance(r, int) else len(str(r)) for r in results) % 97
 
 
 async def helper(label, v):
@@ -69,9 +89,14 @@ class _Fn:
 
 class _Gen:
     def __init__(self, draw, multi_await: bool, max_stmts: int, mid_chain: bool = False,
-                 retries: bool = False) -> None:
+                 retries: bool = False, branches: bool = False) -> None:
         self.draw = draw
         self.retries = retries
+        self.branches = branches
+        self.groups = 0
+        #: can a call of ``sub`` pause (an event, a backoff timer) / raise? (known once sub is written)
+        self.sub_pauses = True
+        self.sub_raises = True
         self.multi = multi_await
         self.mid_chain = mid_chain
         self.n = 0
@@ -87,6 +112,12 @@ class _Gen:
     def label(self) -> str:
         self.n += 1
         return f"s{self.n}"
+
+    def lbl(self) -> str:
+        """A trace label as source text: ``"s3"``; in ``sub``, prefixed with its ``label`` argument (the branch
+        it runs in, when it is one)."""
+        name = self.label()
+        return f'f"{{label}}/{name}"' if self.fn.is_sub else f'"{name}"'
 
     def emit(self, indent: int, text: str) -> None:
         self.lines.append("    " * indent + text)
@@ -105,16 +136,57 @@ class _Gen:
         kinds = ["step", "step", "step", "helper", "event"] + ([] if self.fn.is_sub else ["sub"])
         if self.retries:
             kinds = ["flaky"] + kinds + ["flaky"] * 3  # first: what hypothesis draws most
+        if self.branches and not self.fn.is_sub:
+            kinds += ["group", "group"]
         kind = self.pick(kinds)
+        if kind == "group":
+            return self.group(names)
         if kind == "flaky":
-            return f'await flaky("{self.label()}", {self.pick([1, 2, 3, 0])}, {self.arith(names)})'
+            return f'await flaky({self.lbl()}, {self.pick([1, 2, 3, 0])}, {self.arith(names)})'
         if kind == "helper":
-            return f'await helper("{self.label()}", {self.arith(names)})'
+            return f'await helper({self.lbl()}, {self.arith(names)})'
         if kind == "sub":
-            return f'await sub("{self.label()}", {self.arith(names)}, {self.arith(names)})'
+            return f'await sub({self.lbl()}, {self.arith(names)}, {self.arith(names)})'
         if kind == "event":
             return 'await wait_for_event("ev")'
-        return f'await step("{self.label()}", {self.arith(names)})'
+        return f'await step({self.lbl()}, {self.arith(names)})'
+
+    def group(self, names) -> str:
+        """``gather``/``first`` of 2-3 branches (see the module's docstring for which combinations)."""
+        self.groups += 1
+        g = self.groups
+        kinds = ["sub", "sub", "helper", "step", "event"] + (["flaky"] if self.retries else [])
+        calls, pauses, raises = [], False, False
+        for i in range(self.draw(st.integers(2, 3))):
+            kind = self.pick(kinds)
+            label = f'"g{g}.{i}|{self.label()}"'
+            if kind == "sub":
+                calls.append(f"sub({label}, {self.arith(names)}, {self.arith(names)})")
+                pauses, raises = pauses or self.sub_pauses, raises or self.sub_raises
+            elif kind == "helper":
+                calls.append(f"helper({label}, {self.arith(names)})")
+                raises = True
+            elif kind == "step":
+                calls.append(f"step({label}, {self.arith(names)})")
+            elif kind == "flaky":
+                fails = self.pick([1, 3, 0])
+                calls.append(f"flaky({label}, {fails}, {self.arith(names)})")
+                pauses, raises = pauses or fails > 0, raises or fails == 3
+            else:
+                calls.append('wait_for_event("ev")')
+                pauses = True
+        args = ", ".join(calls)
+        shapes = ["return_exceptions", "first"]
+        if not raises:
+            shapes += ["gather", "asyncio"]
+        shape = self.pick(shapes)
+        if shape == "first":  # the first call against waits that never end: it wins however the run is cut
+            return f"(await durable.first({calls[0]}, {', '.join(['wait_for_event(NEVER)'] * (len(calls) - 1))}))"
+        if shape == "asyncio":
+            return f"total(await asyncio.gather({args}))"
+        if shape == "gather":
+            return f"total(await durable.gather({args}))"
+        return f"total(await durable.gather({args}, return_exceptions=True))"
 
     def before_await(self, names) -> str:
         """An operand evaluated before an await in the same expression."""
@@ -199,7 +271,7 @@ class _Gen:
             self.emit(indent, f"{target} {op} {self.value(names)}")
             self.emit(indent, f"{target} %= 97")
         elif kind == "note":
-            self.emit(indent, f'note("{self.label()}", {self.shown(names)})')
+            self.emit(indent, f'note({self.lbl()}, {self.shown(names)})')
         elif kind == "bump":
             self.emit(indent, f"bump({self.arith(names)})")
         elif kind == "raise":
@@ -245,7 +317,7 @@ class _Gen:
             if shape != "finally":
                 var = f"e{self.label()}"
                 self.emit(indent, f"except ValueError as {var}:")
-                self.emit(indent + 1, f'note("{self.label()}", str({var}))')
+                self.emit(indent + 1, f'note({self.lbl()}, str({var}))')
                 if self.draw(st.booleans()):
                     self.block(indent + 1, names, loop, in_finally, depth + 1)
             if shape in ("except_else", "all"):
@@ -253,12 +325,13 @@ class _Gen:
                 self.block(indent + 1, names, loop, in_finally, depth + 1)
             if shape in ("finally", "both", "all"):
                 self.emit(indent, "finally:")
-                self.emit(indent + 1, f'note("{self.label()}", {self.shown(names)})')
+                self.emit(indent + 1, f'note({self.lbl()}, {self.shown(names)})')
                 if self.draw(st.booleans()):
                     self.block(indent + 1, names, loop, True, depth + 1)
         elif kind == "with":
             var = f"c{self.label()}"
-            self.emit(indent, f'with ctx("{var}") as {var}:')
+            where = f'f"{{label}}/{var}"' if self.fn.is_sub else f'"{var}"'
+            self.emit(indent, f'with ctx({where}) as {var}:')
             self.sync += 1
             self.emit(indent + 1, f"note({var}, {self.shown(names)})")
             self.block(indent + 1, names, loop, in_finally, depth + 1)
@@ -301,12 +374,15 @@ class _Gen:
 
 @st.composite
 def programs(draw, corpus_module: str, multi_await: bool = False, max_stmts: int = 14, mid_chain: bool = False,
-             retries: bool = False) -> str:
+             retries: bool = False, branches: bool = False) -> str:
     """Source text of a module defining ``async def prog(x, y)`` (plus ``helper``, ``ctx`` and ``sub``)."""
-    g = _Gen(draw, multi_await, max_stmts, mid_chain, retries)
+    g = _Gen(draw, multi_await, max_stmts, mid_chain, retries, branches)
     sub = g.function("async def sub(label, a, b):", ["c = 0", "acc = [0]", "note(label, (a, b))"],
                      _Fn(("a", "b", "c"), ["a", "b", "c", "acc[0]"], "(a + b + c + acc[0]) % 97", True),
                      max(2, max_stmts // 3))
+    text = "\n".join(sub)
+    g.sub_pauses = "wait_for_event(" in text or "await flaky(" in text
+    g.sub_raises = "raise " in text or "await helper(" in text or "await flaky(" in text
     prog = g.function("async def prog(x, y):", ["z = 0", "acc = [0]"],
                       _Fn(("x", "y", "z"), ["x", "y", "z", "acc[0]"], "(x, y, z, acc[0])", False), max_stmts)
     # A docstring naming this program keeps the code objects of different examples unequal: durable's compile

@@ -5,6 +5,7 @@ Each example is written to a real module file in a temp dir (durable code needs 
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import hashlib
 import importlib.util
@@ -25,9 +26,10 @@ from durable import (
     TimerPause,
     make_durable,
 )
+from durable.state import current_branch
 
 from . import corpus
-from .difftools import Clock, resume_in_subprocess
+from .difftools import Clock, awaited_events, canonical, has_branches, resume_in_subprocess, split_lost
 from .progen import EVENT_PAYLOAD, programs
 
 MAX_CRASH_POINTS = 12
@@ -70,6 +72,8 @@ def plain(mod, args, queue=None):
     queue = list(queue) if queue is not None else None
 
     async def fake_wait(name, timeout=None):
+        if name == "never":  # progen.NEVER: waits until cancelled
+            await asyncio.get_running_loop().create_future()
         return EVENT_PAYLOAD if queue is None else queue.pop(0)
 
     real, mod.wait_for_event = mod.wait_for_event, fake_wait
@@ -88,12 +92,12 @@ TIMERS_SKIPPED = [0]  # retry backoffs skipped by durable_run (the grammar's cov
 def durable_run(program, store, iid, args, crash_at=None, crash_at_step=None, queued=False):
     """Run to completion (publishing "ev" whenever it pauses, unless ``queued``: then all events were published
     up front and a pause is an error); None if it crashed. Also returns (checkpoints seen, trace length at the
-    last checkpoint)."""
-    seen = [0, 0]
+    last checkpoint, that length per saved state: the instance's (None) and each parallel branch's)."""
+    seen = [0, 0, {}]
 
     def hook(_iid, _steps):
         seen[0] += 1
-        seen[1] = len(corpus.TRACE)
+        seen[1] = seen[2][current_branch.get()] = len(corpus.TRACE)
         if seen[0] == crash_at:
             raise corpus.Crash("checkpoint")
 
@@ -107,8 +111,14 @@ def durable_run(program, store, iid, args, crash_at=None, crash_at_step=None, qu
                 clock.skip_to(pause.due)
                 TIMERS_SKIPPED[0] += 1
             except PauseForEventException as pause:
-                assert pause.event == "ev" and not queued, pause
-                DurableBackend(store).publish_event(iid, "ev", EVENT_PAYLOAD)
+                backend = DurableBackend(store)
+                if "ev" in awaited_events(backend.load_state_sync(iid)["wait"]):
+                    assert not queued, pause
+                    backend.publish_event(iid, "ev", EVENT_PAYLOAD)
+                else:  # branches wait for a backoff timer and for NEVER (cancelled when their group ends)
+                    assert pause.due is not None, pause
+                    clock.skip_to(pause.due)
+                    TIMERS_SKIPPED[0] += 1
         raise AssertionError("did not finish")
 
     corpus.arm_crash(crash_at_step)
@@ -153,10 +163,11 @@ def _check_program(src: str, args, where, crash_step_frac: float) -> None:
     compile_program(mod.helper)
     ctx = f"\n--- program (args={args}) ---\n{src}"
 
+    expected_trace = canonical(expected_trace)  # the same trace when the program has no branches
     corpus.reset()
-    got, (n_cp, _) = durable_run(program, InMemoryStateStore(), "g", args)
+    got, (n_cp, _, _) = durable_run(program, InMemoryStateStore(), "g", args)
     assert got == expected, ctx
-    assert corpus.TRACE == expected_trace, ctx
+    assert canonical(corpus.TRACE) == expected_trace, ctx
     n_steps = corpus.step_calls()
 
     # crash right after checkpoint k, resume on the same store: exactly the plain trace
@@ -171,22 +182,25 @@ def _check_program(src: str, args, where, crash_step_frac: float) -> None:
         assert first is None, f"no crash at checkpoint {k}{ctx}"
         got, _ = durable_run(program, store, "g", args)
         assert got == expected, f"crash at checkpoint {k}{ctx}"
-        assert corpus.TRACE == expected_trace, f"crash at checkpoint {k}{ctx}"
+        assert canonical(corpus.TRACE) == expected_trace, f"crash at checkpoint {k}{ctx}"
 
-    # crash inside one step call: what ran since the last checkpoint runs again, nothing else
+    # crash inside one step call: what ran since the last checkpoint (of the branch it ran in) runs again,
+    # nothing else
     if n_steps:
         n = 1 + int(crash_step_frac * (n_steps - 1))
         corpus.reset()
         store = InMemoryStateStore()
-        first, (_, cp_len) = durable_run(program, store, "g", args, crash_at_step=n)
+        first, (_, _, cp_len) = durable_run(program, store, "g", args, crash_at_step=n)
         assert first is None, ctx
-        saved, lost = corpus.TRACE[:cp_len], corpus.TRACE[cp_len:]
+        saved, lost = split_lost(corpus.TRACE, corpus.OWNERS, cp_len)
         start = len(corpus.TRACE)
         got, _ = durable_run(program, store, "g", args)
-        resumed = corpus.TRACE[start:]
+        resumed = list(zip(corpus.OWNERS[start:], corpus.TRACE[start:], strict=True))
         assert got == expected, f"crash in step call {n}{ctx}"
-        assert saved + resumed == expected_trace, f"crash in step call {n}{ctx}"
-        assert resumed[:len(lost)] == lost, f"crash in step call {n}{ctx}"
+        assert canonical([e for _, e in saved + resumed]) == expected_trace, f"crash in step call {n}{ctx}"
+        for owner in {o for o, _ in lost}:
+            mine = [e for o, e in lost if o == owner]
+            assert [e for o, e in resumed if o == owner][:len(mine)] == mine, f"crash in step call {n}{ctx}"
 
     # two crashes: after checkpoint k, then (in the resumed run) inside a later step call
     if n_cp >= 2:
@@ -196,14 +210,15 @@ def _check_program(src: str, args, where, crash_step_frac: float) -> None:
         first, _ = durable_run(program, store, "g", args, crash_at=k)
         assert first is None, ctx
         trace_k = list(corpus.TRACE)
-        second, (_, cp_len) = durable_run(program, store, "g", args, crash_at_step=1)
+        second, (_, _, cp_len) = durable_run(program, store, "g", args, crash_at_step=1)
         if second is None:  # a step call was left after checkpoint k
-            saved = corpus.TRACE[:cp_len] if cp_len else trace_k
+            saved, _ = split_lost(corpus.TRACE, corpus.OWNERS, cp_len, kept=len(trace_k))
             start = len(corpus.TRACE)
             second, _ = durable_run(program, store, "g", args)
-            assert saved + corpus.TRACE[start:] == expected_trace, f"crashes at checkpoint {k} + next step{ctx}"
+            assert canonical([e for _, e in saved] + corpus.TRACE[start:]) == expected_trace, \
+                f"crashes at checkpoint {k} + next step{ctx}"
         else:
-            assert corpus.TRACE == expected_trace, f"crash at checkpoint {k}{ctx}"
+            assert canonical(corpus.TRACE) == expected_trace, f"crash at checkpoint {k}{ctx}"
         assert second == expected, f"crashes at checkpoint {k} + next step{ctx}"
 
 
@@ -244,6 +259,50 @@ def test_generated_programs_with_retried_steps(src, args, frac, gen_dir):
 def test_generated_programs_with_retried_steps_resume_in_fresh_process(src, args, frac, gen_dir, tmp_path_factory):
     assume("await flaky(" in src)
     _resume_in_fresh_process(src, args, frac, gen_dir, tmp_path_factory)
+
+
+@settings(SETTINGS, max_examples=120)
+@given(src=programs(corpus.__name__, branches=True), args=ARGS, frac=st.floats(0, 1))
+def test_generated_programs_with_branches(src, args, frac, gen_dir):
+    """``gather``/``asyncio.gather``/``first`` of generated calls vs the same calls run natively."""
+    assume("durable.gather(" in src or "durable.first(" in src or "asyncio.gather(" in src)
+    check_program(src, args, gen_dir, frac)
+
+
+@settings(SETTINGS, max_examples=60)
+@given(src=programs(corpus.__name__, branches=True, retries=True), args=ARGS, frac=st.floats(0, 1))
+def test_generated_programs_with_branches_and_retried_steps(src, args, frac, gen_dir):
+    assume("durable.gather(" in src or "durable.first(" in src or "asyncio.gather(" in src)
+    check_program(src, args, gen_dir, frac)
+
+
+@settings(SETTINGS, max_examples=3)
+@given(src=programs(corpus.__name__, branches=True), args=ARGS, frac=st.floats(0, 1))
+def test_generated_programs_with_branches_resume_in_fresh_process(src, args, frac, gen_dir, tmp_path_factory):
+    assume("durable.gather(" in src or "durable.first(" in src)
+    _resume_in_fresh_process(src, args, frac, gen_dir, tmp_path_factory)
+
+
+def test_generated_branch_programs_cover_the_group_shapes(gen_dir):
+    """The branch grammar is not vacuous: every shape of group is drawn, and runs end in each way."""
+    seen = Counter()
+
+    @settings(max_examples=80, deadline=None, derandomize=True, database=None)
+    @given(src=programs(corpus.__name__, branches=True), args=ARGS)
+    def collect(src, args):
+        for kw in ("durable.first(", "asyncio.gather(", "return_exceptions=True", "sub(\"g", "wait_for_event(\"ev\")"):
+            seen[kw] += kw in src
+        mod = load(src, gen_dir)
+        corpus.reset()
+        got, _ = durable_run(compile_program(mod.prog), InMemoryStateStore(), "g", args)
+        seen[got[0]] += any(branch for branch in map(_branch, corpus.TRACE))
+
+    collect()
+    assert min(seen.values()) >= 3 and len(seen) == 7, seen
+
+
+def _branch(entry):
+    return isinstance(entry[0], str) and "|" in entry[0]
 
 
 def test_generated_retry_programs_back_off_and_exhaust(gen_dir):
@@ -297,7 +356,7 @@ def _resume_in_fresh_process(src, args, frac, gen_dir, tmp_path_factory):
     compile_program(mod.sub)
     ctx = f"\n--- program (args={args}) ---\n{src}"
     corpus.reset()
-    _, (n_cp, _) = durable_run(program, InMemoryStateStore(), "g", args)
+    _, (n_cp, _, _) = durable_run(program, InMemoryStateStore(), "g", args)
     k = 1 + int(frac * (n_cp - 1))
     store = tmp_path_factory.mktemp("gstore")
     corpus.reset()
@@ -306,6 +365,9 @@ def _resume_in_fresh_process(src, args, frac, gen_dir, tmp_path_factory):
     before = list(corpus.TRACE)
     got, child_trace = resume_in_subprocess(mod, args, {}, {"ev": EVENT_PAYLOAD}, store, "g", corpus=corpus)
     assert got == repr(expected), f"crash at checkpoint {k}{ctx}"
+    if has_branches(expected_trace):
+        assert canonical(before + ast.literal_eval(child_trace)) == canonical(expected_trace), ctx
+        return
     assert before == expected_trace[:len(before)], ctx
     assert child_trace == repr(expected_trace[len(before):]), f"crash at checkpoint {k}{ctx}"
 
@@ -329,7 +391,7 @@ def test_generated_programs_consume_queued_events_once_in_order(src, args, frac,
         return store
 
     corpus.reset()
-    got, (n_cp, _) = durable_run(program, fresh_store(), "g", args, queued=True)
+    got, (n_cp, _, _) = durable_run(program, fresh_store(), "g", args, queued=True)
     assert (got, corpus.TRACE) == (expected, expected_trace), ctx
     n_steps = corpus.step_calls()
     ks = sorted({1, n_cp, 1 + int(frac * (n_cp - 1))})
@@ -343,7 +405,7 @@ def test_generated_programs_consume_queued_events_once_in_order(src, args, frac,
     corpus.reset()
     store = fresh_store()
     n = 1 + int(frac * max(0, n_steps - 1))
-    first, (_, cp_len) = durable_run(program, store, "g", args, crash_at_step=n, queued=True)
+    first, (_, cp_len, _) = durable_run(program, store, "g", args, crash_at_step=n, queued=True)
     if first is None:
         saved, start = corpus.TRACE[:cp_len], len(corpus.TRACE)
         got, _ = durable_run(program, store, "g", args, queued=True)
