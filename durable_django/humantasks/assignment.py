@@ -34,6 +34,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.utils.module_loading import import_string
 
 from durable import SavedState
+from durable.state import leaf_waits
 
 from ..exceptions import StateUnreadable, state_error
 from ..judges import is_task_meta
@@ -110,15 +111,9 @@ def wait_of(instance_id: str, program: str, blob: bytes | memoryview | None, ver
 
 
 def event_waits(wait: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
-    """The event waits in a state's wait: itself, or every paused branch's (nested groups flattened; each
-    entry keeps the path of its innermost branch)."""
-    if not wait:
-        return []
-    if wait.get("kind") == "event":
-        return [wait]
-    if wait.get("kind") == "branches":
-        return [w for entry in wait.get("waits") or () for w in event_waits(entry)]
-    return []
+    """The event waits in a state's wait: itself, or every paused branch's (:func:`durable.state.leaf_waits`:
+    nested groups flattened, each entry with the path of its innermost branch)."""
+    return [w for w in leaf_waits(wait) if w.get("kind") == "event"]  # type: ignore[arg-type]
 
 
 def find_wait(waits: list[Wait], event: str, branch: str | None = None, user=None) -> Wait | None:
