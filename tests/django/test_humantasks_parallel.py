@@ -19,69 +19,19 @@ from django.test import Client
 from django.urls import reverse
 from django.utils.http import urlencode
 
-import durable
 import durable_django as dd
-from durable import make_durable, wait_for_event
 from durable_django.humantasks.models import HumanTask
 from durable_django.humantasks.sync import answer, repair, sync_all
 from durable_django.models import DurableEvent, DurableInstance, Status
 from tests.django.conftest import wait_until
+from tests.django.parallel_programs import approve_in_parallel, steps_beside_finance, three_approvals
 from tests.django.staged_branches import DJANGO_RUNS_BRANCHES, StagedRun
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-DECISION = {"type": "object", "required": ["decision"],
-            "properties": {"decision": {"enum": ["approve", "reject"]}, "comment": {"type": "string", "maxLength": 50}}}
 APPROVE, REJECT = {"decision": "approve", "comment": "ok"}, {"decision": "reject", "comment": "no"}
 needs_django_branches = pytest.mark.skipif(
     not DJANGO_RUNS_BRANCHES, reason="the Django backend does not run parallel branches yet (django-branches)")
-
-
-class Rejected(Exception):
-    """Raised in a branch whose approver rejected: the gather cancels the other branch."""
-
-
-async def approval(event: str, group: str, submitter: str) -> dict:
-    decision = await wait_for_event(event, group=group, exclude_user=submitter, schema=DECISION,
-                                    title=f"{event} for {submitter}")
-    if decision["decision"] != "approve":
-        raise Rejected(event)
-    return decision
-
-
-async def manager_approval(submitter: str) -> dict:
-    return await approval("manager_decision", "managers", submitter)
-
-
-async def finance_approval(submitter: str) -> dict:
-    return await approval("finance_decision", "finance", submitter)
-
-
-@make_durable
-async def approve_in_parallel(submitter: str):
-    try:
-        decisions = await durable.gather(manager_approval(submitter), finance_approval(submitter))
-    except Rejected as exc:
-        await wait_for_event("acknowledged")  # still paused, on a wait that is no task: the other task closed
-        return f"rejected at {exc}"
-    return [d["comment"] for d in decisions]
-
-
-@make_durable
-async def three_approvals(submitter: str):
-    return await durable.gather(manager_approval(submitter),
-                                durable.gather(finance_approval(submitter),
-                                               approval("legal_decision", "legal", submitter)))
-
-
-async def two_manager_steps(submitter: str) -> list:
-    first = await approval("manager_first", "managers", submitter)
-    return [first, await approval("manager_second", "managers", submitter)]
-
-
-@make_durable
-async def steps_beside_finance(submitter: str):
-    return await durable.gather(two_manager_steps(submitter), finance_approval(submitter))
 
 
 @pytest.fixture
