@@ -38,7 +38,6 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.decorators import method_decorator
 from django.utils.http import url_has_allowed_host_and_scheme, urlencode
-from django.utils.text import slugify
 from django.views import View
 from django.views.decorators.csrf import csrf_protect
 
@@ -217,7 +216,7 @@ def task_form(task: HumanTask, data=None):
     cls = assignment.form_class(task.wait.meta)
     if cls is None:
         return None
-    return cls(data=data, auto_id=f"id_{slugify(task.key)}_%s")
+    return cls(data=data, auto_id=f"id_{task.key}_%s")
 
 
 def tasks_of(user, instance_id: str) -> list[HumanTask]:

@@ -19,6 +19,7 @@ from django.contrib.auth.models import Group
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 from django.db.models import Q
+from django.utils.text import slugify
 from django.utils.translation import gettext_lazy as _
 
 from durable_django.models import DurableInstance
@@ -86,9 +87,14 @@ class HumanTask(models.Model):
         return self.title or f"{self.event} ({self.instance_id})"
 
     @property
+    def branch_slug(self) -> str:
+        """The branch path in an HTML id (``"0.1/2.0"`` -> ``"0-1_2-0"``: distinct paths stay distinct)."""
+        return self.branch.replace(".", "-").replace("/", "_")
+
+    @property
     def key(self) -> str:
         """Unique on a page: the instance and the branch (an HTML id or a form's ``auto_id`` prefix)."""
-        return f"{self.instance_id}:{self.branch}" if self.branch else self.instance_id
+        return f"{slugify(self.instance_id)}-b{self.branch_slug}" if self.branch else slugify(self.instance_id)
 
 
 class RepairCursor(models.Model):
