@@ -356,8 +356,8 @@ class DurableInstanceAdmin(ForkAdminMixin, SafeInputAdmin):
                 stack_error = f"Cannot decode the state: {type(exc).__name__}: {exc}"
         history = list(inst.history.order_by("-id")[:HISTORY_LIMIT])
         events = list(inst.events.order_by("-id")[:EVENTS_LIMIT])
-        task = (HumanTask.objects.filter(instance=inst).select_related("assignee_user", "assignee_group").first()
-                if HUMAN_TASKS else None)
+        tasks = (list(HumanTask.objects.filter(instance=inst).select_related("assignee_user", "assignee_group")
+                      .order_by("branch")) if HUMAN_TASKS else [])
         editable = inst.status in operations.EDITABLE and self.has_edit_locals_permission(request)
         iid = inst.instance_id
         return {
@@ -366,7 +366,7 @@ class DurableInstanceAdmin(ForkAdminMixin, SafeInputAdmin):
             "retrying": retrying, "failed_at": failed_at,
             "failure_chain": operations.failure_chain(inst.error) if inst.error else [],
             "error_shown": operations.error_shown(inst.error),
-            "events": events, "task": task, "linked": _linked_label(inst), "finished": inst.status in FINISHED,
+            "events": events, "tasks": tasks, "linked": _linked_label(inst), "finished": inst.status in FINISHED,
             "branches": live_branches(inst),
             "ws_path": f"/ws/durable/instances/{urlquote(iid, safe='')}/",
             "can": {"publish": self.has_publish_permission(request) and inst.status not in FINISHED,
@@ -514,9 +514,15 @@ if HUMAN_TASKS:
     @admin.register(HumanTask)
     class HumanTaskAdmin(_ReadOnly):
         # Five columns (fits 1280 px): user, group and permission in one "assigned to".
-        list_display = ("instance_id", "title", "event", "assigned_to", "due_at")
+        list_display = ("waiting_in", "title", "event", "assigned_to", "due_at")
         list_select_related = ("assignee_user", "assignee_group")
+        list_filter = (("branch", admin.EmptyFieldListFilter),)  # empty: an instance's own wait; else a branch's
         search_fields = ("=instance__instance_id", "title")
+
+        @admin.display(description="instance (branch)", ordering="instance_id")
+        def waiting_in(self, obj: HumanTask) -> str:
+            """The instance, and the parallel branch when the task is a branch's (one row per waiting branch)."""
+            return f"{obj.instance_id} (branch {obj.branch})" if obj.branch else obj.instance_id
 
         @admin.display(description="assigned to")
         def assigned_to(self, obj: HumanTask) -> str:
