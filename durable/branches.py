@@ -46,7 +46,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from .attempts import Attempts
-from .children import ChildHandle, Children
+from .children import CHILD_EVENT, ChildHandle, Children
 from .exceptions import DurableError, PauseForEventException, TimerPause
 from .gathering import GatherRequest, _ready, scrub
 from .stack import CallStack, FunctionCall
@@ -60,6 +60,7 @@ from .state import (
     branch_key,
     current_branch,
     ended_outcome,
+    leaf_waits,
     reopen_failed,
 )
 from .tracebacks import runtime_file
@@ -345,7 +346,8 @@ class Branches(Attempts, Children):
             waits.append(wait)  # type: ignore[arg-type]
         dues = [w["due"] for w in waits if w.get("due") is not None]
         due = min(dues) if dues else None  # type: ignore[type-var]
-        events = [w.get("event") for w in waits if w["kind"] != "timer"]
+        events = [w.get("event") or f"{CHILD_EVENT}{w.get('child') or (w.get('children') or ['?'])[0]}"
+                  for w in leaf_waits({"kind": "branches", "due": due, "waits": waits}) if w["kind"] != "timer"]
         pause = (TimerPause(None, due=due, instance_id=self.instance_id) if not events
                  else PauseForEventException(events[0], due=due, instance_id=self.instance_id))
         self._subs = None

@@ -231,6 +231,9 @@ class DurableRuntime(Branches, Endings, Interrupts):
         self._arm()
         closing = state.get("closing")
         if closing is not None:  # it returned; children it waits for were running (see durable.children)
+            stop = self._interruption() if self._watch else None
+            if isinstance(stop, InstanceCancelled):  # nothing of the program is left to run: it ends cancelled
+                return await self._finish_cancelled(stop)
             wait = state.get("wait")
             if wait is not None:
                 await self._check_wait(wait)

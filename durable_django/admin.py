@@ -48,7 +48,7 @@ from durable.progress import describe
 
 from . import api, clock, operations
 from .answers import publish_answer
-from .backend import retry_status
+from .branches import awaited_event, live_branches
 from .db import ops
 from .exceptions import DurableDjangoError, InstanceFinished, InvalidInput, UnknownInstance
 from .forkadmin import ForkAdminMixin
@@ -56,6 +56,7 @@ from .forms import EditLocalForm, PublishEventForm
 from .limits import bad_character, check_instance_id
 from .models import FINISHED, DurableEvent, DurableHistory, DurableInstance, Status
 from .signing import STATE, blob_context, unsign
+from .waits import retry_status
 
 #: Human tasks (assignment and forms of waits) are enforced when their app is installed.
 HUMAN_TASKS = django_apps.is_installed("durable_django.humantasks")
@@ -113,13 +114,14 @@ class WaitFilter(admin.SimpleListFilter):
     parameter_name = "waits"
 
     def lookups(self, request, model_admin):
-        return [("event", "an event"), ("timer", "a timer"), ("overdue", "a wake time that has passed")]
+        return [("event", "an event"), ("timer", "a timer"), ("branches", "parallel branches"),
+                ("overdue", "a wake time that has passed")]
 
     def queryset(self, request, queryset):
         if self.value() == "overdue":
             clock.sync()  # due times are database times (see durable_django.clock)
             return queryset.filter(status=Status.PAUSED, wake_at__lt=clock.now())
-        if self.value() in ("event", "timer"):
+        if self.value() in ("event", "timer", "branches"):
             return queryset.filter(status=Status.PAUSED, wait_kind=self.value())
         return queryset
 
@@ -276,6 +278,8 @@ class DurableInstanceAdmin(ForkAdminMixin, SafeInputAdmin):
         when = f" until {_short_time(obj.wake_at)}" if obj.wake_at else ""
         if obj.wait_kind == "event":
             return f"event {obj.waiting_for}{when}"
+        if obj.wait_kind == "branches":  # every paused branch's wait (durable_django.branches)
+            return f"{obj.waiting_for}{when}"
         return f"timer{when}" if obj.wait_kind else ""
 
     # -- bulk actions -------------------------------------------------------------
@@ -352,8 +356,8 @@ class DurableInstanceAdmin(ForkAdminMixin, SafeInputAdmin):
                 stack_error = f"Cannot decode the state: {type(exc).__name__}: {exc}"
         history = list(inst.history.order_by("-id")[:HISTORY_LIMIT])
         events = list(inst.events.order_by("-id")[:EVENTS_LIMIT])
-        task = (HumanTask.objects.filter(instance=inst).select_related("assignee_user", "assignee_group").first()
-                if HUMAN_TASKS else None)
+        tasks = (list(HumanTask.objects.filter(instance=inst).select_related("assignee_user", "assignee_group")
+                      .order_by("branch")) if HUMAN_TASKS else [])
         editable = inst.status in operations.EDITABLE and self.has_edit_locals_permission(request)
         iid = inst.instance_id
         return {
@@ -362,7 +366,8 @@ class DurableInstanceAdmin(ForkAdminMixin, SafeInputAdmin):
             "retrying": retrying, "failed_at": failed_at,
             "failure_chain": operations.failure_chain(inst.error) if inst.error else [],
             "error_shown": operations.error_shown(inst.error),
-            "events": events, "task": task, "linked": _linked_label(inst), "finished": inst.status in FINISHED,
+            "events": events, "tasks": tasks, "linked": _linked_label(inst), "finished": inst.status in FINISHED,
+            "branches": live_branches(inst),
             "ws_path": f"/ws/durable/instances/{urlquote(iid, safe='')}/",
             "can": {"publish": self.has_publish_permission(request) and inst.status not in FINISHED,
                     "resume": self.has_resume_permission(request) and inst.status not in FINISHED,
@@ -374,7 +379,7 @@ class DurableInstanceAdmin(ForkAdminMixin, SafeInputAdmin):
             "publish_url": self._url("publish", iid), "locals_url": self._url("locals", iid),
             "operation_urls": {a: self._url("operation", iid, action=a)
                                for a in ("resume", "retry", "cancel", "force_cancel")},
-            "publish_form": publish_form or PublishEventForm(initial={"event": inst.waiting_for}),
+            "publish_form": publish_form or PublishEventForm(initial={"event": awaited_event(inst)}),
             "edit_form_class": EditLocalForm, **self.fork_context(request, inst),
         }
 
@@ -509,9 +514,15 @@ if HUMAN_TASKS:
     @admin.register(HumanTask)
     class HumanTaskAdmin(_ReadOnly):
         # Five columns (fits 1280 px): user, group and permission in one "assigned to".
-        list_display = ("instance_id", "title", "event", "assigned_to", "due_at")
+        list_display = ("waiting_in", "title", "event", "assigned_to", "due_at")
         list_select_related = ("assignee_user", "assignee_group")
+        list_filter = (("branch", admin.EmptyFieldListFilter),)  # empty: an instance's own wait; else a branch's
         search_fields = ("=instance__instance_id", "title")
+
+        @admin.display(description="instance (branch)", ordering="instance_id")
+        def waiting_in(self, obj: HumanTask) -> str:
+            """The instance, and the parallel branch when the task is a branch's (one row per waiting branch)."""
+            return f"{obj.instance_id} (branch {obj.branch})" if obj.branch else obj.instance_id
 
         @admin.display(description="assigned to")
         def assigned_to(self, obj: HumanTask) -> str:

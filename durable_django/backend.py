@@ -17,7 +17,7 @@ import json
 import traceback
 from collections.abc import Mapping
 from contextlib import nullcontext
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -27,9 +27,10 @@ from django.db.models import F
 from django.utils import timezone
 
 from durable import OrchestrationBackend, PauseForEventException
-from durable.state import CANCELLED, SavedState
+from durable.state import CANCELLED, SavedState, current_branch
 
 from . import checkpoints, clock
+from .branches import BranchStore
 from .cancel_watch import CancelWatch, cancel_text
 from .db import Operations, ops
 from .db.operations import CHECKPOINT_REFUSED as _FINAL
@@ -40,6 +41,7 @@ from .judges import is_task_meta, judge_answer
 from .leases import extension_due, lease_expiry
 from .models import DurableEvent, DurableInstance, HistoryKind, Status
 from .signing import ARGUMENTS, SIGNED_FIELDS, STATE, blob_context, sign, unsign, verified  # noqa: F401
+from .waits import retry_backoff, retry_status, retry_text, to_datetime, wait_columns, wait_text  # noqa: F401
 
 #: Columns a running checkpoint usually leaves as they are (left out of its UPDATE when unchanged).
 _STICKY = ("status", "wait_kind", "waiting_for", "wake_at", "attempts", "layout_hash", "lease_owner")
@@ -48,10 +50,6 @@ _NO_WAIT = {"wait_kind": "", "waiting_for": "", "wake_at": None}
 
 _STATUS = {"running": Status.RUNNING, "paused": Status.PAUSED, "completed": Status.COMPLETED,
            "failed": Status.FAILED, "cancelled": Status.CANCELLED}
-
-
-def to_datetime(due: float | None) -> datetime | None:
-    return None if due is None else datetime.fromtimestamp(due, tz=UTC)
 
 
 def jsonable(value: Any) -> Any:
@@ -71,7 +69,7 @@ def describe_error(err: BaseException | None) -> str:
     return f"{type(err).__name__}: {err}"
 
 
-class DjangoOrchestrationBackend(CancelWatch, OrchestrationBackend):
+class DjangoOrchestrationBackend(BranchStore, CancelWatch, OrchestrationBackend):
     """State in ``DurableInstance`` rows, events in ``DurableEvent`` rows.
 
     ``worker_id`` (set by the executor) makes every checkpoint conditional on
@@ -122,6 +120,7 @@ class DjangoOrchestrationBackend(CancelWatch, OrchestrationBackend):
         #: (PostgreSQL): used by the first wait for that name instead of a SELECT.
         self.prefetched_event: tuple | None = None
         self._init_cancel_watch()
+        self._init_branches()
 
     # -- state ------------------------------------------------------------
     async def load_state(self, instance_id: str) -> SavedState | None:
@@ -136,6 +135,7 @@ class DjangoOrchestrationBackend(CancelWatch, OrchestrationBackend):
         else:
             row = DurableInstance.objects.filter(pk=instance_id).values_list("state", "status", "program").first()
         self._consumed = []
+        self._init_branches()
         self._written = {}
         self._progress_written = (None, None)
         if row is None:
@@ -157,6 +157,8 @@ class DjangoOrchestrationBackend(CancelWatch, OrchestrationBackend):
         if self._cancel_pending is not None:
             self._deliver_pending_cancel(state)
         self._progress_written = (state.get("progress"), state.get("published"))
+        if state.get("group") is not None:  # parallel branches (durable_django.branches)
+            self._grouped.add(None)
         return state
 
     async def save_state(self, instance_id: str, state: SavedState) -> None:
@@ -234,11 +236,12 @@ class DjangoOrchestrationBackend(CancelWatch, OrchestrationBackend):
         if status == Status.PAUSED and retry_backoff(state):
             kinds.append((HistoryKind.RETRYING, status, retry_text(state)))
         elif status in (Status.PAUSED, Status.COMPLETED, Status.FAILED, Status.CANCELLED):
-            detail = {Status.PAUSED: _wait_text(wait), Status.FAILED: columns.get("error", "")[-2000:],
+            detail = {Status.PAUSED: wait_text(wait), Status.FAILED: columns.get("error", "")[-2000:],
                       Status.CANCELLED: columns.get("error", "")[-2000:]}.get(status, "")
             kinds.append((HistoryKind(status.value), status, detail))
 
         kept = None if keep is None else (keep, columns["steps"], blob)
+        self._group_rows(instance_id, None, state)  # a group that ended: its branches' rows go with this checkpoint
         if self.commit and self.worker_id and self.db.features.data_modifying_ctes and kept is None:
             self._write_one_statement(instance_id, columns, kinds, now)
         else:
@@ -355,20 +358,22 @@ class DjangoOrchestrationBackend(CancelWatch, OrchestrationBackend):
 
     # -- events -----------------------------------------------------------
     async def wait_for_event(self, instance_id: str, event_name: str) -> Any:
+        branch = current_branch.get()  # a parallel branch's wait: its own checkpoint consumes the event
         if self.inline:
-            return hidden_loop_call(self.wait_for_event_sync, instance_id, event_name)
-        return await sync_to_async(self.wait_for_event_sync, thread_sensitive=True)(instance_id, event_name)
+            return hidden_loop_call(self.wait_for_event_sync, instance_id, event_name, branch)
+        return await sync_to_async(self.wait_for_event_sync, thread_sensitive=True)(instance_id, event_name, branch)
 
-    def wait_for_event_sync(self, instance_id: str, event_name: str) -> Any:
-        """Take the oldest unconsumed event of that name; it is marked consumed by the next checkpoint."""
+    def wait_for_event_sync(self, instance_id: str, event_name: str, branch: str | None = None) -> Any:
+        """Take the oldest unconsumed event of that name; it is marked consumed by the next checkpoint (of
+        ``branch``, when a parallel branch waits)."""
         early, self.prefetched_event = self.prefetched_event, None
-        if early is not None and early[0] == event_name and not self._consumed:
+        if early is not None and early[0] == event_name and not self._consumed and branch is None:
             self._consumed.append(early[1])
             return self.db.event_payload(early[2])
-        ev = self.db.next_event(instance_id, event_name, self._consumed)
+        ev = self.db.next_event(instance_id, event_name, self._skip())
         if ev is None:
             raise PauseForEventException(event_name, instance_id=instance_id)
-        self._consumed.append(ev[0])
+        self._took(ev[0], branch)
         return ev[1]
 
     async def wait_for_answer(self, instance_id: str, event_name: str, meta: dict) -> Any:
@@ -376,11 +381,13 @@ class DjangoOrchestrationBackend(CancelWatch, OrchestrationBackend):
         only an event that answers it; any other wait is :meth:`wait_for_event`."""
         if not is_task_meta(meta):
             return await self.wait_for_event(instance_id, event_name)
+        branch = current_branch.get()
         if self.inline:
-            return hidden_loop_call(self.wait_for_answer_sync, instance_id, event_name, meta)
-        return await sync_to_async(self.wait_for_answer_sync, thread_sensitive=True)(instance_id, event_name, meta)
+            return hidden_loop_call(self.wait_for_answer_sync, instance_id, event_name, meta, branch)
+        return await sync_to_async(self.wait_for_answer_sync, thread_sensitive=True)(instance_id, event_name, meta,
+                                                                                   branch)
 
-    def wait_for_answer_sync(self, instance_id: str, event_name: str, meta: dict) -> Any:
+    def wait_for_answer_sync(self, instance_id: str, event_name: str, meta: dict, branch: str | None = None) -> Any:
         """Take the oldest unconsumed event of that name whose publisher may answer the wait and whose payload
         fits its form (both checked now, against the wait's signed metadata, however early the event was
         published); return the cleaned payload. Every older event that does not fit is rejected on the way:
@@ -389,14 +396,14 @@ class DjangoOrchestrationBackend(CancelWatch, OrchestrationBackend):
         self.prefetched_event = None
         events = DurableEvent.objects.using(self.using)
         while True:
-            skip = [*self._consumed, *(r[0] for r in self._rejected)]
+            skip = [*self._skip(), *(r[0] for r in self._rejected)]
             ev = (events.filter(instance_id=instance_id, name=event_name, consumed_at__isnull=True)
                   .exclude(pk__in=skip).order_by("id").values_list("id", "payload", "publisher_id").first())
             if ev is None:
                 raise PauseForEventException(event_name, instance_id=instance_id)
             ok, value = judge_answer(meta, ev[2], ev[1])
             if ok:
-                self._consumed.append(ev[0])
+                self._took(ev[0], branch)
                 return value
             record = (ev[0], instance_id, event_name, str(value)[:2000])
             self._rejected.append(record)
@@ -452,55 +459,3 @@ class DjangoOrchestrationBackend(CancelWatch, OrchestrationBackend):
     def publish_event(self, instance_id: str, event_name: str, payload: Any = None) -> None:
         """Deliver an event (see :func:`durable_django.publish_event`)."""
         publish_event(instance_id, event_name, payload, using=self.using)
-
-
-def retry_backoff(state: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """The step retry a state waits for (``state["retry"]``, while its wait is the backoff timer), or None."""
-    retry = state.get("retry")
-    wait = state.get("wait") or {}
-    return retry if retry and wait.get("retry") and wait.get("kind") == "timer" else None
-
-
-def retry_text(state: Mapping[str, Any]) -> str:
-    """The history's line for a step retry's backoff: which attempt failed, why, and when the next one runs."""
-    retry = retry_backoff(state) or {}
-    due = to_datetime((state.get("wait") or {}).get("due"))
-    attempt, most = int(retry.get("attempt") or 2), retry.get("max_attempts") or "?"
-    return (f"step {retry.get('step', '?')} failed (attempt {attempt - 1} of {most}): {retry.get('error', '')}; "
-            f"next attempt at {due.isoformat() if due else 'an unknown time'}")[:4000]
-
-
-def retry_status(state: Mapping[str, Any]) -> dict[str, Any] | None:
-    """A step retry's backoff the state is paused in, for people: the step, the attempt that failed and the
-    next one, the most attempts, the last error and when the next attempt runs (None: not in a backoff)."""
-    retry = retry_backoff(state)
-    if retry is None:
-        return None
-    attempt = int(retry.get("attempt") or 2)
-    due = to_datetime((state.get("wait") or {}).get("due"))
-    return {"step": str(retry.get("step", "?")), "attempt": attempt, "failed_attempt": attempt - 1,
-            "max_attempts": retry.get("max_attempts"), "error": str(retry.get("error", "")),
-            "next_at": due.isoformat() if due else None}
-
-
-def wait_columns(state: Mapping[str, Any]) -> dict[str, Any]:
-    """The row's copies of the state's wait: ``wait_kind``, ``waiting_for``, ``wake_at``.
-
-    A step retry's backoff is a timer whose ``waiting_for`` says which attempt comes next.
-    """
-    wait: Mapping[str, Any] = state.get("wait") or {}
-    waiting_for = wait.get("event") or ""
-    retry = retry_backoff(state)
-    if retry is not None:
-        waiting_for = f"retry {retry.get('step', '?')} (attempt {retry.get('attempt')}/{retry.get('max_attempts')})"
-    return {"wait_kind": wait.get("kind", "") or "", "waiting_for": waiting_for[:200],
-            "wake_at": to_datetime(wait.get("due"))}
-
-
-def _wait_text(wait: Mapping[str, Any]) -> str:
-    if not wait:
-        return ""
-    due = to_datetime(wait.get("due"))
-    if wait.get("kind") == "timer":
-        return f"timer until {due.isoformat() if due else 'an unknown time'}"
-    return f"event {wait.get('event')!r}" + (f" until {due.isoformat()}" if due else "")

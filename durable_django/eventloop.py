@@ -88,6 +88,30 @@ def _asgiref_fits() -> bool:
 _INLINE = _InlineExecutor() if _asgiref_fits() else None
 
 
+class _InlineLoop(asyncio.SelectorEventLoop):
+    """The run's event loop: a call handed to the inline executor is done when ``run_in_executor`` returns.
+
+    asgiref awaits ``run_in_executor``'s future (shielded); a future done at once is awaited without
+    suspending the task. So a step's database writes (``db_step``, the async ORM) and the checkpoint that
+    follows them run with no other task in between: with parallel branches (asyncio tasks of one run, on
+    one connection and one transaction), another branch's checkpoint can never commit a step's writes
+    before that step's own checkpoint does, and a failed step's rollback never drops another branch's
+    (see :mod:`durable_django.branches`).
+    """
+
+    def run_in_executor(self, executor, func, *args):  # type: ignore[override]  # the same, typed loosely
+        if executor is None or executor is not _INLINE:
+            return super().run_in_executor(executor, func, *args)
+        done = _INLINE.submit(func, *args)
+        future = self.create_future()
+        exc = done.exception()
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(done.result())
+        return future
+
+
 def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
     if not loop.is_running() and not loop.is_closed():
         try:
@@ -110,7 +134,7 @@ def run(backend: _Inline, func, *args):
     if _INLINE is None or (loop is not None and loop.is_running()) or asyncio._get_running_loop() is not None:
         return _run_async(func, *args)
     if loop is None or loop.is_closed() or _local.inline_pid != os.getpid():
-        loop = asyncio.new_event_loop()
+        loop = _InlineLoop()
         _local.inline_loop, _local.inline_pid = loop, os.getpid()
         weakref.finalize(threading.current_thread(), _close_loop, loop)
 

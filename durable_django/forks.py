@@ -23,11 +23,11 @@ from durable import SavedState
 from durable.state import reopen_failed
 
 from . import checkpoints, db
-from .backend import to_datetime
 from .exceptions import InstanceExists, StateUnreadable, UnknownInstance, state_error
 from .limits import check_instance_id, check_new_instance_id
 from .models import DurableHistory, DurableInstance, HistoryKind, Status
 from .signing import ARGUMENTS, STATE, blob_context, sign, unsign
+from .waits import to_datetime
 from .wakeups import schedule, schedule_timer, signal_after_commit
 
 _repr = reprlib.Repr()

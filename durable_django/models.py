@@ -51,20 +51,29 @@ class DurableInstanceQuerySet(models.QuerySet["DurableInstance"]):
             Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now))
 
     def with_pending_event(self) -> DurableInstanceQuerySet:
-        """Paused waiting for an event that is already in its inbox."""
-        pending = DurableEvent.objects.filter(
-            instance=models.OuterRef("pk"), name=models.OuterRef("waiting_for"), consumed_at__isnull=True)
-        return self.filter(status=Status.PAUSED, wait_kind="event").filter(models.Exists(pending))
+        """Paused waiting for an event that is already in its inbox (its own wait, or a paused branch's)."""
+        return self.filter(Q(status=Status.PAUSED) & event_arrived())
 
     def runnable_now(self, now: datetime) -> DurableInstanceQuerySet:
         """Everything the sweep schedules (lease not held by a live worker)."""
         free = Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now)
-        pending = DurableEvent.objects.filter(
-            instance=models.OuterRef("pk"), name=models.OuterRef("waiting_for"), consumed_at__isnull=True)
         wanted = (Q(status=Status.PAUSED, wake_at__lte=now)
                   | Q(status__in=(Status.PENDING, Status.RUNNING))
-                  | (Q(status=Status.PAUSED, wait_kind="event") & Q(models.Exists(pending))))
+                  | (Q(status=Status.PAUSED) & event_arrived()))
         return self.filter(wanted & free)
+
+
+def event_arrived() -> Q:
+    """An instance row whose wait an unconsumed event in its inbox ends: it waits for that event itself
+    (``wait_kind="event"``), or it waits for parallel branches and a paused branch waits for it (the branch
+    rows, see :class:`DurableBranch`; only an instance paused on its branches reads them)."""
+    own = DurableEvent.objects.filter(
+        instance=models.OuterRef("pk"), name=models.OuterRef("waiting_for"), consumed_at__isnull=True)
+    in_branch = DurableEvent.objects.filter(
+        instance=models.OuterRef("instance"), name=models.OuterRef("waiting_for"), consumed_at__isnull=True)
+    branch = DurableBranch.objects.filter(instance=models.OuterRef("pk"), status=Status.PAUSED,
+                                          wait_kind="event").filter(models.Exists(in_branch))
+    return (Q(wait_kind="event") & Q(models.Exists(own))) | (Q(wait_kind="branches") & Q(models.Exists(branch)))
 
 
 class DurableInstance(models.Model):
@@ -160,6 +169,38 @@ class DurableInstance(models.Model):
     def progress_text(self) -> str:
         """The reported status (``progress``) as one line for people, e.g. "payment · 80%"."""
         return describe(self.progress)
+
+
+class DurableBranch(models.Model):
+    """One parallel branch of an instance (``durable.gather``/``first``): its own signed call stack.
+
+    A branch's checkpoint writes only this row (under the instance's lease), so it costs the same with one
+    live branch or a hundred; the instance's row keeps the awaiting frame and the group. The wait columns copy
+    the branch's wait, as the instance's do: the sweep and the wake-up after a pause read them to find an
+    instance paused on its branches that an event in its inbox wakes. Deleted once the group ended.
+    """
+
+    instance = models.ForeignKey(DurableInstance, on_delete=models.CASCADE, related_name="branches")
+    #: "<group>.<index>", nested: "<parent path>/<group>.<index>" (see durable.branches)
+    path = models.CharField(_("path"), max_length=200)
+    state = models.BinaryField(_("signed state"), null=True, blank=True, editable=False)
+    status = models.CharField(_("status"), max_length=16, choices=Status.choices, default=Status.RUNNING)
+    wait_kind = models.CharField(_("wait kind"), max_length=8, blank=True, default="")
+    waiting_for = models.CharField(_("waiting for"), max_length=200, blank=True, default="")
+    wake_at = models.DateTimeField(_("wake at"), null=True, blank=True)
+    position = models.CharField(_("position"), max_length=500, blank=True, default="")
+    steps = models.PositiveIntegerField(_("steps"), default=0)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("durable branch")
+        verbose_name_plural = _("durable branches")
+        ordering = ("instance", "path")
+        # Also the index of every lookup (they all start with the instance).
+        constraints = [models.UniqueConstraint(fields=["instance", "path"], name="durable_branch_path")]
+
+    def __str__(self) -> str:
+        return f"{self.instance_id} branch {self.path} ({self.status})"
 
 
 class DurableEvent(models.Model):

@@ -20,12 +20,12 @@ from durable import SavedState
 from durable.state import reopen_failed
 
 from . import db, signals
-from .backend import wait_columns
 from .exceptions import InstanceFinished, StateUnreadable, UnknownInstance, state_error
 from .forks import fork as _fork
 from .limits import check_instance_id
 from .models import DurableHistory, DurableInstance, HistoryKind, Status
 from .signing import STATE, blob_context, sign, unsign
+from .waits import wait_columns
 from .wakeups import schedule, signal_after_commit
 
 #: Statuses in which a frame's locals may be edited: nothing runs them now.

@@ -6,9 +6,10 @@ from typing import Any
 
 from durable import SavedState, StateTamperedError
 
-from .backend import retry_status
+from .branches import live_branches
 from .models import DurableInstance
 from .signing import STATE, blob_context, unsign
+from .waits import retry_status
 
 
 def _iso(value) -> str | None:
@@ -52,6 +53,9 @@ def instance_detail(inst: DurableInstance) -> dict[str, Any]:
     data["history"] = [
         {"kind": h.kind, "status": h.status, "detail": h.detail, "actor": h.actor, "at": _iso(h.at)}
         for h in inst.history.order_by("id")]
+    data["branches"] = [  # live parallel branches (durable_django.branches)
+        {"path": b["path"], "status": b["status"], "position": b["position"], "waits_for": b["waits_for"],
+         "steps": b["steps"], "updated_at": _iso(b["updated_at"])} for b in live_branches(inst)]
     data["stack"] = None
     data["retrying"] = None
     if inst.state is not None:

@@ -52,7 +52,7 @@ def db_step(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
     """
 
     def run(*args: P.args, **kwargs: P.kwargs) -> R:
-        if current_branch.get() is not None:  # other branches' writes may wait for their checkpoints too
+        if _in_branch():  # other branches' writes may wait for their checkpoints too
             with transaction.atomic(using=_alias()):
                 return func(*args, **kwargs)
         try:
@@ -71,6 +71,12 @@ def db_step(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
     # failure rolls back its savepoint only.
     call.durable_exclusive = True  # type: ignore[attr-defined]
     return call
+
+
+def _in_branch() -> bool:
+    """Does the step run in a parallel branch? (A function, not the context variable itself, in ``run``: a step
+    pickled by value with its retry must not carry the variable, which cannot be pickled.)"""
+    return current_branch.get() is not None
 
 
 def _alias() -> str:

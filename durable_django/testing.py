@@ -33,9 +33,10 @@ from durable import DurableProgram
 from durable.testing import FakeClock, HistoryEntry, history_mismatch
 
 from . import api, cancellation, clock, worker
-from .backend import to_datetime
+from .branches import paused_branch_waits
 from .models import FINISHED, DurableEvent, DurableHistory, DurableInstance, Status
 from .signals import instance_transition
+from .waits import to_datetime
 
 __all__ = ["DurableTestEnv", "DurableTestMixin", "FakeClock", "HistoryEntry", "Transition"]
 
@@ -226,7 +227,8 @@ class DurableTestEnv:
         return self.instance(instance_id).status
 
     def waiting_for(self, instance_id: str) -> str | None:
-        """The event the instance waits for (None when it sleeps on a timer or does not wait)."""
+        """The event the instance waits for (None when it sleeps on a timer or does not wait; parallel branches:
+        see :meth:`assert_waiting`)."""
         inst = self.instance(instance_id)
         return inst.waiting_for or None if inst.status == Status.PAUSED and inst.wait_kind == "event" else None
 
@@ -265,8 +267,11 @@ class DurableTestEnv:
         inst = self.instance(instance_id)
         expected = "a timer" if timer else (f"event {event!r}" if event else "an event")
         kind = "timer" if timer else "event"
-        if inst.status != Status.PAUSED or inst.wait_kind != kind or (
-                not timer and event is not None and inst.waiting_for != event):
+        # Paused on parallel branches: any paused branch's wait will do.
+        waits = paused_branch_waits(instance_id) if inst.wait_kind == "branches" else [(inst.wait_kind,
+                                                                                         inst.waiting_for)]
+        if inst.status != Status.PAUSED or not any(
+                k == kind and (timer or event is None or name == event) for k, name in waits):
             raise AssertionError(f"instance {instance_id!r} should wait for {expected}, but it is {_describe(inst)}")
         return inst
 
@@ -287,6 +292,8 @@ def _describe(inst: DurableInstance) -> str:
     if inst.status == Status.PAUSED:
         if inst.wait_kind == "timer":
             text += f", sleeping until {inst.wake_at.isoformat() if inst.wake_at else '?'}"
+        elif inst.wait_kind == "branches":
+            text += f", waiting for {inst.waiting_for}"
         else:
             text += f", waiting for event {inst.waiting_for!r}"
     elif inst.status in FINISHED and inst.error:

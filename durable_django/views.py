@@ -37,7 +37,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.decorators import method_decorator
-from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.views import View
 from django.views.decorators.csrf import csrf_protect
 
@@ -198,7 +198,7 @@ def signed_task(user, task: HumanTask | None) -> HumanTask | None:
     if task is None:
         return None
     loaded = task.instance if "instance" in task._state.fields_cache else None
-    wait = assignment.task_wait(user, task.instance_id, loaded)
+    wait = assignment.task_wait(user, task.instance_id, loaded, task.branch)
     if wait is None or wait.event != task.event:
         return None
     task.event, task.title = wait.event, str(wait.meta.get("title") or "")
@@ -208,11 +208,29 @@ def signed_task(user, task: HumanTask | None) -> HumanTask | None:
 
 
 def task_form(task: HumanTask, data=None):
-    """The form of a task returned by :func:`signed_task` (None when the wait has no form or schema)."""
+    """The form of a task returned by :func:`signed_task` (None when the wait has no form or schema).
+
+    Its HTML ids are the task's own (``auto_id``), so two tasks' forms on one page (parallel branches) never
+    share an id; the field names stay the form's.
+    """
     cls = assignment.form_class(task.wait.meta)
     if cls is None:
         return None
-    return cls(data=data)
+    return cls(data=data, auto_id=f"id_{task.key}_%s")
+
+
+def tasks_of(user, instance_id: str) -> list[HumanTask]:
+    """The open tasks ``user`` may answer on one instance (one per waiting branch), as :func:`signed_task`
+    returns them, in the order of the branches."""
+    rows = (HumanTask.objects.for_user(user).filter(instance_id=instance_id).select_related("instance")
+            .order_by("branch"))
+    return [t for t in (signed_task(user, r) for r in rows) if t is not None]
+
+
+def answer_url(task: HumanTask) -> str:
+    """The answer page of a task: the instance's, with ``?branch=`` for a branch's wait."""
+    url = reverse("durable:task-answer", args=[task.instance_id])
+    return f"{url}?{urlencode({'branch': task.branch})}" if task.branch else url
 
 
 @login_required
@@ -220,47 +238,62 @@ def task_list(request: HttpRequest) -> HttpResponse:
     """The waits this user may answer, each with its form."""
     tasks = HumanTask.objects.for_user(request.user).select_related("instance", "assignee_group", "assignee_user")
     signed = (signed_task(request.user, t) for t in tasks.defer("instance__arguments").order_by("created_at")[:200])
-    rows = [{"task": t, "form": task_form(t)} for t in signed if t is not None]
+    rows = [{"task": t, "form": task_form(t), "url": answer_url(t)} for t in signed if t is not None]
     return render(request, "durable_django/task_list.html", {"rows": rows})
 
 
 @method_decorator([login_required, csrf_protect], name="dispatch")
 class TaskAnswerView(View):
-    """GET: the task's form. POST: validate it, publish the event, go back (``next``) or to the task list."""
+    """GET: the task's form. POST: validate it, publish the event, go back (``next``) or to the task list.
+
+    ``?branch=<path>`` picks the task of one parallel branch (none: the instance's own wait). A POST whose
+    ``event`` field names another event than the task's now (the page was stale: the branch went on) is
+    refused with a message instead of answering the new wait with the old page's data.
+    """
 
     template_name = "durable_django/task_answer.html"
 
     def get_task(self, request: HttpRequest, instance_id: str) -> HumanTask:
+        branch = request.GET.get("branch", "")
         try:
             limits.check_instance_id(instance_id)
+            if limits.bad_character(branch) or len(branch) > 200:
+                raise InvalidInput("invalid branch")
         except InvalidInput as exc:
             raise BadRequest(str(exc)) from None
-        task = signed_task(request.user, HumanTask.objects.for_user(request.user).filter(instance_id=instance_id)
-                           .first())
+        task = signed_task(request.user, HumanTask.objects.for_user(request.user)
+                           .filter(instance_id=instance_id, branch=branch).first())
         if task is None:
             raise PermissionDenied("no task of yours waits on this instance")
         return task
 
+    def context(self, task: HumanTask, form) -> dict:
+        return {"task": task, "form": form, "url": answer_url(task)}
+
     def get(self, request: HttpRequest, instance_id: str) -> HttpResponse:
         task = self.get_task(request, instance_id)
-        return render(request, self.template_name, {"task": task, "form": task_form(task)})
+        return render(request, self.template_name, self.context(task, task_form(task)))
 
     def post(self, request: HttpRequest, instance_id: str) -> HttpResponse:
         task = self.get_task(request, instance_id)
+        posted_event = request.POST.get("event")
+        if posted_event is not None and posted_event != task.event:
+            messages.error(request, "This task changed since the page was loaded; here it is now.")
+            return render(request, self.template_name, self.context(task, task_form(task)), status=409)
         form = task_form(task, request.POST)
         if form is not None and not form.is_valid():
-            return render(request, self.template_name, {"task": task, "form": form}, status=400)
+            return render(request, self.template_name, self.context(task, form), status=400)
         payload = assignment.to_json(form.cleaned_data) if form is not None else None
         try:
-            answer(request.user, instance_id, task.event, payload)
+            answer(request.user, instance_id, task.event, payload, branch=task.branch or None)
         except PermissionDenied:
             raise
         except ValidationError as exc:
             messages.error(request, error_text(exc, form))
-            return render(request, self.template_name, {"task": task, "form": form}, status=400)
+            return render(request, self.template_name, self.context(task, form), status=400)
         except (InvalidPayload, InvalidInput) as exc:
             messages.error(request, str(exc))
-            return render(request, self.template_name, {"task": task, "form": form}, status=400)
+            return render(request, self.template_name, self.context(task, form), status=400)
         except (InstanceFinished, UnknownInstance, StateUnreadable) as exc:
             messages.error(request, str(exc))
             return redirect("durable:tasks")

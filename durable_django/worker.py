@@ -19,18 +19,20 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
 from django.db import DatabaseError
-from django.db.models import F, Q
+from django.db.models import Exists, F, OuterRef, Q
 
 from . import cancellation, clock, flowcontrol, leases, signals
-from .backend import to_datetime
 from .conf import durable_settings
 from .db import ops
 from .executor import LOST, SKIPPED, run_claimed
 from .leases import _Claimed
-from .models import DurableEvent, DurableInstance, Status
+from .models import DurableBranch, DurableEvent, DurableInstance, Status
+from .waits import event_names, to_datetime
 from .wakeups import schedule_timer, send_tasks
 
 log = logging.getLogger("durable_django")
@@ -77,16 +79,17 @@ def _run_instance(instance_id: str, worker_id: str, claimed: _Claimed | None = N
             if not DurableInstance.objects.with_pending_event().filter(pk=instance_id).exists():
                 schedule_timer(instance_id)
                 return outcome
-        elif wait.get("kind") != "event" or not _event_pending(instance_id, wait.get("event")):
+        elif not _event_pending(instance_id, wait):
             if wait.get("due") is not None:
                 schedule_timer(instance_id, to_datetime(wait["due"]))
             return outcome
     return outcome
 
 
-def _event_pending(instance_id: str, name: str | None) -> bool:
-    """Is an unconsumed event ``name`` in the inbox? (One cached SELECT: it follows every pause.)"""
-    return ops().event_pending(instance_id, name)
+def _event_pending(instance_id: str, wait: Mapping[str, Any]) -> bool:
+    """Is an unconsumed event that ends ``wait`` in the inbox? (One cached SELECT per awaited name: it follows
+    every pause; a wait on parallel branches awaits each paused branch's event.)"""
+    return any(ops().event_pending(instance_id, name) for name in event_names(wait))
 
 
 def run_batch(instance_ids: list[str], worker_id: str | None = None) -> dict[str, str]:
@@ -173,15 +176,18 @@ def due_instances(now: datetime | None = None, limit: int | None = None) -> list
         if len(ids) >= limit:
             return flowcontrol.by_priority(list(ids))
     ids.update(dict.fromkeys(flowcontrol.due_waiting(now, limit - len(ids))))
-    waiting = (DurableEvent.objects.filter(consumed_at__isnull=True, instance__status=Status.PAUSED,
-                                           instance__flow_waiting="",
-                                           instance__wait_kind="event", instance__waiting_for=F("name"))
-               .filter(Q(instance__lease_expires_at__isnull=True) | Q(instance__lease_expires_at__lt=now))
-               .order_by("id").values_list("instance_id", flat=True))
-    for iid in waiting[: limit * 2]:
-        ids[iid] = None
-        if len(ids) >= limit:
-            break
+    unconsumed = DurableEvent.objects.filter(consumed_at__isnull=True, instance__status=Status.PAUSED,
+                                             instance__flow_waiting="").filter(
+        Q(instance__lease_expires_at__isnull=True) | Q(instance__lease_expires_at__lt=now))
+    in_branch = DurableBranch.objects.filter(instance=OuterRef("instance"), waiting_for=OuterRef("name"),
+                                             status=Status.PAUSED, wait_kind="event")
+    for waiting in (unconsumed.filter(instance__wait_kind="event", instance__waiting_for=F("name")),
+                    # paused on parallel branches: an event a paused branch waits for (durable_django.branches)
+                    unconsumed.filter(instance__wait_kind="branches").filter(Exists(in_branch))):
+        for iid in waiting.order_by("id").values_list("instance_id", flat=True)[: limit * 2]:
+            ids[iid] = None
+            if len(ids) >= limit:
+                return flowcontrol.by_priority(list(ids))
     return flowcontrol.by_priority(list(ids))
 
 

@@ -27,6 +27,7 @@ class MySQLFeatures(Features):
 
 class MySQLOperations(Operations):
     features_class = MySQLFeatures
+    share_lock = " LOCK IN SHARE MODE"  # MariaDB and MySQL 8 both read it
     clock_sql = "SELECT UNIX_TIMESTAMP(NOW(6))"
 
     def claim_batch(self, instance_ids: list[str], worker_id: str, now: datetime, expires: datetime,

@@ -222,6 +222,34 @@ class Operations:
                     params[i] = field.get_db_prep_save(columns[name], conn)
         return params
 
+    #: What makes :meth:`lease_fence`'s SELECT lock the instance row until the commit (a vendor's clause); none
+    #: where the database serializes its writers (SQLite: the branch row written first holds the write lock).
+    share_lock = ""
+
+    def lease_fence(self, instance_id: str, worker_id: str, expires: datetime | None = None) -> bool:
+        """Does ``worker_id`` still hold the instance's lease, and may the instance still checkpoint?
+
+        The fence of a parallel branch's checkpoint, which writes the branch's row and not the instance's: in
+        the checkpoint's transaction, after that write, the instance row is read with a share lock (a claim by
+        another worker waits for the commit, or has committed and is seen), so a worker that lost the lease
+        writes nothing. ``expires``: extend the lease to it instead (an UPDATE, which fences as well)."""
+        conn = self.connection
+        if expires is not None:
+            sql = self._statement(conn, "fence-extend", lambda qn: (
+                f"UPDATE {qn(DurableInstance._meta.db_table)} SET {qn('lease_expires_at')} = %s "
+                f"WHERE {qn('instance_id')} = %s AND {qn('lease_owner')} = %s "
+                f"AND {qn('status')} NOT IN ({_quoted(CHECKPOINT_REFUSED)})"))
+            with self.cursor(conn) as cur:
+                cur.execute(sql, [conn.ops.adapt_datetimefield_value(expires), instance_id, worker_id])
+                return cur.rowcount == 1
+        sql = self._statement(conn, "fence", lambda qn: (
+            f"SELECT 1 FROM {qn(DurableInstance._meta.db_table)} WHERE {qn('instance_id')} = %s "
+            f"AND {qn('lease_owner')} = %s AND {qn('status')} NOT IN ({_quoted(CHECKPOINT_REFUSED)})"
+            f"{self.share_lock}"))
+        with self.cursor(conn) as cur:
+            cur.execute(sql, [instance_id, worker_id])
+            return cur.fetchone() is not None
+
     def consume_events(self, event_ids: Sequence[int], now: datetime) -> None:
         """Mark the events a checkpoint consumed (usually one)."""
         conn = self.connection

@@ -78,6 +78,7 @@ class PostgreSQLFeatures(Features):
 
 class PostgreSQLOperations(Operations):
     features_class = PostgreSQLFeatures
+    share_lock = " FOR SHARE"
     clock_sql = "SELECT extract(epoch from clock_timestamp())"
 
     def cursor(self, conn: Any = None) -> Any:

@@ -8,6 +8,12 @@ that may never answer, e.g. whoever submitted what is approved: not even a
 superuser), ``form`` (dotted path of a Django form), ``schema`` (a JSON-schema
 subset, see :func:`schema_form`), ``title``.
 
+An instance paused on parallel branches (``durable.gather``) waits on several
+waits at once (a ``"branches"`` wait lists each branch's, nested groups
+included): each event wait is a :class:`Wait` with its branch path, so each
+human task is found, checked and answered on its own (the single wait of an
+instance without branches has the branch ``""``).
+
 The checks run twice: when a user publishes (:func:`check_answer`, an
 immediate 403/400) and when the wait consumes an event
 (:func:`judge_answer`, in the worker), so an event published before the
@@ -28,6 +34,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.utils.module_loading import import_string
 
 from durable import SavedState
+from durable.state import leaf_waits
 
 from ..exceptions import StateUnreadable, state_error
 from ..judges import is_task_meta
@@ -35,6 +42,8 @@ from ..models import DurableInstance, Status
 from ..signing import STATE, blob_context, unsign
 
 ASSIGNMENT_KEYS = ("user", "group", "permission")
+#: The row's ``wait_kind`` of an instance that may wait for a person: one event wait, or parallel branches.
+EVENT_KINDS = ("event", "branches")
 
 
 @dataclass
@@ -48,6 +57,8 @@ class Wait:
     version: int = 0
     #: Checkpoints taken so far: constant while the instance waits here, so it identifies this wait.
     steps: int = 0
+    #: The path of the branch that waits (``"0.1"``, nested ``"0.0/1.1"``); ``""``: the instance itself.
+    branch: str = ""
 
     @property
     def assigned(self) -> bool:
@@ -58,34 +69,61 @@ class Wait:
         return is_task_meta(self.meta)
 
 
-def current_wait(instance_id: str) -> Wait | None:
-    """The event wait the instance is paused on, read from its verified state; None otherwise.
+def current_waits(instance_id: str) -> list[Wait]:
+    """The event waits the instance is paused on (one, or one per paused branch), read from its verified state.
 
     Raises :class:`StateUnreadable` when the state fails its signature check or cannot be unpickled.
     """
-    row = (DurableInstance.objects.filter(pk=instance_id, status=Status.PAUSED, wait_kind="event")
+    row = (DurableInstance.objects.filter(pk=instance_id, status=Status.PAUSED, wait_kind__in=EVENT_KINDS)
            .values_list("program", "state", "version").first())
     if row is None:
-        return None
-    return wait_of(instance_id, *row)
+        return []
+    return waits_of(instance_id, *row)
 
 
-def wait_of(instance_id: str, program: str, blob: bytes | memoryview | None, version: int) -> Wait | None:
-    """The event wait recorded in a paused instance's state blob (verified before it is unpickled).
+def current_wait(instance_id: str) -> Wait | None:
+    """The first of :func:`current_waits` (the only one unless the instance waits in parallel branches)."""
+    waits = current_waits(instance_id)
+    return waits[0] if waits else None
+
+
+def waits_of(instance_id: str, program: str, blob: bytes | memoryview | None, version: int) -> list[Wait]:
+    """The event waits recorded in a paused instance's state blob (verified before it is unpickled), in the
+    order of the branches.
 
     Raises :class:`StateUnreadable` when the blob fails its signature check or cannot be unpickled.
     """
     if blob is None:
-        return None
+        return []
     try:
         state: SavedState = unsign(blob, blob_context(instance_id, program, STATE))
     except Exception as exc:  # nobody can be checked against a wait that cannot be read: refuse, clearly
         raise StateUnreadable(instance_id, Status.PAUSED, state_error(exc)) from exc
-    wait: Mapping[str, Any] = state.get("wait") or {}
-    if wait.get("kind") != "event":
-        return None
-    return Wait(instance_id, wait.get("event") or "", dict(wait.get("meta") or {}), wait.get("due"), version,
-                int(state.get("steps") or 0))
+    steps = int(state.get("steps") or 0)
+    return [Wait(instance_id, w.get("event") or "", dict(w.get("meta") or {}), w.get("due"), version, steps,
+                 str(w.get("branch") or "")) for w in event_waits(state.get("wait"))]
+
+
+def wait_of(instance_id: str, program: str, blob: bytes | memoryview | None, version: int) -> Wait | None:
+    """The first of :func:`waits_of` (kept for callers that know the instance has no branches)."""
+    waits = waits_of(instance_id, program, blob, version)
+    return waits[0] if waits else None
+
+
+def event_waits(wait: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
+    """The event waits in a state's wait: itself, or every paused branch's (:func:`durable.state.leaf_waits`:
+    nested groups flattened, each entry with the path of its innermost branch)."""
+    return [w for w in leaf_waits(wait) if w.get("kind") == "event"]  # type: ignore[arg-type]
+
+
+def find_wait(waits: list[Wait], event: str, branch: str | None = None, user=None) -> Wait | None:
+    """The wait an answer to ``event`` is for: the branch's, when ``branch`` is given; else the first wait for
+    ``event`` (a human task ``user`` may answer first, when several branches wait for the same event)."""
+    matching = [w for w in waits if w.event == event and (branch is None or w.branch == branch)]
+    if user is not None:
+        mine = [w for w in matching if w.is_task and may_answer(user, w.meta)]
+        matching = mine or matching
+    return matching[0] if matching else None
 
 
 def may_answer(user, meta: dict) -> bool:
@@ -146,14 +184,16 @@ def to_json(data: dict) -> dict:
     return json.loads(json.dumps(data, cls=DjangoJSONEncoder))
 
 
-def check_answer(user, instance_id: str, event: str, payload: Any) -> Any:
+def check_answer(user, instance_id: str, event: str, payload: Any, branch: str | None = None) -> Any:
     """Enforce the wait's assignment and form for an event ``user`` publishes; return the payload to publish.
 
-    If the instance is not paused on a wait for ``event`` (the event will be
-    kept in the inbox for later), only ``durable_django.publish_durableevent``
-    lets a user publish it. Raises ``PermissionDenied`` or ``ValidationError``.
+    The wait is the one for ``event`` (in ``branch`` when given, see
+    :func:`find_wait`). If the instance is not paused on a wait for ``event``
+    (the event will be kept in the inbox for later), only
+    ``durable_django.publish_durableevent`` lets a user publish it. Raises
+    ``PermissionDenied`` or ``ValidationError``.
     """
-    return check_wait(user, current_wait(instance_id), event, payload)
+    return check_wait(user, find_wait(current_waits(instance_id), event, branch, user), event, payload)
 
 
 def check_wait(user, wait: Wait | None, event: str, payload: Any) -> Any:
@@ -208,9 +248,9 @@ def error_text(exc: ValidationError) -> str:
     return " ".join(exc.messages)
 
 
-def task_wait(user, instance_id: str, instance: DurableInstance | None = None) -> Wait | None:
-    """The human task ``user`` may answer on ``instance_id``, from the instance's signed state; else None.
-    ``instance``: its row when already loaded (with ``state``), to save a query.
+def task_wait(user, instance_id: str, instance: DurableInstance | None = None, branch: str = "") -> Wait | None:
+    """The human task ``user`` may answer on ``instance_id`` (in ``branch``), from the instance's signed state;
+    else None. ``instance``: its row when already loaded (with ``state``), to save a query.
 
     What the task pages use for the event name, the assignment and the form:
     never the :class:`~.models.HumanTask` row's columns, which are unsigned
@@ -218,13 +258,14 @@ def task_wait(user, instance_id: str, instance: DurableInstance | None = None) -
     """
     try:
         if instance is None:
-            wait = current_wait(instance_id)
-        elif instance.status == Status.PAUSED and instance.wait_kind == "event":
-            wait = wait_of(instance_id, instance.program, instance.state, instance.version)
+            waits = current_waits(instance_id)
+        elif instance.status == Status.PAUSED and instance.wait_kind in EVENT_KINDS:
+            waits = waits_of(instance_id, instance.program, instance.state, instance.version)
         else:
-            wait = None
+            waits = []
     except Exception:  # tampered or unreadable state: no one can answer it here
         return None
+    wait = next((w for w in waits if w.branch == branch), None)
     if wait is None or not wait.is_task or not may_answer(user, wait.meta):
         return None
     return wait

@@ -1,4 +1,8 @@
-"""One row per instance that waits for a person: what it waits for and who may answer.
+"""One row per wait of a person: what it waits for and who may answer.
+
+An instance has one row per live human-task wait: its single wait (branch
+``""``), or one per parallel branch that waits for a person (the branch's
+path, e.g. ``"0.1"``), each answered on its own.
 
 The row is derived data, rebuilt from the instance's signed state (the truth)
 by :mod:`durable_django.humantasks.sync` after every transition; it exists so
@@ -15,6 +19,7 @@ from django.contrib.auth.models import Group
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 from django.db.models import Q
+from django.utils.text import slugify
 from django.utils.translation import gettext_lazy as _
 
 from durable_django.models import DurableInstance
@@ -41,8 +46,10 @@ class HumanTaskQuerySet(models.QuerySet):
 
 
 class HumanTask(models.Model):
-    instance = models.OneToOneField(DurableInstance, primary_key=True, on_delete=models.CASCADE,
-                                    related_name="human_task", verbose_name=_("instance"))
+    instance = models.ForeignKey(DurableInstance, on_delete=models.CASCADE, related_name="human_tasks",
+                                 verbose_name=_("instance"))
+    #: The waiting branch's path (``durable.gather``); "" for an instance's own wait.
+    branch = models.CharField(_("branch"), max_length=200, blank=True, default="")
     event = models.CharField(_("event"), max_length=200)
     title = models.CharField(_("title"), max_length=255, blank=True, default="")
     assignee_user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
@@ -72,9 +79,22 @@ class HumanTask(models.Model):
         indexes = [
             models.Index(fields=["permission"], name="durable_task_perm"),
         ]
+        constraints = [
+            models.UniqueConstraint(fields=["instance", "branch"], name="durable_task_one_per_branch"),
+        ]
 
     def __str__(self) -> str:
         return self.title or f"{self.event} ({self.instance_id})"
+
+    @property
+    def branch_slug(self) -> str:
+        """The branch path in an HTML id (``"0.1/2.0"`` -> ``"0-1_2-0"``: distinct paths stay distinct)."""
+        return self.branch.replace(".", "-").replace("/", "_")
+
+    @property
+    def key(self) -> str:
+        """Unique on a page: the instance and the branch (an HTML id or a form's ``auto_id`` prefix)."""
+        return f"{slugify(self.instance_id)}-b{self.branch_slug}" if self.branch else slugify(self.instance_id)
 
 
 class RepairCursor(models.Model):

@@ -1,5 +1,12 @@
 """Keep :class:`HumanTask` rows in step with what instances wait for, and answer tasks.
 
+An instance has a row per live human-task wait, keyed by its branch (``""``
+for the instance's own wait, a path like ``"0.1"`` for each paused branch of
+a ``durable.gather``). A row is closed (deleted) when its wait ends: answered,
+its branch went on or was cancelled, or the instance ended. While the instance
+runs, the rows of its other branches stay (their waits are not over); the
+pages show a task only while the signed state still has its wait.
+
 ``sync_instance`` is idempotent and order-independent (it reads the current
 row, never trusts the signal's arguments), so receivers in several processes
 may run it in any order. ``sync_all`` rebuilds every row (after installing the
@@ -18,6 +25,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -28,23 +36,21 @@ from ..answers import publish_answer
 from ..limits import check_event_name, check_idempotency_key, check_instance_id
 from ..models import DurableInstance, Status
 from ..signals import instance_transition, sweep_finished
-from .assignment import Wait, check_wait, current_wait
+from .assignment import EVENT_KINDS, Wait, check_wait, current_waits, find_wait
 from .models import HumanTask, RepairCursor
 
 log = logging.getLogger("durable_django")
 
 
-def sync_instance(instance_id: str) -> HumanTask | None:
-    """Create, update or delete the task row of one instance from its current wait."""
+def sync_instance(instance_id: str) -> list[HumanTask]:
+    """Create, update or delete the task rows of one instance from its current waits (one per branch)."""
     try:
-        wait = current_wait(instance_id)
+        waits = [w for w in current_waits(instance_id) if w.is_task]
     except (StateTamperedError, Exception):  # unreadable state (tampered, code gone): nobody can answer it
         log.warning("cannot read the wait of durable instance %s", instance_id, exc_info=True)
-        wait = None
-    if wait is None or not wait.is_task:
-        HumanTask.objects.filter(instance_id=instance_id).delete()
-        return None
-    return _upsert(wait)
+        waits = []
+    HumanTask.objects.filter(instance_id=instance_id).exclude(branch__in=[w.branch for w in waits]).delete()
+    return [_upsert(w) for w in waits]
 
 
 def _upsert(wait: Wait) -> HumanTask:
@@ -62,13 +68,14 @@ def _upsert(wait: Wait) -> HumanTask:
         "due_at": datetime.fromtimestamp(wait.due, tz=UTC) if wait.due else None,
         "instance_version": wait.version,
     }
-    task, _ = HumanTask.objects.update_or_create(instance_id=wait.instance_id, defaults=fields)
+    task, _ = HumanTask.objects.update_or_create(instance_id=wait.instance_id, branch=wait.branch, defaults=fields)
     return task
 
 
 def sync_all() -> int:
     """Rebuild every task row; returns how many tasks exist afterwards."""
-    waiting = set(DurableInstance.objects.filter(status=Status.PAUSED, wait_kind="event").values_list("pk", flat=True))
+    waiting = set(DurableInstance.objects.filter(status=Status.PAUSED, wait_kind__in=EVENT_KINDS)
+                  .values_list("pk", flat=True))
     HumanTask.objects.exclude(instance_id__in=waiting).delete()
     for iid in waiting:
         sync_instance(iid)
@@ -94,7 +101,7 @@ def repair(since: datetime | None = None, *, limit: int | None = None,
 
 
 def _stale_rows() -> set[str]:
-    waiting = DurableInstance.objects.filter(status=Status.PAUSED, wait_kind="event")
+    waiting = DurableInstance.objects.filter(status=Status.PAUSED, wait_kind__in=EVENT_KINDS)
     ids = set(HumanTask.objects.exclude(instance__in=waiting.values("pk")).values_list("instance_id", flat=True))
     ids.update(HumanTask.objects.exclude(instance_version=F("instance__version")).values_list("instance_id", flat=True))
     return ids
@@ -102,7 +109,7 @@ def _stale_rows() -> set[str]:
 
 def _missing(since: datetime | None, limit: int | None, after: tuple[datetime, str] | None) -> list[tuple]:
     """Instances waiting for an event with no task row, by (updated_at, instance_id)."""
-    rows = DurableInstance.objects.filter(status=Status.PAUSED, wait_kind="event", human_task__isnull=True)
+    rows = DurableInstance.objects.filter(status=Status.PAUSED, wait_kind__in=EVENT_KINDS, human_tasks__isnull=True)
     if since is not None:
         rows = rows.filter(updated_at__gte=since)
     if after is not None:
@@ -137,9 +144,13 @@ def on_sweep_finished(sender, **kwargs: Any) -> None:
 def on_transition(sender, instance_id: str, kind: str = "", status: str = "", **kwargs: Any) -> None:
     if kind == "event_published":
         return  # the wait is unchanged until the instance runs
+    if status in (Status.RUNNING, Status.PENDING):
+        # Running: a wait may be ending, the others (parallel branches) stay; the next pause or end decides.
+        # The pages show a task only while the signed state has its wait, so a row left meanwhile answers nothing.
+        return
     if status and status != Status.PAUSED:
-        # Not waiting (running, finished...): one DELETE, no read. Should the instance have paused again
-        # meanwhile, its own transition re-creates the row (and the sweep's repair catches a lost one).
+        # Not waiting (finished, suspended...): one DELETE, no read. Should the instance have paused again
+        # meanwhile, its own transition re-creates the rows (and the sweep's repair catches a lost one).
         HumanTask.objects.filter(instance_id=instance_id).delete()
         return
     sync_instance(instance_id)
@@ -151,10 +162,15 @@ def connect() -> None:
     sweep_finished.connect(on_sweep_finished, dispatch_uid="durable_django.humantasks.repair", weak=False)
 
 
-def answer(user, instance_id: str, event: str, payload: Any, *, idempotency_key: str | None = None):
+def answer(user, instance_id: str, event: str, payload: Any, *, branch: str | None = None,
+           idempotency_key: str | None = None):
     """Publish ``event`` as ``user`` after checking the wait's assignment and form; the event's history
     entry records ``user`` as its actor.
 
+    The wait is the one of ``branch`` (a task row's ``branch``) when given;
+    else the instance's wait for ``event`` (with parallel branches, the first
+    one for ``event`` that ``user`` may answer). The event goes to the instance,
+    where the branch waiting for it takes it; the other branches' tasks stay.
     Returns the :class:`~durable_django.models.DurableEvent`; answering the
     same wait again returns the first answer's event and publishes nothing
     (:mod:`durable_django.answers`: the key is the server's; ``idempotency_key``
@@ -165,18 +181,21 @@ def answer(user, instance_id: str, event: str, payload: Any, *, idempotency_key:
     check_instance_id(instance_id)
     check_event_name(event)
     check_idempotency_key(idempotency_key)
-    wait = current_wait(instance_id)
+    wait = find_wait(current_waits(instance_id), event, branch, user)
+    if wait is None and branch is not None:
+        raise PermissionDenied("this task is no longer open (its branch went on)")
     cleaned = check_wait(user, wait, event, payload)
     with transaction.atomic():
         # One answer per wait (a double submit, two assignees, new client keys: one event); the history
         # entry of the event records who answered (its actor).
         ev = publish_answer(instance_id, event, cleaned, actor=user)
-        HumanTask.objects.filter(instance_id=instance_id, event=event).delete()
+        tasks = HumanTask.objects.filter(instance_id=instance_id, event=event)
+        (tasks.filter(branch=wait.branch) if wait is not None else tasks).delete()
     return ev
 
 
-
-async def aanswer(user, instance_id: str, event: str, payload: Any, *, idempotency_key: str | None = None):
+async def aanswer(user, instance_id: str, event: str, payload: Any, *, branch: str | None = None,
+                  idempotency_key: str | None = None):
     """:func:`answer` for async code (an async view); same arguments, outcomes and errors."""
-    return await sync_to_async(answer, thread_sensitive=True)(user, instance_id, event, payload,
+    return await sync_to_async(answer, thread_sensitive=True)(user, instance_id, event, payload, branch=branch,
                                                               idempotency_key=idempotency_key)

@@ -1,14 +1,15 @@
 """Expense approval, written as the plain code a person would describe it in.
 
 An employee submits an expense. A manager approves or rejects it. Amounts of
-``FINANCE_THRESHOLD`` or more also need finance; if finance does not act in
-time (``settings.EXPENSES_ESCALATE_AFTER`` seconds) the task is escalated to
+``FINANCE_THRESHOLD`` or more need the manager AND finance, asked at the same
+time (``durable.gather``: two tasks open at once); the first rejection
+cancels the other approval, whose task closes. If finance does not act in
+time (``settings.EXPENSES_ESCALATE_AFTER`` seconds) its task is escalated to
 the director, who may answer it alongside finance. Nobody approves their own
 expense: every approval wait excludes the submitter (``exclude_user``), and a
 manager's own expense goes to the director instead of the managers. The
-payment is recorded by
-a database step, which commits with the checkpoint after it: exactly once,
-even if a worker dies in the middle.
+payment is recorded by a database step, which commits with the checkpoint
+after it: exactly once, even if a worker dies in the middle.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
+import durable
 from durable import EventTimeout, make_durable, wait_for_event
 from durable_django import db_step
 from durable_django.models import DurableEvent
@@ -42,6 +44,11 @@ def load_expense(expense_id: int) -> dict:
 
 @db_step
 def set_state(expense_id: int, state: str, decision: dict | None = None, by: str = "", event: str = "") -> None:
+    """Record the state; with a ``decision``, who made it (see :func:`record`)."""
+    record(expense_id, state, decision, by, event)
+
+
+def record(expense_id: int, state: str, decision: dict | None = None, by: str = "", event: str = "") -> None:
     """Record the state; with a ``decision``, who made it: the user who answered the wait for ``event``, and
     their role (``by``; for a finance decision, finance or the director, whoever of them answered)."""
     fields = {"state": state}
@@ -84,50 +91,95 @@ def escalate_after() -> float:
     return float(getattr(settings, "EXPENSES_ESCALATE_AFTER", 3600))
 
 
-@make_durable
-async def expense_approval(expense_id: int):
-    expense = await load_expense(expense_id)
-    title = f"Expense #{expense_id}: {expense['description']} ({expense['amount']}) by {expense['employee']}"
+class Rejected(Exception):
+    """An approver said no: raised in its branch, so the gather cancels the other approval (its task closes)."""
 
+    def __init__(self, role: str, event: str, decision: dict) -> None:
+        super().__init__(role, event, decision)
+        self.role, self.event, self.decision = role, event, decision
+
+    def __str__(self) -> str:
+        return f"rejected by {self.role}"
+
+
+@db_step
+def record_approval(expense_id: int, side: str, decision: dict, by: str, event: str) -> None:
+    """One of the two parallel approvals (``side``: "manager" or "finance") said yes: record who, and what the
+    expense still waits for. The steps of parallel branches run one at a time, so neither overwrites the other."""
+    current = Expense.objects.values_list("state", flat=True).get(pk=expense_id)
+    only_me, only_other = ((Expense.State.AWAITING_MANAGER, Expense.State.AWAITING_FINANCE) if side == "manager"
+                           else (Expense.State.AWAITING_FINANCE, Expense.State.AWAITING_MANAGER))
+    if current == only_me:  # the other side approved first: both have
+        state = Expense.State.APPROVED
+    elif side == "manager" and current == Expense.State.ESCALATED:  # finance is still late
+        state = current
+    else:
+        state = only_other
+    record(expense_id, state, decision, by, event)
+
+
+async def manager_approval(expense_id: int, expense: dict, title: str, parallel: bool = False) -> tuple[str, dict]:
+    """The manager's decision, or the director's on a manager's own expense (never a fellow manager's vote).
+    Returns (role, decision); a rejection raises :class:`Rejected`."""
     submitter = expense["employee"]
-    await set_state(expense_id, Expense.State.AWAITING_MANAGER)
-    if expense["by_manager"]:  # a manager's own expense: the director approves it, never a fellow manager's vote
-        approver = "director"
-        report("director")
+    if expense["by_manager"]:
+        role = "director"
         decision = await wait_for_event("manager_decision", permission=DIRECTOR, exclude_user=submitter,
                                         form=DECISION_FORM,
                                         title=f"Director approval (submitted by a manager). {title}")
     else:
-        approver = "manager"
-        report("manager")
+        role = "manager"
         decision = await wait_for_event("manager_decision", group=MANAGERS, exclude_user=submitter,
                                         form=DECISION_FORM, title=f"Manager approval. {title}")
     if decision["decision"] != "approve":
-        report("rejected")
-        await set_state(expense_id, Expense.State.REJECTED, decision, by=approver, event="manager_decision")
-        return "rejected"
+        raise Rejected(role, "manager_decision", decision)
+    if parallel:
+        await record_approval(expense_id, "manager", decision, role, "manager_decision")
+        report("finance_left")
+    return role, decision
 
-    if Decimal(expense["amount"]) >= FINANCE_THRESHOLD:
-        await set_state(expense_id, Expense.State.AWAITING_FINANCE, decision, by=approver, event="manager_decision")
-        report("finance")
-        try:
-            decision = await wait_for_event("finance_decision", timeout=escalate_after(), group="finance",
-                                            exclude_user=submitter, form=DECISION_FORM,
-                                            title=f"Finance approval. {title}")
-        except EventTimeout:
-            report("escalated")
-            await set_state(expense_id, Expense.State.ESCALATED)
-            decision = await wait_for_event("finance_decision", group="finance", permission=DIRECTOR,
-                                            exclude_user=submitter, form=DECISION_FORM,
-                                            title=f"ESCALATED: finance approval overdue. {title}")
-        # finance, or on escalation the director: set_state records whoever answered
-        if decision["decision"] != "approve":
-            report("rejected")
-            await set_state(expense_id, Expense.State.REJECTED, decision, event="finance_decision")
-            return "rejected"
-        await set_state(expense_id, Expense.State.APPROVED, decision, event="finance_decision")
-    else:
-        await set_state(expense_id, Expense.State.APPROVED, decision, by=approver, event="manager_decision")
+
+async def finance_approval(expense_id: int, expense: dict, title: str) -> tuple[str, dict]:
+    """Finance's decision; if finance does not act in time, the director may answer it too (escalation)."""
+    submitter = expense["employee"]
+    try:
+        decision = await wait_for_event("finance_decision", timeout=escalate_after(), group="finance",
+                                        exclude_user=submitter, form=DECISION_FORM,
+                                        title=f"Finance approval. {title}")
+    except EventTimeout:
+        report("escalated")
+        await set_state(expense_id, Expense.State.ESCALATED)
+        decision = await wait_for_event("finance_decision", group="finance", permission=DIRECTOR,
+                                        exclude_user=submitter, form=DECISION_FORM,
+                                        title=f"ESCALATED: finance approval overdue. {title}")
+    if decision["decision"] != "approve":
+        raise Rejected("", "finance_decision", decision)  # finance, or the director: set_state records who
+    await record_approval(expense_id, "finance", decision, "", "finance_decision")
+    report("manager_left")
+    return "", decision
+
+
+@make_durable
+async def expense_approval(expense_id: int):
+    expense = await load_expense(expense_id)
+    title = f"Expense #{expense_id}: {expense['description']} ({expense['amount']}) by {expense['employee']}"
+    try:
+        if Decimal(expense["amount"]) >= FINANCE_THRESHOLD:
+            # the manager and finance at once: both must approve; the first "no" cancels the other's task
+            await set_state(expense_id, Expense.State.AWAITING_APPROVALS)
+            report("both")
+            await durable.gather(manager_approval(expense_id, expense, title, parallel=True),
+                                 finance_approval(expense_id, expense, title))
+            await set_state(expense_id, Expense.State.APPROVED)
+        else:
+            await set_state(expense_id, Expense.State.AWAITING_MANAGER)
+            report("director" if expense["by_manager"] else "manager")
+            role, decision = await manager_approval(expense_id, expense, title)
+            await set_state(expense_id, Expense.State.APPROVED, decision, by=role, event="manager_decision")
+    except Rejected as no:
+        report("rejected")
+        await set_state(expense_id, Expense.State.REJECTED, no.decision, by=no.role, event=no.event)
+        return "rejected"
 
     report("paying")
     reference = await record_payment(expense_id)

@@ -9,6 +9,7 @@ from django.db import models
 class Expense(models.Model):
     class State(models.TextChoices):
         SUBMITTED = "submitted", "Submitted"
+        AWAITING_APPROVALS = "awaiting_approvals", "Waiting for the manager and finance"
         AWAITING_MANAGER = "awaiting_manager", "Waiting for the manager"
         APPROVED = "approved", "Approved, being paid"
         AWAITING_FINANCE = "awaiting_finance", "Waiting for finance"

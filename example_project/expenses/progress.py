@@ -13,7 +13,9 @@ import durable
 STAGES: dict[str, tuple[int, str]] = {
     "manager": (25, "waiting for the manager's decision"),
     "director": (25, "waiting for the director's decision (your own expense as a manager)"),
-    "finance": (60, "approved by the manager, waiting for finance"),
+    "both": (25, "waiting for the manager and finance (asked at the same time)"),
+    "finance_left": (60, "approved by the manager, waiting for finance"),
+    "manager_left": (60, "approved by finance, waiting for the manager"),
     "escalated": (70, "finance is late: escalated to the director"),
     "paying": (90, "approved: recording the payment"),
     "paid": (100, "paid"),

@@ -84,6 +84,28 @@ class ExpenseApprovalTests(DurableTestMixin, TestCase):
         self.durable.assert_waiting(expense.instance_id, "manager_decision")
         self.assertEqual(self.durable.history(expense.instance_id)[-1].kind, "event_rejected")
 
+    def open_tasks(self, expense: Expense) -> dict[str, str]:
+        """The open human tasks of the expense: event -> title (one per waiting branch)."""
+        return dict(HumanTask.objects.filter(instance_id=expense.instance_id).values_list("event", "title"))
+
+    def test_a_large_expense_asks_the_manager_and_finance_at_once(self) -> None:
+        expense = self.submit("2500")
+        self.assertEqual(expense.state, Expense.State.AWAITING_APPROVALS)
+        self.assertEqual(set(self.open_tasks(expense)), {"manager_decision", "finance_decision"})
+
+        expense = self.decide(expense, "finance_decision", "carol", APPROVE)  # finance first: the manager is left
+        self.assertEqual(expense.state, Expense.State.AWAITING_MANAGER)
+        self.assertEqual(set(self.open_tasks(expense)), {"manager_decision"})
+        expense = self.decide(expense, "manager_decision", "bob", APPROVE)
+        self.assertEqual(expense.state, Expense.State.PAID)
+
+    def test_a_rejection_closes_the_other_task(self) -> None:
+        expense = self.submit("2500")
+        expense = self.decide(expense, "manager_decision", "bob", REJECT)
+        self.assertEqual((expense.state, expense.decided_by), (Expense.State.REJECTED, "manager"))
+        self.assertEqual(self.open_tasks(expense), {})  # finance's branch was cancelled: its task closed
+        self.durable.assert_completed(expense.instance_id, "rejected")
+
     def test_escalation_after_the_timer_without_waiting(self) -> None:
         expense = self.submit("2500")
         expense = self.decide(expense, "manager_decision", "bob", APPROVE)
@@ -91,12 +113,12 @@ class ExpenseApprovalTests(DurableTestMixin, TestCase):
 
         self.durable.advance(settings.EXPENSES_ESCALATE_AFTER - 1)  # finance still has a second
         self.assertEqual(Expense.objects.get(pk=expense.pk).state, Expense.State.AWAITING_FINANCE)
-        self.durable.advance(1)  # the deadline: the director is asked too
+        self.durable.advance(1)  # the deadline (counted from the submission): the director is asked too
 
         expense.refresh_from_db()
         self.assertEqual(expense.state, Expense.State.ESCALATED)
-        self.durable.assert_waiting(expense.instance_id, "finance_decision")
-        self.assertIn("ESCALATED", HumanTask.objects.get(instance_id=expense.instance_id).title)
+        self.durable.assert_status(expense.instance_id, Status.PAUSED)
+        self.assertIn("ESCALATED", self.open_tasks(expense)["finance_decision"])
 
         expense = self.decide(expense, "finance_decision", "dave", APPROVE)
         self.assertEqual(expense.state, Expense.State.PAID)

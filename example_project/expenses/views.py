@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from urllib.parse import quote
-
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
@@ -14,7 +12,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 import durable_django
 from durable_django.humantasks.models import HumanTask
 from durable_django.models import DurableInstance
-from durable_django.views import signed_task, task_form
+from durable_django.views import answer_url, task_form, tasks_of
 
 from .durable_programs import expense_approval
 from .forms import ExpenseForm
@@ -62,15 +60,29 @@ def expense_detail(request: HttpRequest, pk: int) -> HttpResponse:
     instance = DurableInstance.objects.defer("state", "arguments").filter(pk=expense.instance_id).first()
     if instance is not None:
         expense.state = expense.shown_state(instance.status)
-    task = signed_task(request.user, HumanTask.objects.for_user(request.user).filter(
-        instance_id=expense.instance_id).first())
+    # Each open task of this user (a large expense has two at once: the manager's and finance's), with its form.
+    mine = [{"task": t, "form": task_form(t), "url": answer_url(t)}
+            for t in tasks_of(request.user, expense.instance_id)]
     return render(request, "expenses/detail.html", {
-        "expense": expense, "instance": instance, "task": task,
-        "task_form": task_form(task) if task else None, "ws_path": f"/ws/expenses/{expense.pk}/",
+        "expense": expense, "instance": instance, "tasks": mine, "open_tasks": open_tasks(expense),
+        "ws_path": f"/ws/expenses/{expense.pk}/",
         "timeline": timeline(instance) if instance else [],
         "payment": getattr(expense, "payment", None) if expense.state == Expense.State.PAID else None,
-        "iid": quote(expense.instance_id),
     })
+
+
+def open_tasks(expense: Expense) -> list[str]:
+    """Who the process waits for now, one line per open task (the manager and finance at once for a large
+    expense), for everyone who may follow it. Display only: answering goes through the signed wait."""
+    rows = (HumanTask.objects.filter(instance_id=expense.instance_id).select_related("assignee_group")
+            .order_by("branch"))
+    return [f"{t.title.split('. ', 1)[0] or t.event}: {describe(t)}" for t in rows]
+
+
+def describe(task: HumanTask) -> str:
+    parts = [f"group {task.assignee_group}" if task.assignee_group_id else "",
+             "the director" if task.permission == "expenses.approve_escalated" else ""]
+    return " or ".join(p for p in parts if p) or "anyone allowed"
 
 
 def timeline(instance: DurableInstance) -> list[dict]:

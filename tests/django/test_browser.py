@@ -172,8 +172,8 @@ def test_admin_lists_fit_a_1280px_screen(asgi_server, browser_factory):  # noqa:
         e = Expense.objects.create(employee=employee, amount=Decimal("1234.56"),
                                    description=f"Conference travel, hotel and meals in Saint-Jean-de-Luz #{n}")
         dd.start(expense_approval, e.pk, instance_id=e.instance_id, link=e)
-        dd.resume(e.instance_id, inline=True)  # to its manager wait: a human task, a paused row
-    assert HumanTask.objects.count() == 3
+        dd.resume(e.instance_id, inline=True)  # to the manager's and finance's waits: two tasks, a paused row
+    assert HumanTask.objects.count() == 6
     worker = "celery@build-runner-17.internal.example.com:build-runner-17:10018:5f0c2a9e4b7d4c1e"
     DurableHistory.objects.create(instance_id=e.instance_id, kind="recovered", status="running", actor=worker,
                                   detail="the previous worker's lease expired")

@@ -247,3 +247,47 @@ def test_form_errors_are_sentences_without_codes(inline, roles):
     assert r.status_code == 400
     message = r.json()["error"]
     assert isinstance(message, str) and message.startswith("event: This field is required.; payload: Not valid JSON")
+
+
+# -- a large expense: the manager and finance at once -------------------------------------------------------------
+def open_lines(html: str) -> list[str]:
+    return [text(li) for li in re.findall(r'<li class="open-task">(.*?)</li>', html, re.S)]
+
+
+def test_a_large_expense_shows_two_tasks_and_one_approval_leaves_the_other(inline, roles):
+    e = submit(roles["alice"], "2500")
+    detail = reverse("expense", args=[e.pk])
+    alice_page = page(roles["alice"], detail)
+    assert text(element(alice_page, "expense-state")) == "Waiting for the manager and finance"
+    assert open_lines(alice_page) == ["Manager approval: group managers", "Finance approval: group finance"]
+    assert "send-decision" not in alice_page  # the submitter answers neither
+    # each approver sees their own task (one form), everybody sees both open tasks
+    bob_page = page(roles["bob"], detail)
+    assert bob_page.count('class="send-decision"') == 1 and 'data-event="manager_decision"' in bob_page
+    root = User.objects.create_superuser("root", password="pw")
+    both = page(root, detail)
+    assert both.count('class="send-decision"') == 2 and "2 tasks wait" in page(root, reverse("home"))
+    assert text(page(roles["carol"], reverse("durable:tasks"))).count("Finance approval") == 1
+    # bob approves on the expense page (its form posts to his task): the process still waits for finance
+    form = re.search(r'<form method="post" action="([^"]+)"', element(bob_page, "decision-0-0"))[1]
+    r = client(roles["bob"]).post(unescape(form), {**APPROVE, "event": "manager_decision", "next": detail})
+    assert r.status_code == 302 and r["Location"] == detail
+    after = page(roles["alice"], detail)
+    assert text(element(after, "expense-state")) == "Waiting for finance"
+    assert open_lines(after) == ["Finance approval: group finance"]
+    assert "send-decision" not in page(roles["bob"], detail)
+    assert page(roles["carol"], detail).count('class="send-decision"') == 1
+    answer(roles["carol"], e.instance_id, "finance_decision", APPROVE)
+    assert Expense.objects.get(pk=e.pk).state == Expense.State.PAID
+
+
+def test_a_rejection_on_a_large_expense_closes_the_other_task(inline, roles):
+    e = submit(roles["alice"], "2500")
+    detail = reverse("expense", args=[e.pk])
+    assert "Finance approval" in page(roles["carol"], reverse("durable:tasks"))
+    answer(roles["bob"], e.instance_id, "manager_decision", REJECT)
+    carol_page = page(roles["carol"], detail)
+    assert "send-decision" not in carol_page and open_lines(carol_page) == []
+    assert text(element(carol_page, "expense-state")) == "Rejected"
+    assert decision(roles["alice"], e) == "Last decision: Rejected by bob (the manager): “no receipt”"
+    assert "Nothing waits for you" in page(roles["carol"], reverse("durable:tasks"))

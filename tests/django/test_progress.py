@@ -169,11 +169,12 @@ def test_the_employee_sees_the_progress_of_the_expense(inline, roles):  # noqa: 
     e = submit(roles["alice"], "1500", "Conference")
     url = reverse("expense", args=[e.pk])
     html = page(roles["alice"], url)
-    assert text(element(html, "progress-text")) == "manager · 25% · waiting for the manager's decision"
+    both = "waiting for the manager and finance (asked at the same time)"
+    assert text(element(html, "progress-text")) == f"both · 25% · {both}"
     assert 'value="25"' in element(html, "progress-bar")
-    assert live(e)["progress"] == {"stage": "manager", "percent": 25, "message": "waiting for the manager's decision"}
+    assert live(e)["progress"] == {"stage": "both", "percent": 25, "message": both}
     answer(roles["bob"], e.instance_id, "manager_decision", APPROVE)
-    assert live(e)["progress_text"] == "finance · 60% · approved by the manager, waiting for finance"
+    assert live(e)["progress_text"] == "finance_left · 60% · approved by the manager, waiting for finance"
     answer(roles["carol"], e.instance_id, "finance_decision", APPROVE)
     assert live(e)["progress"]["stage"] == "paid"
     assert text(element(page(roles["alice"], url), "progress-text")) == "paid · 100% · paid"

@@ -78,21 +78,35 @@ def rejected(iid: str) -> list[tuple[str, str]]:
 
 
 # -- 1. an event published ahead of time does not answer a human task --------------------------------
+def submit_with_early_event(employee, c: Client, event: str, payload) -> Expense:
+    """Submit a large expense and publish ``event`` through ``c`` before its process starts (in the same
+    transaction: the process starts at the commit), so the event waits in the inbox before any wait exists.
+    (Large expenses ask the manager and finance at once: once the process runs, finance's wait exists.)"""
+    with transaction.atomic():
+        e = submit(employee, "5000")
+        r = publish(c, e.instance_id, event, payload)
+        assert r.status_code == 202, r.content  # no wait yet: kept for later (the publisher may publish events)
+    return e
+
+
+def open_tasks(e: Expense) -> set[str]:
+    return set(HumanTask.objects.filter(instance_id=e.instance_id).values_list("event", flat=True))
+
+
 def test_early_event_from_the_operator_does_not_answer_the_finance_task(inline, roles):
-    e = submit(roles["alice"], "5000")
-    assert state(e) == Expense.State.AWAITING_MANAGER
-    # The operator may publish events in general, so the view keeps the event for later (the wait is not current).
-    r = publish(client_for(roles["operator"]), e.instance_id, "finance_decision", APPROVE)
-    assert r.status_code == 202, r.content
+    # The operator may publish events in general, so the view keeps the event for later (no wait is current).
+    e = submit_with_early_event(roles["alice"], client_for(roles["operator"]), "finance_decision", APPROVE)
+    # The finance wait refused the early event: both tasks open, the reason recorded.
+    assert state(e) == Expense.State.AWAITING_APPROVALS and open_tasks(e) == {"manager_decision", "finance_decision"}
+    [(name, reason)] = rejected(e.instance_id)
+    assert name == "finance_decision" and "'operator' may not answer this task (group 'finance'" in reason
     r = publish(client_for(roles["bob"]), e.instance_id, "manager_decision", APPROVE)  # the manager approves
     assert r.status_code == 202, r.content
 
-    # The finance wait refused the early event: not paid, still waiting for finance, the reason recorded.
+    # Not paid, still waiting for finance.
     assert state(e) == Expense.State.AWAITING_FINANCE and not Payment.objects.exists()
     inst = DurableInstance.objects.get(pk=e.instance_id)
-    assert (inst.status, inst.waiting_for) == (Status.PAUSED, "finance_decision")
-    [(name, reason)] = rejected(e.instance_id)
-    assert name == "finance_decision" and "'operator' may not answer this task (group 'finance'" in reason
+    assert inst.status == Status.PAUSED and open_tasks(e) == {"finance_decision"}
     ev = DurableEvent.objects.get(instance_id=e.instance_id, name="finance_decision")
     assert ev.consumed_at is not None and ev.publisher_id == roles["operator"].pk  # out of the inbox, unused
     assert DurableHistory.objects.filter(instance_id=e.instance_id, kind="event_rejected",
@@ -112,20 +126,30 @@ def test_early_event_from_the_operator_does_not_answer_the_finance_task(inline, 
     assert Payment.objects.filter(expense=e).count() == 1
 
 
+def test_a_wrong_answer_to_a_current_task_is_refused_at_once(inline, roles):
+    """While finance's task waits (beside the manager's), the operator's answer to it is a 403: nothing stored."""
+    e = submit(roles["alice"], "5000")
+    assert open_tasks(e) == {"manager_decision", "finance_decision"}
+    r = publish(client_for(roles["operator"]), e.instance_id, "finance_decision", APPROVE)
+    assert r.status_code == 403 and not DurableEvent.objects.filter(instance_id=e.instance_id).exists()
+    r = publish(client_for(roles["finop"]), e.instance_id, "finance_decision", {"decision": "approve", "x": 1})
+    assert r.status_code == 400 and not DurableEvent.objects.filter(instance_id=e.instance_id).exists()
+
+
 @pytest.mark.timeout(180)
 def test_early_event_attack_with_a_real_worker(worker_factory, roles):
     """The same attack with the instance run by a Celery worker process (the check runs in the worker)."""
     worker_factory()
-    e = submit(roles["alice"], "5000")
-    wait_until(lambda: state(e) == Expense.State.AWAITING_MANAGER and HumanTask.objects.filter(
-        instance_id=e.instance_id, event="manager_decision").exists(), message="the manager's task")
-    assert publish(client_for(roles["operator"]), e.instance_id, "finance_decision", APPROVE).status_code == 202
-    assert publish(client_for(roles["bob"]), e.instance_id, "manager_decision", APPROVE).status_code == 202
+    e = submit_with_early_event(roles["alice"], client_for(roles["operator"]), "finance_decision", APPROVE)
     wait_until(lambda: rejected(e.instance_id), message="the early event to be rejected")
-    wait_until(lambda: HumanTask.objects.filter(instance_id=e.instance_id, event="finance_decision").exists(),
-               message="the finance task")
-    assert state(e) == Expense.State.AWAITING_FINANCE and not Payment.objects.exists()
+    wait_until(lambda: open_tasks(e) == {"manager_decision", "finance_decision"}
+               and DurableInstance.objects.filter(pk=e.instance_id, status=Status.PAUSED).exists(),
+               message="both tasks")
     assert "'operator' may not answer" in rejected(e.instance_id)[0][1]
+    assert publish(client_for(roles["bob"]), e.instance_id, "manager_decision", APPROVE).status_code == 202
+    wait_until(lambda: state(e) == Expense.State.AWAITING_FINANCE and open_tasks(e) == {"finance_decision"},
+               message="the finance task alone")
+    assert not Payment.objects.exists()
     assert publish(client_for(roles["carol"]), e.instance_id, "finance_decision", APPROVE).status_code == 202
     wait_until(lambda: state(e) == Expense.State.PAID, message="the payment")
     assert Expense.objects.get(pk=e.pk).decided_by == "finance" and Payment.objects.filter(expense=e).count() == 1
@@ -147,13 +171,12 @@ BAD_PAYLOADS = {
 @pytest.mark.parametrize("case", list(BAD_PAYLOADS))
 def test_payloads_the_form_refuses_never_reach_the_program(inline, roles, case):
     payload, reason = BAD_PAYLOADS[case]
-    e = submit(roles["alice"], "5000")
-    finop = client_for(roles["finop"])  # in finance, and may publish ahead of time: only the form stands in the way
-    assert publish(finop, e.instance_id, "finance_decision", payload).status_code == 202
+    # finop is in finance and may publish ahead of time: only the form stands in the way
+    e = submit_with_early_event(roles["alice"], client_for(roles["finop"]), "finance_decision", payload)
     answer(roles["bob"], e.instance_id, "manager_decision", APPROVE)
 
     inst = DurableInstance.objects.get(pk=e.instance_id)
-    assert (inst.status, inst.waiting_for, inst.error) == (Status.PAUSED, "finance_decision", "")
+    assert (inst.status, inst.error) == (Status.PAUSED, "") and open_tasks(e) == {"finance_decision"}
     assert state(e) == Expense.State.AWAITING_FINANCE and not Payment.objects.exists()
     [(_, got)] = rejected(e.instance_id)
     assert got.startswith("the payload does not fit the task's form: ") and reason in got
@@ -166,11 +189,11 @@ def test_payloads_the_form_refuses_never_reach_the_program(inline, roles, case):
 
 def test_an_early_answer_that_fits_the_assignment_and_the_form_is_taken(inline, roles):
     """The rule is the wait's assignment and form, checked at consumption; not the time of publication."""
-    e = submit(roles["alice"], "5000")
-    assert publish(client_for(roles["finop"]), e.instance_id, "finance_decision", APPROVE).status_code == 202
+    e = submit_with_early_event(roles["alice"], client_for(roles["finop"]), "finance_decision", APPROVE)
+    assert state(e) == Expense.State.AWAITING_MANAGER and open_tasks(e) == {"manager_decision"}  # finance said yes
     answer(roles["bob"], e.instance_id, "manager_decision", APPROVE)
     e.refresh_from_db()
-    assert (e.state, e.decided_by) == (Expense.State.PAID, "finance") and not rejected(e.instance_id)
+    assert (e.state, e.decided_by) == (Expense.State.PAID, "manager") and not rejected(e.instance_id)
 
 
 @make_durable

@@ -35,7 +35,7 @@ class Command(BaseCommand):
                 self.stdout.write(json.dumps(data, indent=2, default=str))
                 return
             for key, value in data.items():
-                if key in ("events", "history", "stack", "retrying"):
+                if key in ("events", "history", "stack", "retrying", "branches"):
                     continue
                 self.stdout.write(f"{key:>16}: {value}")
             retrying = data["retrying"]
@@ -53,6 +53,11 @@ class Command(BaseCommand):
                 self.stdout.write(f"  {frame['position']}")
                 for name, value in frame["locals"].items():
                     self.stdout.write(f"      {name} = {value}")
+            if data["branches"]:  # parallel branches: each one's own call stack is in its row
+                self.stdout.write("branches:")
+                for b in data["branches"]:
+                    wait = f" waits for {b['waits_for']}" if b["waits_for"] else ""
+                    self.stdout.write(f"  {b['path']:<12} {b['status']:<10} {b['position']}{wait}")
             self.stdout.write("events:")
             for ev in data["events"]:
                 self.stdout.write(f"  #{ev['id']} {ev['name']} consumed={ev['consumed_at']} payload={ev['payload']}")
