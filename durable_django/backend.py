@@ -31,6 +31,7 @@ from durable.state import CANCELLED, SavedState
 
 from . import checkpoints, clock
 from .cancel_watch import CancelWatch, cancel_text
+from .children import ChildHooks
 from .db import Operations, ops
 from .db.operations import CHECKPOINT_REFUSED as _FINAL
 from .eventloop import hidden_loop_call
@@ -43,6 +44,8 @@ from .signing import ARGUMENTS, SIGNED_FIELDS, STATE, blob_context, sign, unsign
 
 #: Columns a running checkpoint usually leaves as they are (left out of its UPDATE when unchanged).
 _STICKY = ("status", "wait_kind", "waiting_for", "wake_at", "attempts", "layout_hash", "lease_owner")
+
+_ENDED = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
 
 _NO_WAIT = {"wait_kind": "", "waiting_for": "", "wake_at": None}
 
@@ -71,7 +74,7 @@ def describe_error(err: BaseException | None) -> str:
     return f"{type(err).__name__}: {err}"
 
 
-class DjangoOrchestrationBackend(CancelWatch, OrchestrationBackend):
+class DjangoOrchestrationBackend(CancelWatch, ChildHooks, OrchestrationBackend):
     """State in ``DurableInstance`` rows, events in ``DurableEvent`` rows.
 
     ``worker_id`` (set by the executor) makes every checkpoint conditional on
@@ -122,6 +125,7 @@ class DjangoOrchestrationBackend(CancelWatch, OrchestrationBackend):
         #: (PostgreSQL): used by the first wait for that name instead of a SELECT.
         self.prefetched_event: tuple | None = None
         self._init_cancel_watch()
+        self._closed: set[str] = set()
 
     # -- state ------------------------------------------------------------
     async def load_state(self, instance_id: str) -> SavedState | None:
@@ -239,10 +243,12 @@ class DjangoOrchestrationBackend(CancelWatch, OrchestrationBackend):
             kinds.append((HistoryKind(status.value), status, detail))
 
         kept = None if keep is None else (keep, columns["steps"], blob)
-        if self.commit and self.worker_id and self.db.features.data_modifying_ctes and kept is None:
+        # the last checkpoint of a child or a parent wakes the parent, closes the children (durable_django.children)
+        family = status in _ENDED and (state.get("parent") or state.get("children"))
+        if self.commit and self.worker_id and self.db.features.data_modifying_ctes and kept is None and not family:
             self._write_one_statement(instance_id, columns, kinds, now)
         else:
-            self._write(instance_id, state, columns, kinds, now, kept)
+            self._write(instance_id, state, columns, kinds, now, kept, ended=status if family else None)
         if "lease_expires_at" in columns:
             self.lease_expires_at = columns["lease_expires_at"]
         self._written = {k: columns.get(k) for k in _STICKY}
@@ -271,7 +277,7 @@ class DjangoOrchestrationBackend(CancelWatch, OrchestrationBackend):
             transaction.commit(using=self.using)
 
     def _write(self, instance_id: str, state: SavedState, columns: dict, kinds: list, now: datetime,
-               kept: tuple[int, int, bytes] | None = None) -> None:
+               kept: tuple[int, int, bytes] | None = None, ended: str | None = None) -> None:
         """A checkpoint's writes (row, consumed events, history, the kept checkpoint when the instance keeps a
         history: ``kept`` = (how many, step, state blob)) and, when the executor owns it, the commit."""
         # The executor owns the transaction (commit=True): no savepoint, its rollback undoes everything
@@ -301,6 +307,8 @@ class DjangoOrchestrationBackend(CancelWatch, OrchestrationBackend):
                 checkpoints.write(instance_id, step, state, keep,
                                   checkpoints.checkpoint_blob(instance_id, self._context[1], state_blob=blob),
                                   using=self.using)
+            if ended is not None:
+                self._ended(instance_id, state, ended)
         if self.commit:
             transaction.commit(using=self.using)
 

@@ -1,0 +1,140 @@
+"""Child instances (issue 14) on the Django app: ``durable.start_child`` in a program, ``await child``/``gather``.
+
+Inline runs first (each instance runs in the test process when its transaction commits), then real Celery
+workers: a parent killed while its children end, and a fan-out of many children on two workers.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+
+import durable_django as dd
+from durable_django import worker
+from durable_django.models import DurableHistory, DurableInstance, Status
+from tests.django.conftest import wait_until
+from tests.django.testapp import child_programs as progs
+from tests.django.testapp.models import SideEffect
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(300)]
+
+
+def notes(key: str) -> list[str]:
+    return list(SideEffect.objects.filter(key=key).order_by("id").values_list("note", flat=True))
+
+
+def row(iid: str) -> DurableInstance:
+    return DurableInstance.objects.get(pk=iid)
+
+
+def status(iid: str) -> str | None:
+    return DurableInstance.objects.filter(pk=iid).values_list("status", flat=True).first()
+
+
+def wait_status(iid: str, wanted: str, timeout: float = 60) -> None:
+    wait_until(lambda: status(iid) == wanted, timeout=timeout,
+               message=lambda: f"{iid} to be {wanted} (it is {status(iid)})")
+
+
+# -- inline --------------------------------------------------------------------------------------
+def test_a_childs_result_is_the_value_of_await_child(inline, uid):
+    dd.start(progs.parent_of_one, uid, 7, instance_id=uid)
+    assert status(uid) == Status.COMPLETED
+    assert dd.result(uid) == 49
+    child = DurableInstance.objects.get(parent_id=uid)
+    assert child.instance_id == f"{uid}/child-0" and child.status == Status.COMPLETED
+    assert child.on_parent_close == "cancel" and child.program.endswith("child_programs.square")
+    assert notes(uid) == ["square 7"]  # the child's step ran once
+
+
+def test_a_failed_child_raises_its_exception_in_the_parent(inline, uid):
+    dd.start(progs.parent_catches, uid, instance_id=uid)
+    assert dd.result(uid) == f"caught: child {uid} failed"
+    assert status(f"{uid}-boom") == Status.FAILED
+    assert notes(uid) == ["boom", "caught"]
+
+
+def test_cancelling_the_parent_cancels_its_child_which_cleans_up(inline, uid):
+    dd.start(progs.parent_leaves, uid, instance_id=uid)
+    child = f"{uid}-child"
+    assert status(uid) == Status.PAUSED and status(child) == Status.PAUSED
+    dd.cancel(uid, "stop")
+    assert status(uid) == Status.CANCELLED
+    assert status(child) == Status.CANCELLED
+    assert sorted(notes(uid)) == ["child-finally", "parent-finally"]  # both finally blocks ran, once each
+    assert row(child).cancel_reason == f"its parent {uid!r} ended"
+
+
+def test_a_start_is_idempotent_by_id_and_refuses_another_instances_id(inline, uid):
+    dd.start(progs.starts_twice, uid, instance_id=uid)
+    assert dd.result(uid) == [9, 9]
+    assert DurableInstance.objects.filter(parent_id=uid).count() == 1
+    assert notes(uid) == ["square 3"]
+    other = f"{uid}-other"
+    dd.start(progs.square, "x", 2, instance_id=other)
+    dd.start(progs.steals, uid, other, instance_id=f"{uid}-thief")
+    assert dd.result(f"{uid}-thief").startswith(f"refused: instance {other!r} already exists")
+    assert row(other).parent_id is None
+
+
+def test_gather_of_children_wakes_the_parent_once(inline, uid):
+    dd.start(progs.fan_out, uid, 5, instance_id=uid)
+    assert dd.result(uid) == [0, 1, 4, 9, 16]
+    assert DurableInstance.objects.filter(parent_id=uid, status=Status.COMPLETED).count() == 5
+    resumed = DurableHistory.objects.filter(instance_id=uid, kind="resumed").count()
+    assert resumed == 1, resumed
+
+
+def test_status_command_shows_parent_and_children(inline, uid):
+    dd.start(progs.fan_out, uid, 2, instance_id=uid)
+    out = StringIO()
+    call_command("durable_status", uid, stdout=out)
+    text = out.getvalue()
+    assert f"{uid}/c0" in text and f"{uid}/c1" in text
+    out = StringIO()
+    call_command("durable_status", f"{uid}/c0", stdout=out)
+    assert f"parent: {uid}" in out.getvalue()
+
+
+# -- real workers ---------------------------------------------------------------------------------
+def test_a_parent_killed_while_its_children_end_completes_with_every_result(worker_factory, uid, tmp_path):
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    n = 4
+    for i in range(n):
+        (hold / f"{uid}-{i}.hold").touch()
+    env = {"DURABLE_TEST_HOLD_DIR": str(hold)}
+    victim = worker_factory("victim", extra_env=env)
+    dd.start(progs.fan_out, uid, n, "held", instance_id=uid)
+    wait_status(uid, Status.PAUSED)
+    wait_until(lambda: any((hold / f"{uid}-{i}.entered").exists() for i in range(n)), message="a child to run")
+    victim.kill()  # dies in the middle of a child's step; the parent is paused on its children
+    for i in range(n):
+        (hold / f"{uid}-{i}.hold").unlink()
+    worker_factory("after", extra_env=env)
+    worker_factory.scheduler()  # the killed worker's child: its lease expires, the sweep hands it out again
+    wait_status(uid, Status.COMPLETED, timeout=120)
+    assert dd.result(uid) == [i + 1 for i in range(n)]
+    assert DurableInstance.objects.filter(parent_id=uid).count() == n  # none started twice
+    assert DurableInstance.objects.filter(parent_id=uid, status=Status.COMPLETED).count() == n
+
+
+def test_a_thousand_children_fanned_out_and_gathered(worker_factory, uid):
+    n = int(os.environ.get("DURABLE_TEST_CHILDREN", "1000"))
+    worker_factory("f1")
+    worker_factory("f2")
+    t0 = time.monotonic()
+    dd.start(progs.fan_out, uid, n, instance_id=uid)
+    wait_status(uid, Status.COMPLETED, timeout=240)
+    elapsed = time.monotonic() - t0
+    assert dd.result(uid) == [i * i for i in range(n)]
+    assert DurableInstance.objects.filter(parent_id=uid, status=Status.COMPLETED).count() == n
+    assert SideEffect.objects.filter(key__startswith=f"{uid}-").count() == n  # every child's step once
+    resumed = DurableHistory.objects.filter(instance_id=uid, kind="resumed").count()
+    print(f"\n{n} children started, run and gathered on 2 workers in {elapsed:.1f}s; parent resumed {resumed}x")
+    assert resumed <= 3, resumed
+    assert worker.due_instances() == []
