@@ -126,6 +126,7 @@ class DjangoOrchestrationBackend(CancelWatch, ChildHooks, OrchestrationBackend):
         self.prefetched_event: tuple | None = None
         self._init_cancel_watch()
         self._closed: set[str] = set()
+        self._new_children: list[str] = []
 
     # -- state ------------------------------------------------------------
     async def load_state(self, instance_id: str) -> SavedState | None:
@@ -259,6 +260,8 @@ class DjangoOrchestrationBackend(CancelWatch, ChildHooks, OrchestrationBackend):
         self.last_wait = wait if status == Status.PAUSED else None
         self.saves += 1
         self.transitions.extend((k.value, st.value, d) for k, st, d in kinds)
+        if self._new_children:
+            self._children_committed()
         self._check_cancel(instance_id, status)
 
     def _write_one_statement(self, instance_id: str, columns: dict, kinds: list, now: datetime) -> None:

@@ -71,6 +71,7 @@ from durable import DurableError, InstanceCancelled, StateTamperedError
 from durable.state import ended_outcome
 
 from . import clock, limits, programs, wakeups
+from .conf import durable_settings
 from .eventloop import hidden_loop_call
 from .exceptions import InvalidPayload
 from .models import FINISHED, DurableHistory, DurableInstance, HistoryKind, Status
@@ -95,6 +96,8 @@ class ChildHooks:
     worker_id: str
     #: children whose cancellation this backend requested with their parent's last checkpoint
     _closed: set[str]
+    #: children started since the last checkpoint, woken once it has committed (the executor's transaction)
+    _new_children: list[str]
 
     async def _sync_call(self, func: Callable[..., Any], *args: Any) -> Any:
         if self.inline:
@@ -146,7 +149,17 @@ class ChildHooks:
                 raise
             _check_own(child_id, parent_id, existing)
             return
-        wakeups.schedule_and_signal(child_id, "started", Status.PENDING, path)
+        wakeups.signal_after_commit("started", child_id, Status.PENDING, path)
+        if self.commit and self.worker_id and not durable_settings.RUN_INLINE:
+            self._new_children.append(child_id)  # woken as soon as the checkpoint that records it commits
+        else:
+            wakeups.schedule(child_id)
+
+    def _children_committed(self) -> None:
+        """The checkpoint that records new children committed: wake them now (not at the end of the parent's
+        run, which may go on for long), one message per ``BATCH_SIZE`` children."""
+        ids, self._new_children = self._new_children, []
+        wakeups.send_tasks(ids)
 
     # -- awaiting -------------------------------------------------------------------
     async def child_outcomes(self, ids: list[str]) -> dict[str, tuple[str, Any]]:

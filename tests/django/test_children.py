@@ -101,7 +101,7 @@ def test_status_command_shows_parent_and_children(inline, uid):
 
 
 # -- real workers ---------------------------------------------------------------------------------
-def test_a_parent_killed_while_its_children_end_completes_with_every_result(worker_factory, uid, tmp_path):
+def test_a_worker_killed_in_a_childs_step_loses_nothing(worker_factory, uid, tmp_path):
     hold = tmp_path / "hold"
     hold.mkdir()
     n = 4
@@ -121,6 +121,29 @@ def test_a_parent_killed_while_its_children_end_completes_with_every_result(work
     assert dd.result(uid) == [i + 1 for i in range(n)]
     assert DurableInstance.objects.filter(parent_id=uid).count() == n  # none started twice
     assert DurableInstance.objects.filter(parent_id=uid, status=Status.COMPLETED).count() == n
+
+
+def test_a_parent_killed_while_its_children_end_completes_with_every_result(worker_factory, uid, tmp_path):
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    (hold / f"{uid}.hold").touch()
+    n = 5
+    victim = worker_factory("victim", extra_env={"DURABLE_TEST_HOLD_DIR": str(hold)})
+    dd.start(progs.starts_then_works, uid, n, instance_id=uid)
+    wait_until(lambda: (hold / f"{uid}.entered").exists(), message="the parent's own step to run")
+    assert DurableInstance.objects.filter(parent_id=uid).count() == n  # committed with their checkpoints
+    worker_factory("helper")
+    worker_factory.scheduler()
+    ids = [f"{uid}/c{i}" for i in range(n)]
+    wait_until(lambda: DurableInstance.objects.filter(pk__in=ids, status=Status.COMPLETED).count() == n,
+               timeout=120, message="the children to complete while their parent's step runs")
+    victim.kill()  # the parent dies in its step, after its children ended (none woke it: it was running)
+    (hold / f"{uid}.hold").unlink()
+    wait_status(uid, Status.COMPLETED, timeout=120)  # its lease expires, the sweep runs it again
+    assert dd.result(uid) == [i * i for i in range(n)]
+    assert DurableInstance.objects.filter(parent_id=uid).count() == n  # none started twice
+    assert [len(notes(f"{uid}-{i}")) for i in range(n)] == [1] * n  # each child's step ran once
+    assert "recovered" in DurableHistory.objects.filter(instance_id=uid).values_list("kind", flat=True)
 
 
 def test_a_thousand_children_fanned_out_and_gathered(worker_factory, uid):

@@ -112,3 +112,13 @@ async def steals(key: str, other: str) -> str:
     except durable.DurableError as exc:
         return f"refused: {exc}"
     return "started"
+
+
+@make_durable
+async def starts_then_works(key: str, n: int) -> list:
+    """Starts its children, then runs a step of its own (held by the test) before it gathers them."""
+    children = []
+    for i in range(n):
+        children.append(await durable.start_child(square, f"{key}-{i}", i, instance_id=f"{key}/c{i}"))
+    await hold(key)
+    return await durable.gather(*children)
