@@ -11,7 +11,10 @@ import time
 from io import StringIO
 
 import pytest
+from django.contrib.auth.models import User
 from django.core.management import call_command
+from django.test import Client
+from django.urls import reverse
 
 import durable_django as dd
 from durable_django import worker
@@ -98,6 +101,24 @@ def test_status_command_shows_parent_and_children(inline, uid):
     out = StringIO()
     call_command("durable_status", f"{uid}/c0", stdout=out)
     assert f"parent: {uid}" in out.getvalue()
+
+
+def test_admin_shows_parent_and_children_and_filters_by_parent(inline, uid):
+    dd.start(progs.fan_out, uid, 3, instance_id=uid)
+    User.objects.create_superuser(f"su-{uid}", password="pw")
+    client = Client()
+    client.login(username=f"su-{uid}", password="pw")
+    page = client.get(reverse("admin:durable_django_durableinstance_change", args=[uid])).content.decode()
+    assert 'id="durable-children"' in page
+    for i in range(3):
+        assert reverse("admin:durable_django_durableinstance_change", args=[f"{uid}/c{i}"]) in page
+    child = client.get(reverse("admin:durable_django_durableinstance_change", args=[f"{uid}/c1"])).content.decode()
+    assert 'id="durable-parent"' in child
+    assert reverse("admin:durable_django_durableinstance_change", args=[uid]) in child
+    changelist = reverse("admin:durable_django_durableinstance_changelist")
+    listed = client.get(changelist, {"parent": uid}).content.decode()
+    assert f"{uid}/c2" in listed and f">{uid}<" not in listed
+    assert client.get(changelist, {"parent": "__any__"}).status_code == 200
 
 
 # -- real workers ---------------------------------------------------------------------------------
