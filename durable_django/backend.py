@@ -286,6 +286,7 @@ class DjangoOrchestrationBackend(CancelWatch, ChildHooks, OrchestrationBackend):
         # The executor owns the transaction (commit=True): no savepoint, its rollback undoes everything
         # after a failed checkpoint. Otherwise the writes below are one unit in the caller's transaction.
         with nullcontext() if self.commit else transaction.atomic(using=self.using):
+            parent = self._lock_parent(state) if ended is not None else None  # before this row: no deadlock
             if self.worker_id:
                 n = self._update_sql(instance_id, columns)
             else:
@@ -311,7 +312,7 @@ class DjangoOrchestrationBackend(CancelWatch, ChildHooks, OrchestrationBackend):
                                   checkpoints.checkpoint_blob(instance_id, self._context[1], state_blob=blob),
                                   using=self.using)
             if ended is not None:
-                self._ended(instance_id, state, ended)
+                self._ended(instance_id, state, ended, parent)
         if self.commit:
             transaction.commit(using=self.using)
 

@@ -199,18 +199,28 @@ class ChildHooks:
             transaction.commit(using=self.using)  # the executor's transaction: the request outlives the run
 
     # -- the end of a child or a parent (inside its last checkpoint's transaction) ---------------
-    def _ended(self, instance_id: str, state: Mapping[str, Any], status: str) -> None:
-        """Called by the backend's last checkpoint of an instance, after its row's UPDATE, before the commit."""
+    def _lock_parent(self, state: Mapping[str, Any]) -> tuple | None:
+        """Called by the backend's last checkpoint of an instance before its row's UPDATE: lock the parent's row
+        (a parent's own last checkpoint locks the parent, then its children: the same order, no deadlock)."""
+        parent = state.get("parent")
+        if not parent:
+            return None
+        row: tuple | None = (DurableInstance.objects.using(self.using).select_for_update().filter(pk=parent[0])
+                             .values_list("instance_id", "status", "wait_kind", "program", "state").first())
+        return row
+
+    def _ended(self, instance_id: str, state: Mapping[str, Any], status: str, parent: tuple | None) -> None:
+        """Called by the backend's last checkpoint of an instance, after its row's UPDATE, before the commit;
+        ``parent``: the parent's row, locked by :meth:`_lock_parent`."""
         children = state.get("children") or {}
         doomed = [c for c, info in children.items() if info.get("on_parent_close") == "cancel"]
         if doomed:
             self._closed.update(request_cancel(doomed, f"its parent {instance_id!r} ended", self.worker_id,
                                                self.using))
             self._closed.update(doomed)
-        parent = state.get("parent")
-        if parent:
-            kind = {Status.COMPLETED: "ok", Status.FAILED: "err"}.get(status, "cancelled")  # type: ignore[call-overload]
-            wake_parent(parent[0], instance_id, kind, self.using)
+        if parent is not None:
+            kind = "ok" if status == Status.COMPLETED else "err" if status == Status.FAILED else "cancelled"
+            wake_parent(parent[0], instance_id, kind, self.using, parent[1:])
 
 
 def outcome_of(child_id: str, program: str, status: str, blob: Any, error: str) -> tuple[str, Any]:
@@ -253,11 +263,13 @@ def request_cancel(ids: Sequence[str], reason: str, actor: str, using: str) -> l
     return [a[0] for a in asked]
 
 
-def wake_parent(parent_id: str, child_id: str, kind: str, using: str) -> bool:
+def wake_parent(parent_id: str, child_id: str, kind: str, using: str, row: tuple | None = None) -> bool:
     """Wake ``parent_id`` if the end of ``child_id`` (``kind``: ok, err, cancelled) ends its wait (the caller's
-    transaction; see the module's docstring). Returns whether it did."""
-    row = (DurableInstance.objects.using(using).select_for_update().filter(pk=parent_id)
-           .values_list("status", "wait_kind", "program", "state").first())
+    transaction; see the module's docstring). ``row``: the parent's (status, wait_kind, program, state), when the
+    caller locked it already. Returns whether it did."""
+    if row is None:
+        row = (DurableInstance.objects.using(using).select_for_update().filter(pk=parent_id)
+               .values_list("status", "wait_kind", "program", "state").first())
     if row is None:
         return False
     status, wait_kind, program, blob = row
