@@ -337,13 +337,24 @@ def _any_unfinished(ids: Iterable[str], using: str) -> bool:
 
 def parents_to_wake(now: datetime, limit: int) -> list[str]:
     """The sweep's safety net: paused parents waiting on children, free, with a child that ended after the
-    parent's last write (a wake-up that was lost, or a child ended by a forced cancellation)."""
+    parent's last write and a wait that the ended children end (a wake-up that was lost, or a child ended by a
+    forced cancellation). One query, then one verified state per candidate."""
     ended = DurableInstance.objects.filter(parent=models.OuterRef("pk"), status__in=FINISHED,
                                            finished_at__gte=models.OuterRef("updated_at"))
     free = models.Q(lease_expires_at__isnull=True) | models.Q(lease_expires_at__lt=now)
     rows = (DurableInstance.objects.filter(free, status=Status.PAUSED, wait_kind__in=CHILD_WAITS)
-            .filter(models.Exists(ended)).order_by("updated_at").values_list("pk", flat=True))
-    return list(rows[:limit])
+            .filter(models.Exists(ended)).order_by("updated_at").values_list("pk", "program", "state"))
+    out = []
+    for parent_id, program, blob in rows[:limit]:
+        # only those whose wait would end: a gather of many children is not woken while most still run
+        try:
+            wait = unsign(blob, blob_context(parent_id, program, STATE)).get("wait") if blob is not None else None
+        except Exception:  # noqa: BLE001 - unreadable (tampered, code gone): its run says why (it suspends)
+            wait = None
+            out.append(parent_id)
+        if wait is not None and wait_ready(wait):
+            out.append(parent_id)
+    return out
 
 
 def _existing(child_id: str, using: str) -> tuple[str | None, str] | None:

@@ -17,7 +17,7 @@ from django.test import Client
 from django.urls import reverse
 
 import durable_django as dd
-from durable_django import worker
+from durable_django import children, worker
 from durable_django.models import DurableHistory, DurableInstance, Status
 from tests.django.conftest import wait_until
 from tests.django.testapp import child_programs as progs
@@ -90,6 +90,25 @@ def test_gather_of_children_wakes_the_parent_once(inline, uid):
     assert DurableInstance.objects.filter(parent_id=uid, status=Status.COMPLETED).count() == 5
     resumed = DurableHistory.objects.filter(instance_id=uid, kind="resumed").count()
     assert resumed == 1, resumed
+
+
+def test_a_child_forced_to_end_cancelled_wakes_its_parent(inline, uid):
+    dd.start(progs.awaits_go_child, uid, instance_id=uid)
+    assert status(uid) == Status.PAUSED and row(uid).wait_kind == "child"
+    dd.cancel(f"{uid}-child", force=True)  # ends it at once: no last checkpoint of its own
+    assert dd.result(uid) == "child cancelled"
+
+
+def test_the_sweep_wakes_a_parent_whose_wake_up_was_lost(inline, uid, monkeypatch):
+    dd.start(progs.awaits_go_child, uid, instance_id=uid)
+    with monkeypatch.context() as m:
+        m.setattr(children, "wake_now", lambda *a: None)  # the wake-up is lost
+        dd.publish_event(f"{uid}-child", "go", "done")
+        assert status(f"{uid}-child") == Status.COMPLETED and status(uid) == Status.PAUSED
+    assert uid in worker.due_instances()
+    worker.sweep(inline=True)
+    assert dd.result(uid) == "child: done"
+    assert uid not in worker.due_instances()
 
 
 def test_status_command_shows_parent_and_children(inline, uid):

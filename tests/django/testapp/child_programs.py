@@ -122,3 +122,12 @@ async def starts_then_works(key: str, n: int) -> list:
         children.append(await durable.start_child(square, f"{key}-{i}", i, instance_id=f"{key}/c{i}"))
     await hold(key)
     return await durable.gather(*children)
+
+
+@make_durable
+async def awaits_go_child(key: str) -> str:
+    child = await durable.start_child(waits_for_go, key, instance_id=f"{key}-child")
+    try:
+        return "child: " + await child
+    except durable.InstanceCancelled:
+        return "child cancelled"
