@@ -18,6 +18,7 @@ from django.urls import reverse
 
 import durable_django as dd
 from durable_django import children, worker
+from durable_django.backend import DjangoOrchestrationBackend
 from durable_django.models import DurableHistory, DurableInstance, Status
 from tests.django.conftest import wait_until
 from tests.django.testapp import child_programs as progs
@@ -72,6 +73,17 @@ def test_cancelling_the_parent_cancels_its_child_which_cleans_up(inline, uid):
     assert row(child).cancel_reason == f"its parent {uid!r} ended"
 
 
+def test_wait_and_abandon_policies(inline, uid):
+    dd.start(progs.leaves_children, uid, instance_id=uid)
+    assert status(uid) == Status.PAUSED and row(uid).wait_kind == "children"  # it returned; its "wait" child runs
+    dd.publish_event(f"{uid}-wait", "go", 1)
+    assert status(f"{uid}-wait") == Status.COMPLETED
+    assert dd.result(uid) == "parent done"  # woken by its last "wait" child
+    assert status(f"{uid}-abandon") == Status.PAUSED  # runs on after its parent
+    dd.publish_event(f"{uid}-abandon", "go", 2)
+    assert dd.result(f"{uid}-abandon") == 2
+
+
 def test_a_start_is_idempotent_by_id_and_refuses_another_instances_id(inline, uid):
     dd.start(progs.starts_twice, uid, instance_id=uid)
     assert dd.result(uid) == [9, 9]
@@ -82,6 +94,17 @@ def test_a_start_is_idempotent_by_id_and_refuses_another_instances_id(inline, ui
     dd.start(progs.steals, uid, other, instance_id=f"{uid}-thief")
     assert dd.result(f"{uid}-thief").startswith(f"refused: instance {other!r} already exists")
     assert row(other).parent_id is None
+
+
+def test_a_start_that_committed_before_a_crash_is_not_made_again(inline, uid):
+    # A run without ATOMIC_STEPS commits the child's row at once; a crash before the parent's checkpoint makes the
+    # next run start it again, with the same id (the parent's state still counts it as its first child).
+    DjangoOrchestrationBackend().start_child_sync(uid, f"{uid}/child-0", progs.square, (uid, 6), {}, "cancel")
+    assert status(f"{uid}/child-0") == Status.COMPLETED  # it ran (inline) before its parent's run
+    dd.start(progs.parent_of_one, uid, 6, instance_id=uid)
+    assert dd.result(uid) == 36
+    assert DurableInstance.objects.filter(parent_id=uid).count() == 1
+    assert notes(uid) == ["square 6"]  # the child ran once
 
 
 def test_gather_of_children_wakes_the_parent_once(inline, uid):

@@ -131,3 +131,11 @@ async def awaits_go_child(key: str) -> str:
         return "child: " + await child
     except durable.InstanceCancelled:
         return "child cancelled"
+
+
+@make_durable
+async def leaves_children(key: str) -> str:
+    """Returns at once: its "wait" child keeps it open, its "abandon" child runs on after it."""
+    await durable.start_child(waits_for_go, f"{key}-w", instance_id=f"{key}-wait", on_parent_close="wait")
+    await durable.start_child(waits_for_go, f"{key}-a", instance_id=f"{key}-abandon", on_parent_close="abandon")
+    return "parent done"
