@@ -215,9 +215,8 @@ class ChildHooks:
         children = state.get("children") or {}
         doomed = [c for c, info in children.items() if info.get("on_parent_close") == "cancel"]
         if doomed:
-            self._closed.update(request_cancel(doomed, f"its parent {instance_id!r} ended", self.worker_id,
-                                               self.using))
-            self._closed.update(doomed)
+            request_cancel(doomed, f"its parent {instance_id!r} ended", self.worker_id, self.using)
+            self._closed.update(doomed)  # the core's cancel_child() calls that follow have nothing left to do
         if parent is not None:
             kind = "ok" if status == Status.COMPLETED else "err" if status == Status.FAILED else "cancelled"
             wake_parent(parent[0], instance_id, kind, self.using, parent[1:])
