@@ -115,6 +115,15 @@ def test_gather_of_children_wakes_the_parent_once(inline, uid):
     assert resumed == 1, resumed
 
 
+def test_first_of_children_is_woken_by_the_first_to_end(inline, uid):
+    dd.start(progs.first_of_two, uid, instance_id=uid)
+    assert row(uid).wait_kind == "children"
+    dd.publish_event(f"{uid}-b", "go", "b won")
+    assert dd.result(uid) == "b won"
+    assert status(f"{uid}-a") == Status.CANCELLED  # the parent ended: its other child is cancelled (its policy)
+    assert notes(f"{uid}-a") == ["child-finally"]
+
+
 def test_a_child_forced_to_end_cancelled_wakes_its_parent(inline, uid):
     dd.start(progs.awaits_go_child, uid, instance_id=uid)
     assert status(uid) == Status.PAUSED and row(uid).wait_kind == "child"

@@ -139,3 +139,10 @@ async def leaves_children(key: str) -> str:
     await durable.start_child(waits_for_go, f"{key}-w", instance_id=f"{key}-wait", on_parent_close="wait")
     await durable.start_child(waits_for_go, f"{key}-a", instance_id=f"{key}-abandon", on_parent_close="abandon")
     return "parent done"
+
+
+@make_durable
+async def first_of_two(key: str):
+    a = await durable.start_child(waits_for_go, f"{key}-a", instance_id=f"{key}-a")
+    b = await durable.start_child(waits_for_go, f"{key}-b", instance_id=f"{key}-b")
+    return await durable.first(a, b)
