@@ -49,6 +49,7 @@ from durable.progress import describe
 from . import api, clock, operations
 from .answers import publish_answer
 from .branches import awaited_event, live_branches
+from .childadmin import ParentFilter, family_context
 from .db import ops
 from .exceptions import DurableDjangoError, InstanceFinished, InvalidInput, UnknownInstance
 from .forkadmin import ForkAdminMixin
@@ -198,7 +199,7 @@ class DurableInstanceAdmin(ForkAdminMixin, SafeInputAdmin):
     # wake time is in "waits for", failed attempts and the reported progress in the status, the linked object
     # under the program.
     list_display = ("instance_id", "program_name", "status_badge", "waits_for", "updated")
-    list_filter = ("status", ProgramFilter, WaitFilter, FlowFilter, LinkedTypeFilter)
+    list_filter = ("status", ProgramFilter, WaitFilter, FlowFilter, LinkedTypeFilter, ParentFilter)
     # Case-sensitive lookups, so that the primary key's and object_id's indexes serve them (UPPER() would scan).
     search_fields = ("instance_id__startswith", "object_id__exact")
     search_help_text = "Instance id (prefix), linked object id, or app_label.model:pk of a linked object."
@@ -380,7 +381,7 @@ class DurableInstanceAdmin(ForkAdminMixin, SafeInputAdmin):
             "operation_urls": {a: self._url("operation", iid, action=a)
                                for a in ("resume", "retry", "cancel", "force_cancel")},
             "publish_form": publish_form or PublishEventForm(initial={"event": awaited_event(inst)}),
-            "edit_form_class": EditLocalForm, **self.fork_context(request, inst),
+            "edit_form_class": EditLocalForm, **self.fork_context(request, inst), **family_context(inst),
         }
 
     def _back(self, inst_id: str) -> HttpResponseRedirect:

@@ -32,6 +32,7 @@ from durable.state import CANCELLED, SavedState, current_branch
 from . import checkpoints, clock
 from .branches import BranchStore
 from .cancel_watch import CancelWatch, cancel_text
+from .children import ChildHooks
 from .db import Operations, ops
 from .db.operations import CHECKPOINT_REFUSED as _FINAL
 from .eventloop import hidden_loop_call
@@ -45,6 +46,8 @@ from .waits import retry_backoff, retry_status, retry_text, to_datetime, wait_co
 
 #: Columns a running checkpoint usually leaves as they are (left out of its UPDATE when unchanged).
 _STICKY = ("status", "wait_kind", "waiting_for", "wake_at", "attempts", "layout_hash", "lease_owner")
+
+_ENDED = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
 
 _NO_WAIT = {"wait_kind": "", "waiting_for": "", "wake_at": None}
 
@@ -69,7 +72,7 @@ def describe_error(err: BaseException | None) -> str:
     return f"{type(err).__name__}: {err}"
 
 
-class DjangoOrchestrationBackend(BranchStore, CancelWatch, OrchestrationBackend):
+class DjangoOrchestrationBackend(BranchStore, CancelWatch, ChildHooks, OrchestrationBackend):
     """State in ``DurableInstance`` rows, events in ``DurableEvent`` rows.
 
     ``worker_id`` (set by the executor) makes every checkpoint conditional on
@@ -121,6 +124,8 @@ class DjangoOrchestrationBackend(BranchStore, CancelWatch, OrchestrationBackend)
         self.prefetched_event: tuple | None = None
         self._init_cancel_watch()
         self._init_branches()
+        self._closed: set[str] = set()
+        self._new_children: list[str] = []
 
     # -- state ------------------------------------------------------------
     async def load_state(self, instance_id: str) -> SavedState | None:
@@ -242,10 +247,12 @@ class DjangoOrchestrationBackend(BranchStore, CancelWatch, OrchestrationBackend)
 
         kept = None if keep is None else (keep, columns["steps"], blob)
         self._group_rows(instance_id, None, state)  # a group that ended: its branches' rows go with this checkpoint
-        if self.commit and self.worker_id and self.db.features.data_modifying_ctes and kept is None:
+        # the last checkpoint of a child or a parent wakes the parent, closes the children (durable_django.children)
+        family = status in _ENDED and (state.get("parent") or state.get("children"))
+        if self.commit and self.worker_id and self.db.features.data_modifying_ctes and kept is None and not family:
             self._write_one_statement(instance_id, columns, kinds, now)
         else:
-            self._write(instance_id, state, columns, kinds, now, kept)
+            self._write(instance_id, state, columns, kinds, now, kept, ended=status if family else None)
         if "lease_expires_at" in columns:
             self.lease_expires_at = columns["lease_expires_at"]
         self._written = {k: columns.get(k) for k in _STICKY}
@@ -256,6 +263,8 @@ class DjangoOrchestrationBackend(BranchStore, CancelWatch, OrchestrationBackend)
         self.last_wait = wait if status == Status.PAUSED else None
         self.saves += 1
         self.transitions.extend((k.value, st.value, d) for k, st, d in kinds)
+        if self._new_children:
+            self._children_committed()
         self._check_cancel(instance_id, status)
 
     def _write_one_statement(self, instance_id: str, columns: dict, kinds: list, now: datetime) -> None:
@@ -274,12 +283,13 @@ class DjangoOrchestrationBackend(BranchStore, CancelWatch, OrchestrationBackend)
             transaction.commit(using=self.using)
 
     def _write(self, instance_id: str, state: SavedState, columns: dict, kinds: list, now: datetime,
-               kept: tuple[int, int, bytes] | None = None) -> None:
+               kept: tuple[int, int, bytes] | None = None, ended: str | None = None) -> None:
         """A checkpoint's writes (row, consumed events, history, the kept checkpoint when the instance keeps a
         history: ``kept`` = (how many, step, state blob)) and, when the executor owns it, the commit."""
         # The executor owns the transaction (commit=True): no savepoint, its rollback undoes everything
         # after a failed checkpoint. Otherwise the writes below are one unit in the caller's transaction.
         with nullcontext() if self.commit else transaction.atomic(using=self.using):
+            parent = self._lock_parent(state) if ended is not None else None  # before this row: no deadlock
             if self.worker_id:
                 n = self._update_sql(instance_id, columns)
             else:
@@ -304,6 +314,8 @@ class DjangoOrchestrationBackend(BranchStore, CancelWatch, OrchestrationBackend)
                 checkpoints.write(instance_id, step, state, keep,
                                   checkpoints.checkpoint_blob(instance_id, self._context[1], state_blob=blob),
                                   using=self.using)
+            if ended is not None:
+                self._ended(instance_id, state, ended, parent)
         if self.commit:
             transaction.commit(using=self.using)
 

@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 
 from django.db import models, transaction
 
-from . import clock, db
+from . import children, clock, db
 from .conf import durable_settings
 from .exceptions import InstanceFinished, UnknownInstance
 from .models import FINISHED, DurableHistory, DurableInstance, HistoryKind, Status
@@ -83,6 +83,12 @@ def _end(inst: DurableInstance, reason: str, actor: str, now: datetime) -> str:
         cancel_reason=inst.cancel_reason if requested else reason, version=models.F("version") + 1)
     DurableHistory.objects.create(instance=inst, kind=HistoryKind.CANCELLED, status=Status.CANCELLED,
                                   detail=detail, actor=actor)
+    # no last checkpoint ran: its parent is woken and its children closed here (durable_django.children)
+    if inst.parent_id:
+        children.wake_parent(inst.parent_id, inst.pk, "cancelled", db.alias())
+    doomed = DurableInstance.objects.filter(parent_id=inst.pk, on_parent_close="cancel").exclude(status__in=FINISHED)
+    children.request_cancel(list(doomed.values_list("pk", flat=True)), f"its parent {inst.pk!r} was cancelled",
+                            actor, db.alias())
     return detail
 
 

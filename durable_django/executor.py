@@ -99,6 +99,8 @@ def _run_claimed(row: _Claimed, worker_id: str, tele: telemetry.Run | None) -> t
         options["deadline"] = deadline.timestamp()  # POSIX seconds, as the runtime's clock
     runtime = program.runtime(backend, instance_id, migrate=migrate, clock=clock.time,
                               on_checkpoint=on_checkpoint, **options)
+    if row.parent_id:  # a child instance: its first checkpoint records its parent (see durable_django.children)
+        runtime.parent = (row.parent_id, row.on_parent_close or "cancel")
     requested = row.cancel_requested_at is not None
     # A cancel requested before this run: InstanceCancelled at the program's current await (delivered when
     # the state is loaded, unless the program is already cleaning up after it); else the backend reads the

@@ -35,7 +35,7 @@ from django.core.signals import setting_changed
 from django.db.models import Case, F, Value, When
 from django.utils.module_loading import import_string
 
-from . import clock, leases, programs, wakeups
+from . import children, clock, leases, programs, wakeups
 from .conf import durable_settings
 from .db import ops
 from .db import slots as sql
@@ -435,3 +435,4 @@ def connect() -> None:
     """Give the wake-ups their router and the claim the programs' limits (called by the app's ``ready()``)."""
     wakeups.connect_router(route)
     leases.slot_limits = program_limits
+    children.start_fields = start_fields  # child instances get their program's flow-control columns too

@@ -81,6 +81,9 @@ class _Claimed:
     #: flow control (durable_django.flowcontrol): the instance's priority and per-key limit key
     priority: int
     flow_key: str
+    #: a child instance's parent and parent-close policy (durable_django.children); None, "" otherwise
+    parent_id: str | None = None
+    on_parent_close: str = ""
     #: the awaited event, read by the claim on PostgreSQL (None: not read, or none was there yet)
     waiting_for: str = ""
     event_id: int | None = None

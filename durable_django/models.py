@@ -127,6 +127,12 @@ class DurableInstance(models.Model):
                                 help_text=_("The per-key concurrency or rate limit's key, from the start arguments."))
     flow_waiting = models.CharField(_("waits for a slot"), max_length=255, blank=True, default="",
                                     help_text=_("The limit it waits for (a concurrency slot or the rate)."))
+    # Child instances (durable.start_child, see durable_django.children): the instance that started it, and what
+    # happens to it when that one ends first. No database constraint: a purged parent leaves its id.
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, db_constraint=False,
+                               related_name="children", verbose_name=_("parent instance"))
+    on_parent_close = models.CharField(_("when the parent ends"), max_length=8, blank=True, default="",
+                                       help_text=_("cancel, abandon or wait (child instances only)."))
 
     objects = DurableInstanceQuerySet.as_manager()
 

@@ -16,6 +16,10 @@ def _iso(value) -> str | None:
     return value.isoformat() if value is not None else None
 
 
+#: How many children an instance's detail lists.
+CHILDREN_SHOWN = 500
+
+
 def instance_summary(inst: DurableInstance) -> dict[str, Any]:
     return {
         "instance_id": inst.instance_id, "program": inst.program, "program_version": inst.program_version,
@@ -45,6 +49,12 @@ def instance_detail(inst: DurableInstance) -> dict[str, Any]:
     data["deadline"] = _iso(inst.deadline)
     data["cancel_requested_at"] = _iso(inst.cancel_requested_at)
     data["cancel_reason"] = inst.cancel_reason
+    data["parent"] = inst.parent_id
+    data["on_parent_close"] = inst.on_parent_close
+    data["children"] = [  # child instances (durable.start_child), oldest first; the first CHILDREN_SHOWN
+        {"instance_id": iid, "status": st, "program": prog, "on_parent_close": policy}
+        for iid, st, prog, policy in inst.children.order_by("created_at", "instance_id")
+        .values_list("instance_id", "status", "program", "on_parent_close")[:CHILDREN_SHOWN]]
     data["events"] = [
         {"id": e.id, "name": e.name, "payload": e.payload, "idempotency_key": e.idempotency_key,
          "created_at": _iso(e.created_at), "consumed_at": _iso(e.consumed_at), "publisher_id": e.publisher_id,

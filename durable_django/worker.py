@@ -26,7 +26,7 @@ from typing import Any
 from django.db import DatabaseError
 from django.db.models import Exists, F, OuterRef, Q
 
-from . import cancellation, clock, flowcontrol, leases, signals
+from . import cancellation, children, clock, flowcontrol, leases, signals
 from .conf import durable_settings
 from .db import ops
 from .executor import LOST, SKIPPED, run_claimed
@@ -78,6 +78,12 @@ def _run_instance(instance_id: str, worker_id: str, claimed: _Claimed | None = N
         if wait is None:  # paused without a checkpoint of ours (the wait was not over): read the row
             if not DurableInstance.objects.with_pending_event().filter(pk=instance_id).exists():
                 schedule_timer(instance_id)
+                return outcome
+        elif wait.get("kind") in children.CHILD_WAITS:
+            # a child that ended while this run went on did not wake it (durable_django.children): look once
+            if not children.wait_ready(wait):
+                if wait.get("due") is not None:
+                    schedule_timer(instance_id, to_datetime(wait["due"]))
                 return outcome
         elif not _event_pending(instance_id, wait):
             if wait.get("due") is not None:
@@ -176,6 +182,7 @@ def due_instances(now: datetime | None = None, limit: int | None = None) -> list
         if len(ids) >= limit:
             return flowcontrol.by_priority(list(ids))
     ids.update(dict.fromkeys(flowcontrol.due_waiting(now, limit - len(ids))))
+    ids.update(dict.fromkeys(children.parents_to_wake(now, limit - len(ids))))  # lost wake-ups of parents
     unconsumed = DurableEvent.objects.filter(consumed_at__isnull=True, instance__status=Status.PAUSED,
                                              instance__flow_waiting="").filter(
         Q(instance__lease_expires_at__isnull=True) | Q(instance__lease_expires_at__lt=now))

@@ -45,7 +45,7 @@ CHECKPOINT_REFUSED = (Status.CANCELLED, Status.SUSPENDED, Status.COMPLETED, Stat
 #: The columns of an instance row a claim reads (see ``durable_django.leases._Claimed``).
 CLAIM_COLUMNS = ("instance_id", "program", "program_version", "status", "version", "lease_owner",
                  "lease_expires_at", "attempts", "state", "arguments", "cancel_requested_at", "cancel_reason",
-                 "deadline", "priority", "flow_key")
+                 "deadline", "priority", "flow_key", "parent_id", "on_parent_close")
 HISTORY_COLUMNS = ("instance_id", "kind", "status", "detail", "actor", "at")
 CHECKPOINT_COLUMNS = ("instance_id", "step", "status", "position", "created_at", "state")
 #: (name, unique, columns) of the full indexes that stand in for the event table's partial ones (see

@@ -18,11 +18,12 @@ class Command(BaseCommand):
         parser.add_argument("instance_id", nargs="?", help="Show this instance in detail.")
         parser.add_argument("--status", choices=Status.values, action="append", help="Filter by status.")
         parser.add_argument("--program", help="Filter by program path (prefix match).")
+        parser.add_argument("--parent", help="Only the child instances of this instance.")
         parser.add_argument("--limit", type=int, default=50)
         parser.add_argument("--json", action="store_true", help="Machine-readable output.")
 
     def handle(self, *args, **opts):
-        for option in ("instance_id", "program"):
+        for option in ("instance_id", "program", "parent"):
             bad = bad_character(opts[option] or "")
             if bad is not None:
                 raise CommandError(f"{option} {opts[option]!r} contains {bad}")
@@ -35,7 +36,8 @@ class Command(BaseCommand):
                 self.stdout.write(json.dumps(data, indent=2, default=str))
                 return
             for key, value in data.items():
-                if key in ("events", "history", "stack", "retrying", "branches"):
+                if key in ("events", "history", "stack", "retrying", "branches", "children") or (
+                        key == "parent" and not value):
                     continue
                 self.stdout.write(f"{key:>16}: {value}")
             retrying = data["retrying"]
@@ -58,6 +60,14 @@ class Command(BaseCommand):
                 for b in data["branches"]:
                     wait = f" waits for {b['waits_for']}" if b["waits_for"] else ""
                     self.stdout.write(f"  {b['path']:<12} {b['status']:<10} {b['position']}{wait}")
+            if data["children"]:
+                total = inst.children.count()
+                self.stdout.write(f"children ({total}):")
+                for child in data["children"]:
+                    self.stdout.write(f"  {child['instance_id']:<36} {child['status']:<10} {child['program']} "
+                                      f"(on parent close: {child['on_parent_close']})")
+                if total > len(data["children"]):
+                    self.stdout.write(f"  ... {total - len(data['children'])} more (--parent {inst.instance_id})")
             self.stdout.write("events:")
             for ev in data["events"]:
                 self.stdout.write(f"  #{ev['id']} {ev['name']} consumed={ev['consumed_at']} payload={ev['payload']}")
@@ -70,6 +80,8 @@ class Command(BaseCommand):
             qs = qs.filter(status__in=opts["status"])
         if opts["program"]:
             qs = qs.filter(program__startswith=opts["program"])
+        if opts["parent"]:
+            qs = qs.filter(parent_id=opts["parent"])
         rows = [instance_summary(i) for i in qs.order_by("-created_at")[: opts["limit"]]]
         if opts["json"]:
             self.stdout.write(json.dumps(rows, indent=2))
