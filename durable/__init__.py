@@ -14,7 +14,7 @@ modules :mod:`durable.signing` (the signed blob format), :mod:`durable.state`
 from . import signing
 from .backend import DurableBackend, OrchestrationBackend
 from .blocks import Cell, CodeBlock, CompiledFunction
-from .children import ChildHandle, start_child
+from .children import ChildHandle, start_child, start_children
 from .compiler import DurableAstTransformer
 from .exceptions import (
     CheckpointException,
@@ -50,6 +50,7 @@ __all__ = [
     "InMemoryStateStore", "InstanceCancelled", "OrchestrationBackend", "PauseForEventException", "RetryPolicy",
     "SavedState", "StateStore", "StateTamperedError", "Step", "StepTimeout", "TimerPause", "UnsignedStateWarning",
     "WaitInfo", "current_attempt", "declared_program", "first", "fork", "gather", "get_status", "list_checkpoints",
-    "make_durable", "publish", "published", "set_status", "signing", "sleep", "sleep_until", "start_child", "step",
+    "make_durable", "publish", "published", "set_status", "signing", "sleep", "sleep_until", "start_child",
+    "start_children", "step",
     "wait_for_event",
 ]

@@ -30,7 +30,7 @@ each child's ``on_parent_close`` policy: ``"cancel"`` (the default), ``"abandon"
 from __future__ import annotations
 
 import inspect
-from collections.abc import Generator
+from collections.abc import Generator, Iterable
 from typing import Any
 
 from .exceptions import DurableError, PauseForEventException
@@ -45,6 +45,8 @@ POLICIES = ("cancel", "abandon", "wait")
 CHILD_EVENT = "durable.child:"
 #: Longest child instance id.
 MAX_ID = 255
+#: Most children one ``start_children`` starts.
+MAX_CHILDREN = 10_000
 
 
 class ChildHandle:
@@ -75,17 +77,17 @@ class ChildHandle:
 
 
 class StartChild:
-    """``start_child(...)``: what the runtime turns into a started child and its handle."""
+    """``start_child(...)`` / ``start_children(...)``: what the runtime turns into started children and their
+    handles. ``items``: (args, kwargs, instance id or None) of each child; ``many``: a list of handles is wanted."""
 
-    __slots__ = ("program", "args", "kwargs", "instance_id", "on_parent_close")
+    __slots__ = ("program", "items", "on_parent_close", "many")
 
-    def __init__(self, program: Any, args: tuple[Any, ...], kwargs: dict[str, Any], instance_id: str | None,
-                 on_parent_close: str) -> None:
+    def __init__(self, program: Any, items: list[tuple[tuple[Any, ...], dict[str, Any], str | None]],
+                 on_parent_close: str, many: bool = False) -> None:
         self.program = program
-        self.args = args
-        self.kwargs = kwargs
-        self.instance_id = instance_id
+        self.items = items
         self.on_parent_close = on_parent_close
+        self.many = many
 
     def __await__(self) -> Generator[Any, None, Any]:
         raise RuntimeError("durable.start_child() must be awaited directly inside a durable function")
@@ -101,14 +103,43 @@ def start_child(program: Any, /, *args: Any, instance_id: str | None = None, on_
     ``on_parent_close``: what happens to the child if this instance ends
     before awaiting it: ``"cancel"``, ``"abandon"`` or ``"wait"``.
     """
+    _check("start_child", program, on_parent_close, [instance_id])
+    return StartChild(program, [(args, kwargs, instance_id)], on_parent_close)
+
+
+def start_children(program: Any, /, arguments: Iterable[tuple[Any, ...]], *,
+                   instance_ids: Iterable[str] | None = None, on_parent_close: str = "cancel") -> Any:
+    """Start one child of ``program`` per tuple of positional ``arguments``, in one step; ``await`` it for the
+    list of handles (a fan-out: one checkpoint and, in the Django app, one transaction for all of them).
+
+    ``instance_ids`` (one per child) as in :func:`start_child`; by default each gets the next default id.
+    """
+    calls = list(arguments)
+    if len(calls) > MAX_CHILDREN:
+        raise ValueError(f"start_children(): {len(calls)} children in one step, at most {MAX_CHILDREN}")
+    for args in calls:
+        if not isinstance(args, tuple):
+            raise TypeError(f"start_children() takes a tuple of positional arguments per child, got {args!r} "
+                            f"(write ({args!r},) for one argument)")
+    ids: list[str | None] = list(instance_ids) if instance_ids is not None else [None] * len(calls)
+    if len(ids) != len(calls):
+        raise ValueError(f"start_children(): {len(ids)} instance_ids for {len(calls)} children")
+    if len(set(i for i in ids if i is not None)) != len([i for i in ids if i is not None]):
+        raise ValueError("start_children(): the instance_ids are not unique")
+    _check("start_children", program, on_parent_close, ids)
+    return StartChild(program, [(args, {}, iid) for args, iid in zip(calls, ids)], on_parent_close, many=True)
+
+
+def _check(what: str, program: Any, on_parent_close: str, ids: list[str | None]) -> None:
     if not getattr(type(program), "_durable_program", False):
-        raise TypeError(f"start_child() takes a durable program (made by make_durable), got {program!r}")
+        raise TypeError(f"{what}() takes a durable program (made by make_durable), got {program!r}")
     if on_parent_close not in POLICIES:
         raise ValueError(f"on_parent_close must be one of {', '.join(POLICIES)}, got {on_parent_close!r}")
-    if instance_id is not None and (not isinstance(instance_id, str) or not instance_id or len(instance_id) > MAX_ID):
-        raise ValueError(f"a child's instance_id is a non-empty string of at most {MAX_ID} characters, "
-                         f"got {instance_id!r}")
-    return StartChild(program, args, kwargs, instance_id, on_parent_close)
+    for instance_id in ids:
+        if instance_id is not None and (not isinstance(instance_id, str) or not instance_id
+                                        or len(instance_id) > MAX_ID):
+            raise ValueError(f"a child's instance_id is a non-empty string of at most {MAX_ID} characters, "
+                             f"got {instance_id!r}")
 
 
 async def _maybe(value: Any) -> Any:
@@ -122,24 +153,39 @@ class Children(Waits):
         state = self._live()
         seq = state.get("spawned", 0)
         where = "" if self.branch is None else f"{self.branch.replace('/', '-')}-"  # unique in parallel branches
-        child_id = req.instance_id or f"{self.instance_id}/child-{where}{seq}"
-        if child_id == self.instance_id:
-            return None, ValueError(f"a child cannot have its parent's instance_id {child_id!r}")
-        state["spawned"] = seq + 1
-        host = getattr(self._io, "start_child", None)
+        items = [(args, kwargs, iid or f"{self.instance_id}/child-{where}{seq + k}")
+                 for k, (args, kwargs, iid) in enumerate(req.items)]
+        if any(iid == self.instance_id for _, _, iid in items):
+            return None, ValueError(f"a child cannot have its parent's instance_id {self.instance_id!r}")
+        state["spawned"] = seq + len(items)
         try:
-            if host is not None:
-                await _maybe(host(self.instance_id, child_id, req.program, req.args, req.kwargs, req.on_parent_close))
-            else:
-                await self._run_child_here(req, child_id)
+            await self._create_children(req, items)
         except DurableError as exc:
             return None, exc
-        children = dict(state.get("children") or {})
-        children[child_id] = {"on_parent_close": req.on_parent_close, "program": req.program}
-        state["children"] = children
-        return ChildHandle(child_id, req.program), None
+        children = state.get("children")
+        if children is None:
+            children = state["children"] = {}
+        for _, _, iid in items:
+            children[iid] = {"on_parent_close": req.on_parent_close, "program": req.program}
+        handles = [ChildHandle(iid, req.program) for _, _, iid in items]
+        return (handles if req.many else handles[0]), None
 
-    async def _run_child_here(self, req: StartChild, child_id: str) -> None:
+    async def _create_children(self, req: StartChild, items: list[tuple[tuple[Any, ...], dict[str, Any], str]]) -> None:
+        """The host creates them (``start_children``, else ``start_child`` per child); without a host hook the
+        core runs each here."""
+        many = getattr(self._io, "start_children", None)
+        if many is not None and len(items) > 1:
+            await _maybe(many(self.instance_id, req.program, items, req.on_parent_close))
+            return
+        one = getattr(self._io, "start_child", None)
+        for args, kwargs, iid in items:
+            if one is not None:
+                await _maybe(one(self.instance_id, iid, req.program, args, kwargs, req.on_parent_close))
+            else:
+                await self._run_child_here(req, iid, args, kwargs)
+
+    async def _run_child_here(self, req: StartChild, child_id: str, args: tuple[Any, ...],
+                              kwargs: dict[str, Any]) -> None:
         """The core's start: the child runs in this process until it ends or pauses (idempotent by id)."""
         existing = await self._io.load_state(child_id)
         if existing is not None:
@@ -150,7 +196,7 @@ class Children(Waits):
         child: Any = type(self)(self.backend, child_id, clock=self.clock)  # type: ignore[call-arg]
         child.parent = (self.instance_id, req.on_parent_close)
         try:
-            await child.run(req.program, req.args, req.kwargs)
+            await child.run(req.program, args, kwargs)
         except Exception:  # noqa: S110 - its end (or pause) is in its own state, read when it is awaited
             pass
 
