@@ -118,25 +118,8 @@ class ChildHooks:
         if existing is not None:
             _check_own(child_id, parent_id, existing)
             return
-        resolved = programs.resolve(path)
-        if resolved.fn is not getattr(program, "fn", program):
-            raise DurableError(f"{path!r} does not import back to the program given to start_child()")
-        try:
-            limits.bind_arguments(resolved.fn, path, args, kwargs)
-        except TypeError as exc:
-            raise InvalidPayload(f"start_child({path}): {exc}") from exc
-        deadline = getattr(resolved, "deadline", None)
-        now = clock.now()
-        fields: dict[str, Any] = {
-            "program": path, "program_version": programs.program_version(resolved),
-            "arguments": sign((args, kwargs), blob_context(child_id, path, ARGUMENTS)),
-            "layout_hash": resolved.compiled.layout_hash, "status": Status.PENDING,
-            "deadline": limits.check_deadline(deadline, now) if deadline is not None else None,
-            "parent_id": parent_id, "on_parent_close": on_parent_close,
-        }
-        limits.check_arguments(fields["arguments"], path)
-        if start_fields is not None:
-            fields.update(start_fields(path, resolved.fn, args, kwargs, None, None))
+        resolved = _resolved(path, program)
+        fields = _child_fields(path, resolved, child_id, args, kwargs, parent_id, on_parent_close, clock.now())
         try:
             with transaction.atomic(using=self.using):  # a savepoint in the parent's step transaction
                 DurableInstance.objects.using(self.using).create(instance_id=child_id, **fields)
@@ -149,11 +132,54 @@ class ChildHooks:
                 raise
             _check_own(child_id, parent_id, existing)
             return
-        wakeups.signal_after_commit("started", child_id, Status.PENDING, path)
+        self._started([child_id], path)
+
+    async def start_children(self, parent_id: str, program: Any,
+                             items: list[tuple[tuple[Any, ...], dict[str, Any], str]], on_parent_close: str) -> None:
+        """Create many children's rows at once (``durable.start_children``): one query for the ids that exist, one
+        INSERT of the rows and one of their history, in the parent's step transaction."""
+        await self._sync_call(self.start_children_sync, parent_id, program, items, on_parent_close)
+
+    def start_children_sync(self, parent_id: str, program: Any,
+                            items: list[tuple[tuple[Any, ...], dict[str, Any], str]], on_parent_close: str) -> None:
+        path = limits.check_text(programs.path_of(program), "program path", limits.PROGRAM_COLUMN)
+        for _, _, child_id in items:
+            limits.check_new_instance_id(child_id)
+        existing: dict[str, str | None] = {}
+        for chunk in _chunks([child_id for _, _, child_id in items]):
+            existing.update(DurableInstance.objects.using(self.using).filter(pk__in=chunk)
+                            .values_list("instance_id", "parent_id"))
+        for child_id, parent in existing.items():
+            _check_own(child_id, parent_id, (parent, path))
+        resolved = _resolved(path, program)
+        now = clock.now()
+        new = [(child_id, _child_fields(path, resolved, child_id, args, kwargs, parent_id, on_parent_close, now))
+               for args, kwargs, child_id in items if child_id not in existing]
+        if not new:
+            return
+        try:
+            with transaction.atomic(using=self.using):  # a savepoint in the parent's step transaction
+                DurableInstance.objects.using(self.using).bulk_create(
+                    [DurableInstance(instance_id=child_id, **fields) for child_id, fields in new], batch_size=CHUNK)
+                DurableHistory.objects.using(self.using).bulk_create(
+                    [DurableHistory(instance_id=child_id, kind=HistoryKind.STARTED, status=Status.PENDING,
+                                    detail=f"child of {parent_id}", actor=self.worker_id) for child_id, _ in new],
+                    batch_size=CHUNK)
+        except IntegrityError:  # one was created concurrently: one by one, each idempotent
+            for args, kwargs, child_id in items:
+                self.start_child_sync(parent_id, child_id, program, args, kwargs, on_parent_close)
+            return
+        self._started([child_id for child_id, _ in new], path)
+
+    def _started(self, ids: list[str], path: str) -> None:
+        """New children: their signals after commit, and their wake-ups (after the checkpoint that records them)."""
+        for child_id in ids:
+            wakeups.signal_after_commit("started", child_id, Status.PENDING, path)
         if self.commit and self.worker_id and not durable_settings.RUN_INLINE:
-            self._new_children.append(child_id)  # woken as soon as the checkpoint that records it commits
+            self._new_children.extend(ids)  # woken as soon as the checkpoint that records them commits
         else:
-            wakeups.schedule(child_id)
+            for child_id in ids:
+                wakeups.schedule(child_id)
 
     def _children_committed(self) -> None:
         """The checkpoint that records new children committed: wake them now (not at the end of the parent's
@@ -354,6 +380,34 @@ def parents_to_wake(now: datetime, limit: int) -> list[str]:
         if wait is not None and wait_ready(wait):
             out.append(parent_id)
     return out
+
+
+def _resolved(path: str, program: Any) -> Any:
+    resolved = programs.resolve(path)
+    if resolved.fn is not getattr(program, "fn", program):
+        raise DurableError(f"{path!r} does not import back to the program given to start_child()")
+    return resolved
+
+
+def _child_fields(path: str, resolved: Any, child_id: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+                  parent_id: str, on_parent_close: str, now: datetime) -> dict[str, Any]:
+    """A new child row's columns (its arguments checked against the program and signed)."""
+    try:
+        limits.bind_arguments(resolved.fn, path, args, kwargs)
+    except TypeError as exc:
+        raise InvalidPayload(f"start_child({path}): {exc}") from exc
+    deadline = getattr(resolved, "deadline", None)
+    fields: dict[str, Any] = {
+        "program": path, "program_version": programs.program_version(resolved),
+        "arguments": sign((args, kwargs), blob_context(child_id, path, ARGUMENTS)),
+        "layout_hash": resolved.compiled.layout_hash, "status": Status.PENDING,
+        "deadline": limits.check_deadline(deadline, now) if deadline is not None else None,
+        "parent_id": parent_id, "on_parent_close": on_parent_close,
+    }
+    limits.check_arguments(fields["arguments"], path)
+    if start_fields is not None:
+        fields.update(start_fields(path, resolved.fn, args, kwargs, None, None))
+    return fields
 
 
 def _existing(child_id: str, using: str) -> tuple[str | None, str] | None:

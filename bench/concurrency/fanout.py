@@ -7,7 +7,7 @@ variant: each keeps its database connection) on a queue of its own, and runs
 rounds; each round runs both variants, alternating which goes first:
 
 * **children**: ``dd.start(fan_out, n, steps)``: the parent starts ``n``
-  children (``durable.start_child``, one checkpoint each) running
+  children (``durable.start_children``, one checkpoint for all) running
   :func:`workloads.work`, then waits for all of them with one ``gather``; the
   time from the start until the parent completed;
 * **independent**: ``n`` instances of the same :func:`workloads.work` started

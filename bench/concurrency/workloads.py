@@ -91,10 +91,9 @@ async def work(x: int, steps: int) -> int:
 
 
 async def fan_out(n: int, steps: int) -> int:
-    """Start ``n`` children running :func:`work`, then wait for all of them (one ``"children"`` wait)."""
-    handles = []
-    for i in range(n):
-        handles.append(await durable.start_child(work_program, i, steps))
+    """Start ``n`` children running :func:`work` in one step (``start_children``), then wait for all of them
+    (one ``"children"`` wait)."""
+    handles = await durable.start_children(work_program, [(i, steps) for i in range(n)])
     results = await durable.gather(*handles)
     return sum(results)
 

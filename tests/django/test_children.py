@@ -115,6 +115,25 @@ def test_gather_of_children_wakes_the_parent_once(inline, uid):
     assert resumed == 1, resumed
 
 
+def test_start_children_creates_them_in_one_step_idempotently(inline, uid):
+    # one of the ids exists already as this parent's child (a start committed before a crash): left alone
+    DjangoOrchestrationBackend().start_child_sync(uid, f"{uid}/c1", progs.square, (f"{uid}-1", 1), {}, "cancel")
+    dd.start(progs.fan_out_at_once, uid, 4, instance_id=uid)
+    assert dd.result(uid) == [0, 1, 4, 9]
+    assert DurableInstance.objects.filter(parent_id=uid).count() == 4
+    assert [len(notes(f"{uid}-{i}")) for i in range(4)] == [1] * 4  # each child ran once
+    steps = DurableInstance.objects.get(pk=uid).steps
+    assert steps <= 4, steps  # the starts are one checkpoint, not one per child
+
+
+def test_start_children_refuses_an_id_another_instance_has(inline, uid):
+    dd.start(progs.square, f"{uid}-x", 2, instance_id=f"{uid}/c2")
+    dd.start(progs.fan_out_at_once, uid, 3, instance_id=uid)
+    assert status(uid) == Status.FAILED
+    assert "is not a child of" in DurableInstance.objects.get(pk=uid).error
+    assert not DurableInstance.objects.filter(parent_id=uid).exists()  # none of the batch was created
+
+
 def test_first_of_children_is_woken_by_the_first_to_end(inline, uid):
     dd.start(progs.first_of_two, uid, instance_id=uid)
     assert row(uid).wait_kind == "children"
@@ -223,7 +242,7 @@ def test_a_thousand_children_fanned_out_and_gathered(worker_factory, uid):
     worker_factory("f1")
     worker_factory("f2")
     t0 = time.monotonic()
-    dd.start(progs.fan_out, uid, n, instance_id=uid)
+    dd.start(progs.fan_out_at_once, uid, n, instance_id=uid)
     wait_status(uid, Status.COMPLETED, timeout=240)
     elapsed = time.monotonic() - t0
     assert dd.result(uid) == [i * i for i in range(n)]

@@ -98,6 +98,14 @@ async def fan_out(key: str, n: int, program: str = "square") -> list:
 
 
 @make_durable
+async def fan_out_at_once(key: str, n: int) -> list:
+    """The fan-out form: every child started in one step (one checkpoint, one transaction)."""
+    children = await durable.start_children(square, [(f"{key}-{i}", i) for i in range(n)],
+                                            instance_ids=[f"{key}/c{i}" for i in range(n)])
+    return await durable.gather(*children)
+
+
+@make_durable
 async def starts_twice(key: str) -> list:
     """The same child id twice: the second start is a no-op (idempotent by id)."""
     a = await durable.start_child(square, key, 3, instance_id=f"{key}/same")
