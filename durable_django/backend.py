@@ -289,7 +289,7 @@ class DjangoOrchestrationBackend(BranchStore, CancelWatch, ChildHooks, Orchestra
         # The executor owns the transaction (commit=True): no savepoint, its rollback undoes everything
         # after a failed checkpoint. Otherwise the writes below are one unit in the caller's transaction.
         with nullcontext() if self.commit else transaction.atomic(using=self.using):
-            parent = self._lock_parent(state) if ended is not None else None  # before this row: no deadlock
+            parent = self._parent_of(state) if ended is not None else None
             if self.worker_id:
                 n = self._update_sql(instance_id, columns)
             else:

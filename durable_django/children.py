@@ -16,35 +16,37 @@ already this parent's child is left as it is; any other row with that id is a
 **Awaiting.** ``child_outcomes`` reads the ended children among the awaited
 ids in one query (their verified states, ``durable.state.ended_outcome``).
 
-**Waking the parent** (the design, and what it costs). A child's last
-checkpoint (completed, failed or cancelled) runs :meth:`ChildHooks._ended`
-in the same transaction, after its own row's UPDATE:
+**Waking the parent** (the design, and what it costs). Once a child's last
+checkpoint (completed, failed or cancelled) has committed, :meth:`ChildHooks._ended`
+looks at its parent (after the commit, holding no lock: children that end
+together do not wait for each other):
 
-1. the parent's row is locked (``SELECT ... FOR UPDATE``: one row, the
-   parent's id); nothing more happens unless it is ``paused`` on a wait of
-   kind ``child``, ``children`` or ``branches``;
+1. the parent's row is read; nothing more happens unless it is ``paused`` on
+   a wait of kind ``child``, ``children`` or ``branches``;
 2. its state is read and verified, and its wait decides: a ``child`` wait on
    this child, or a ``children`` wait with mode ``first``, wakes it; a
    ``children`` wait with mode ``all`` wakes it when this child failed or was
    cancelled (unless ``return_exceptions``), or when no other awaited child
-   is unfinished (one ``EXISTS`` over the awaited ids, 500 per query, that
-   stops at the first unfinished one). A ``branches`` wait is searched for
+   is unfinished (a few of the parent's unfinished children, through the
+   parent-and-status index, usually settle it; else one ``EXISTS`` over the
+   awaited ids, 500 per query). A ``branches`` wait is searched for
    such waits in every branch (nested groups too);
 3. a wake sets the parent's ``wake_at`` to now (the sweep's "due" query finds
    it even if no message is ever sent) and sends it a wake-up after commit.
 
-The lock makes the "no other unfinished" test safe: of two children that
-end at once, the second to take the lock sees the first one's committed end
+Looking after the commit makes the "no other unfinished" test safe: of two
+children that end at once, the one that commits last sees the other's end
 (READ COMMITTED on PostgreSQL and, as Django sets it, MySQL/MariaDB; SQLite
-has one writer). A parent that is still running when its child ends is not
-woken: the worker checks a child wait once more after the pause it saved
-(:func:`durable_django.worker`), and the lock orders that pause after the
-child's commit or the child's test after the pause.
+has one writer); both may wake the parent, which then finds its wait over
+once. A parent that is still running when its child ends is not woken: the
+worker checks a child wait once more after the pause it saved
+(:func:`durable_django.worker`), which sees every child's end committed
+before that check; a child that commits later sees the pause.
 
 Cost: for a fan-out of N children awaited with ``gather``, each child's end
-costs one locked SELECT of the parent row (with its state blob, verified and
-unpickled) and usually one ``EXISTS``; the parent is woken once (by the last
-child, or by the first failure), not N times. ``first`` and single ``await
+costs one SELECT of the parent row (with its state blob, verified and
+unpickled) and one indexed query of a few unfinished children; the parent is
+woken once (by the last child, or by the first failure), not N times. ``first`` and single ``await
 child`` wake it once per ended child it waits for (the first one does it).
 The sweep's safety net (:func:`parents_to_wake`) finds paused parents whose
 children ended after the parent's last write, for wake-ups lost otherwise
@@ -60,6 +62,7 @@ children keep the parent paused (the core) and wake it as above.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -83,6 +86,8 @@ CHILD_WAITS = ("child", "children", "branches")
 CHUNK = 500
 #: Unfinished children of a parent looked at first when one ends (see _wakes).
 SAMPLE = 20
+#: The statuses of an instance that has not ended (named, so that the parent-and-status index finds them).
+UNFINISHED = [s for s in Status if s not in FINISHED]
 
 #: (path, fn, args, kwargs, queue, priority) -> the flow-control columns of a new instance; set by
 #: :func:`durable_django.flowcontrol.connect` (which sits above the backend).
@@ -227,15 +232,11 @@ class ChildHooks:
             transaction.commit(using=self.using)  # the executor's transaction: the request outlives the run
 
     # -- the end of a child or a parent (inside its last checkpoint's transaction) ---------------
-    def _lock_parent(self, state: Mapping[str, Any]) -> tuple | None:
-        """Called by the backend's last checkpoint of an instance before its row's UPDATE: lock the parent's row
-        (a parent's own last checkpoint locks the parent, then its children: the same order, no deadlock)."""
+    def _parent_of(self, state: Mapping[str, Any]) -> tuple | None:
+        """The parent of an instance whose last checkpoint is being written (looked at after it commits, see
+        the module's docstring)."""
         parent = state.get("parent")
-        if not parent:
-            return None
-        row: tuple | None = (DurableInstance.objects.using(self.using).select_for_update().filter(pk=parent[0])
-                             .values_list("instance_id", "status", "wait_kind", "program", "state").first())
-        return row
+        return (parent[0],) if parent else None
 
     def _ended(self, instance_id: str, state: Mapping[str, Any], status: str, parent: tuple | None) -> None:
         """Called by the backend's last checkpoint of an instance, after its row's UPDATE, before the commit;
@@ -247,7 +248,7 @@ class ChildHooks:
             self._closed.update(doomed)  # the core's cancel_child() calls that follow have nothing left to do
         if parent is not None:
             kind = "ok" if status == Status.COMPLETED else "err" if status == Status.FAILED else "cancelled"
-            wake_parent(parent[0], instance_id, kind, self.using, parent[1:])
+            wakeups.after_commit(functools.partial(wake_parent, parent[0], instance_id, kind, self.using, lock=False))
 
 
 def outcome_of(child_id: str, program: str, status: str, blob: Any, error: str) -> tuple[str, Any]:
@@ -290,12 +291,14 @@ def request_cancel(ids: Sequence[str], reason: str, actor: str, using: str) -> l
     return [a[0] for a in asked]
 
 
-def wake_parent(parent_id: str, child_id: str, kind: str, using: str, row: tuple | None = None) -> bool:
+def wake_parent(parent_id: str, child_id: str, kind: str, using: str, row: tuple | None = None, *,
+                lock: bool = True) -> bool:
     """Wake ``parent_id`` if the end of ``child_id`` (``kind``: ok, err, cancelled) ends its wait (the caller's
     transaction; see the module's docstring). ``row``: the parent's (status, wait_kind, program, state), when the
     caller locked it already. Returns whether it did."""
     if row is None:
-        row = (DurableInstance.objects.using(using).select_for_update().filter(pk=parent_id)
+        rows = DurableInstance.objects.using(using)
+        row = ((rows.select_for_update() if lock else rows).filter(pk=parent_id)
                .values_list("status", "wait_kind", "program", "state").first())
     if row is None:
         return False
@@ -338,7 +341,7 @@ def _wakes(wait: Mapping[str, Any], child_id: str, kind: str, using: str, parent
     if parent_id is not None:
         # A fan-out awaits (nearly) all the parent's children: a few of its unfinished ones, through the parent
         # index, settle it without an IN list of every awaited id (which made each child's end O(children)).
-        sample = list(DurableInstance.objects.using(using).filter(parent_id=parent_id).exclude(status__in=FINISHED)
+        sample = list(DurableInstance.objects.using(using).filter(parent_id=parent_id, status__in=UNFINISHED)
                       .exclude(pk=child_id).values_list("pk", flat=True)[:SAMPLE])
         awaited = set(others)
         if any(c in awaited for c in sample):

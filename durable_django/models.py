@@ -142,6 +142,8 @@ class DurableInstance(models.Model):
         ordering = ("-created_at",)
         indexes = [
             models.Index(fields=["status", "wake_at"], name="durable_inst_status_wake"),
+            # a parent's unfinished children (durable_django.children): found without reading its finished ones
+            models.Index(fields=["parent", "status"], name="durable_inst_parent_status"),
             models.Index(fields=["status", "lease_expires_at"], name="durable_inst_status_lease"),
             models.Index(fields=["status", "finished_at"], name="durable_inst_status_fin"),
             models.Index(fields=["program", "program_version", "layout_hash"], name="durable_inst_prog_ver"),

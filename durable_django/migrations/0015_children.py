@@ -24,4 +24,8 @@ class Migration(migrations.Migration):
             field=models.CharField(blank=True, default='', help_text='cancel, abandon or wait (child instances only).',
                                    max_length=8, verbose_name='when the parent ends'),
         ),
+        migrations.AddIndex(
+            model_name='durableinstance',
+            index=models.Index(fields=['parent', 'status'], name='durable_inst_parent_status'),
+        ),
     ]
