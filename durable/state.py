@@ -237,6 +237,8 @@ def describe_waits(wait: WaitInfo | None) -> str:
         elif kind == "children":
             ids = leaf.get("children") or []
             text = f"{len(ids)} children" if len(ids) != 1 else f"child {ids[0]!r}"
+            if leaf.get("mode") == "first":
+                text = f"first of {text}"
         else:
             text = f"event {leaf.get('event')!r}" + (f" until {until}" if until else "")
         branch = leaf.get("branch")
