@@ -247,12 +247,15 @@ class DjangoOrchestrationBackend(BranchStore, CancelWatch, ChildHooks, Orchestra
 
         kept = None if keep is None else (keep, columns["steps"], blob)
         self._group_rows(instance_id, None, state)  # a group that ended: its branches' rows go with this checkpoint
-        # the last checkpoint of a child or a parent wakes the parent, closes the children (durable_django.children)
-        family = status in _ENDED and (state.get("parent") or state.get("children"))
+        # the last checkpoint of a parent closes its children in its transaction; a child's wakes its parent after
+        # the commit (durable_django.children)
+        family = status in _ENDED and bool(state.get("children"))
         if self.commit and self.worker_id and self.db.features.data_modifying_ctes and kept is None and not family:
             self._write_one_statement(instance_id, columns, kinds, now)
         else:
             self._write(instance_id, state, columns, kinds, now, kept, ended=status if family else None)
+        if not family and status in _ENDED and state.get("parent"):
+            self._ended(instance_id, state, status, self._parent_of(state))
         if "lease_expires_at" in columns:
             self.lease_expires_at = columns["lease_expires_at"]
         self._written = {k: columns.get(k) for k in _STICKY}
