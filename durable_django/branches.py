@@ -43,7 +43,7 @@ from durable.state import SavedState
 from . import clock
 from .eventloop import hidden_loop_call
 from .leases import lease_expiry
-from .models import DurableBranch, Status
+from .models import DurableBranch, DurableInstance, Status
 from .signing import STATE, blob_context, sign, unsign
 from .waits import to_datetime, waiting_for
 
@@ -72,6 +72,7 @@ class BranchStore:
     using: str
     db: Any
     lease_expires_at: datetime | None
+    last_status: str | None
     _consumed: list[int]
 
     if TYPE_CHECKING:  # defined by DjangoOrchestrationBackend
@@ -137,7 +138,13 @@ class BranchStore:
             # The row first: on SQLite its write lock then keeps any other worker's claim out until the commit.
             if not rows.filter(instance_id=instance_id, path=branch).update(**columns):
                 rows.create(instance_id=instance_id, path=branch, **columns)
-            if self.worker_id:
+            if self.last_status == Status.PAUSED:
+                # the first checkpoint of a resumed instance is a branch's: its row says it runs now (a crash
+                # after this commit leaves a running row whose lease expires, which the sweep takes over; a row
+                # left paused on a wait its branch went past would never be woken again)
+                if not self._mark_running(instance_id, now):
+                    raise self._lease_lost(instance_id)
+            elif self.worker_id:
                 expires = lease_expiry(now) if self._lease_due(now) else None
                 if not self.db.lease_fence(instance_id, self.worker_id, expires):
                     raise self._lease_lost(instance_id)
@@ -149,6 +156,20 @@ class BranchStore:
         if self.commit:
             transaction.commit(using=self.using)
         self._check_cancel(instance_id, status)
+
+    def _mark_running(self, instance_id: str, now: datetime) -> bool:
+        """The instance's row: running, waiting for nothing (fenced by the lease when a worker holds one)."""
+        rows = DurableInstance.objects.using(self.using).filter(pk=instance_id, status=Status.PAUSED)
+        if self.worker_id:
+            rows = rows.filter(lease_owner=self.worker_id)
+        columns: dict[str, Any] = {"status": Status.RUNNING, "wait_kind": "", "waiting_for": "", "wake_at": None,
+                                   "updated_at": now}
+        if self.worker_id and self._lease_due(now):
+            columns["lease_expires_at"] = self.lease_expires_at = lease_expiry(now)
+        if rows.update(**columns) != 1:
+            return False
+        self.last_status = Status.RUNNING
+        return True
 
     def delete_branches_sync(self, instance_id: str, branches: list[str]) -> None:
         """Delete the rows of a group that ended (and any group nested in them), unless the checkpoint of the
