@@ -299,12 +299,16 @@ def wake_parent(parent_id: str, child_id: str, kind: str, using: str, row: tuple
     if row is None:
         rows = DurableInstance.objects.using(using)
         if not lock:
-            head = rows.filter(pk=parent_id).values_list("status", "wait_kind", "waiting_for").first()
+            siblings = rows.filter(parent_id=models.OuterRef("pk"))
+            count = siblings.order_by().values("parent_id").annotate(n=models.Count("pk")).values("n")
+            head = (rows.filter(pk=parent_id)
+                    .annotate(n=models.Subquery(count),
+                              running=models.Exists(siblings.filter(status__in=UNFINISHED).exclude(pk=child_id)))
+                    .values_list("status", "wait_kind", "waiting_for", "n", "running").first())  # one query
             if head is None or head[0] != Status.PAUSED or head[1] not in CHILD_WAITS:
                 return False
             awaited = head[2].partition(" children")[0] if head[1] == "children" and kind == "ok" else ""
-            if (awaited.isdigit() and rows.filter(parent_id=parent_id).count() == int(awaited)
-                    and rows.filter(parent_id=parent_id, status__in=UNFINISHED).exclude(pk=child_id).exists()):
+            if awaited.isdigit() and head[3] == int(awaited) and head[4]:
                 # a gather of all the parent's children ("N children"), and one of them still runs: the last one
                 # wakes it (without reading the parent's state at every child's end)
                 return False
