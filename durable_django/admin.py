@@ -41,7 +41,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.formats import date_format
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from durable import StateTamperedError
 from durable.progress import describe
@@ -70,6 +70,8 @@ LIST_FIELDS = ("instance_id", "program", "status", "wait_kind", "waiting_for", "
                "flow_waiting")
 #: "app_label.model:pk" in the search box finds the instances linked to that object.
 _OBJECT_RE = re.compile(r"^(?P<app>\w+)\.(?P<model>\w+):(?P<pk>.+)$")
+#: The due time of one wait in ``waiting_for`` (durable.state.describe_waits).
+_UNTIL = re.compile(r" until \S+")
 HISTORY_LIMIT = 300
 EVENTS_LIMIT = 300
 
@@ -209,8 +211,12 @@ class DurableInstanceAdmin(ForkAdminMixin, SafeInputAdmin):
         when = f" until {_short_time(obj.wake_at)}" if obj.wake_at else ""
         if obj.wait_kind == "event":
             return f"event {obj.waiting_for}{when}"
-        if obj.wait_kind == "branches":  # every paused branch's wait (durable_django.branches)
-            return f"{obj.waiting_for}{when}"
+        if obj.wait_kind == "branches":  # every paused branch's wait (durable_django.branches), one per line
+            # each wait's own due time is long ISO text: the earliest, short, once
+            lines = [_UNTIL.sub("", w) for w in obj.waiting_for.split("; ")] + ([when.strip()] if when else [])
+            return format_html_join(format_html("<br>"), "{}", ((line,) for line in lines))
+        if obj.wait_kind in ("child", "children"):
+            return obj.waiting_for
         return f"timer{when}" if obj.wait_kind else ""
 
     # -- bulk actions -------------------------------------------------------------
@@ -447,13 +453,14 @@ if HUMAN_TASKS:
         # Five columns (fits 1280 px): user, group and permission in one "assigned to".
         list_display = ("waiting_in", "title", "event", "assigned_to", "due_at")
         list_select_related = ("assignee_user", "assignee_group")
-        list_filter = (("branch", admin.EmptyFieldListFilter),)  # empty: an instance's own wait; else a branch's
         search_fields = ("=instance__instance_id", "title")
 
         @admin.display(description="instance (branch)", ordering="instance_id")
         def waiting_in(self, obj: HumanTask) -> str:
             """The instance, and the parallel branch when the task is a branch's (one row per waiting branch)."""
-            return f"{obj.instance_id} (branch {obj.branch})" if obj.branch else obj.instance_id
+            if obj.branch:
+                return format_html("{}<br>branch {}", obj.instance_id, obj.branch)
+            return obj.instance_id
 
         @admin.display(description="assigned to")
         def assigned_to(self, obj: HumanTask) -> str:

@@ -102,7 +102,7 @@ def test_two_parallel_waits_make_two_tasks_each_for_its_assignees(staged, uid, r
     assert detail.content.decode().count('class="durable-task"') == 2
     changelist = client_for(roles["root"]).get(reverse("admin:durable_humantasks_humantask_changelist"))
     text = changelist.content.decode()
-    assert f"{uid} (branch 0.0)" in text and f"{uid} (branch 0.1)" in text
+    assert f"{uid}<br>branch 0.0" in text and f"{uid}<br>branch 0.1" in text
 
 
 def _ids(page: str) -> list[str]:
